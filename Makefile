@@ -1,0 +1,36 @@
+# The whole set-up on a fresh machine with Python 3.11: `make demo`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard proto/*.proto)
+GEN    := gateway/_proto/__init__.py
+
+.PHONY: install proto demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+$(GEN): $(PROTOS) gateway/codegen.py $(STAMP)
+	$(BIN)/python -m gateway.codegen
+
+proto: $(GEN)
+
+demo: proto
+	$(BIN)/mmgw demo
+
+test: proto
+	$(BIN)/pytest -q
+
+# The benchmark needs h2load (Debian's nghttp2-client).
+bench: proto
+	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
+	$(BIN)/python -m benchmarks.gateway_overhead
+
+clean:
+	rm -rf $(VENV) gateway/_proto envoy/kserve_v2.pb .mmgw
