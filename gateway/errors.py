@@ -1,0 +1,69 @@
+"""Transport-neutral errors of the core.
+
+Each adapter owns one table that maps these to its wire: gRPC status codes
+(gateway.pod.server, gateway.podclient), HTTP statuses (gateway.api) or an
+ext_proc immediate response (gateway.extproc). Anything else that escapes the
+core is reported as a generic internal error, without a stack trace on the wire.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the core raises on purpose; the message is for users."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidSpec(GatewayError):
+    """A resource document (InferenceService, ...) is malformed or unsupported."""
+
+
+class StorageError(InvalidSpec):
+    """A storage reference is unknown or points outside its storage root."""
+
+
+class ModelNotFound(GatewayError):
+    """No model is registered (or, on a pod, loaded) under that name."""
+
+    def __init__(self, name: str, message: str | None = None) -> None:
+        super().__init__(message or f"model '{name}' is not registered")
+        self.name = name
+
+
+class InvalidInput(GatewayError):
+    """An inference request does not fit the model (datatype, shape, ...)."""
+
+
+class UnknownRoute(GatewayError):
+    """A path or gRPC method the gateway does not serve."""
+
+    def __init__(self, message: str, *, grpc: bool = False) -> None:
+        super().__init__(message)
+        self.grpc = grpc
+
+
+class NoCapacity(GatewayError):
+    """No pod can hold the model, even after eviction."""
+
+
+class Unavailable(GatewayError):
+    """No pod is available right now; a retry later may succeed."""
+
+
+class LoadFailed(GatewayError):
+    """Loading the model failed on every pod tried."""
+
+
+class LoadTimeout(LoadFailed):
+    """A load did not finish within the runtime's loading timeout."""
+
+
+class ModelFormatError(LoadFailed):
+    """The model file could be opened but no runtime can read it."""
+
+
+class PredictFailed(GatewayError):
+    """The runtime raised while predicting; the pod goes on serving."""

@@ -1,0 +1,35 @@
+"""Protocol constants shared by the gateway, the pods, envoy/envoy.yaml and istio/.
+
+envoy/envoy.yaml and the istio EnvoyFilters name this module where they use
+these values; change them together.
+"""
+
+from __future__ import annotations
+
+# Header ext_proc sets to "host:port" of the chosen pod; Envoy's ORIGINAL_DST
+# cluster connects there (original_dst_lb_config.http_header_name). It is not an
+# x-envoy-* header, so ext_proc may set it without mutation_rules.allow_envoy,
+# and ext_proc always overwrites whatever a client sent.
+UPSTREAM_HEADER = "x-mmgw-upstream"
+
+# ModelMesh's model-id headers. A native gRPC client may send either; the
+# gateway always sets MODEL_ID_HEADER to the concrete id on the way to a pod,
+# and the pod serves the model that header names.
+VMODEL_ID_HEADER = "mm-vmodel-id"
+MODEL_ID_HEADER = "mm-model-id"
+
+# The KServe V2 gRPC service and the REST prefix the transcoder serves.
+GRPC_SERVICE = "inference.GRPCInferenceService"
+GRPC_PREFIX = f"/{GRPC_SERVICE}/"
+REST_PREFIX = "/v2"
+
+# gRPC methods that name a model (field 1 of the request in every case) and
+# those that address the server as a whole.
+MODEL_METHODS = frozenset({"ModelInfer", "ModelReady", "ModelMetadata"})
+SERVER_METHODS = frozenset({"ServerLive", "ServerReady", "ServerMetadata"})
+
+GRPC_CONTENT_TYPE = "application/grpc"
+JSON_CONTENT_TYPE = "application/json"
+
+# InferenceService -> concrete model id, as ModelMesh names them.
+CONCRETE_ID_SEPARATOR = "__isvc-"

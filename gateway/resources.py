@@ -1,0 +1,108 @@
+"""KServe-shaped resources as users write them: InferenceService documents.
+
+Pydantic at the edge: a document is validated here and turned into the core's
+plain types. The concrete model id follows ModelMesh: ``<name>__isvc-<hash>``,
+the hash taken over the predictor spec, so a changed spec gives a new id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.errors import InvalidSpec
+from gateway.protocol import CONCRETE_ID_SEPARATOR
+
+API_VERSION = "serving.kserve.io/v1beta1"
+KIND = "InferenceService"
+# DNS-1123 label, as Kubernetes requires of an InferenceService name.
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class ObjectMeta(_Open):
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+    namespace: str | None = None
+    annotations: dict[str, str] = {}
+    labels: dict[str, str] = {}
+
+
+class ModelFormat(_Strict):
+    name: str = Field(min_length=1)
+    version: str | None = None
+
+
+class Storage(_Strict):
+    parameters: dict[str, str] = {}
+    path: str | None = None
+    key: str | None = None
+    schemaPath: str | None = None
+
+
+class PredictorModel(_Open):
+    modelFormat: ModelFormat
+    runtime: str | None = None
+    storage: Storage | None = None
+    storageUri: str | None = None
+
+
+class Predictor(_Open):
+    model: PredictorModel
+
+
+class InferenceServiceSpec(_Open):
+    predictor: Predictor
+
+
+class InferenceService(_Open):
+    apiVersion: Literal["serving.kserve.io/v1beta1"]
+    kind: Literal["InferenceService"]
+    metadata: ObjectMeta
+    spec: InferenceServiceSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def model(self) -> PredictorModel:
+        return self.spec.predictor.model
+
+    def concrete_id(self) -> str:
+        predictor = self.spec.predictor.model_dump(mode="json", exclude_none=True)
+        canonical = json.dumps(predictor, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
+        return f"{self.name}{CONCRETE_ID_SEPARATOR}{digest}"
+
+
+def parse_inference_service(document: Any) -> InferenceService:
+    """Validate one document; InvalidSpec says which field is wrong and why."""
+    if not isinstance(document, dict):
+        raise InvalidSpec("a resource must be a mapping with apiVersion, kind, metadata and spec")
+    kind, api_version = document.get("kind"), document.get("apiVersion")
+    if kind != KIND:
+        raise InvalidSpec(f"unsupported kind {kind!r}: this gateway accepts {KIND} ({API_VERSION})")
+    if api_version != API_VERSION:
+        raise InvalidSpec(f"unsupported apiVersion {api_version!r} for {KIND}: use {API_VERSION}")
+    try:
+        return InferenceService.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidSpec(f"invalid {KIND}: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "document"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

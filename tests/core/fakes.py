@@ -1,0 +1,55 @@
+"""A fake PodClient for core tests: pods as dicts, loads that can wait or fail."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from gateway.domain import ModelSpec
+from gateway.errors import LoadFailed, ModelFormatError
+from gateway.placement import PodStatus
+
+
+@dataclass
+class FakePod:
+    capacity: int = 100
+    loaded: dict[str, int] = field(default_factory=dict)
+    fail_loads: str | None = None  # message; loads fail with LoadFailed
+    bad_format: bool = False
+    down: bool = False
+
+
+class FakePods:
+    def __init__(self, **pods: FakePod) -> None:
+        self.pods = pods
+        self.loads: list[tuple[str, str]] = []  # (pod, model)
+        self.unloads: list[tuple[str, str]] = []
+        self.gate: asyncio.Event | None = None  # when set, loads wait for it
+
+    async def load(self, address: str, spec: ModelSpec, timeout: float) -> int:
+        pod = self.pods[address]
+        self.loads.append((address, spec.model_id))
+        if self.gate is not None:
+            await self.gate.wait()
+        if pod.down:
+            raise LoadFailed(f"pod {address}: unreachable")
+        if pod.bad_format:
+            raise ModelFormatError(f"pod {address}: not a model file")
+        if pod.fail_loads:
+            raise LoadFailed(f"pod {address}: {pod.fail_loads}")
+        pod.loaded[spec.model_id] = spec.predicted_size
+        return spec.predicted_size
+
+    async def unload(self, address: str, model_id: str) -> None:
+        self.unloads.append((address, model_id))
+        self.pods[address].loaded.pop(model_id, None)
+
+    async def status(self, address: str, timeout: float) -> PodStatus:
+        pod = self.pods[address]
+        if pod.down:
+            raise ConnectionError("down")
+        return PodStatus(pod.capacity, ("sklearn",), dict(pod.loaded))
+
+
+def spec(model_id: str, size: int = 10) -> ModelSpec:
+    return ModelSpec(model_id, "sklearn", f"/models/{model_id}", size)

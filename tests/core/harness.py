@@ -1,0 +1,57 @@
+"""A registry + placement over fake pods and a real embedded store, for core and adapter tests."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.placement import Placement
+from gateway.registry import Registry
+from gateway.router import Router
+from gateway.storage import StorageRoots
+from gateway.store import EmbeddedStore
+
+from .fakes import FakePod, FakePods
+
+SEED: dict[str, Any] = {
+    "apiVersion": "serving.kserve.io/v1beta1",
+    "kind": "InferenceService",
+    "metadata": {"name": "sklearn-mnist", "namespace": "modelmesh-serving"},
+    "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"},
+                                     "storage": {"parameters": {"type": "pvc", "name": "my-models-pvc"},
+                                                 "path": "mnist-svm.joblib"}}}},
+}
+
+
+def isvc(name: str = "sklearn-mnist", path: str = "mnist-svm.joblib") -> dict[str, Any]:
+    doc = copy.deepcopy(SEED)
+    doc["metadata"]["name"] = name
+    doc["spec"]["predictor"]["model"]["storage"]["path"] = path
+    return doc
+
+
+@dataclass
+class Harness:
+    pods: FakePods
+    placement: Placement
+    registry: Registry
+    router: Router
+    store: EmbeddedStore
+
+
+async def harness(tmp_path: Path, pods: FakePods | None = None) -> Harness:
+    pvc = tmp_path / "pvc"
+    pvc.mkdir(exist_ok=True)
+    for name in ("mnist-svm.joblib", "v2.joblib"):
+        (pvc / name).write_bytes(b"m" * 8)
+    pods = pods or FakePods(**{"10.0.0.1:9000": FakePod()})
+    placement = Placement(pods)
+    for address in pods.pods:
+        placement.add_pod(address)
+    store = EmbeddedStore(tmp_path / "registry.db")
+    registry = Registry(store, placement, StorageRoots({"my-models-pvc": pvc}))
+    await registry.restore()
+    await placement.check_pods()
+    return Harness(pods, placement, registry, Router(registry, placement), store)

@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.domain import ModelState
+from gateway.errors import LoadFailed, ModelFormatError, ModelNotFound, NoCapacity, Unavailable
+from gateway.placement import Placement, PlacementSettings
+
+from .fakes import FakePod, FakePods, spec
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def engine(pods: FakePods, clock: Clock | None = None, **settings: float) -> Placement:
+    placement = Placement(pods, PlacementSettings(**settings), clock=clock or Clock())
+    for name in pods.pods:
+        placement.add_pod(name)
+    await placement.check_pods()
+    return placement
+
+
+async def test_lazy_load_then_hit() -> None:
+    pods = FakePods(a=FakePod())
+    placement = await engine(pods)
+    placement.register(spec("m"))
+    assert placement.lookup("m") is None
+    assert placement.status("m").state is ModelState.PENDING
+    assert await placement.ensure_loaded("m") == "a"
+    assert placement.lookup("m") == "a"
+    assert placement.status("m").state is ModelState.LOADED
+    assert pods.loads == [("a", "m")]
+
+
+async def test_unknown_model() -> None:
+    placement = await engine(FakePods(a=FakePod()))
+    with pytest.raises(ModelNotFound, match="'nope'"):
+        placement.lookup("nope")
+
+
+async def test_concurrent_first_requests_cause_one_load() -> None:
+    pods = FakePods(a=FakePod(), b=FakePod())
+    pods.gate = asyncio.Event()
+    placement = await engine(pods)
+    placement.register(spec("m"))
+    waiters = [asyncio.create_task(placement.ensure_loaded("m")) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    assert placement.status("m").state is ModelState.LOADING
+    pods.gate.set()
+    addresses = await asyncio.gather(*waiters)
+    assert len(set(addresses)) == 1
+    assert len(pods.loads) == 1
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_load() -> None:
+    pods = FakePods(a=FakePod())
+    pods.gate = asyncio.Event()
+    placement = await engine(pods)
+    placement.register(spec("m"))
+    first = asyncio.create_task(placement.ensure_loaded("m"))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    second = asyncio.create_task(placement.ensure_loaded("m"))
+    pods.gate.set()
+    assert await second == "a"
+    assert len(pods.loads) == 1
+
+
+async def test_miss_goes_to_the_pod_with_most_free_space() -> None:
+    pods = FakePods(a=FakePod(loaded={"x": 50}), b=FakePod(loaded={"y": 20}))
+    placement = await engine(pods)
+    for m in ("x", "y", "new"):
+        placement.register(spec(m, 50 if m == "x" else 20 if m == "y" else 10))
+    await placement.check_pods()
+    assert await placement.ensure_loaded("new") == "b"
+
+
+async def test_failed_load_is_retried_on_other_pods_and_remembered() -> None:
+    pods = FakePods(a=FakePod(fail_loads="out of file handles"), b=FakePod(capacity=90))
+    placement = await engine(pods)
+    placement.register(spec("m"))
+    assert await placement.ensure_loaded("m") == "b"  # a has more room, failed, then b
+    assert pods.loads == [("a", "m"), ("b", "m")]
+
+
+async def test_load_fails_after_three_pods_with_every_reason() -> None:
+    pods = FakePods(**{n: FakePod(fail_loads=f"broken {n}") for n in "abcd"})
+    placement = await engine(pods)
+    placement.register(spec("m"))
+    with pytest.raises(LoadFailed, match="failed on 3 pod") as info:
+        await placement.ensure_loaded("m")
+    assert info.value.message.count("broken") == 3
+    status = placement.status("m")
+    assert status.state is ModelState.FAILED_TO_LOAD and "broken" in status.message
+    assert not status.ready
+
+
+async def test_failure_records_expire() -> None:
+    clock = Clock()
+    pods = FakePods(a=FakePod(fail_loads="flaky"))
+    placement = await engine(pods, clock, failure_expiry=60)
+    placement.register(spec("m"))
+    with pytest.raises(LoadFailed):
+        await placement.ensure_loaded("m")
+    with pytest.raises(Unavailable):  # the only pod is still marked failed
+        await placement.ensure_loaded("m")
+    pods.pods["a"].fail_loads = None
+    clock.now += 61
+    assert await placement.ensure_loaded("m") == "a"
+
+
+async def test_unreadable_model_is_a_format_error() -> None:
+    placement = await engine(FakePods(a=FakePod(bad_format=True), b=FakePod(bad_format=True)))
+    placement.register(spec("m"))
+    with pytest.raises(ModelFormatError, match="not a model file"):
+        await placement.ensure_loaded("m")
+
+
+async def test_model_larger_than_every_pod() -> None:
+    placement = await engine(FakePods(a=FakePod(capacity=100), b=FakePod(capacity=80)))
+    placement.register(spec("huge", 500))
+    with pytest.raises(NoCapacity, match="needs 500 bytes; the largest pod holds 100 bytes"):
+        await placement.ensure_loaded("huge")
+
+
+async def test_eviction_of_the_least_recently_used_when_full() -> None:
+    clock = Clock()
+    pods = FakePods(a=FakePod(capacity=30))
+    placement = await engine(pods, clock, churn_guard=5)
+    for m in ("m1", "m2", "m3", "m4"):
+        placement.register(spec(m))
+    for m in ("m1", "m2", "m3"):
+        await placement.ensure_loaded(m)
+        clock.now += 10
+    placement.lookup("m1")  # m1 is now the most recently used
+    await placement.ensure_loaded("m4")
+    assert pods.unloads == [("a", "m2")]
+    assert placement.status("m2").state is ModelState.STANDBY and placement.status("m2").ready
+
+
+async def test_fresh_copies_are_not_evicted() -> None:
+    clock = Clock()
+    pods = FakePods(a=FakePod(capacity=20))
+    placement = await engine(pods, clock, churn_guard=5)
+    for m in ("m1", "m2", "m3"):
+        placement.register(spec(m))
+    await placement.ensure_loaded("m1")
+    await placement.ensure_loaded("m2")
+    with pytest.raises(LoadFailed, match="no room"):
+        await placement.ensure_loaded("m3")
+    assert pods.unloads == []
+
+
+async def test_dead_pod_loses_its_copies_and_the_model_loads_elsewhere() -> None:
+    pods = FakePods(a=FakePod(), b=FakePod(capacity=50))
+    placement = await engine(pods)
+    placement.register(spec("m"))
+    assert await placement.ensure_loaded("m") == "a"
+    pods.pods["a"].down = True
+    await placement.check_pods()
+    assert placement.lookup("m") is None
+    assert await placement.ensure_loaded("m") == "b"
+
+
+async def test_a_restarted_gateway_adopts_what_pods_hold_and_unloads_strays() -> None:
+    pods = FakePods(a=FakePod(loaded={"m": 10, "stray": 10}))
+    placement = Placement(pods)
+    placement.register(spec("m"))
+    placement.add_pod("a")
+    await placement.check_pods()
+    assert placement.lookup("m") == "a"
+    assert pods.unloads == [("a", "stray")]
+    assert pods.loads == []
+
+
+async def test_unregister_unloads_every_copy() -> None:
+    pods = FakePods(a=FakePod())
+    placement = await engine(pods)
+    placement.register(spec("m"))
+    await placement.ensure_loaded("m")
+    await placement.unregister("m")
+    assert pods.unloads == [("a", "m")]
+    with pytest.raises(ModelNotFound):
+        placement.lookup("m")
+
+
+async def test_no_pods() -> None:
+    placement = await engine(FakePods(a=FakePod(down=True)))
+    placement.register(spec("m"))
+    with pytest.raises(Unavailable, match="no runtime pod"):
+        await placement.ensure_loaded("m")
+    with pytest.raises(Unavailable):
+        placement.any_healthy_pod()

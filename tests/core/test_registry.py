@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import InvalidSpec, ModelNotFound, StorageError
+from gateway.placement import Placement
+from gateway.registry import Registry
+from gateway.storage import StorageRoots
+
+from .fakes import FakePod, FakePods
+from .harness import harness, isvc
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_apply_creates_then_is_unchanged_then_configured(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    record, action = await h.registry.apply(isvc())
+    assert action == "created"
+    assert record.serving.model_id.startswith("sklearn-mnist__isvc-")
+    assert record.serving.predicted_size == 10  # 8 bytes on disk x 1.25
+    assert (await h.registry.apply(isvc()))[1] == "unchanged"
+    relabelled = isvc()
+    relabelled["metadata"]["labels"] = {"team": "x"}
+    record2, action = await h.registry.apply(relabelled)
+    assert action == "configured" and record2.serving == record.serving
+
+
+async def test_apply_loads_proactively_and_reports_ready(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    record, _ = await h.registry.apply(isvc())
+    await settle()
+    status = h.registry.status(record)
+    assert status["conditions"] == [{"type": "Ready", "status": "True"}]
+    assert status["modelStatus"]["states"]["activeModelState"] == "Loaded"
+    assert status["modelStatus"]["copies"]["totalCopies"] == 1
+    assert h.registry.resolve("sklearn-mnist") == record.serving.model_id
+    assert h.registry.resolve(record.serving.model_id) == record.serving.model_id
+
+
+async def test_failed_load_shows_model_load_failed(tmp_path: Path) -> None:
+    h = await harness(tmp_path, FakePods(a=FakePod(fail_loads="cannot open file")))
+    record, _ = await h.registry.apply(isvc())
+    await settle()
+    ready = h.registry.status(record)["conditions"][0]
+    assert ready["status"] == "False" and ready["reason"] == "ModelLoadFailed"
+    assert "cannot open file" in ready["message"]
+
+
+async def test_bad_documents_leave_nothing_registered(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    with pytest.raises(StorageError, match="leaves PVC"):
+        await h.registry.apply(isvc(path="../../etc/passwd"))
+    other_ns = isvc()
+    other_ns["metadata"]["namespace"] = "default"
+    with pytest.raises(InvalidSpec, match="serves namespace 'modelmesh-serving'"):
+        await h.registry.apply(other_ns)
+    assert h.registry.list() == []
+    assert await h.store.items("") == {}
+    with pytest.raises(ModelNotFound):
+        h.registry.resolve("sklearn-mnist")
+
+
+async def test_rolling_update_moves_traffic_once_loaded_then_unloads_the_old(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    old, _ = await h.registry.apply(isvc())
+    await settle()
+    h.pods.gate = asyncio.Event()
+    new, action = await h.registry.apply(isvc(path="v2.joblib"))
+    assert action == "configured"
+    assert new.target.model_id != old.serving.model_id
+    await settle()
+    # Loading: the name still routes to the old model, which stays loaded.
+    assert h.registry.resolve("sklearn-mnist") == old.serving.model_id
+    assert h.registry.status(new)["modelStatus"]["transitionStatus"] == "InProgress"
+    h.pods.gate.set()
+    await settle()
+    assert h.registry.resolve("sklearn-mnist") == new.target.model_id
+    assert h.pods.unloads == [("10.0.0.1:9000", old.serving.model_id)]
+    assert h.registry.status(h.registry.get("sklearn-mnist"))["modelStatus"]["transitionStatus"] == "UpToDate"
+
+
+async def test_blocked_rollout_keeps_the_old_version_serving(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    old, _ = await h.registry.apply(isvc())
+    await settle()
+    h.pods.pods["10.0.0.1:9000"].fail_loads = "corrupt file"
+    new, _ = await h.registry.apply(isvc(path="v2.joblib"))
+    await settle()
+    assert h.registry.resolve("sklearn-mnist") == old.serving.model_id
+    status = h.registry.status(new)
+    assert status["conditions"][0]["status"] == "True"
+    assert status["modelStatus"]["transitionStatus"] == "BlockedByFailedLoad"
+    assert "corrupt file" in status["modelStatus"]["lastFailureInfo"]["message"]
+
+
+async def test_delete_unloads_and_forgets(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    record, _ = await h.registry.apply(isvc())
+    await settle()
+    await h.registry.delete("sklearn-mnist")
+    assert h.pods.unloads == [("10.0.0.1:9000", record.serving.model_id)]
+    with pytest.raises(ModelNotFound):
+        h.registry.resolve("sklearn-mnist")
+    with pytest.raises(ModelNotFound):
+        await h.registry.delete("sklearn-mnist")
+
+
+async def test_restart_keeps_registrations_and_adopts_loaded_copies(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    record, _ = await h.registry.apply(isvc())
+    await settle()
+    h.store.close()
+    # A new gateway over the same store and the same (still running) pods.
+    again = await harness(tmp_path, h.pods)
+    assert [r.name for r in again.registry.list()] == ["sklearn-mnist"]
+    assert again.placement.lookup(record.serving.model_id) == "10.0.0.1:9000"
+    assert len(h.pods.loads) == 1  # nothing loaded twice

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.errors import InvalidSpec, StorageError
+from gateway.resources import parse_inference_service
+from gateway.storage import StorageRoots, size_on_disk
+
+SEED: dict[str, Any] = {
+    "apiVersion": "serving.kserve.io/v1beta1",
+    "kind": "InferenceService",
+    "metadata": {"name": "sklearn-mnist", "namespace": "modelmesh-serving",
+                 "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh"}},
+    "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"},
+                                     "storage": {"parameters": {"type": "pvc", "name": "my-models-pvc"},
+                                                 "path": "mnist-svm.joblib"}}}},
+}
+
+
+def seed(**storage: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(SEED)
+    doc["spec"]["predictor"]["model"]["storage"].update(storage)
+    return doc
+
+
+def test_concrete_id_follows_the_spec() -> None:
+    first = parse_inference_service(SEED).concrete_id()
+    assert first.startswith("sklearn-mnist__isvc-") and len(first) == len("sklearn-mnist__isvc-") + 10
+    assert parse_inference_service(copy.deepcopy(SEED)).concrete_id() == first
+    relabelled = copy.deepcopy(SEED)
+    relabelled["metadata"]["labels"] = {"team": "a"}
+    assert parse_inference_service(relabelled).concrete_id() == first  # metadata is not the model
+    assert parse_inference_service(seed(path="other.joblib")).concrete_id() != first
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(kind="Deployment"), "unsupported kind 'Deployment'"),
+        (lambda d: d.update(apiVersion="serving.kserve.io/v1alpha1"), "unsupported apiVersion"),
+        (lambda d: d["metadata"].update(name="Bad_Name"), "metadata.name"),
+        (lambda d: d["spec"]["predictor"]["model"].pop("modelFormat"), "modelFormat"),
+        (lambda d: d["spec"]["predictor"]["model"]["storage"].update(pth="x"), "storage.pth"),
+    ],
+)
+def test_invalid_documents_say_what_is_wrong(mutate: Any, message: str) -> None:
+    doc = copy.deepcopy(SEED)
+    mutate(doc)
+    with pytest.raises(InvalidSpec, match=message):
+        parse_inference_service(doc)
+
+
+def test_non_mapping_document() -> None:
+    with pytest.raises(InvalidSpec, match="mapping"):
+        parse_inference_service(["not", "a", "doc"])
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> StorageRoots:
+    pvc = tmp_path / "pvc"
+    (pvc / "sub").mkdir(parents=True)
+    (pvc / "model.joblib").write_bytes(b"x" * 100)
+    (tmp_path / "secret").write_text("outside")
+    (pvc / "escape").symlink_to(tmp_path / "secret")
+    return StorageRoots({"my-models-pvc": pvc})
+
+
+def test_pvc_paths_resolve_inside_the_root(roots: StorageRoots) -> None:
+    path = roots.resolve(parse_inference_service(seed(path="model.joblib")).model)
+    assert path == roots.pvcs["my-models-pvc"].resolve() / "model.joblib"
+    assert size_on_disk(path) == 100
+    assert roots.resolve(parse_inference_service(seed(path="sub/../model.joblib")).model) == path
+    uri = copy.deepcopy(SEED)
+    uri["spec"]["predictor"]["model"].pop("storage")
+    uri["spec"]["predictor"]["model"]["storageUri"] = "pvc://my-models-pvc/model.joblib"
+    assert roots.resolve(parse_inference_service(uri).model) == path
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ({"path": "../secret"}, "leaves PVC"),
+        ({"path": "escape"}, "leaves PVC"),
+        ({"path": "/etc/passwd"}, "must be relative"),
+        ({"parameters": {"type": "pvc", "name": "nope"}}, "unknown PVC 'nope'"),
+        ({"parameters": {"type": "s3"}}, "not supported"),
+        ({"path": None}, "storage.path"),
+    ],
+)
+def test_storage_that_leaves_its_root_or_is_unknown_is_refused(roots: StorageRoots, storage: dict[str, Any],
+                                                               message: str) -> None:
+    with pytest.raises(StorageError, match=message):
+        roots.resolve(parse_inference_service(seed(**storage)).model)
