@@ -1,0 +1,164 @@
+"""The runtime extension point: ``Model`` and the types it speaks.
+
+A runtime (scikit-learn, xgboost, a user's own class, ...) subclasses ``Model``,
+as in MLServer's ``MLModel``, and never sees protobuf or grpc:
+
+- ``async load()``: read ``self.config.path``; runs once, before any predict.
+  Blocking work belongs in a worker thread (``asyncio.to_thread``) so the pod
+  keeps serving the models it already holds.
+- ``metadata()``: the input and output tensors (``TensorSpec``; -1 marks a
+  variable dimension); valid after ``load``.
+- ``size_bytes()``: memory the loaded model occupies, 0 when unknown.
+- ``async predict(request)``: ``InferenceRequest`` in, sequence of ``Tensor`` out.
+  Raise ``gateway.errors.InvalidInput`` for requests that do not fit the model;
+  any other exception is reported as ``PredictFailed`` and the pod goes on.
+- ``async unload()``: optional; release what ``load`` acquired.
+
+Input arrays may be read-only views of the request's bytes: copy before writing.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from gateway.errors import InvalidInput
+
+from . import datatypes
+
+# Values of V2 request parameters (InferParameter's oneof).
+Parameter = bool | int | float | str
+
+_NO_PARAMETERS: Mapping[str, Parameter] = MappingProxyType({})
+_TO_BYTES = np.frompyfunc(lambda v: v if isinstance(v, bytes) else str(v).encode(), 1, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """Name, V2 datatype and shape of a model input or output; -1 is any size."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def check(self, tensor: Tensor) -> None:
+        """Raise InvalidInput unless ``tensor`` has this datatype and a matching shape."""
+        if tensor.datatype != self.datatype:
+            raise InvalidInput(
+                f"input '{tensor.name}': datatype '{tensor.datatype}' given, "
+                f"model expects '{self.datatype}'"
+            )
+        shape = tensor.array.shape
+        if len(shape) != len(self.shape) or any(
+            want != -1 and got != want for got, want in zip(shape, self.shape, strict=True)
+        ):
+            raise InvalidInput(
+                f"input '{tensor.name}': shape {list(shape)} given, "
+                f"model expects {list(self.shape)}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A named tensor: a V2 datatype and a numpy array of the matching dtype.
+
+    BYTES tensors hold an ``object`` array of ``bytes``.
+    """
+
+    name: str
+    datatype: str
+    array: np.ndarray
+
+    @classmethod
+    def of(cls, name: str, array: Any, datatype: str | None = None) -> Tensor:
+        """A tensor from anything numpy accepts, cast to ``datatype`` if given.
+
+        Without a datatype it follows the array's dtype; str elements become
+        UTF-8 ``bytes`` in a BYTES tensor.
+        """
+        if datatype is None:
+            arr = np.asarray(array)
+            datatype = datatypes.from_numpy(arr.dtype)
+            if datatype != datatypes.BYTES:
+                return cls(name, datatype, arr)
+        elif datatype != datatypes.BYTES:
+            return cls(name, datatype, np.asarray(array, dtype=datatypes.to_numpy(datatype)))
+        # numpy's "S"/"U" dtypes drop trailing NULs: start from the original elements
+        source = array if isinstance(array, np.ndarray) else np.array(array, dtype=object)
+        return cls(name, datatypes.BYTES, np.asarray(_TO_BYTES(source), dtype=object))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    """What a model is asked: its inputs, the outputs wanted and request parameters.
+
+    An empty ``outputs`` means "the model's default outputs".
+    """
+
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[str, ...] = ()
+    parameters: Mapping[str, Parameter] = field(default_factory=lambda: _NO_PARAMETERS)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    """What a loaded model takes and gives; ``platform`` names its runtime."""
+
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Where a model comes from: the fields of a LoadModel request.
+
+    ``key`` is the free-form JSON (storage parameters, format version) the
+    gateway passes through; runtimes may ignore it.
+    """
+
+    model_id: str
+    model_type: str
+    path: Path
+    key: str = ""
+
+
+class Model(abc.ABC):
+    """Base class of every runtime; see the module docstring for the contract."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+
+    @property
+    def model_id(self) -> str:
+        return self.config.model_id
+
+    @abc.abstractmethod
+    async def load(self) -> None:
+        """Read the model from ``self.config.path``; raise LoadFailed or ModelFormatError."""
+
+    @abc.abstractmethod
+    async def predict(self, request: InferenceRequest) -> Sequence[Tensor]:
+        """Answer one request; raise InvalidInput when it does not fit the model."""
+
+    @abc.abstractmethod
+    def metadata(self) -> ModelMetadata:
+        """Input and output tensors of the loaded model."""
+
+    def size_bytes(self) -> int:
+        """Bytes the loaded model occupies; 0 when the runtime cannot tell."""
+        return 0
+
+    async def unload(self) -> None:
+        """Release what ``load`` acquired; the default does nothing."""
+        return None

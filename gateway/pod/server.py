@@ -1,0 +1,143 @@
+"""The runtime pod process: one ``grpc.aio`` server, one port, two services.
+
+``GRPCInferenceService`` (KServe V2 data plane) and ``ModelRuntime`` (load,
+unload, sizes, status) are served on ``settings.host:settings.port``; the gRPC
+error table lives in ``gateway.pod.servicer``.
+
+- ``PodServer``: build, ``start()`` (returns the bound port, useful with port 0),
+  ``stop(grace)``; what tests and embedders use.
+- ``serve(settings, ready=...)``: run until cancelled, then stop gracefully.
+- ``main(settings)``: ``serve`` under ``asyncio.run``, stopping on SIGTERM/SIGINT.
+
+No argument parsing and no environment reading here: the CLI builds the
+``PodSettings``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+
+from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
+from gateway._proto import model_runtime_pb2_grpc as rt_grpc
+
+from .repository import ModelRepository
+from .runtimes import RuntimeRegistry
+from .servicer import InferenceServicer, RuntimeServicer
+from .settings import PodSettings
+
+__all__ = ["PodServer", "PodSettings", "main", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+class PodServer:
+    """A runtime pod's gRPC server and the models it holds."""
+
+    def __init__(self, settings: PodSettings) -> None:
+        self.settings = settings
+        self.models = ModelRepository(
+            RuntimeRegistry(settings.runtimes),
+            max_loading_concurrency=settings.max_loading_concurrency,
+            loading_timeout_s=settings.model_loading_timeout_ms / 1000,
+        )
+        self._ready = asyncio.Event()
+        self._server: grpc.aio.Server | None = None
+        self.port: int | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the bound server (IPv6 hosts in brackets)."""
+        if self.port is None:
+            raise RuntimeError("the pod server is not started")
+        return f"{_bracketed(self.settings.host)}:{self.port}"
+
+    async def start(self) -> int:
+        """Bind and start serving; the bound port."""
+        if self._server is not None:
+            raise RuntimeError("the pod server is already started")
+        settings = self.settings
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                # Fail on a port another process holds, instead of sharing it.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.models, self._ready), server
+        )
+        rt_grpc.add_ModelRuntimeServicer_to_server(
+            RuntimeServicer(self.models, self._ready, settings), server
+        )
+        target = f"{_bracketed(settings.host)}:{settings.port}"
+        try:
+            port = server.add_insecure_port(target)
+        except RuntimeError as exc:  # grpc raises when it cannot bind
+            raise OSError(f"pod {settings.pod_id} cannot bind {target}: {exc}") from exc
+        if port == 0:
+            raise OSError(f"pod {settings.pod_id} cannot bind {target}")
+        await server.start()
+        self._server, self.port = server, port
+        self._ready.set()
+        log.info("pod %s serving on %s", settings.pod_id, self.address)
+        return port
+
+    async def wait(self) -> None:
+        """Until the server terminates."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking RPCs, let in-flight ones finish for ``grace`` seconds, unload all."""
+        server, self._server = self._server, None
+        self._ready.clear()
+        if server is not None:
+            await server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+            log.info("pod %s stopped", self.settings.pod_id)
+        await self.models.close()
+
+
+async def serve(settings: PodSettings, *, ready: asyncio.Event | None = None) -> None:
+    """Serve until cancelled (or the server ends), then stop with the grace period.
+
+    ``ready`` is set once the port is bound and the services answer.
+    """
+    pod = PodServer(settings)
+    try:
+        await pod.start()
+        if ready is not None:
+            ready.set()
+        await pod.wait()
+    finally:
+        await pod.stop()
+
+
+def main(settings: PodSettings) -> None:
+    """Run a pod in this process until SIGTERM or SIGINT."""
+    asyncio.run(_serve_until_signal(settings))
+
+
+async def _serve_until_signal(settings: PodSettings) -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(serve(settings), name=f"pod {settings.pod_id}")
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # cancelled ourselves, not by a signal
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

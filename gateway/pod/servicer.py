@@ -1,0 +1,253 @@
+"""The pod's gRPC adapter: KServe V2 ``GRPCInferenceService`` and ``ModelRuntime``.
+
+The servicers translate messages and call the ``ModelRepository``; they decide
+nothing. Model RPCs (ModelInfer, ModelReady, ModelMetadata) serve the model the
+``mm-model-id`` header names (``gateway.protocol.MODEL_ID_HEADER``, always the
+concrete id when the gateway forwards), else the request's model name; responses
+carry the concrete id.
+
+The error table, the one place core errors meet gRPC status codes (the first
+match along the exception's class hierarchy wins):
+
+=============================================  ===================  ==================
+error                                          gRPC status          details
+=============================================  ===================  ==================
+InvalidInput (datatype, shape, outputs, ...)   INVALID_ARGUMENT     the message
+InvalidSpec (unknown model type, empty field)  INVALID_ARGUMENT     the message
+ModelNotFound (not loaded on this pod)         NOT_FOUND            "model 'x' is not
+                                                                    loaded on this pod"
+ModelFormatError (file unreadable as a model)  FAILED_PRECONDITION  the message
+LoadFailed (missing file, runtime raised)      UNAVAILABLE          the message
+TimeoutError (model_loading_timeout_ms)        DEADLINE_EXCEEDED    the message
+NoCapacity                                     RESOURCE_EXHAUSTED   the message
+Unavailable                                    UNAVAILABLE          the message
+UnknownRoute                                   UNIMPLEMENTED        the message
+PredictFailed (runtime raised in predict)      INTERNAL             "<Type>: <message>"
+any other GatewayError                         INTERNAL             the message
+anything else                                  INTERNAL             "internal error"
+=============================================  ===================  ==================
+
+FAILED_PRECONDITION says "retrying this file will not help"; UNAVAILABLE says
+"this pod could not load it; another pod or a later try may". Unexpected
+exceptions are logged with their traceback and never sent on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+import gateway
+from gateway._proto import grpc_predict_v2_pb2 as v2
+from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
+from gateway._proto import model_runtime_pb2 as rt
+from gateway._proto import model_runtime_pb2_grpc as rt_grpc
+from gateway.errors import (
+    GatewayError,
+    InvalidInput,
+    InvalidSpec,
+    LoadFailed,
+    ModelFormatError,
+    ModelNotFound,
+    NoCapacity,
+    PredictFailed,
+    Unavailable,
+    UnknownRoute,
+)
+from gateway.protocol import MODEL_ID_HEADER
+
+from . import tensors
+from .model import ModelConfig
+from .repository import ModelRepository, predicted_size
+from .settings import PodSettings
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "mmgw-runtime-pod"
+
+STATUS_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidSpec: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    ModelFormatError: grpc.StatusCode.FAILED_PRECONDITION,
+    LoadFailed: grpc.StatusCode.UNAVAILABLE,
+    TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    NoCapacity: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    UnknownRoute: grpc.StatusCode.UNIMPLEMENTED,
+    PredictFailed: grpc.StatusCode.INTERNAL,
+    GatewayError: grpc.StatusCode.INTERNAL,
+}
+
+
+def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and details an exception is reported with (the table above)."""
+    for cls in type(exc).__mro__:
+        code = STATUS_CODES.get(cls)
+        if code is not None:
+            if isinstance(exc, ModelNotFound):
+                return code, f"model '{exc.name}' is not loaded on this pod"
+            return code, str(exc)
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+S = TypeVar("S")
+Handler = Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+
+def _rpc(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
+    """Report whatever ``method`` raises with the status of the error table."""
+
+    @functools.wraps(method)
+    async def handler(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except Exception as exc:
+            code, details = grpc_status(exc)
+            if code is grpc.StatusCode.INTERNAL and not isinstance(exc, GatewayError):
+                log.error("%s failed", method.__name__, exc_info=True)
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: %s %s", method.__name__, code.name, details)
+            await context.abort(code, details)
+            raise  # unreachable: abort raises
+
+    return handler
+
+
+def _model_id(context: grpc.aio.ServicerContext, name: str) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == MODEL_ID_HEADER and value:
+            return value
+    if not name:
+        raise InvalidInput(f"no model named: set the {MODEL_ID_HEADER} header or the model name")
+    return name
+
+
+class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
+    """KServe V2 data plane over the pod's repository."""
+
+    def __init__(self, models: ModelRepository, ready: asyncio.Event) -> None:
+        self._models = models
+        self._ready = ready
+
+    async def ServerLive(
+        self, request: v2.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ServerLiveResponse:
+        return v2.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: v2.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ServerReadyResponse:
+        return v2.ServerReadyResponse(ready=self._ready.is_set())
+
+    async def ServerMetadata(
+        self, request: v2.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ServerMetadataResponse:
+        return v2.ServerMetadataResponse(name=SERVER_NAME, version=gateway.__version__)
+
+    @_rpc
+    async def ModelReady(
+        self, request: v2.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ModelReadyResponse:
+        self._models.get(_model_id(context, request.name))
+        return v2.ModelReadyResponse(ready=True)
+
+    @_rpc
+    async def ModelMetadata(
+        self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ModelMetadataResponse:
+        model_id = _model_id(context, request.name)
+        return tensors.encode_metadata(model_id, self._models.get(model_id).metadata())
+
+    @_rpc
+    async def ModelInfer(
+        self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ModelInferResponse:
+        model_id = _model_id(context, request.model_name)
+        model = self._models.get(model_id)
+        outputs = await self._models.predict(model, tensors.decode_request(request))
+        try:
+            return tensors.encode_response(model_id, request, outputs)
+        except (ValueError, TypeError) as exc:
+            log.warning("model %s: cannot encode its outputs", model_id, exc_info=True)
+            raise PredictFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
+    """The management API the gateway's placement engine calls."""
+
+    def __init__(self, models: ModelRepository, ready: asyncio.Event, settings: PodSettings):
+        self._models = models
+        self._ready = ready
+        self._settings = settings
+
+    @_rpc
+    async def LoadModel(
+        self, request: rt.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> rt.LoadModelResponse:
+        _require(request, "model_id", "model_type", "model_path")
+        config = ModelConfig(
+            request.model_id, request.model_type, Path(request.model_path), request.model_key
+        )
+        size = await self._models.load(config)
+        return rt.LoadModelResponse(model_id=request.model_id, size_in_bytes=size)
+
+    @_rpc
+    async def UnloadModel(
+        self, request: rt.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> rt.UnloadModelResponse:
+        _require(request, "model_id")
+        await self._models.unload(request.model_id)
+        return rt.UnloadModelResponse()
+
+    @_rpc
+    async def PredictModelSize(
+        self, request: rt.PredictModelSizeRequest, context: grpc.aio.ServicerContext
+    ) -> rt.PredictModelSizeResponse:
+        _require(request, "model_path")
+        size = await asyncio.to_thread(
+            predicted_size, Path(request.model_path), self._settings.size_multiplier
+        )
+        return rt.PredictModelSizeResponse(size_in_bytes=size)
+
+    @_rpc
+    async def ModelSize(
+        self, request: rt.ModelSizeRequest, context: grpc.aio.ServicerContext
+    ) -> rt.ModelSizeResponse:
+        return rt.ModelSizeResponse(size_in_bytes=self._models.get(request.model_id).size_bytes())
+
+    @_rpc
+    async def RuntimeStatus(
+        self, request: rt.RuntimeStatusRequest, context: grpc.aio.ServicerContext
+    ) -> rt.RuntimeStatusResponse:
+        settings = self._settings
+        ready = self._ready.is_set()
+        return rt.RuntimeStatusResponse(
+            status=rt.RuntimeStatusResponse.READY if ready else rt.RuntimeStatusResponse.STARTING,
+            capacity_in_bytes=settings.capacity_bytes,
+            max_loading_concurrency=settings.max_loading_concurrency,
+            model_loading_timeout_ms=settings.model_loading_timeout_ms,
+            model_types=self._models.model_types,
+            runtime_version=gateway.__version__,
+            loaded_models=[
+                _LoadedModel(model_id=m.model_id, size_in_bytes=m.size_bytes)
+                for m in self._models.loaded()
+            ],
+        )
+
+
+_LoadedModel = rt.RuntimeStatusResponse.LoadedModel
+
+
+def _require(request: Any, *fields: str) -> None:
+    missing = [f for f in fields if not getattr(request, f)]
+    if missing:
+        raise InvalidSpec(f"{type(request).__name__}: {', '.join(missing)} must be set")
