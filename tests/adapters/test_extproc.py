@@ -1,0 +1,185 @@
+"""The ext_proc servicer fed ProcessingRequest sequences, whole responses compared."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import duration_pb2
+
+from gateway._proto import grpc_predict_v2_pb2 as v2
+from gateway.extproc import Answer, ExternalProcessor
+
+from ..core.fakes import FakePod, FakePods
+from ..core.harness import Harness, harness, isvc
+
+POD = "10.0.0.1:9000"
+OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def headers(path: str, **extra: str) -> pb.ProcessingRequest:
+    values = [(":path", path), (":method", "POST"), *((k.replace("_", "-"), v) for k, v in extra.items())]
+    return pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(
+            headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in values])
+        )
+    )
+
+
+def body(message: bytes) -> pb.ProcessingRequest:
+    frame = b"\x00" + len(message).to_bytes(4, "big") + message
+    return pb.ProcessingRequest(request_body=pb.HttpBody(body=frame, end_of_stream=True))
+
+
+def setting(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, raw_value=value.encode()), append_action=OVERWRITE)
+
+
+def forward(address: str, model_id: str | None, *, in_body: bool = False) -> pb.ProcessingResponse:
+    sets = [setting("x-mmgw-upstream", address)]
+    if model_id:
+        sets.append(setting("mm-model-id", model_id))
+    common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=sets))
+    if in_body:
+        return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+    return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))
+
+
+async def run(processor: ExternalProcessor, *messages: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    """Feed one stream's messages; collect every response as the transport would send it."""
+    sent: list[bytes] = []
+    for message in messages:
+        answer = processor.answer(message)
+        if not isinstance(answer, Answer):
+            sent.append(processor.extend_timeout)
+            answer = await answer
+        sent.append(answer.message)
+    return [pb.ProcessingResponse.FromString(raw) for raw in sent]
+
+
+@pytest.fixture
+async def loaded(tmp_path: Path) -> tuple[Harness, ExternalProcessor, str]:
+    h = await harness(tmp_path, FakePods(**{POD: FakePod()}))
+    record, _ = await h.registry.apply(isvc())
+    await h.placement.ensure_loaded(record.serving.model_id)
+    return h, ExternalProcessor(h.router, miss_timeout=100), record.serving.model_id
+
+
+async def test_rest_hit_sets_the_pod_and_the_concrete_id(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+    _, processor, model_id = loaded
+    assert await run(processor, headers("/v2/models/sklearn-mnist/infer")) == [forward(POD, model_id)]
+
+
+async def test_client_sent_routing_headers_are_overwritten(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+    _, processor, model_id = loaded
+    sneaky = headers("/v2/models/sklearn-mnist/infer", x_mmgw_upstream="169.254.169.254:80")
+    [response] = await run(processor, sneaky)
+    assert response == forward(POD, model_id)
+    assert all(o.append_action == OVERWRITE for o in response.request_headers.response.header_mutation.set_headers)
+
+
+async def test_grpc_with_header_needs_no_body(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+    _, processor, model_id = loaded
+    call = headers("/inference.GRPCInferenceService/ModelInfer", mm_vmodel_id="sklearn-mnist",
+                   content_type="application/grpc")
+    assert await run(processor, call) == [forward(POD, model_id)]
+
+
+async def test_grpc_without_header_asks_for_the_body(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+    _, processor, model_id = loaded
+    call = headers("/inference.GRPCInferenceService/ModelInfer", content_type="application/grpc")
+    message = v2.ModelInferRequest(model_name="sklearn-mnist").SerializeToString()
+    responses = await run(processor, call, body(message))
+    ask = pb.ProcessingResponse(request_headers=pb.HeadersResponse(),
+                                mode_override=ProcessingMode(request_body_mode=ProcessingMode.BUFFERED))
+    assert responses == [ask, forward(POD, model_id, in_body=True)]
+
+
+async def test_server_calls_go_to_a_healthy_pod(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+    _, processor, _ = loaded
+    assert await run(processor, headers("/v2/health/ready")) == [forward(POD, None)]
+    grpc_live = headers("/inference.GRPCInferenceService/ServerLive", content_type="application/grpc")
+    assert await run(processor, grpc_live) == [forward(POD, None)]
+
+
+async def test_miss_extends_the_timeout_then_forwards(tmp_path: Path) -> None:
+    h = await harness(tmp_path, FakePods(**{POD: FakePod()}))
+    h.pods.gate = asyncio.Event()
+    record, _ = await h.registry.apply(isvc())
+    processor = ExternalProcessor(h.router, miss_timeout=100)
+    task = asyncio.create_task(run(processor, headers("/v2/models/sklearn-mnist/infer")))
+    await asyncio.sleep(0.01)
+    h.pods.gate.set()
+    assert await task == [
+        pb.ProcessingResponse(override_message_timeout=duration_pb2.Duration(seconds=100)),
+        forward(POD, record.serving.model_id),
+    ]
+    assert len(h.pods.loads) == 1
+
+
+def rest_error(status: int, code: grpc.StatusCode, message: str) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status={"code": status}, body=message.encode(), details=f"mmgw_{code.name.lower()}"
+        )
+    )
+
+
+def grpc_error(code: grpc.StatusCode, message: str) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status={"code": 200}, grpc_status=pb.GrpcStatus(status=code.value[0]),
+            body=message.encode(), details=f"mmgw_{code.name.lower()}",
+        )
+    )
+
+
+async def test_unknown_model_rest_and_grpc(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+    _, processor, _ = loaded
+    assert await run(processor, headers("/v2/models/nope/infer")) == [
+        rest_error(404, grpc.StatusCode.NOT_FOUND, "model 'nope' is not registered")
+    ]
+    call = headers("/inference.GRPCInferenceService/ModelInfer", mm_vmodel_id="nope", content_type="application/grpc")
+    assert await run(processor, call) == [grpc_error(grpc.StatusCode.NOT_FOUND, "model 'nope' is not registered")]
+
+
+async def test_unknown_paths_and_methods(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+    _, processor, _ = loaded
+    assert await run(processor, headers("/v2/models/m/explain")) == [
+        rest_error(404, grpc.StatusCode.UNIMPLEMENTED, "unknown path '/v2/models/m/explain'")
+    ]
+    call = headers("/inference.GRPCInferenceService/ModelStreamInfer", content_type="application/grpc")
+    assert await run(processor, call) == [
+        grpc_error(grpc.StatusCode.UNIMPLEMENTED, "unknown method inference.GRPCInferenceService/ModelStreamInfer")
+    ]
+
+
+async def test_body_without_a_model_name(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+    _, processor, _ = loaded
+    call = headers("/inference.GRPCInferenceService/ModelInfer", content_type="application/grpc")
+    responses = await run(processor, call, body(v2.ModelInferRequest(id="1").SerializeToString()))
+    assert responses[1] == grpc_error(
+        grpc.StatusCode.INVALID_ARGUMENT, "the request names no model: set model_name (or the mm-vmodel-id header)"
+    )
+
+
+async def test_failed_load_is_503_with_the_reason(tmp_path: Path) -> None:
+    h = await harness(tmp_path, FakePods(**{POD: FakePod(fail_loads="disk on fire")}))
+    await h.registry.apply(isvc())
+    processor = ExternalProcessor(h.router, miss_timeout=100)
+    responses = await run(processor, headers("/v2/models/sklearn-mnist/infer"))
+    immediate = responses[-1].immediate_response
+    assert immediate.status.code == 503
+    assert "disk on fire" in immediate.body.decode()
+
+
+async def test_one_stream_serves_many_requests_in_sequence(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+    _, processor, model_id = loaded
+    responses = await run(processor, headers("/v2/models/sklearn-mnist/infer"), headers("/v2/models/nope/ready"))
+    assert responses[0] == forward(POD, model_id)
+    assert responses[1].immediate_response.status.code == 404
