@@ -1,0 +1,116 @@
+"""The management API: InferenceServices in Kubernetes' REST shape, and the placement.
+
+    PUT    /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}
+    GET    /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices[/{name}]
+    DELETE /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}
+    GET    /v1/placement
+    GET    /healthz
+
+Errors are Kubernetes Status objects; the table below maps core errors to
+HTTP statuses. The apply result (created, configured, unchanged) is in the
+``mmgw-apply-result`` response header, for the CLI to print as kubectl does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from gateway.errors import GatewayError, InvalidSpec, ModelNotFound, Unavailable
+from gateway.placement import Placement
+from gateway.registry import Record, Registry
+from gateway.resources import API_VERSION
+
+log = logging.getLogger(__name__)
+
+ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices"
+APPLY_RESULT_HEADER = "mmgw-apply-result"
+
+# core error -> (HTTP status, Kubernetes Status reason)
+ERROR_TABLE: tuple[tuple[type[GatewayError], int, str], ...] = (
+    (InvalidSpec, 400, "BadRequest"),
+    (ModelNotFound, 404, "NotFound"),
+    (Unavailable, 503, "ServiceUnavailable"),
+)
+
+
+def _status(code: int, reason: str, message: str) -> JSONResponse:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+    return JSONResponse(body, status_code=code)
+
+
+def build_api(registry: Registry, placement: Placement, *, namespace: str) -> FastAPI:
+    app = FastAPI(title="ModelMesh Gateway management API", docs_url="/docs", redoc_url=None)
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        for kind, code, reason in ERROR_TABLE:
+            if isinstance(exc, kind):
+                return _status(code, reason, exc.message)
+        return _status(500, "InternalError", exc.message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("management API: unexpected error", exc_info=exc)
+        return _status(500, "InternalError", "internal error in the gateway")
+
+    def check_namespace(ns: str) -> None:
+        if ns != namespace:
+            raise InvalidSpec(f"namespace '{ns}': this gateway serves namespace '{namespace}'")
+
+    def item(record: Record) -> dict[str, Any]:
+        created = datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="seconds")
+        metadata = {**record.manifest["metadata"], "creationTimestamp": created.replace("+00:00", "Z")}
+        return {**record.manifest, "metadata": metadata, "status": registry.status(record)}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(ISVC_PATH)
+    async def list_isvcs(namespace: str) -> dict[str, Any]:
+        check_namespace(namespace)
+        return {"apiVersion": API_VERSION, "kind": "InferenceServiceList",
+                "items": [item(r) for r in registry.list()]}
+
+    @app.get(ISVC_PATH + "/{name}")
+    async def get_isvc(namespace: str, name: str) -> dict[str, Any]:
+        check_namespace(namespace)
+        return item(registry.get(name))
+
+    @app.put(ISVC_PATH + "/{name}")
+    async def apply_isvc(namespace: str, name: str, request: Request) -> JSONResponse:
+        check_namespace(namespace)
+        try:
+            document = json.loads(await request.body())
+        except ValueError as exc:
+            raise InvalidSpec(f"the request body is not JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise InvalidSpec("the request body must be one resource (a JSON object)")
+        metadata = document.setdefault("metadata", {})
+        if not isinstance(metadata, dict) or metadata.get("name", name) != name:
+            raise InvalidSpec(f"metadata.name must be '{name}', the name in the path")
+        metadata["name"] = name
+        metadata.setdefault("namespace", namespace)
+        record, action = await registry.apply(document)
+        return JSONResponse(item(record), status_code=201 if action == "created" else 200,
+                            headers={APPLY_RESULT_HEADER: action})
+
+    @app.delete(ISVC_PATH + "/{name}")
+    async def delete_isvc(namespace: str, name: str) -> dict[str, Any]:
+        check_namespace(namespace)
+        await registry.delete(name)
+        return {"kind": "Status", "apiVersion": "v1", "status": "Success",
+                "details": {"name": name, "kind": "inferenceservices"}}
+
+    @app.get("/v1/placement")
+    async def get_placement() -> dict[str, Any]:
+        return placement.snapshot()
+
+    return app

@@ -1,0 +1,127 @@
+"""The gateway process's composition root: builds everything from GatewaySettings.
+
+One asyncio loop serves the ext_proc server (Envoy's routing questions),
+the management API (uvicorn) and the pods' health watch, all over the same
+in-memory placement table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+from gateway.api import build_api
+from gateway.extproc import ExternalProcessor
+from gateway.extproc_server import ExtProcServer
+from gateway.placement import Placement, PlacementSettings
+from gateway.podclient import GrpcPodClient
+from gateway.registry import Registry, RegistrySettings
+from gateway.router import Router
+from gateway.settings import GatewaySettings
+from gateway.storage import StorageRoots
+from gateway.store import EmbeddedStore
+
+log = logging.getLogger("gateway")
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the gateway owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None) -> None:
+    """Run the gateway until ``stop`` is set (or the task is cancelled)."""
+    stop = stop or asyncio.Event()
+    store = EmbeddedStore(settings.data_dir / "registry.db")
+    pods = GrpcPodClient()
+    placement = Placement(
+        pods,
+        PlacementSettings(
+            churn_guard=settings.churn_guard_seconds,
+            load_timeout=settings.load_timeout_seconds,
+            loads_per_pod=settings.loads_per_pod,
+            health_interval=settings.health_interval_seconds,
+        ),
+    )
+    for address in settings.pods:
+        placement.add_pod(address)
+    registry = Registry(
+        store,
+        placement,
+        StorageRoots(settings.pvcs),
+        RegistrySettings(
+            namespace=settings.namespace,
+            size_multiplier=settings.size_multiplier,
+            url_base=settings.public_url,
+        ),
+    )
+    # Registered models first, then the pods: a pod's loaded models are adopted
+    # only if they are registered.
+    await registry.restore()
+    await placement.check_pods()
+
+    processor = ExternalProcessor(Router(registry, placement), miss_timeout=settings.load_timeout_seconds + 10)
+    extproc = ExtProcServer(processor, settings.extproc_host, settings.extproc_port)
+    await extproc.start()
+
+    api = _ApiServer(
+        uvicorn.Config(
+            build_api(registry, placement, namespace=settings.namespace),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+    )
+    tasks = [
+        asyncio.create_task(api.serve(), name="management API"),
+        asyncio.create_task(placement.watch_pods(), name="pod health"),
+    ]
+    log.info(
+        "gateway ready: ext_proc on %s:%d, management API on http://%s:%d, %d pods, data in %s",
+        settings.extproc_host, settings.extproc_port, settings.api_host, settings.api_port,
+        len(settings.pods), settings.data_dir,
+    )
+    try:
+        done, _ = await asyncio.wait(
+            [asyncio.create_task(stop.wait(), name="stop"), *tasks], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            if task.get_name() != "stop" and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        log.info("gateway stopping")
+        api.should_exit = True
+        await extproc.stop()
+        for task in tasks:
+            if task.get_name() != "management API":
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await registry.close()
+        await pods.close()
+        store.close()
+
+
+def main(settings: GatewaySettings) -> None:
+    """Run the gateway in the foreground; SIGTERM or SIGINT stops it cleanly."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop=stop)
+
+    asyncio.run(run())

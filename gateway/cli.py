@@ -1,0 +1,303 @@
+"""mmgw: run the gateway's processes and manage its resources, kubectl-style.
+
+    mmgw demo                          Envoy + gateway + 3 pods + the sample model
+    mmgw apply -f FILE                 create or update InferenceServices
+    mmgw get isvc [NAME] | placement   list resources / the placement table
+    mmgw delete isvc NAME
+    mmgw serve | pod | envoy           run one process of a deployment
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+ISVC_NAMES = ("isvc", "inferenceservice", "inferenceservices")
+_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 10**3, "M": 10**6, "G": 10**9}
+
+
+class CliError(Exception):
+    """Printed as 'error: ...' with exit status 1."""
+
+
+def quantity(text: str) -> int:
+    """Bytes from a Kubernetes quantity: 1073741824, 512Mi, 1Gi, 2G."""
+    for suffix, factor in _UNITS.items():
+        if text.endswith(suffix) and text[: -len(suffix)].isdigit():
+            return int(text[: -len(suffix)]) * factor
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"not a byte quantity: {text!r} (e.g. 1073741824, 512Mi, 1Gi)")
+
+
+def _pvc(text: str) -> tuple[str, Path]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"--pvc takes NAME=DIR, got {text!r}")
+    return name, Path(folder)
+
+
+# -- client commands ------------------------------------------------------
+
+
+class Client:
+    def __init__(self, server: str, namespace: str) -> None:
+        self._http = httpx.Client(base_url=server, timeout=30)
+        self._server = server
+        self.isvcs = f"/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise CliError(
+                f"cannot reach the management API at {self._server} ({exc}); is `mmgw serve` or `make demo` running?"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                reason, message = body.get("reason", response.reason_phrase), body.get("message", response.text)
+            except ValueError:
+                reason, message = response.reason_phrase, response.text
+            raise CliError(f"Error from server ({reason}): {message}")
+        return response
+
+
+def documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in paths:
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text()
+            loaded = list(yaml.safe_load_all(text))
+        except OSError as exc:
+            raise CliError(f"{path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise CliError(f"{path}: not valid YAML: {exc}") from None
+        for doc in loaded:
+            if doc is None:
+                continue
+            if isinstance(doc, dict) and doc.get("kind") == "List":
+                yield from ((path, item) for item in doc.get("items", []))
+            else:
+                yield path, doc
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    client = Client(args.server, args.namespace)
+    docs = list(documents(args.filename))
+    if not docs:
+        raise CliError("no objects passed to apply")
+    failed = 0
+    for path, doc in docs:
+        name = doc.get("metadata", {}).get("name") if isinstance(doc, dict) else None
+        kind = doc.get("kind") if isinstance(doc, dict) else None
+        if kind != "InferenceService" or not name:
+            print(f"error: {path}: {kind or 'a document'} {name or ''}: only InferenceService "
+                  "(serving.kserve.io/v1beta1) with metadata.name can be applied", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            response = client.request("PUT", f"{client.isvcs}/{name}", json=doc)
+        except CliError as exc:
+            print(f"error: inferenceservice.serving.kserve.io/{name}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"inferenceservice.serving.kserve.io/{name} {response.headers.get('mmgw-apply-result', 'configured')}")
+    return 1 if failed else 0
+
+
+def _ready(item: dict[str, Any]) -> tuple[str, str]:
+    for condition in item.get("status", {}).get("conditions", []):
+        if condition.get("type") == "Ready":
+            return condition.get("status", "Unknown"), condition.get("reason", "")
+    return "Unknown", ""
+
+
+def age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    client = Client(args.server, args.namespace)
+    if args.resource == "placement":
+        print(json.dumps(client.request("GET", "/v1/placement").json(), indent=2))
+        return 0
+    if args.name:
+        items = [client.request("GET", f"{client.isvcs}/{args.name}").json()]
+    else:
+        items = client.request("GET", client.isvcs).json()["items"]
+    if args.output in ("json", "yaml"):
+        data = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
+        print(json.dumps(data, indent=2) if args.output == "json" else yaml.safe_dump(data, sort_keys=False), end="\n")
+        return 0
+    if not items:
+        print(f"No resources found in {args.namespace} namespace.", file=sys.stderr)
+        return 0
+    rows = [["NAME", "URL", "READY", "REASON", "AGE"]]
+    now = time.time()
+    for item in items:
+        ready, reason = _ready(item)
+        created = item.get("metadata", {}).get("creationTimestamp")
+        since = now - datetime.fromisoformat(created).timestamp() if created else None
+        rows.append([item["metadata"]["name"], item.get("status", {}).get("url", ""), ready, reason,
+                     age(since) if since is not None else "-"])
+    print(table(rows))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    client = Client(args.server, args.namespace)
+    client.request("DELETE", f"{client.isvcs}/{args.name}")
+    print(f'inferenceservice.serving.kserve.io "{args.name}" deleted')
+    return 0
+
+
+# -- process commands -----------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway import app
+    from gateway.settings import GatewaySettings
+
+    given = {
+        "data_dir": args.data_dir, "api_host": args.api_host, "api_port": args.api_port,
+        "extproc_host": args.extproc_host, "extproc_port": args.extproc_port,
+        "pods": tuple(args.pods) if args.pods else None, "pvcs": dict(args.pvc) if args.pvc else None,
+        "public_url": args.public_url, "namespace": args.namespace, "log_level": args.log_level,
+    }
+    app.main(GatewaySettings(**{k: v for k, v in given.items() if v is not None}))
+    return 0
+
+
+def cmd_pod(args: argparse.Namespace) -> int:
+    from gateway.pod import server
+
+    server.main(
+        server.PodSettings(
+            host=args.host, port=args.port, capacity_bytes=args.capacity, pod_id=args.id or f"pod-{args.port}",
+            max_loading_concurrency=args.max_loading_concurrency,
+            model_loading_timeout_ms=args.model_loading_timeout_ms,
+        )
+    )
+    return 0
+
+
+def cmd_envoy(args: argparse.Namespace) -> int:
+    from gateway import envoy_config, launcher
+
+    host, _, port = args.extproc.rpartition(":")
+    config = envoy_config.render(
+        envoy_config.EnvoyPorts(
+            listen_host=args.listen_host, listen_port=args.port, admin_port=args.admin_port,
+            extproc_host=host, extproc_port=int(port), max_request_bytes=args.max_request_bytes,
+        )
+    )
+    path = envoy_config.write(config, args.data_dir / "envoy.yaml")
+    binary = str(launcher.envoy_binary())
+    os.execv(binary, [binary, "-c", str(path), "--disable-hot-restart", "--log-level", "warning"])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway import demo
+
+    return demo.run(args.data_dir)
+
+
+# -- parser ---------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="mmgw", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def client_command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--server", "-s", default=os.environ.get("MMGW_SERVER", DEFAULT_SERVER),
+                       help="management API URL (env MMGW_SERVER; default %(default)s)")
+        p.add_argument("--namespace", "-n", default="modelmesh-serving")
+        return p
+
+    p = client_command("apply", "create or update resources from YAML files")
+    p.add_argument("-f", "--filename", action="append", required=True, help="YAML file, or - for stdin")
+    p.set_defaults(func=cmd_apply)
+
+    p = client_command("get", "show InferenceServices or the placement table")
+    p.add_argument("resource", choices=(*ISVC_NAMES, "placement"))
+    p.add_argument("name", nargs="?")
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    p.set_defaults(func=cmd_get)
+
+    p = client_command("delete", "delete an InferenceService")
+    p.add_argument("resource", choices=ISVC_NAMES)
+    p.add_argument("name")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("serve", help="run the gateway: ext_proc, placement engine, management API")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--api-host")
+    p.add_argument("--api-port", type=int)
+    p.add_argument("--extproc-host")
+    p.add_argument("--extproc-port", type=int)
+    p.add_argument("--pods", nargs="+", metavar="HOST:PORT", help="runtime pods' gRPC addresses")
+    p.add_argument("--pvc", action="append", type=_pvc, metavar="NAME=DIR", help="map a PVC name to a folder")
+    p.add_argument("--public-url", help="Envoy's URL, shown in InferenceService status")
+    p.add_argument("--namespace")
+    p.add_argument("--log-level")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("pod", help="run one runtime pod")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--capacity", type=quantity, default=1 << 30, help="model memory in bytes (512Mi, 1Gi, ...)")
+    p.add_argument("--id")
+    p.add_argument("--max-loading-concurrency", type=int, default=1)
+    p.add_argument("--model-loading-timeout-ms", type=int, default=90_000)
+    p.set_defaults(func=cmd_pod)
+
+    p = sub.add_parser("envoy", help="run Envoy with envoy/envoy.yaml rendered for these ports")
+    p.add_argument("--listen-host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8008)
+    p.add_argument("--admin-port", type=int, default=9901)
+    p.add_argument("--extproc", default="127.0.0.1:9000", metavar="HOST:PORT")
+    p.add_argument("--max-request-bytes", type=quantity, default=16 << 20)
+    p.add_argument("--data-dir", type=Path, default=Path(".mmgw"))
+    p.set_defaults(func=cmd_envoy)
+
+    p = sub.add_parser("demo", help="run Envoy, the gateway, 3 pods and the sample model in the foreground")
+    p.add_argument("--data-dir", type=Path, default=Path(".mmgw"))
+    p.set_defaults(func=cmd_demo)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""One local deployment (Envoy, gateway, 3 pods) on free loopback ports for the e2e tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import yaml
+
+from gateway import launcher, samples
+from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "sklearn-mnist.yaml"
+ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/modelmesh-serving/inferenceservices"
+
+
+def seed_body(**overrides: Any) -> dict[str, Any]:
+    tensor = {"name": "predict", "shape": [1, 64], "datatype": "FP32",
+              "contents": {"fp32_contents": samples.sample_input()}}
+    tensor.update(overrides)
+    return {"inputs": [tensor]}
+
+
+def wait_ready(api: httpx.Client, name: str, timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        item = api.get(f"{ISVCS}/{name}").json()
+        condition = item["status"]["conditions"][0]
+        if condition["status"] == "True" or condition.get("reason") == "ModelLoadFailed":
+            return item
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} not ready: {condition}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.Deployment]:
+    data = tmp_path_factory.mktemp("deployment")
+    samples.train_mnist_svm(data / "models" / samples.SAMPLE_FILE)
+    with launcher.Deployment(data_dir=data, ports=launcher.Ports.free()) as running:
+        with httpx.Client(base_url=running.api_url, timeout=30) as api:
+            api.put(f"{ISVCS}/sklearn-mnist", json=yaml.safe_load(EXAMPLE.read_text())).raise_for_status()
+            wait_ready(api, "sklearn-mnist")
+        yield running
+    for process in running.processes:
+        assert process.popen.poll() is not None
+
+
+@pytest.fixture(scope="session")
+def rest(deployment: launcher.Deployment) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=deployment.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def api(deployment: launcher.Deployment) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=deployment.api_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def stub(deployment: launcher.Deployment) -> Iterator[v2_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(f"127.0.0.1:{deployment.ports.envoy}") as channel:
+        yield v2_grpc.GRPCInferenceServiceStub(channel)

@@ -1,0 +1,98 @@
+"""Every bad input gets a clear answer, and the next good request succeeds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import pytest
+
+from gateway import launcher
+from gateway._proto import grpc_predict_v2_pb2 as v2
+from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
+
+from .conftest import seed_body
+from .test_seed import infer_request
+
+
+@pytest.fixture(autouse=True)
+def next_request_succeeds(rest: httpx.Client) -> Iterator[None]:
+    yield
+    response = rest.post("/v2/models/sklearn-mnist/infer", json=seed_body())
+    assert response.status_code == 200, response.text
+
+
+def test_unknown_model_rest(rest: httpx.Client) -> None:
+    response = rest.post("/v2/models/no-such-model/infer", json=seed_body())
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"code": 5, "message": "model 'no-such-model' is not registered"}
+    assert rest.get("/v2/models/no-such-model").status_code == 404
+
+
+def test_unknown_model_grpc(stub: v2_grpc.GRPCInferenceServiceStub) -> None:
+    for metadata in ((("mm-vmodel-id", "no-such-model"),), ()):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(infer_request("no-such-model"), metadata=metadata, timeout=30)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert info.value.details() == "model 'no-such-model' is not registered"
+
+
+def test_malformed_json(rest: httpx.Client) -> None:
+    response = rest.post("/v2/models/sklearn-mnist/infer", content=b'{"inputs": [')
+    assert response.status_code == 400
+    assert response.json()["code"] == 3 and response.json()["message"]
+
+
+def test_wrong_datatype(rest: httpx.Client, stub: v2_grpc.GRPCInferenceServiceStub) -> None:
+    body = seed_body(datatype="INT32", contents={"int_contents": [1] * 64})
+    response = rest.post("/v2/models/sklearn-mnist/infer", json=body)
+    assert response.status_code == 400
+    assert "model expects 'FP32'" in response.json()["message"]
+    request = infer_request()
+    request.inputs[0].datatype = "FP64"
+    request.inputs[0].contents.fp64_contents.extend(request.inputs[0].contents.fp32_contents)
+    request.inputs[0].contents.ClearField("fp32_contents")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "model expects 'FP32'" in info.value.details()
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        {"shape": [1, 63], "contents": {"fp32_contents": [1.0] * 63}},
+        {"shape": [64], "contents": {"fp32_contents": [1.0] * 64}},
+        {"shape": [1, 64], "contents": {"fp32_contents": [1.0] * 10}},
+    ],
+    ids=["feature-count", "rank", "element-count"],
+)
+def test_wrong_shape(rest: httpx.Client, tensor: dict[str, object]) -> None:
+    response = rest.post("/v2/models/sklearn-mnist/infer", json=seed_body(**tensor))
+    assert response.status_code == 400
+    message = response.json()["message"]
+    assert "[-1, 64]" in message or "needs 64 elements" in message or "64" in message
+
+
+def test_body_over_the_limit_is_413(rest: httpx.Client) -> None:
+    huge = b'{"inputs": [{"name": "x", "contents": {"fp32_contents": [' + b"1.0," * (5 << 20) + b"1.0]}}]}"
+    response = rest.post("/v2/models/sklearn-mnist/infer", content=huge)
+    assert response.status_code == 413
+    assert response.json()["code"] == 8
+
+
+def test_unknown_paths(rest: httpx.Client) -> None:
+    for path in ("/", "/v1/models/sklearn-mnist:predict", "/v2/models/sklearn-mnist/explain", "/v2/repository/index"):
+        response = rest.post(path, json={})
+        assert response.status_code == 404, path
+        assert response.json()["message"], path
+
+
+def test_unknown_grpc_method(deployment: launcher.Deployment) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{deployment.ports.envoy}") as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/RepositoryIndex")
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"", timeout=30)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
