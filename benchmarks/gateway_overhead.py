@@ -1,0 +1,190 @@
+"""What the gateway costs: one pod, one model, four ways in, measured side by side.
+
+    direct      native gRPC straight to the pod (mm-model-id header)
+    static      REST through Envoy + transcoder with a static route to that pod
+                (no ext_proc): the floor for any Envoy-based REST gateway
+    gateway     REST through the full gateway (ext_proc picks the pod)
+    grpc        native gRPC through the full gateway, mm-vmodel-id header
+    grpc-body   native gRPC through the full gateway, model named in the body only
+
+Load comes from h2load (Debian's nghttp2-client), one thread, fixed duration,
+at concurrency 1 and 16. REST runs over HTTP/1.1 as curl would; gRPC over
+HTTP/2. Every path is checked to answer "8" before it is measured. Prints
+throughput, p50 and p99, and each path's throughput as a ratio of direct and
+of static. Run: ``make bench`` (or ``python -m benchmarks.gateway_overhead``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import yaml
+
+from gateway import launcher, samples
+from gateway._proto import grpc_predict_v2_pb2 as v2
+
+ROOT = Path(__file__).resolve().parent.parent
+ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/modelmesh-serving/inferenceservices"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    body: Path
+    headers: tuple[str, ...]
+    http1: bool
+
+
+@dataclass(frozen=True)
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    failed: int
+
+
+def grpc_frame(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def h2load(target: Target, concurrency: int, seconds: float, warmup: float, work: Path) -> Result:
+    log = work / f"{target.name}-c{concurrency}.log"
+    args = ["h2load", "-t", "1", "-c", str(concurrency), "-m", "1", "-D", f"{seconds * 1000:.0f}ms",
+            "--warm-up-time", f"{warmup * 1000:.0f}ms", "-d", str(target.body), f"--log-file={log}"]
+    if target.http1:
+        args.append("--h1")
+    for header in target.headers:
+        args += ["-H", header]
+    out = subprocess.run([*args, target.url], capture_output=True, text=True, timeout=seconds + warmup + 60).stdout
+    # log lines: start-time(us since epoch) status elapsed(us)
+    rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()]
+    latencies = sorted(int(r[2]) / 1000 for r in rows)
+    failed = sum(1 for r in rows if r[1] != "200")
+    if not latencies:
+        raise RuntimeError(f"h2load made no request on {target.name}:\n{out}")
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    return Result(len(latencies) / seconds, q[49], q[98], failed)
+
+
+def check(target: Target, expect: bytes) -> None:
+    """One request by curl/grpc before measuring: the path must answer 8."""
+    body = target.body.read_bytes()
+    headers = dict(h.split(": ", 1) for h in target.headers)
+    if target.http1:
+        response = httpx.post(target.url, content=body, headers=headers, timeout=30)
+        ok = response.status_code == 200 and expect in response.content
+        detail = response.text
+    else:
+        target = target.url.removeprefix("http://").split("/", 1)[0]
+        metadata = tuple((k, v) for k, v in headers.items() if k.startswith("mm-"))
+        with grpc.insecure_channel(target) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                       response_deserializer=v2.ModelInferResponse.FromString)
+            reply = call(body[5:], metadata=metadata, timeout=30)
+        ok = list(reply.outputs[0].contents.int64_contents) == [8]
+        detail = str(reply)
+    if not ok:
+        raise RuntimeError(f"{target.name} does not answer 8: {detail[:300]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=2, help="runs per path; the median is reported")
+    args = parser.parse_args(argv)
+    if shutil.which("h2load") is None:
+        print("h2load not found: apt-get install nghttp2-client (make bench does)", file=sys.stderr)
+        return 1
+
+    work = Path(tempfile.mkdtemp(prefix="mmgw-bench-"))
+    samples.train_mnist_svm(work / "models" / samples.SAMPLE_FILE)
+    ports = launcher.Ports.free(pods=1)
+    static_port, static_admin = launcher.free_port(), launcher.free_port()
+    with launcher.Deployment(data_dir=work, ports=ports) as deployment:
+        with httpx.Client(base_url=deployment.api_url, timeout=30) as api:
+            api.put(f"{ISVCS}/sklearn-mnist", json=yaml.safe_load((ROOT / "examples/sklearn-mnist.yaml").read_text()))
+            deadline = time.monotonic() + 60
+            while api.get(f"{ISVCS}/sklearn-mnist").json()["status"]["conditions"][0]["status"] != "True":
+                if time.monotonic() > deadline:
+                    raise TimeoutError("sklearn-mnist did not become ready")
+                time.sleep(0.1)
+        model_id = httpx.get(f"{deployment.url}/v2/models/sklearn-mnist", timeout=30).json()["name"]
+        pod = ports.pod_addresses[0]
+        static = launcher.Deployment(
+            data_dir=work / "static", ports=launcher.Ports(static_port, static_admin, 0, 0, ()),
+        )
+        static.start_envoy(static_upstream=pod)
+        static.wait_for_envoy()
+        try:
+            return run(args, work, deployment, static, pod, model_id)
+        finally:
+            static.stop()
+
+
+def run(args: argparse.Namespace, work: Path, deployment: launcher.Deployment, static: launcher.Deployment,
+        pod: str, model_id: str) -> int:
+    rest_body = work / "rest.json"
+    rest_body.write_text(json.dumps({"inputs": [{"name": "predict", "shape": [1, 64], "datatype": "FP32",
+                                                 "contents": {"fp32_contents": samples.sample_input()}}]}))
+    request = v2.ModelInferRequest(model_name="sklearn-mnist")
+    tensor = request.inputs.add(name="predict", datatype="FP32", shape=[1, 64])
+    tensor.contents.fp32_contents.extend(samples.sample_input())
+    grpc_body = work / "grpc.bin"
+    grpc_body.write_bytes(grpc_frame(request.SerializeToString()))
+    grpc_headers = ("content-type: application/grpc", "te: trailers")
+    infer = "/v2/models/sklearn-mnist/infer"
+    method = "/inference.GRPCInferenceService/ModelInfer"
+    paths = [
+        Target("direct", f"http://{pod}{method}", grpc_body, (*grpc_headers, f"mm-model-id: {model_id}"), False),
+        Target("static", f"{static.url}{infer}", rest_body,
+              ("content-type: application/json", f"mm-model-id: {model_id}"), True),
+        Target("gateway", f"{deployment.url}{infer}", rest_body, ("content-type: application/json",), True),
+        Target("grpc", f"{deployment.url}{method}", grpc_body, (*grpc_headers, "mm-vmodel-id: sklearn-mnist"), False),
+        Target("grpc-body", f"{deployment.url}{method}", grpc_body, grpc_headers, False),
+    ]
+    for path in paths:
+        check(path, b'"8"')
+
+    print(f"gateway overhead: 1 pod, sklearn-mnist (SVC), {args.rounds} x {args.seconds:g} s per run, "
+          f"h2load -t1, median of rounds")
+    for concurrency in (1, 16):
+        results: dict[str, list[Result]] = {p.name: [] for p in paths}
+        for _ in range(args.rounds):
+            for path in paths:  # interleaved, so drift hits every path alike
+                results[path.name].append(h2load(path, concurrency, args.seconds, args.warmup, work))
+        median = {name: _median(runs) for name, runs in results.items()}
+        print(f"\nconcurrency {concurrency}")
+        print(f"{'path':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x direct':>9} {'x static':>9} {'failed':>7}")
+        for name, r in median.items():
+            print(f"{name:<10} {r.rps:8.0f} {r.p50_ms:8.3f} {r.p99_ms:8.3f} {r.rps / median['direct'].rps:9.2f} "
+                  f"{r.rps / median['static'].rps:9.2f} {r.failed:7d}")
+        added = median["gateway"].p50_ms - median["static"].p50_ms
+        print(f"gateway REST vs static: {median['gateway'].rps / median['static'].rps:.2f}x throughput, "
+              f"{added * 1000:+.0f} us p50")
+    return 0
+
+
+def _median(runs: list[Result]) -> Result:
+    return Result(
+        statistics.median(r.rps for r in runs),
+        statistics.median(r.p50_ms for r in runs),
+        statistics.median(r.p99_ms for r in runs),
+        sum(r.failed for r in runs),
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
