@@ -7,6 +7,7 @@ variables, then these defaults. Nothing reads them at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,7 @@ class GatewaySettings(BaseSettings):
     loads_per_pod: int = 1
     health_interval_seconds: float = 1.0
     log_level: str = "INFO"
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @model_validator(mode="after")
     def _default_pvc(self) -> GatewaySettings:
