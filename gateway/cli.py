@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
-from datetime import datetime
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import yaml
@@ -41,6 +43,16 @@ def quantity(text: str) -> int:
     raise argparse.ArgumentTypeError(f"not a byte quantity: {text!r} (e.g. 1073741824, 512Mi, 1Gi)")
 
 
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r} (1 to 65535)")
+    return value
+
+
 def _pvc(text: str) -> tuple[str, Path]:
     name, sep, folder = text.partition("=")
     if not sep or not name or not folder:
@@ -55,7 +67,11 @@ class Client:
     def __init__(self, server: str, namespace: str) -> None:
         self._http = httpx.Client(base_url=server, timeout=30)
         self._server = server
-        self.isvcs = f"/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices"
+        namespaces = "/apis/serving.kserve.io/v1beta1/namespaces"
+        self.isvcs = f"{namespaces}/{quote(namespace, safe='')}/inferenceservices"
+
+    def isvc(self, name: str) -> str:
+        return f"{self.isvcs}/{quote(name, safe='')}"
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -65,13 +81,26 @@ class Client:
                 f"cannot reach the management API at {self._server} ({exc}); is `mmgw serve` or `make demo` running?"
             ) from None
         if response.status_code >= 400:
+            reason, message = response.reason_phrase, response.text
             try:
                 body = response.json()
-                reason, message = body.get("reason", response.reason_phrase), body.get("message", response.text)
             except ValueError:
-                reason, message = response.reason_phrase, response.text
+                body = None
+            if isinstance(body, dict):  # a Kubernetes Status, or FastAPI's {"detail": ...}
+                reason = body.get("reason") or reason
+                message = body.get("message") or body.get("detail") or message
             raise CliError(f"Error from server ({reason}): {message}")
         return response
+
+
+def check_name(name: object) -> str:
+    """``name`` if it is a valid InferenceService name (an RFC 1123 label), else CliError."""
+    from gateway.resources import NAME_PATTERN
+
+    if not isinstance(name, str) or len(name) > 63 or not re.fullmatch(NAME_PATTERN, name):
+        raise CliError(f"invalid name {name!r}: lowercase letters, digits and '-', "
+                       "starting and ending with a letter or digit, at most 63 characters")
+    return name
 
 
 def documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -87,7 +116,10 @@ def documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
             if doc is None:
                 continue
             if isinstance(doc, dict) and doc.get("kind") == "List":
-                yield from ((path, item) for item in doc.get("items", []))
+                items = doc.get("items") or []
+                if not isinstance(items, list):
+                    raise CliError(f"{path}: a List's items must be a list")
+                yield from ((path, item) for item in items)
             else:
                 yield path, doc
 
@@ -99,15 +131,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise CliError("no objects passed to apply")
     failed = 0
     for path, doc in docs:
-        name = doc.get("metadata", {}).get("name") if isinstance(doc, dict) else None
+        metadata = doc.get("metadata") if isinstance(doc, dict) else None
+        name = metadata.get("name") if isinstance(metadata, dict) else None
         kind = doc.get("kind") if isinstance(doc, dict) else None
-        if kind != "InferenceService" or not name:
-            print(f"error: {path}: {kind or 'a document'} {name or ''}: only InferenceService "
+        if kind != "InferenceService" or name is None:
+            what = " ".join(str(part) for part in (kind or "a document", name) if part is not None)
+            print(f"error: {path}: {what}: only InferenceService "
                   "(serving.kserve.io/v1beta1) with metadata.name can be applied", file=sys.stderr)
             failed += 1
             continue
         try:
-            response = client.request("PUT", f"{client.isvcs}/{name}", json=doc)
+            response = client.request("PUT", client.isvc(check_name(name)), json=doc)
         except CliError as exc:
             print(f"error: inferenceservice.serving.kserve.io/{name}: {exc}", file=sys.stderr)
             failed += 1
@@ -139,15 +173,20 @@ def table(rows: list[list[str]]) -> str:
 def cmd_get(args: argparse.Namespace) -> int:
     client = Client(args.server, args.namespace)
     if args.resource == "placement":
+        if args.name:
+            raise CliError("get placement takes no name")
         print(json.dumps(client.request("GET", "/v1/placement").json(), indent=2))
         return 0
     if args.name:
-        items = [client.request("GET", f"{client.isvcs}/{args.name}").json()]
+        items = [client.request("GET", client.isvc(check_name(args.name))).json()]
     else:
         items = client.request("GET", client.isvcs).json()["items"]
     if args.output in ("json", "yaml"):
         data = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
-        print(json.dumps(data, indent=2) if args.output == "json" else yaml.safe_dump(data, sort_keys=False), end="\n")
+        if args.output == "json":
+            print(json.dumps(data, indent=2))
+        else:
+            print(yaml.safe_dump(data, sort_keys=False), end="")
         return 0
     if not items:
         print(f"No resources found in {args.namespace} namespace.", file=sys.stderr)
@@ -166,7 +205,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     client = Client(args.server, args.namespace)
-    client.request("DELETE", f"{client.isvcs}/{args.name}")
+    client.request("DELETE", client.isvc(check_name(args.name)))
     print(f'inferenceservice.serving.kserve.io "{args.name}" deleted')
     return 0
 
@@ -196,6 +235,7 @@ def cmd_pod(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, capacity_bytes=args.capacity, pod_id=args.id or f"pod-{args.port}",
             max_loading_concurrency=args.max_loading_concurrency,
             model_loading_timeout_ms=args.model_loading_timeout_ms,
+            size_multiplier=args.size_multiplier, max_message_bytes=args.max_message_bytes,
         )
     )
     return 0
@@ -217,9 +257,11 @@ def cmd_envoy(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway import demo
+    from gateway import demo, launcher
 
-    return demo.run(args.data_dir)
+    ports = launcher.Ports(envoy=args.port, envoy_admin=args.admin_port, api=args.api_port,
+                           extproc=args.extproc_port, pods=tuple(args.pod_ports))
+    return demo.run(args.data_dir, ports)
 
 
 # -- parser ---------------------------------------------------------------
@@ -271,6 +313,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--id")
     p.add_argument("--max-loading-concurrency", type=int, default=1)
     p.add_argument("--model-loading-timeout-ms", type=int, default=90_000)
+    p.add_argument("--size-multiplier", type=float, default=1.25,
+                   help="PredictModelSize = bytes on disk x this (default %(default)s)")
+    p.add_argument("--max-message-bytes", type=quantity, default=64 << 20,
+                   help="gRPC send and receive limit (64Mi, ...; default %(default)s)")
     p.set_defaults(func=cmd_pod)
 
     p = sub.add_parser("envoy", help="run Envoy with envoy/envoy.yaml rendered for these ports")
@@ -284,6 +330,12 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run Envoy, the gateway, 3 pods and the sample model in the foreground")
     p.add_argument("--data-dir", type=Path, default=Path(".mmgw"))
+    p.add_argument("--port", type=port, default=8008, help="Envoy's listener (default %(default)s)")
+    p.add_argument("--admin-port", type=port, default=9901, help="Envoy's admin (default %(default)s)")
+    p.add_argument("--api-port", type=port, default=8080, help="management API (default %(default)s)")
+    p.add_argument("--extproc-port", type=port, default=9000, help="ext_proc server (default %(default)s)")
+    p.add_argument("--pod-ports", type=port, nargs="+", default=[9101, 9102, 9103], metavar="PORT",
+                   help="one runtime pod per port (default %(default)s)")
     p.set_defaults(func=cmd_demo)
     return top
 
@@ -293,10 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = str(exc)
+        print(message if message.startswith("Error from server") else f"error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `mmgw get ... | head`: the reader is gone, say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

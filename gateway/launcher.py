@@ -229,6 +229,22 @@ def listening(port: int) -> bool:
     return False
 
 
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could not bind ``host:port`` now: another socket holds it.
+
+    A bind, not a connect: it also sees sockets that are bound but not (yet)
+    listening, and ones on other addresses that ``host`` overlaps (0.0.0.0).
+    SO_REUSEADDR as servers set it, so connections in TIME_WAIT do not count.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def _http_ok(url: str) -> bool:
     with contextlib.suppress(httpx.HTTPError):
         return httpx.get(url, timeout=0.5).status_code == 200
