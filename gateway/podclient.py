@@ -2,8 +2,8 @@
 
 Error table (pod's gRPC code on LoadModel -> core error): FAILED_PRECONDITION
 and INVALID_ARGUMENT -> ModelFormatError (no runtime can read the file, or the
-pod does not know the format); every other code -> LoadFailed with the pod's
-message, so the engine tries another pod.
+pod does not know the format); DEADLINE_EXCEEDED -> LoadTimeout; every other
+code -> LoadFailed with the pod's message, so the engine tries another pod.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import grpc
 from gateway._proto import model_runtime_pb2 as rt
 from gateway._proto import model_runtime_pb2_grpc as rt_grpc
 from gateway.domain import ModelSpec
-from gateway.errors import LoadFailed, ModelFormatError
+from gateway.errors import LoadFailed, LoadTimeout, ModelFormatError
 from gateway.placement import PodStatus
 
 _FORMAT_CODES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT})
@@ -43,10 +43,11 @@ class GrpcPodClient:
         try:
             response = await self._stub(address).LoadModel(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            message = f"pod {address}: {exc.details() or exc.code().name}"
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                message = f"pod {address}: load timed out after {timeout:g} s"
-            raise (ModelFormatError if exc.code() in _FORMAT_CODES else LoadFailed)(message) from None
+            code = exc.code()
+            message = f"pod {address}: {exc.details() or code.name}"
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise LoadTimeout(message if exc.details() else f"pod {address}: load timed out after {timeout:g} s") from None
+            raise (ModelFormatError if code in _FORMAT_CODES else LoadFailed)(message) from None
         return response.size_in_bytes
 
     async def unload(self, address: str, model_id: str) -> None:

@@ -9,7 +9,7 @@
   the others wait for.
 - At most ``max_loading_concurrency`` loads run at once; the rest queue. The
   timeout bounds each load from the moment it gets its turn (time in the queue
-  is not counted) and raises ``TimeoutError``. A worker thread cannot be
+  is not counted) and raises ``LoadTimeout``. A worker thread cannot be
   stopped: whatever it still produces is dropped.
 - ``predict`` reports a runtime's own exception as ``PredictFailed``
   ("<ExceptionType>: <message>"); ``GatewayError``s (``InvalidInput``, ...) pass.
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import GatewayError, LoadFailed, ModelNotFound, PredictFailed
+from gateway.errors import GatewayError, LoadFailed, LoadTimeout, ModelNotFound, PredictFailed
 
 from .model import InferenceRequest, Model, ModelConfig, Tensor
 from .runtimes import RuntimeRegistry
@@ -69,7 +69,7 @@ class ModelRepository:
         """The loaded model ``model_id``; ModelNotFound if this pod does not hold it."""
         model = self._models.get(model_id)
         if model is None:
-            raise ModelNotFound(model_id)
+            raise ModelNotFound(model_id, f"model '{model_id}' is not loaded on this pod")
         return model
 
     def loaded(self) -> list[LoadedModel]:
@@ -134,7 +134,7 @@ class ModelRepository:
                     await _release(model)
                 if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
                     ms = round(self._timeout_s * 1000)
-                    raise TimeoutError(
+                    raise LoadTimeout(
                         f"loading model '{config.model_id}' took longer than {ms} ms"
                     ) from None
                 if isinstance(exc, Exception) and not isinstance(exc, GatewayError):

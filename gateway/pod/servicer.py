@@ -14,11 +14,10 @@ error                                          gRPC status          details
 =============================================  ===================  ==================
 InvalidInput (datatype, shape, outputs, ...)   INVALID_ARGUMENT     the message
 InvalidSpec (unknown model type, empty field)  INVALID_ARGUMENT     the message
-ModelNotFound (not loaded on this pod)         NOT_FOUND            "model 'x' is not
-                                                                    loaded on this pod"
+ModelNotFound (not loaded on this pod)         NOT_FOUND            the message
 ModelFormatError (file unreadable as a model)  FAILED_PRECONDITION  the message
+LoadTimeout (model_loading_timeout_ms)         DEADLINE_EXCEEDED    the message
 LoadFailed (missing file, runtime raised)      UNAVAILABLE          the message
-TimeoutError (model_loading_timeout_ms)        DEADLINE_EXCEEDED    the message
 NoCapacity                                     RESOURCE_EXHAUSTED   the message
 Unavailable                                    UNAVAILABLE          the message
 UnknownRoute                                   UNIMPLEMENTED        the message
@@ -53,6 +52,7 @@ from gateway.errors import (
     InvalidInput,
     InvalidSpec,
     LoadFailed,
+    LoadTimeout,
     ModelFormatError,
     ModelNotFound,
     NoCapacity,
@@ -76,8 +76,8 @@ STATUS_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     InvalidSpec: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     ModelFormatError: grpc.StatusCode.FAILED_PRECONDITION,
+    LoadTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     LoadFailed: grpc.StatusCode.UNAVAILABLE,
-    TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
     NoCapacity: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     UnknownRoute: grpc.StatusCode.UNIMPLEMENTED,
@@ -91,8 +91,6 @@ def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     for cls in type(exc).__mro__:
         code = STATUS_CODES.get(cls)
         if code is not None:
-            if isinstance(exc, ModelNotFound):
-                return code, f"model '{exc.name}' is not loaded on this pod"
             return code, str(exc)
     return grpc.StatusCode.INTERNAL, "internal error"
 

@@ -13,6 +13,7 @@ from gateway.errors import (
     InvalidInput,
     InvalidSpec,
     LoadFailed,
+    LoadTimeout,
     ModelFormatError,
     ModelNotFound,
     PredictFailed,
@@ -56,10 +57,11 @@ async def test_loads_are_bounded_by_the_concurrency_limit(limit: int) -> None:
 async def test_a_load_that_times_out_leaves_nothing() -> None:
     fake = fake_runtime()
     repo = _repo(fake, loading_timeout_s=0.05)
-    with pytest.raises(TimeoutError, match="loading model 'slow' took longer than 50 ms"):
+    with pytest.raises(LoadTimeout, match="loading model 'slow' took longer than 50 ms") as err:
         await repo.load(_config("slow", key(load_s=5)))
+    assert isinstance(err.value, LoadFailed)  # the engine retries it as any failed load
     assert repo.loaded() == [] and fake.unloads["slow"] == 1
-    with pytest.raises(ModelNotFound):
+    with pytest.raises(ModelNotFound, match="^model 'slow' is not loaded on this pod$"):
         repo.get("slow")
     assert await repo.load(_config("slow")) == 1000  # a later, quick load succeeds
 
