@@ -26,6 +26,10 @@ from gateway.store import Store
 log = logging.getLogger(__name__)
 
 _PREFIX = "inferenceservices/"
+# Set by the server, ignored on apply (as Kubernetes does): `get -o yaml | apply` is a no-op.
+_SERVER_METADATA = (
+    "creationTimestamp", "resourceVersion", "uid", "generation", "managedFields", "selfLink",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,8 @@ class Registry:
         # name or concrete id -> concrete id to route to; read on every request.
         self._routes: dict[str, str] = {}
         self._rollouts: set[asyncio.Task[None]] = set()
+        # apply and delete read, then write: one at a time, whatever the store awaits.
+        self._writing = asyncio.Lock()
 
     async def restore(self) -> None:
         """Load every record from the store and register its models."""
@@ -96,6 +102,10 @@ class Registry:
 
     async def apply(self, document: Any) -> tuple[Record, str]:
         """Create or update from a document; returns the record and what happened."""
+        async with self._writing:
+            return await self._apply(document)
+
+    async def _apply(self, document: Any) -> tuple[Record, str]:
         isvc = parse_inference_service(document)
         namespace = isvc.metadata.namespace or self._settings.namespace
         if namespace != self._settings.namespace:
@@ -103,8 +113,10 @@ class Registry:
                 f"namespace '{namespace}': this gateway serves namespace '{self._settings.namespace}'"
             )
         spec = self._model_spec(isvc)
-        manifest = isvc.model_dump(mode="json", exclude_none=True, exclude={"status"})
+        manifest = isvc.model_dump(mode="json", exclude_unset=True, exclude={"status"})
         manifest["metadata"]["namespace"] = namespace
+        for key in _SERVER_METADATA:
+            manifest["metadata"].pop(key, None)
         old = self._records.get(isvc.name)
         if old is None:
             self._placement.register(spec)
@@ -125,6 +137,10 @@ class Registry:
         return record, "configured"
 
     async def delete(self, name: str) -> None:
+        async with self._writing:
+            await self._delete(name)
+
+    async def _delete(self, name: str) -> None:
         record = self.get(name)
         del self._records[name]
         for key in (name, record.serving.model_id, record.target.model_id):
@@ -195,12 +211,13 @@ class Registry:
         except GatewayError as exc:
             log.warning("rollout of %s to %s is blocked: %s", name, target.model_id, exc.message)
             return
-        record = self._records.get(name)
-        if record is None or record.target != target:
-            return  # deleted or superseded meanwhile
-        old = record.serving
-        await self._save(replace(record, serving=target))
-        self._routes.pop(old.model_id, None)
+        async with self._writing:
+            record = self._records.get(name)
+            if record is None or record.target != target:
+                return  # deleted or superseded meanwhile
+            old = record.serving
+            await self._save(replace(record, serving=target))
+            self._routes.pop(old.model_id, None)
         log.info("rolled out %s: traffic moved from %s to %s", name, old.model_id, target.model_id)
         await self._placement.unregister(old.model_id)
 

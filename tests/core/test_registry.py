@@ -32,6 +32,17 @@ async def test_apply_creates_then_is_unchanged_then_configured(tmp_path: Path) -
     assert action == "configured" and record2.serving == record.serving
 
 
+async def test_apply_ignores_the_metadata_the_server_sets(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    record, _ = await h.registry.apply(isvc())
+    printed = isvc()  # as `mmgw get -o yaml` prints it, fed back to apply
+    printed["metadata"].update(creationTimestamp="2020-01-01T00:00:00Z", resourceVersion="7", uid="u")
+    printed["status"] = {"conditions": []}
+    again, action = await h.registry.apply(printed)
+    assert action == "unchanged" and again == record
+    assert "creationTimestamp" not in again.manifest["metadata"]
+
+
 async def test_apply_loads_proactively_and_reports_ready(tmp_path: Path) -> None:
     h = await harness(tmp_path)
     record, _ = await h.registry.apply(isvc())
