@@ -72,16 +72,15 @@ async def test_header_then_body_on_one_stream(served: tuple[Harness, str, str]) 
 
 async def test_a_miss_sends_the_timeout_extension_then_the_route(served: tuple[Harness, str, str]) -> None:
     h, target, _ = served
-    h.pods.gate = asyncio.Event()
+    h.pods.gate = asyncio.Event()  # loads wait until the test lets them finish
     record, _ = await h.registry.apply(isvc("other", "v2.joblib"))
-    await asyncio.sleep(0.01)
-    exchange_task = asyncio.create_task(exchange(target, headers("/v2/models/other/infer")))
-    await asyncio.sleep(0.05)
-    h.pods.gate.set()
-    responses, code = await exchange_task
-    assert responses[0].HasField("override_message_timeout")
-    assert responses[1] == forward(POD, record.serving.model_id)
-    assert code == grpc.StatusCode.OK
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = process(channel)(iter([headers("/v2/models/other/infer")]))
+        first = await call.read()  # the load cannot have finished: this is the extension
+        assert first.HasField("override_message_timeout")
+        h.pods.gate.set()
+        assert await call.read() == forward(POD, record.serving.model_id)
+        assert await call.code() == grpc.StatusCode.OK
 
 
 async def test_a_client_that_goes_away_mid_load_leaves_no_trouble(served: tuple[Harness, str, str]) -> None:

@@ -39,6 +39,14 @@ def wait_ready(api: httpx.Client, name: str, timeout: float = 60.0) -> dict[str,
         time.sleep(0.05)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here is an e2e test: `pytest -m "not e2e"` runs the rest in seconds."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.Deployment]:
     data = tmp_path_factory.mktemp("deployment")

@@ -20,13 +20,17 @@ import numpy as np
 import pytest
 
 import gateway
+from gateway import cli
+from gateway import launcher
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway._proto import model_runtime_pb2 as rt
 from gateway._proto import model_runtime_pb2_grpc as rt_grpc
+from gateway.errors import LoadFailed, LoadTimeout, ModelFormatError, ModelNotFound
 from gateway.pod import tensors
 from gateway.pod.model import Tensor
 from gateway.pod.server import PodServer, PodSettings, serve
+from gateway.pod.servicer import grpc_status
 from gateway.protocol import MODEL_ID_HEADER
 
 from .fakes import FakeModel, fake_runtime, key
@@ -298,9 +302,24 @@ async def test_a_taken_port_is_an_error(pod: Pod) -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return launcher.free_port()
+
+
+def _nothing_listens_on(port: int, within: float = 10.0) -> bool:
+    """True once the port can be bound again. SO_REUSEADDR: connections in
+    TIME_WAIT do not count, a listener does; grpc closes its listener on its
+    own threads, so allow it a (bounded) moment."""
+    deadline = time.monotonic() + within
+    while True:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+        time.sleep(0.05)
 
 
 async def test_serve_runs_until_cancelled() -> None:
@@ -316,8 +335,7 @@ async def test_serve_runs_until_cancelled() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    with socket.socket() as sock:  # the port is free again
-        sock.bind(("127.0.0.1", port))
+    assert _nothing_listens_on(port)
 
 
 def test_main_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -344,6 +362,37 @@ def test_main_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "details"),
+    [
+        (LoadTimeout("took longer than 5 ms"), grpc.StatusCode.DEADLINE_EXCEEDED, "took longer than 5 ms"),
+        (LoadFailed("no file"), grpc.StatusCode.UNAVAILABLE, "no file"),
+        (ModelFormatError("not a model"), grpc.StatusCode.FAILED_PRECONDITION, "not a model"),
+        (ModelNotFound("m", "model 'm' is not loaded on this pod"), grpc.StatusCode.NOT_FOUND,
+         "model 'm' is not loaded on this pod"),
+        (ModelNotFound("m"), grpc.StatusCode.NOT_FOUND, "model 'm' is not registered"),
+        (TimeoutError("a runtime's own timeout"), grpc.StatusCode.INTERNAL, "internal error"),
+    ],
+)
+def test_the_error_table(error: Exception, code: grpc.StatusCode, details: str) -> None:
+    assert grpc_status(error) == (code, details)
+
+
+def test_the_cli_passes_every_option_to_pod_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    given: list[PodSettings] = []
+    monkeypatch.setattr("gateway.pod.server.main", given.append)
+    assert cli.main(["pod", "--port", "9"]) == 0
+    assert given.pop() == PodSettings(port=9, capacity_bytes=1 << 30, pod_id="pod-9")  # the defaults agree
+    argv = ["pod", "--host", "::1", "--port", "9101", "--capacity", "512Mi", "--id", "p",
+            "--max-loading-concurrency", "3", "--model-loading-timeout-ms", "5000",
+            "--size-multiplier", "2.5", "--max-message-bytes", "8Mi"]
+    assert cli.main(argv) == 0
+    assert given.pop() == PodSettings(
+        host="::1", port=9101, capacity_bytes=512 << 20, pod_id="p", max_loading_concurrency=3,
+        model_loading_timeout_ms=5000, size_multiplier=2.5, max_message_bytes=8 << 20,
+    )
 
 
 def test_settings_are_validated() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -201,21 +201,21 @@ async def test_loading_runs_in_a_worker_thread(
     svc_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_load = joblib.load
+    started, loop_ran = threading.Event(), threading.Event()
 
-    def slow_load(path: Any) -> Any:
-        time.sleep(0.3)  # blocks whatever thread it runs in
+    def blocking_load(path: Any) -> Any:
+        # Finishes only once the event loop has run while this load blocks:
+        # a load on the loop's own thread would wait here until the timeout.
+        started.set()
+        assert loop_ran.wait(30), "the event loop did not run during the load"
         return real_load(path)
 
-    monkeypatch.setattr(joblib, "load", slow_load)
-    ticks = 0
+    async def loop_side() -> None:
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        loop_ran.set()
 
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
+    monkeypatch.setattr(joblib, "load", blocking_load)
+    witness = asyncio.create_task(loop_side())
     await _loaded(svc_file)
-    task.cancel()
-    assert ticks >= 10  # the event loop kept running during the load
+    await witness
