@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -53,29 +54,42 @@ class Result:
     p50_ms: float
     p99_ms: float
     failed: int
+    cpu_us: dict[str, float]  # CPU per request of each process, in microseconds
 
 
 def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
-def h2load(target: Target, concurrency: int, seconds: float, warmup: float, work: Path) -> Result:
-    log = work / f"{target.name}-c{concurrency}.log"
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def h2load(target: Target, concurrency: int, seconds: float, warmup: float, work: Path,
+           pids: dict[str, int]) -> Result:
+    log = Path(tempfile.mktemp(prefix=f"{target.name}-c{concurrency}-", suffix=".log", dir=work))
     args = ["h2load", "-t", "1", "-c", str(concurrency), "-m", "1", "-D", f"{seconds * 1000:.0f}ms",
             "--warm-up-time", f"{warmup * 1000:.0f}ms", "-d", str(target.body), f"--log-file={log}"]
     if target.http1:
         args.append("--h1")
     for header in target.headers:
         args += ["-H", header]
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     out = subprocess.run([*args, target.url], capture_output=True, text=True, timeout=seconds + warmup + 60).stdout
-    # log lines: start-time(us since epoch) status elapsed(us)
+    used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    # log lines (h2load appends, hence one file per run): start time, status, microseconds
     rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()]
+    log.unlink()
     latencies = sorted(int(r[2]) / 1000 for r in rows)
     failed = sum(1 for r in rows if r[1] != "200")
     if not latencies:
         raise RuntimeError(f"h2load made no request on {target.name}:\n{out}")
     q = statistics.quantiles(latencies, n=100, method="inclusive")
-    return Result(len(latencies) / seconds, q[49], q[98], failed)
+    rps = len(latencies) / seconds
+    # CPU was counted over warm-up and measurement alike; so are the requests here.
+    requests = rps * (seconds + warmup)
+    return Result(rps, q[49], q[98], failed, {name: 1e6 * sec / requests for name, sec in used.items()})
 
 
 def check(target: Target, expect: bytes) -> None:
@@ -128,14 +142,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         static.start_envoy(static_upstream=pod)
         static.wait_for_envoy()
+        pids = {
+            "pod": deployment.process("pod-0").popen.pid,
+            "envoy": deployment.process("envoy").popen.pid,
+            "static envoy": static.process("envoy").popen.pid,
+            "gateway": deployment.process("gateway").popen.pid,
+        }
         try:
-            return run(args, work, deployment, static, pod, model_id)
+            return run(args, work, pids, deployment, static, pod, model_id)
         finally:
             static.stop()
 
 
-def run(args: argparse.Namespace, work: Path, deployment: launcher.Deployment, static: launcher.Deployment,
-        pod: str, model_id: str) -> int:
+def run(args: argparse.Namespace, work: Path, pids: dict[str, int], deployment: launcher.Deployment,
+        static: launcher.Deployment, pod: str, model_id: str) -> int:
     rest_body = work / "rest.json"
     rest_body.write_text(json.dumps({"inputs": [{"name": "predict", "shape": [1, 64], "datatype": "FP32",
                                                  "contents": {"fp32_contents": samples.sample_input()}}]}))
@@ -147,7 +167,7 @@ def run(args: argparse.Namespace, work: Path, deployment: launcher.Deployment, s
     grpc_headers = ("content-type: application/grpc", "te: trailers")
     infer = "/v2/models/sklearn-mnist/infer"
     method = "/inference.GRPCInferenceService/ModelInfer"
-    paths = [
+    targets = [
         Target("direct", f"http://{pod}{method}", grpc_body, (*grpc_headers, f"mm-model-id: {model_id}"), False),
         Target("static", f"{static.url}{infer}", rest_body,
               ("content-type: application/json", f"mm-model-id: {model_id}"), True),
@@ -155,22 +175,25 @@ def run(args: argparse.Namespace, work: Path, deployment: launcher.Deployment, s
         Target("grpc", f"{deployment.url}{method}", grpc_body, (*grpc_headers, "mm-vmodel-id: sklearn-mnist"), False),
         Target("grpc-body", f"{deployment.url}{method}", grpc_body, grpc_headers, False),
     ]
-    for path in paths:
-        check(path, b'"8"')
+    for target in targets:
+        check(target, b'"8"')
 
     print(f"gateway overhead: 1 pod, sklearn-mnist (SVC), {args.rounds} x {args.seconds:g} s per run, "
           f"h2load -t1, median of rounds")
     for concurrency in (1, 16):
-        results: dict[str, list[Result]] = {p.name: [] for p in paths}
+        results: dict[str, list[Result]] = {p.name: [] for p in targets}
         for _ in range(args.rounds):
-            for path in paths:  # interleaved, so drift hits every path alike
-                results[path.name].append(h2load(path, concurrency, args.seconds, args.warmup, work))
+            for target in targets:  # interleaved, so drift hits every target alike
+                results[target.name].append(h2load(target, concurrency, args.seconds, args.warmup, work, pids))
         median = {name: _median(runs) for name, runs in results.items()}
         print(f"\nconcurrency {concurrency}")
-        print(f"{'path':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x direct':>9} {'x static':>9} {'failed':>7}")
+        print(f"{'path':<10} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'x direct':>8} {'x static':>8} {'failed':>6}"
+              f"   CPU us/request: {'pod':>5} {'envoy':>6} {'gateway':>8}")
         for name, r in median.items():
-            print(f"{name:<10} {r.rps:8.0f} {r.p50_ms:8.3f} {r.p99_ms:8.3f} {r.rps / median['direct'].rps:9.2f} "
-                  f"{r.rps / median['static'].rps:9.2f} {r.failed:7d}")
+            envoy = r.cpu_us["static envoy" if name == "static" else "envoy"] if name != "direct" else 0.0
+            print(f"{name:<10} {r.rps:7.0f} {r.p50_ms:7.3f} {r.p99_ms:7.3f} {r.rps / median['direct'].rps:8.2f} "
+                  f"{r.rps / median['static'].rps:8.2f} {r.failed:6d}   {'':16}{r.cpu_us['pod']:5.0f} "
+                  f"{envoy:6.0f} {r.cpu_us['gateway']:8.0f}")
         added = median["gateway"].p50_ms - median["static"].p50_ms
         print(f"gateway REST vs static: {median['gateway'].rps / median['static'].rps:.2f}x throughput, "
               f"{added * 1000:+.0f} us p50")
@@ -183,6 +206,7 @@ def _median(runs: list[Result]) -> Result:
         statistics.median(r.p50_ms for r in runs),
         statistics.median(r.p99_ms for r in runs),
         sum(r.failed for r in runs),
+        {name: statistics.median(r.cpu_us[name] for r in runs) for name in runs[0].cpu_us},
     )
 
 
