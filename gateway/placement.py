@@ -30,6 +30,8 @@ class PodStatus:
     capacity: int
     model_types: tuple[str, ...]
     loaded: Mapping[str, int]  # model id -> size in bytes
+    inflight: Mapping[str, int] = field(default_factory=dict)  # model id -> requests being served now
+    requests: Mapping[str, int] = field(default_factory=dict)  # model id -> requests served since loaded
 
 
 class PodClient(Protocol):
