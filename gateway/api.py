@@ -4,6 +4,7 @@
     GET    /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices[/{name}]
     DELETE /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}
     GET    /v1/placement
+    GET    /metrics                     Prometheus
     GET    /healthz
 
 Errors are Kubernetes Status objects; the table below maps core errors to
@@ -19,9 +20,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.errors import GatewayError, InvalidSpec, ModelNotFound, Unavailable
+from gateway.metrics import Metrics
 from gateway.placement import Placement
 from gateway.registry import Record, Registry
 from gateway.resources import API_VERSION
@@ -45,7 +48,7 @@ def _status(code: int, reason: str, message: str) -> JSONResponse:
     return JSONResponse(body, status_code=code)
 
 
-def build_api(registry: Registry, placement: Placement, *, namespace: str) -> FastAPI:
+def build_api(registry: Registry, placement: Placement, *, namespace: str, metrics: Metrics | None = None) -> FastAPI:
     app = FastAPI(title="ModelMesh Gateway management API", docs_url="/docs", redoc_url=None)
 
     @app.exception_handler(GatewayError)
@@ -112,5 +115,11 @@ def build_api(registry: Registry, placement: Placement, *, namespace: str) -> Fa
     @app.get("/v1/placement")
     async def get_placement() -> dict[str, Any]:
         return placement.snapshot()
+
+    if metrics is not None:
+
+        @app.get("/metrics")
+        async def get_metrics() -> Response:
+            return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -18,6 +18,7 @@ import uvicorn
 from gateway.api import build_api
 from gateway.extproc import ExternalProcessor
 from gateway.extproc_server import ExtProcServer
+from gateway.metrics import Metrics
 from gateway.placement import Placement, PlacementSettings
 from gateway.podclient import GrpcPodClient
 from gateway.registry import Registry, RegistrySettings
@@ -42,6 +43,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     stop = stop or asyncio.Event()
     store = EmbeddedStore(settings.data_dir / "registry.db")
     pods = GrpcPodClient()
+    metrics = Metrics()
     placement = Placement(
         pods,
         PlacementSettings(
@@ -49,8 +51,11 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
             load_timeout=settings.load_timeout_seconds,
             loads_per_pod=settings.loads_per_pod,
             health_interval=settings.health_interval_seconds,
+            copy_rate_threshold=settings.copy_rate_threshold,
         ),
+        events=metrics,
     )
+    metrics.watch(placement)
     for address in settings.pods:
         placement.add_pod(address)
     registry = Registry(
@@ -74,7 +79,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
 
     api = _ApiServer(
         uvicorn.Config(
-            build_api(registry, placement, namespace=settings.namespace),
+            build_api(registry, placement, namespace=settings.namespace, metrics=metrics),
             host=settings.api_host,
             port=settings.api_port,
             log_level="warning",

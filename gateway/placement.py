@@ -1,12 +1,16 @@
 """The placement engine: which pod holds which model, and getting it there.
 
 The pods form one distributed cache, as in KServe ModelMesh. The engine keeps
-the placement table (copies per pod, with sizes and last use), loads a model
-on the best pod when a request needs it (one load however many requests wait),
-evicts least recently used copies when a load needs room, retries a failed
-load on other pods, and watches the pods' health. The decisions themselves are
-the plain functions of gateway.picker; this module gathers their inputs and
-carries them out. It talks to pods only through the PodClient protocol.
+the placement table (copies per pod, with sizes, last use, requests in flight
+and request rates), loads a model on the best pod when a request needs it (one
+load however many requests wait), evicts least recently used copies when a
+load needs room, retries a failed load on other pods, adds copies of models
+whose traffic per copy runs high, and watches the pods' health. The decisions
+themselves are the plain functions of gateway.picker; this module gathers
+their inputs and carries them out. It talks to pods only through the PodClient
+protocol and reports what happens through PlacementEvents (gateway.metrics).
+
+The hot path is ``lookup``: dict reads and two integer increments.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Protocol
 from gateway import picker
 from gateway.domain import Copy, CopyState, ModelSpec, ModelState, ModelStatus, PodView
 from gateway.errors import LoadFailed, ModelFormatError, ModelNotFound, NoCapacity, Unavailable
+from gateway.load_queue import LoadQueue
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +52,43 @@ class PodClient(Protocol):
     async def status(self, address: str, timeout: float) -> PodStatus: ...
 
 
+class _NoRoom(Exception):
+    """The pod cannot make room now (its copies are busy or fresh): not a failure of the model."""
+
+
+class PlacementEvents(Protocol):
+    """What the engine reports as it happens (gateway.metrics turns it into Prometheus)."""
+
+    def loaded(self, model_id: str, pod: str, seconds: float, queued_seconds: float) -> None: ...
+
+    def load_failed(self, model_id: str, pod: str, reason: str) -> None: ...
+
+    def evicted(self, model_id: str, pod: str, reason: str) -> None: ...
+
+
+class _NoEvents:
+    def loaded(self, model_id: str, pod: str, seconds: float, queued_seconds: float) -> None: ...
+
+    def load_failed(self, model_id: str, pod: str, reason: str) -> None: ...
+
+    def evicted(self, model_id: str, pod: str, reason: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class PlacementSettings:
     max_load_attempts: int = 3  # distinct pods tried before a load fails
     failure_expiry: float = 15 * 60.0  # seconds a failed load keeps a pod out
     churn_guard: float = 5.0  # seconds a fresh copy is safe from eviction
+    recent_use_guard: float = 1.0  # seconds after a request is routed to a copy it may still be on its way
     load_timeout: float = 90.0
-    loads_per_pod: int = 1
-    health_interval: float = 1.0
+    loads_per_pod: int = 1  # loads at once per pod; more wait in its queue
+    health_interval: float = 1.0  # seconds between pod checks (and rate ticks)
     health_timeout: float = 1.0
+    copy_rate_threshold: float = 200.0  # requests/s per copy that call for another copy
+    scale_ticks: int = 3  # consecutive ticks above the threshold before adding one
+    quiet_rate: float = 0.1  # requests/s under which an extra copy is idle
+    max_queue_gap: int = 4  # a pod whose load queue is this much longer than the shortest is skipped
+    rate_skew: float = 4.0  # a pod serving this many times the mean request rate is skipped
 
 
 @dataclass(slots=True)
@@ -66,14 +99,26 @@ class _Entry:
     size: int
     last_used: float
     loaded_at: float
+    inflight: int = 0  # as the pod last reported
+    routed: int = 0  # requests this gateway sent here
+    routed_at_tick: int = 0
+    rate: float = 0.0  # requests/s, smoothed over ticks
+
+    def busy(self) -> int:
+        """Requests in flight as best known: the pod's count plus what was routed since."""
+        return self.inflight + self.routed - self.routed_at_tick
+
+    def copy(self) -> Copy:
+        return Copy(self.model_id, self.pod, self.state, self.size, self.last_used, self.loaded_at)
 
 
 @dataclass(slots=True)
 class _Pod:
     pod: str
     address: str
-    load_slots: asyncio.Semaphore
+    queue: LoadQueue
     capacity: int = 0
+    model_types: tuple[str, ...] = ()
     healthy: bool = False
     copies: dict[str, _Entry] = field(default_factory=dict)
 
@@ -88,15 +133,25 @@ class _Pod:
             oldest_use=min(loaded, default=None),
         )
 
+    def rate(self) -> float:
+        return sum(e.rate for e in self.copies.values())
+
 
 @dataclass(slots=True)
 class _Model:
     spec: ModelSpec
     copies: dict[str, _Entry] = field(default_factory=dict)  # pod -> entry
-    loading: asyncio.Task[str] | None = None
+    loading: asyncio.Task[str] | None = None  # the first copy's load, shared by all waiters
+    urgent: bool = False  # a request waits for that load
+    adding: asyncio.Task[None] | None = None  # an extra copy being added
+    hot_ticks: int = 0
     failures: dict[str, tuple[float, str]] = field(default_factory=dict)  # pod -> (when, why)
     ever_loaded: bool = False
     last_error: str = ""
+    requests: int = 0  # requests routed to any copy, ever
+
+    def loaded(self) -> list[_Entry]:
+        return [e for e in self.copies.values() if e.state is CopyState.LOADED]
 
 
 class Placement:
@@ -106,20 +161,23 @@ class Placement:
         settings: PlacementSettings = PlacementSettings(),
         *,
         clock: Callable[[], float] = time.monotonic,
+        events: PlacementEvents | None = None,
     ) -> None:
         self._client = client
         self._settings = settings
         self._clock = clock
+        self._events: PlacementEvents = events or _NoEvents()
         self._pods: dict[str, _Pod] = {}
         self._models: dict[str, _Model] = {}
+        self._last_tick = clock()
+        self.hits = 0
+        self.misses = 0
 
     # -- pods ------------------------------------------------------------
 
     def add_pod(self, address: str) -> None:
         """Add a pod; it serves once the health monitor has seen it."""
-        self._pods.setdefault(
-            address, _Pod(address, address, asyncio.Semaphore(self._settings.loads_per_pod))
-        )
+        self._pods.setdefault(address, _Pod(address, address, LoadQueue(self._settings.loads_per_pod)))
 
     def any_healthy_pod(self) -> str:
         for pod in self._pods.values():
@@ -128,9 +186,10 @@ class Placement:
         raise Unavailable("no runtime pod is available")
 
     async def watch_pods(self) -> None:
-        """Check every pod's health forever, every ``health_interval`` seconds."""
+        """Check every pod's health, update rates and scale copies, every ``health_interval``."""
         while True:
             await self.check_pods()
+            self.tick()
             await asyncio.sleep(self._settings.health_interval)
 
     async def check_pods(self) -> None:
@@ -145,12 +204,15 @@ class Placement:
                 pod.healthy = False
                 for model_id in list(pod.copies):
                     self._drop(pod, model_id)
+                    self._events.evicted(model_id, pod.pod, "pod lost")
             return
-        pod.capacity = status.capacity
+        pod.capacity, pod.model_types = status.capacity, status.model_types
         if not pod.healthy:
             pod.healthy = True
             await self._reconcile(pod, status)
             log.info("pod %s is ready: capacity %d bytes, holding %d models", pod.pod, pod.capacity, len(pod.copies))
+        for model_id, entry in pod.copies.items():
+            entry.inflight = status.inflight.get(model_id, 0)
 
     async def _reconcile(self, pod: _Pod, status: PodStatus) -> None:
         """Adopt what a (re)joining pod already holds; unload what nobody registered."""
@@ -165,6 +227,32 @@ class Placement:
             elif model_id not in pod.copies:
                 self._put(pod, model, CopyState.LOADED, size, now)
                 model.ever_loaded = True
+
+    def tick(self) -> None:
+        """Update request rates and add a copy where traffic per copy stays high."""
+        now = self._clock()
+        elapsed, self._last_tick = now - self._last_tick, now
+        if elapsed <= 0:
+            return
+        for pod in self._pods.values():
+            for entry in pod.copies.values():
+                per_second = (entry.routed - entry.routed_at_tick) / elapsed
+                entry.routed_at_tick = entry.routed
+                entry.rate = 0.5 * entry.rate + 0.5 * per_second
+        threshold = self._settings.copy_rate_threshold
+        for model in self._models.values():
+            loaded = model.loaded()
+            hot = bool(loaded) and sum(e.rate for e in loaded) / len(loaded) > threshold
+            model.hot_ticks = model.hot_ticks + 1 if hot else 0
+            if model.hot_ticks >= self._settings.scale_ticks and model.adding is None and model.loading is None:
+                model.hot_ticks = 0
+                model.adding = asyncio.ensure_future(self._scale_up(model))
+
+    async def _scale_up(self, model: _Model) -> None:
+        try:
+            await self._add_copy(model, "traffic per copy above the threshold")
+        finally:
+            model.adding = None
 
     # -- models ----------------------------------------------------------
 
@@ -183,8 +271,9 @@ class Placement:
         model = self._models.pop(model_id, None)
         if model is None:
             return
-        if model.loading is not None:
-            await asyncio.wait([model.loading])
+        pending = [t for t in (model.loading, model.adding) if t is not None]
+        if pending:
+            await asyncio.wait(pending)
         for pod_name in list(model.copies):
             pod = self._pods[pod_name]
             self._drop(pod, model_id)
@@ -194,7 +283,7 @@ class Placement:
         model = self._models.get(model_id)
         if model is None:
             raise ModelNotFound(model_id)
-        loaded = sum(1 for e in model.copies.values() if e.state is CopyState.LOADED)
+        loaded = len(model.loaded())
         if loaded:
             return ModelStatus(ModelState.LOADED, loaded)
         if model.loading is not None:
@@ -208,40 +297,70 @@ class Placement:
         model = self._models.get(model_id)
         if model is None:
             raise ModelNotFound(model_id)
-        copies = [e for e in model.copies.values() if e.state is CopyState.LOADED]
+        copies = model.loaded()
         if not copies:
             return None
-        entry = copies[0] if len(copies) == 1 else self._pick(copies)
-        entry.last_used = self._clock()
+        entry = copies[0] if len(copies) == 1 else min(copies, key=lambda e: (e.busy(), e.last_used))
+        self._route(model, entry)
+        self.hits += 1
         return self._pods[entry.pod].address
 
-    def _pick(self, entries: list[_Entry]) -> _Entry:
-        chosen = picker.pick_copy([_copy(e) for e in entries], {})
-        return next(e for e in entries if e.pod == chosen.pod)
+    def _route(self, model: _Model, entry: _Entry) -> None:
+        entry.last_used = self._clock()
+        entry.routed += 1
+        model.requests += 1
 
-    async def ensure_loaded(self, model_id: str) -> str:
+    async def ensure_loaded(self, model_id: str, *, urgent: bool = True) -> str:
         """The address of a loaded copy, loading the model first on a miss.
 
         Concurrent callers share one load; a caller that gives up (a client
-        that went away) does not cancel it for the others.
+        that went away) does not cancel it for the others. ``urgent`` says a
+        request is waiting: its load goes before proactive ones in the queue.
         """
-        address = self.lookup(model_id)
+        address = self.lookup(model_id) if urgent else self._any_copy(model_id)
         if address is not None:
             return address
         model = self._models[model_id]
+        if urgent:
+            self.misses += 1
         if model.loading is None:
+            model.urgent = urgent
             model.loading = asyncio.create_task(self._load(model), name=f"load {model_id}")
             model.loading.add_done_callback(lambda task: self._loaded(model, task))
+        elif urgent and not model.urgent:
+            model.urgent = True
+            for pod in self._pods.values():
+                pod.queue.promote(model_id)
         pod = await asyncio.shield(model.loading)
+        entry = model.copies.get(pod)
+        if urgent and entry is not None:
+            self._route(model, entry)
         return self._pods[pod].address
+
+    def _any_copy(self, model_id: str) -> str | None:
+        model = self._models.get(model_id)
+        if model is None:
+            raise ModelNotFound(model_id)
+        loaded = model.loaded()
+        return self._pods[loaded[0].pod].address if loaded else None
 
     def load_in_background(self, model_id: str) -> None:
         """Start loading a model nobody is waiting for yet (a fresh registration)."""
-        task = asyncio.ensure_future(self.ensure_loaded(model_id))
+        task = asyncio.ensure_future(self.ensure_loaded(model_id, urgent=False))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def ensure_copies(self, model_id: str, count: int) -> int:
+        """Load ``model_id`` until it has ``count`` copies (as many as pods allow); returns how many it has."""
+        await self.ensure_loaded(model_id, urgent=False)
+        model = self._models[model_id]
+        while len(model.loaded()) < count:
+            if not await self._add_copy(model, "rollout: as many copies as the old version"):
+                break
+        return len(model.loaded())
 
     def _loaded(self, model: _Model, task: asyncio.Task[str]) -> None:
         model.loading = None
+        model.urgent = False
         if task.cancelled():
             return
         error = task.exception()
@@ -255,20 +374,54 @@ class Placement:
         tried = set(model.failures)
         errors: list[LoadFailed] = []
         while len(errors) < self._settings.max_load_attempts:
-            views = [p.view() for p in self._pods.values()]
-            target = picker.pick_pod(views, spec.predicted_size, exclude=tried)
+            target = self._choose(spec, exclude=tried)
             if target is None:
                 break
             tried.add(target.pod)
             try:
-                await self._load_on(self._pods[target.pod], model)
+                await self._load_on(self._pods[target.pod], model, urgent=model.urgent)
+            except _NoRoom:
+                continue  # try the next pod; leave no failure record
             except LoadFailed as exc:
                 log.warning("loading %s on pod %s failed: %s", spec.model_id, target.pod, exc.message)
                 model.failures[target.pod] = (self._clock(), exc.message)
+                self._events.load_failed(spec.model_id, target.pod, exc.message)
                 errors.append(exc)
             else:
                 return target.pod
         raise self._load_error(spec, errors)
+
+    async def _add_copy(self, model: _Model, reason: str) -> bool:
+        """Load one more copy of ``model`` on a pod that has none; False if none can take it."""
+        target = self._choose(model.spec, exclude=set(model.copies))
+        if target is None:
+            return False
+        log.info("adding a copy of %s on pod %s (%s)", model.spec.model_id, target.pod, reason)
+        try:
+            await self._load_on(self._pods[target.pod], model, urgent=False)
+        except _NoRoom:
+            return False
+        except LoadFailed as exc:
+            log.warning("adding a copy of %s failed: %s", model.spec.model_id, exc.message)
+            return False
+        return True
+
+    def _choose(self, spec: ModelSpec, exclude: set[str]) -> PodView | None:
+        """ModelMesh's choice of pod for a load, skipping pods far busier than the rest."""
+        pods = [p for p in self._pods.values() if p.healthy and (not p.model_types or spec.model_type in p.model_types)]
+        busy: set[str] = set()
+        if pods:
+            shortest = min(len(p.queue) for p in pods)
+            mean_rate = sum(p.rate() for p in pods) / len(pods)
+            for pod in pods:
+                if len(pod.queue) > shortest + self._settings.max_queue_gap or (
+                    mean_rate > 0 and pod.rate() > self._settings.rate_skew * mean_rate
+                ):
+                    busy.add(pod.pod)
+        views = [p.view() for p in pods]
+        return picker.pick_pod(views, spec.predicted_size, exclude=exclude | busy) or picker.pick_pod(
+            views, spec.predicted_size, exclude=exclude
+        )
 
     def _load_error(self, spec: ModelSpec, errors: list[LoadFailed]) -> Exception:
         if errors:
@@ -286,32 +439,33 @@ class Placement:
             )
         return Unavailable(f"no pod can make room for model '{spec.model_id}' right now")
 
-    async def _load_on(self, pod: _Pod, model: _Model) -> None:
+    async def _load_on(self, pod: _Pod, model: _Model, *, urgent: bool) -> None:
         spec = model.spec
-        async with pod.load_slots:
-            # Plan evictions inside the slot: the table may have changed while queued.
+        async with pod.queue.slot(spec.model_id, urgent=urgent) as queued:
+            # Plan evictions once holding the slot: the table may have changed while queued.
             view = pod.view()
             evict = picker.plan_evictions(
                 view,
-                [_copy(e) for e in pod.copies.values()],
+                [e.copy() for e in pod.copies.values()],
                 spec.predicted_size,
                 now=self._clock(),
                 churn_guard=self._settings.churn_guard,
-                inflight={},
+                inflight=self._inflight(pod),
             )
             if evict is None:
-                raise LoadFailed(f"pod {pod.pod} has no room: its copies are busy or freshly loaded")
+                log.info("pod %s has no room for %s now: its copies are busy or freshly loaded", pod.pod, spec.model_id)
+                raise _NoRoom()
             for victim in evict:
-                log.info(
-                    "evicting %s from pod %s (least recently used, %d bytes) to make room for %s",
-                    victim.model_id, pod.pod, victim.size, spec.model_id,
-                )
+                idle = self._clock() - victim.last_used
+                log.info("evicting %s from pod %s to make room for %s: least recently used (idle %.1f s, %d bytes)",
+                         victim.model_id, pod.pod, spec.model_id, idle, victim.size)
                 self._drop(pod, victim.model_id)
+                self._events.evicted(victim.model_id, pod.pod, "lru")
                 await self._unload_quietly(pod, victim.model_id)
-            log.info(
-                "loading %s on pod %s: %d bytes predicted, %d free of %d, %d models there",
-                spec.model_id, pod.pod, spec.predicted_size, view.free, view.capacity, view.model_count,
-            )
+            reason = "it has room, most free space" if view.free >= spec.predicted_size else "all pods full, oldest cache"
+            log.info("loading %s on pod %s (%s): %d bytes predicted, %d free of %d, %d models, queued %.0f ms",
+                     spec.model_id, pod.pod, reason, spec.predicted_size, view.free, view.capacity,
+                     view.model_count, 1000 * queued)
             entry = self._put(pod, model, CopyState.LOADING, spec.predicted_size, self._clock())
             started = time.perf_counter()
             try:
@@ -323,11 +477,17 @@ class Placement:
                 self._drop(pod, spec.model_id)
                 await self._unload_quietly(pod, spec.model_id)
                 raise LoadFailed(f"model '{spec.model_id}' was deleted while loading")
+            seconds = time.perf_counter() - started
             now = self._clock()
             entry.state, entry.size, entry.loaded_at, entry.last_used = CopyState.LOADED, size or entry.size, now, now
             model.ever_loaded = True
-            log.info("loaded %s on pod %s in %.0f ms (%d bytes)", spec.model_id, pod.pod,
-                     1000 * (time.perf_counter() - started), entry.size)
+            self._events.loaded(spec.model_id, pod.pod, seconds, queued)
+            log.info("loaded %s on pod %s in %.0f ms (%d bytes)", spec.model_id, pod.pod, 1000 * seconds, entry.size)
+
+    def _inflight(self, pod: _Pod) -> dict[str, int]:
+        """Requests in flight per copy for eviction: the pod's count, or 1 if just routed to."""
+        recent = self._clock() - self._settings.recent_use_guard
+        return {e.model_id: e.inflight + (e.last_used > recent and e.routed > 0) for e in pod.copies.values()}
 
     def _put(self, pod: _Pod, model: _Model, state: CopyState, size: int, now: float) -> _Entry:
         entry = _Entry(model.spec.model_id, pod.pod, state, size, now, now)
@@ -355,29 +515,34 @@ class Placement:
         pods = []
         for pod in self._pods.values():
             view = pod.view()
-            pods.append(
-                {
-                    "pod": pod.pod,
-                    "healthy": pod.healthy,
-                    "capacity_bytes": view.capacity,
-                    "used_bytes": view.used,
-                    "models": [
-                        {
-                            "model_id": e.model_id,
-                            "state": e.state.value,
-                            "size_bytes": e.size,
-                            "idle_seconds": round(now - e.last_used, 3),
-                        }
-                        for e in sorted(pod.copies.values(), key=lambda e: e.model_id)
-                    ],
-                }
-            )
+            pods.append({
+                "pod": pod.pod,
+                "healthy": pod.healthy,
+                "capacity_bytes": view.capacity,
+                "used_bytes": view.used,
+                "load_queue": {"running": pod.queue.running, "waiting": pod.queue.waiting},
+                "models": [
+                    {
+                        "model_id": e.model_id,
+                        "state": e.state.value,
+                        "size_bytes": e.size,
+                        "last_used_seconds_ago": round(now - e.last_used, 3),
+                        "in_flight": e.busy(),
+                        "requests": e.routed,
+                        "requests_per_second": round(e.rate, 2),
+                    }
+                    for e in sorted(pod.copies.values(), key=lambda e: e.model_id)
+                ],
+            })
         models = {
-            model_id: {"state": self.status(model_id).state.value, "copies": sorted(m.copies)}
+            model_id: {"state": self.status(model_id).state.value, "copies": sorted(m.copies), "requests": m.requests}
             for model_id, m in sorted(self._models.items())
         }
         return {"pods": pods, "models": models}
 
+    def model_requests(self) -> dict[str, int]:
+        return {model_id: m.requests for model_id, m in self._models.items()}
 
-def _copy(entry: _Entry) -> Copy:
-    return Copy(entry.model_id, entry.pod, entry.state, entry.size, entry.last_used, entry.loaded_at)
+    def pod_usage(self) -> dict[str, tuple[int, int, int]]:
+        """Per pod: (capacity, used bytes, copies)."""
+        return {p.pod: (p.capacity, p.view().used, len(p.copies)) for p in self._pods.values()}

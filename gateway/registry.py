@@ -206,8 +206,11 @@ class Registry:
         task.add_done_callback(self._rollouts.discard)
 
     async def _roll_out(self, name: str, target: ModelSpec) -> None:
+        """Load the new version with as many copies as the old has, then move the name to it."""
+        record = self._records.get(name)
+        copies = self._placement.status(record.serving.model_id).copies if record is not None else 1
         try:
-            await self._placement.ensure_loaded(target.model_id)
+            await self._placement.ensure_copies(target.model_id, max(1, copies))
         except GatewayError as exc:
             log.warning("rollout of %s to %s is blocked: %s", name, target.model_id, exc.message)
             return

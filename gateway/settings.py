@@ -32,6 +32,7 @@ class GatewaySettings(BaseSettings):
     churn_guard_seconds: float = 5.0
     load_timeout_seconds: float = 90.0
     loads_per_pod: int = 1
+    copy_rate_threshold: float = 200.0  # requests/s per copy above which a copy is added
     health_interval_seconds: float = 1.0
     log_level: str = "INFO"
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"

@@ -25,6 +25,7 @@ class FakePods:
         self.loads: list[tuple[str, str]] = []  # (pod, model)
         self.unloads: list[tuple[str, str]] = []
         self.gate: asyncio.Event | None = None  # when set, loads wait for it
+        self.inflight: dict[str, dict[str, int]] = {}  # pod -> model -> requests in flight
 
     async def load(self, address: str, spec: ModelSpec, timeout: float) -> int:
         pod = self.pods[address]
@@ -48,7 +49,7 @@ class FakePods:
         pod = self.pods[address]
         if pod.down:
             raise ConnectionError("down")
-        return PodStatus(pod.capacity, ("sklearn",), dict(pod.loaded))
+        return PodStatus(pod.capacity, ("sklearn",), dict(pod.loaded), self.inflight.get(address, {}))
 
 
 def spec(model_id: str, size: int = 10) -> ModelSpec:

@@ -153,7 +153,7 @@ async def test_fresh_copies_are_not_evicted() -> None:
         placement.register(spec(m))
     await placement.ensure_loaded("m1")
     await placement.ensure_loaded("m2")
-    with pytest.raises(LoadFailed, match="no room"):
+    with pytest.raises(Unavailable, match="no pod can make room"):
         await placement.ensure_loaded("m3")
     assert pods.unloads == []
 
@@ -198,3 +198,177 @@ async def test_no_pods() -> None:
         await placement.ensure_loaded("m")
     with pytest.raises(Unavailable):
         placement.any_healthy_pod()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def loaded(self, model_id: str, pod: str, seconds: float, queued_seconds: float) -> None:
+        self.events.append(("loaded", model_id, pod))
+
+    def load_failed(self, model_id: str, pod: str, reason: str) -> None:
+        self.events.append(("failed", model_id, pod))
+
+    def evicted(self, model_id: str, pod: str, reason: str) -> None:
+        self.events.append(("evicted", model_id, pod, reason))
+
+
+async def test_a_load_a_request_waits_for_goes_before_proactive_ones() -> None:
+    pods = FakePods(a=FakePod(capacity=1000))
+    pods.gate = asyncio.Event()
+    placement = await engine(pods)
+    for m in ("first", "proactive-1", "proactive-2", "needed"):
+        placement.register(spec(m))
+    placement.load_in_background("first")
+    await asyncio.sleep(0.01)  # "first" holds the pod's only load slot
+    placement.load_in_background("proactive-1")
+    placement.load_in_background("proactive-2")
+    await asyncio.sleep(0.01)
+    needed = asyncio.create_task(placement.ensure_loaded("needed"))
+    await asyncio.sleep(0.01)
+    pods.gate.set()
+    await needed
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+    assert [m for _, m in pods.loads] == ["first", "needed", "proactive-1", "proactive-2"]
+
+
+async def test_a_request_promotes_a_queued_proactive_load() -> None:
+    pods = FakePods(a=FakePod(capacity=1000))
+    pods.gate = asyncio.Event()
+    placement = await engine(pods)
+    for m in ("first", "p1", "p2"):
+        placement.register(spec(m))
+        placement.load_in_background(m)
+        await asyncio.sleep(0.01)
+    waiter = asyncio.create_task(placement.ensure_loaded("p2"))  # a request now needs p2
+    await asyncio.sleep(0.01)
+    pods.gate.set()
+    await waiter
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+    assert [m for _, m in pods.loads] == ["first", "p2", "p1"]
+
+
+async def test_hits_go_to_the_copy_with_fewest_requests_in_flight() -> None:
+    pods = FakePods(a=FakePod(loaded={"m": 10}), b=FakePod(loaded={"m": 10}))
+    pods.inflight = {"a": {"m": 5}, "b": {"m": 1}}
+    placement = Placement(pods)
+    placement.register(spec("m"))
+    for p in ("a", "b"):
+        placement.add_pod(p)
+    await placement.check_pods()
+    assert placement.lookup("m") == "b"
+
+
+async def test_hits_spread_over_copies_between_status_reports() -> None:
+    pods = FakePods(a=FakePod(loaded={"m": 10}), b=FakePod(loaded={"m": 10}))
+    placement = Placement(pods)
+    placement.register(spec("m"))
+    for p in ("a", "b"):
+        placement.add_pod(p)
+    await placement.check_pods()
+    chosen = [placement.lookup("m") for _ in range(10)]
+    assert chosen.count("a") == chosen.count("b") == 5
+
+
+async def test_a_copy_with_requests_in_flight_is_never_evicted() -> None:
+    clock = Clock()
+    pods = FakePods(a=FakePod(capacity=20))
+    placement = await engine(pods, clock, churn_guard=5)
+    for m in ("busy", "idle", "new"):
+        placement.register(spec(m))
+    await placement.ensure_loaded("busy")
+    clock.now += 1
+    await placement.ensure_loaded("idle")
+    clock.now += 10
+    pods.inflight = {"a": {"busy": 2}}
+    await placement.check_pods()
+    await placement.ensure_loaded("new")
+    assert pods.unloads == [("a", "idle")]  # "busy" was older, but serving
+
+
+async def test_a_copy_just_routed_to_is_not_evicted_either() -> None:
+    clock = Clock()
+    pods = FakePods(a=FakePod(capacity=20))
+    placement = await engine(pods, clock, churn_guard=5, recent_use_guard=1)
+    for m in ("m1", "m2", "m3"):
+        placement.register(spec(m))
+    await placement.ensure_loaded("m1")
+    await placement.ensure_loaded("m2")
+    clock.now += 10
+    placement.lookup("m1")
+    placement.lookup("m2")  # both requests may still be on their way to the pod
+    with pytest.raises(Unavailable, match="no pod can make room"):
+        await placement.ensure_loaded("m3")
+    clock.now += 2
+    await placement.ensure_loaded("m3")
+    assert pods.unloads == [("a", "m1")]
+
+
+async def test_traffic_above_the_threshold_adds_a_copy_on_another_pod() -> None:
+    clock = Clock()
+    pods = FakePods(a=FakePod(), b=FakePod(), c=FakePod())
+    placement = await engine(pods, clock, copy_rate_threshold=50, scale_ticks=2)
+    placement.register(spec("hot"))
+    placement.register(spec("cold"))
+    first = await placement.ensure_loaded("hot")
+    await placement.ensure_loaded("cold")
+    for _ in range(3):
+        for _ in range(200):  # 200 requests per second
+            placement.lookup("hot")
+        placement.lookup("cold")
+        clock.now += 1
+        placement.tick()
+        await asyncio.sleep(0.01)
+    assert placement.status("hot").copies == 2
+    assert placement.status("cold").copies == 1
+    second = [p for p, m in pods.loads if m == "hot" and p != first]
+    assert second and placement.snapshot()["models"]["hot"]["copies"] == sorted([first, second[0]])
+
+
+async def test_a_pod_with_a_long_load_queue_is_skipped() -> None:
+    pods = FakePods(a=FakePod(capacity=1000), b=FakePod(capacity=100))
+    pods.gate = asyncio.Event()
+    placement = await engine(pods, max_queue_gap=2)
+    # "a" has the most free space, so loads go there until its queue is more
+    # than 2 longer than b's: q0-q2 to a, q3 to b, q4 to a, then "next" to b.
+    for m in ("q0", "q1", "q2", "q3", "q4", "next"):
+        placement.register(spec(m))
+        placement.load_in_background(m)
+        await asyncio.sleep(0.01)
+    queues = {p["pod"]: p["load_queue"] for p in placement.snapshot()["pods"]}
+    assert queues == {"a": {"running": 1, "waiting": 3}, "b": {"running": 1, "waiting": 1}}
+    assert [m for p, m in pods.loads if p == "b"] == ["q3"]  # "next" waits behind it on b
+    pods.gate.set()
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    assert sorted(m for p, m in pods.loads if p == "b") == ["next", "q3"]
+
+
+async def test_ensure_copies_loads_as_many_as_asked_and_pods_allow() -> None:
+    pods = FakePods(a=FakePod(), b=FakePod(), c=FakePod())
+    placement = await engine(pods)
+    placement.register(spec("m"))
+    assert await placement.ensure_copies("m", 2) == 2
+    assert await placement.ensure_copies("m", 5) == 3  # one per pod at most
+
+
+async def test_events_report_loads_failures_and_evictions() -> None:
+    clock = Clock()
+    recorder = Recorder()
+    pods = FakePods(a=FakePod(capacity=10), b=FakePod(capacity=10, fail_loads="broken"))
+    placement = Placement(pods, PlacementSettings(churn_guard=0, recent_use_guard=0), clock=clock, events=recorder)
+    for p in ("a", "b"):
+        placement.add_pod(p)
+    await placement.check_pods()
+    for m in ("m1", "m2"):
+        placement.register(spec(m))
+    await placement.ensure_loaded("m1")
+    clock.now += 1
+    await placement.ensure_loaded("m2")
+    assert ("loaded", "m1", "a") in recorder.events
+    assert ("failed", "m2", "b") in recorder.events
+    assert ("evicted", "m1", "a", "lru") in recorder.events
+    assert placement.hits == 0 and placement.misses == 2

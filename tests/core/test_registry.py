@@ -133,3 +133,16 @@ async def test_restart_keeps_registrations_and_adopts_loaded_copies(tmp_path: Pa
     assert [r.name for r in again.registry.list()] == ["sklearn-mnist"]
     assert again.placement.lookup(record.serving.model_id) == "10.0.0.1:9000"
     assert len(h.pods.loads) == 1  # nothing loaded twice
+
+
+async def test_a_rollout_loads_as_many_copies_as_the_old_version_had(tmp_path: Path) -> None:
+    pods = FakePods(a=FakePod(), b=FakePod(), c=FakePod())
+    h = await harness(tmp_path, pods)
+    old, _ = await h.registry.apply(isvc())
+    await settle()
+    assert await h.placement.ensure_copies(old.serving.model_id, 2) == 2
+    new, _ = await h.registry.apply(isvc(path="v2.joblib"))
+    for _ in range(10):
+        await settle()
+    assert h.registry.resolve("sklearn-mnist") == new.target.model_id
+    assert h.placement.status(new.target.model_id).copies == 2
