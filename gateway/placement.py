@@ -56,6 +56,10 @@ class _NoRoom(Exception):
     """The pod cannot make room now (its copies are busy or fresh): not a failure of the model."""
 
 
+class _NoRoomNow(Unavailable):
+    """No pod can make room now; a later request may succeed."""
+
+
 class PlacementEvents(Protocol):
     """What the engine reports as it happens (gateway.metrics turns it into Prometheus)."""
 
@@ -80,6 +84,7 @@ class PlacementSettings:
     failure_expiry: float = 15 * 60.0  # seconds a failed load keeps a pod out
     churn_guard: float = 5.0  # seconds a fresh copy is safe from eviction
     recent_use_guard: float = 1.0  # seconds after a request is routed to a copy it may still be on its way
+    room_wait: float = 5.0  # seconds a request's load waits for a copy to become evictable
     load_timeout: float = 90.0
     loads_per_pod: int = 1  # loads at once per pod; more wait in its queue
     health_interval: float = 1.0  # seconds between pod checks (and rate ticks)
@@ -145,13 +150,18 @@ class _Model:
     urgent: bool = False  # a request waits for that load
     adding: asyncio.Task[None] | None = None  # an extra copy being added
     hot_ticks: int = 0
-    failures: dict[str, tuple[float, str]] = field(default_factory=dict)  # pod -> (when, why)
+    failures: dict[str, tuple[float, LoadFailed]] = field(default_factory=dict)  # pod -> (when, why)
     ever_loaded: bool = False
+    deferred: bool = False  # a proactive load found no room: it loads on demand
+    size: int = 0  # real size once a pod has loaded it; until then the prediction
     last_error: str = ""
     requests: int = 0  # requests routed to any copy, ever
 
     def loaded(self) -> list[_Entry]:
         return [e for e in self.copies.values() if e.state is CopyState.LOADED]
+
+    def expected_size(self) -> int:
+        return self.size or self.spec.predicted_size
 
 
 class Placement:
@@ -239,6 +249,9 @@ class Placement:
                 per_second = (entry.routed - entry.routed_at_tick) / elapsed
                 entry.routed_at_tick = entry.routed
                 entry.rate = 0.5 * entry.rate + 0.5 * per_second
+        for pod in self._pods.values():
+            if pod.healthy and pod.capacity and pod.view().used > pod.capacity:
+                asyncio.ensure_future(self._fit(pod))
         threshold = self._settings.copy_rate_threshold
         for model in self._models.values():
             loaded = model.loaded()
@@ -290,7 +303,8 @@ class Placement:
             return ModelStatus(ModelState.LOADING, 0)
         if model.last_error:
             return ModelStatus(ModelState.FAILED_TO_LOAD, 0, model.last_error)
-        return ModelStatus(ModelState.STANDBY if model.ever_loaded else ModelState.PENDING, 0)
+        standby = model.ever_loaded or model.deferred
+        return ModelStatus(ModelState.STANDBY if standby else ModelState.PENDING, 0)
 
     def lookup(self, model_id: str) -> str | None:
         """The hot path: the address of a loaded copy, or None on a miss."""
@@ -359,11 +373,13 @@ class Placement:
         return len(model.loaded())
 
     def _loaded(self, model: _Model, task: asyncio.Task[str]) -> None:
-        model.loading = None
-        model.urgent = False
+        urgent, model.loading, model.urgent = model.urgent, None, False
         if task.cancelled():
             return
         error = task.exception()
+        if isinstance(error, _NoRoomNow) and not urgent:
+            model.deferred = True  # nothing failed: the next request loads it
+            return
         model.last_error = getattr(error, "message", str(error)) if error else ""
 
     async def _load(self, model: _Model) -> str:
@@ -371,29 +387,38 @@ class Placement:
         now = self._clock()
         expiry = self._settings.failure_expiry
         model.failures = {p: f for p, f in model.failures.items() if now - f[0] < expiry}
-        tried = set(model.failures)
+        failed = set(model.failures)  # pods where this model failed recently
+        full: set[str] = set()  # pods with no room right now
         errors: list[LoadFailed] = []
+        # Copies inside the churn guard cannot be evicted: a request waits a
+        # little for one to age out instead of failing; a proactive load defers.
+        wait_until = time.monotonic() + self._settings.room_wait
         while len(errors) < self._settings.max_load_attempts:
-            target = self._choose(spec, exclude=tried)
+            target = self._choose(model, exclude=failed | full)
             if target is None:
-                break
-            tried.add(target.pod)
+                if not full or not model.urgent or time.monotonic() >= wait_until:
+                    break
+                full.clear()
+                await asyncio.sleep(0.2)
+                continue
             try:
                 await self._load_on(self._pods[target.pod], model, urgent=model.urgent)
             except _NoRoom:
-                continue  # try the next pod; leave no failure record
+                full.add(target.pod)  # no failure record: the pod is only full for now
+                continue
             except LoadFailed as exc:
                 log.warning("loading %s on pod %s failed: %s", spec.model_id, target.pod, exc.message)
-                model.failures[target.pod] = (self._clock(), exc.message)
+                failed.add(target.pod)
+                model.failures[target.pod] = (self._clock(), exc)
                 self._events.load_failed(spec.model_id, target.pod, exc.message)
                 errors.append(exc)
             else:
                 return target.pod
-        raise self._load_error(spec, errors)
+        raise self._load_error(model, errors, no_room=bool(full))
 
     async def _add_copy(self, model: _Model, reason: str) -> bool:
         """Load one more copy of ``model`` on a pod that has none; False if none can take it."""
-        target = self._choose(model.spec, exclude=set(model.copies))
+        target = self._choose(model, exclude=set(model.copies))
         if target is None:
             return False
         log.info("adding a copy of %s on pod %s (%s)", model.spec.model_id, target.pod, reason)
@@ -406,8 +431,9 @@ class Placement:
             return False
         return True
 
-    def _choose(self, spec: ModelSpec, exclude: set[str]) -> PodView | None:
+    def _choose(self, model: _Model, exclude: set[str]) -> PodView | None:
         """ModelMesh's choice of pod for a load, skipping pods far busier than the rest."""
+        spec, size = model.spec, model.expected_size()
         pods = [p for p in self._pods.values() if p.healthy and (not p.model_types or spec.model_type in p.model_types)]
         busy: set[str] = set()
         if pods:
@@ -419,11 +445,12 @@ class Placement:
                 ):
                     busy.add(pod.pod)
         views = [p.view() for p in pods]
-        return picker.pick_pod(views, spec.predicted_size, exclude=exclude | busy) or picker.pick_pod(
-            views, spec.predicted_size, exclude=exclude
-        )
+        return picker.pick_pod(views, size, exclude=exclude | busy) or picker.pick_pod(views, size, exclude=exclude)
 
-    def _load_error(self, spec: ModelSpec, errors: list[LoadFailed]) -> Exception:
+    def _load_error(self, model: _Model, errors: list[LoadFailed], *, no_room: bool) -> Exception:
+        spec, size = model.spec, model.expected_size()
+        if not errors and model.failures:  # every pod it could go to failed it recently
+            errors = [error for _, error in model.failures.values()]
         if errors:
             reasons = "; ".join(e.message for e in errors)
             kind = ModelFormatError if all(isinstance(e, ModelFormatError) for e in errors) else LoadFailed
@@ -432,22 +459,27 @@ class Placement:
         if not healthy:
             return Unavailable("no runtime pod is available")
         largest = max(p.capacity for p in healthy)
-        if spec.predicted_size > largest:
+        if size > largest:
             return NoCapacity(
-                f"model '{spec.model_id}' needs {spec.predicted_size} bytes; "
+                f"model '{spec.model_id}' needs {size} bytes; "
                 f"the largest pod holds {largest} bytes"
             )
-        return Unavailable(f"no pod can make room for model '{spec.model_id}' right now")
+        if no_room:
+            return _NoRoomNow(
+                f"no pod can make room for model '{spec.model_id}' right now: "
+                "their copies are busy or freshly loaded"
+            )
+        return Unavailable(f"no pod can take model '{spec.model_id}' now")
 
     async def _load_on(self, pod: _Pod, model: _Model, *, urgent: bool) -> None:
-        spec = model.spec
+        spec, expected = model.spec, model.expected_size()
         async with pod.queue.slot(spec.model_id, urgent=urgent) as queued:
             # Plan evictions once holding the slot: the table may have changed while queued.
             view = pod.view()
             evict = picker.plan_evictions(
                 view,
                 [e.copy() for e in pod.copies.values()],
-                spec.predicted_size,
+                expected,
                 now=self._clock(),
                 churn_guard=self._settings.churn_guard,
                 inflight=self._inflight(pod),
@@ -462,11 +494,11 @@ class Placement:
                 self._drop(pod, victim.model_id)
                 self._events.evicted(victim.model_id, pod.pod, "lru")
                 await self._unload_quietly(pod, victim.model_id)
-            reason = "it has room, most free space" if view.free >= spec.predicted_size else "all pods full, oldest cache"
-            log.info("loading %s on pod %s (%s): %d bytes predicted, %d free of %d, %d models, queued %.0f ms",
-                     spec.model_id, pod.pod, reason, spec.predicted_size, view.free, view.capacity,
+            reason = "it has room, most free space" if view.free >= expected else "all pods full, oldest cache"
+            log.info("loading %s on pod %s (%s): %d bytes expected, %d free of %d, %d models, queued %.0f ms",
+                     spec.model_id, pod.pod, reason, expected, view.free, view.capacity,
                      view.model_count, 1000 * queued)
-            entry = self._put(pod, model, CopyState.LOADING, spec.predicted_size, self._clock())
+            entry = self._put(pod, model, CopyState.LOADING, expected, self._clock())
             started = time.perf_counter()
             try:
                 size = await self._client.load(pod.address, spec, self._settings.load_timeout)
@@ -480,9 +512,33 @@ class Placement:
             seconds = time.perf_counter() - started
             now = self._clock()
             entry.state, entry.size, entry.loaded_at, entry.last_used = CopyState.LOADED, size or entry.size, now, now
-            model.ever_loaded = True
+            model.ever_loaded, model.size = True, entry.size
             self._events.loaded(spec.model_id, pod.pod, seconds, queued)
-            log.info("loaded %s on pod %s in %.0f ms (%d bytes)", spec.model_id, pod.pod, 1000 * seconds, entry.size)
+            log.info("loaded %s on pod %s in %.0f ms (%d bytes, %d expected)", spec.model_id, pod.pod,
+                     1000 * seconds, entry.size, expected)
+            if entry.size > expected:
+                await self._fit(pod, spec.model_id)
+
+    async def _fit(self, pod: _Pod, newcomer: str = "") -> None:
+        """A pod over capacity (a load turned out larger than expected) evicts LRU copies until it fits."""
+        view = pod.view()
+        if view.used <= view.capacity:
+            return
+        others = [e.copy() for e in pod.copies.values() if e.model_id != newcomer]
+        evict = picker.plan_evictions(
+            PodView(view.pod, view.capacity, view.used, view.model_count),
+            others,
+            0,
+            now=self._clock(),
+            churn_guard=self._settings.churn_guard,
+            inflight=self._inflight(pod),
+        ) or []
+        for victim in evict:
+            log.info("evicting %s from pod %s: the pod is over capacity (a model was larger than expected)",
+                     victim.model_id, pod.pod)
+            self._drop(pod, victim.model_id)
+            self._events.evicted(victim.model_id, pod.pod, "lru")
+            await self._unload_quietly(pod, victim.model_id)
 
     def _inflight(self, pod: _Pod) -> dict[str, int]:
         """Requests in flight per copy for eviction: the pod's count, or 1 if just routed to."""

@@ -109,8 +109,9 @@ async def test_failure_records_expire() -> None:
     placement.register(spec("m"))
     with pytest.raises(LoadFailed):
         await placement.ensure_loaded("m")
-    with pytest.raises(Unavailable):  # the only pod is still marked failed
+    with pytest.raises(LoadFailed, match="flaky"):  # the only pod is still marked failed, and says why
         await placement.ensure_loaded("m")
+    assert len(pods.loads) == 1  # without trying it again
     pods.pods["a"].fail_loads = None
     clock.now += 61
     assert await placement.ensure_loaded("m") == "a"
@@ -148,7 +149,7 @@ async def test_eviction_of_the_least_recently_used_when_full() -> None:
 async def test_fresh_copies_are_not_evicted() -> None:
     clock = Clock()
     pods = FakePods(a=FakePod(capacity=20))
-    placement = await engine(pods, clock, churn_guard=5)
+    placement = await engine(pods, clock, churn_guard=5, room_wait=0)
     for m in ("m1", "m2", "m3"):
         placement.register(spec(m))
     await placement.ensure_loaded("m1")
@@ -292,7 +293,7 @@ async def test_a_copy_with_requests_in_flight_is_never_evicted() -> None:
 async def test_a_copy_just_routed_to_is_not_evicted_either() -> None:
     clock = Clock()
     pods = FakePods(a=FakePod(capacity=20))
-    placement = await engine(pods, clock, churn_guard=5, recent_use_guard=1)
+    placement = await engine(pods, clock, churn_guard=5, recent_use_guard=1, room_wait=0)
     for m in ("m1", "m2", "m3"):
         placement.register(spec(m))
     await placement.ensure_loaded("m1")
@@ -372,3 +373,32 @@ async def test_events_report_loads_failures_and_evictions() -> None:
     assert ("failed", "m2", "b") in recorder.events
     assert ("evicted", "m1", "a", "lru") in recorder.events
     assert placement.hits == 0 and placement.misses == 2
+
+
+async def test_a_request_waits_for_a_fresh_copy_to_age_out_instead_of_failing() -> None:
+    clock = Clock()
+    pods = FakePods(a=FakePod(capacity=20))
+    placement = await engine(pods, clock, churn_guard=5, recent_use_guard=0, room_wait=30)
+    for m in ("m1", "m2", "m3"):
+        placement.register(spec(m))
+    await placement.ensure_loaded("m1")
+    await placement.ensure_loaded("m2")
+    waiting = asyncio.create_task(placement.ensure_loaded("m3"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # both copies are fresh: it waits
+    clock.now += 6  # the churn guard passes
+    assert await asyncio.wait_for(waiting, 5) == "a"
+    assert pods.unloads == [("a", "m1")]
+
+
+async def test_a_proactive_load_without_room_defers_and_the_model_stays_ready() -> None:
+    pods = FakePods(a=FakePod(capacity=10))
+    placement = await engine(pods, churn_guard=5)
+    placement.register(spec("m1"))
+    placement.register(spec("m2"))
+    await placement.ensure_loaded("m1")
+    placement.load_in_background("m2")
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+    status = placement.status("m2")
+    assert status.state is ModelState.STANDBY and status.ready and status.message == ""
