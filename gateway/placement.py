@@ -148,6 +148,7 @@ class _Model:
     copies: dict[str, _Entry] = field(default_factory=dict)  # pod -> entry
     loading: asyncio.Task[str] | None = None  # the first copy's load, shared by all waiters
     urgent: bool = False  # a request waits for that load
+    may_evict: bool = True  # False for a fresh registration's proactive load: free space only
     adding: asyncio.Task[None] | None = None  # an extra copy being added
     hot_ticks: int = 0
     failures: dict[str, tuple[float, LoadFailed]] = field(default_factory=dict)  # pod -> (when, why)
@@ -324,12 +325,13 @@ class Placement:
         entry.routed += 1
         model.requests += 1
 
-    async def ensure_loaded(self, model_id: str, *, urgent: bool = True) -> str:
+    async def ensure_loaded(self, model_id: str, *, urgent: bool = True, evict: bool = True) -> str:
         """The address of a loaded copy, loading the model first on a miss.
 
         Concurrent callers share one load; a caller that gives up (a client
         that went away) does not cancel it for the others. ``urgent`` says a
         request is waiting: its load goes before proactive ones in the queue.
+        ``evict=False`` loads only into free space (and defers otherwise).
         """
         address = self.lookup(model_id) if urgent else self._any_copy(model_id)
         if address is not None:
@@ -338,11 +340,11 @@ class Placement:
         if urgent:
             self.misses += 1
         if model.loading is None:
-            model.urgent = urgent
+            model.urgent, model.may_evict = urgent, evict or urgent
             model.loading = asyncio.create_task(self._load(model), name=f"load {model_id}")
             model.loading.add_done_callback(lambda task: self._loaded(model, task))
         elif urgent and not model.urgent:
-            model.urgent = True
+            model.urgent = model.may_evict = True
             for pod in self._pods.values():
                 pod.queue.promote(model_id)
         pod = await asyncio.shield(model.loading)
@@ -360,7 +362,7 @@ class Placement:
 
     def load_in_background(self, model_id: str) -> None:
         """Start loading a model nobody is waiting for yet (a fresh registration)."""
-        task = asyncio.ensure_future(self.ensure_loaded(model_id, urgent=False))
+        task = asyncio.ensure_future(self.ensure_loaded(model_id, urgent=False, evict=False))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def ensure_copies(self, model_id: str, count: int) -> int:
@@ -373,7 +375,7 @@ class Placement:
         return len(model.loaded())
 
     def _loaded(self, model: _Model, task: asyncio.Task[str]) -> None:
-        urgent, model.loading, model.urgent = model.urgent, None, False
+        urgent, model.loading, model.urgent, model.may_evict = model.urgent, None, False, True
         if task.cancelled():
             return
         error = task.exception()
@@ -402,7 +404,7 @@ class Placement:
                 await asyncio.sleep(0.2)
                 continue
             try:
-                await self._load_on(self._pods[target.pod], model, urgent=model.urgent)
+                await self._load_on(self._pods[target.pod], model, urgent=model.urgent, may_evict=model.may_evict)
             except _NoRoom:
                 full.add(target.pod)  # no failure record: the pod is only full for now
                 continue
@@ -423,7 +425,7 @@ class Placement:
             return False
         log.info("adding a copy of %s on pod %s (%s)", model.spec.model_id, target.pod, reason)
         try:
-            await self._load_on(self._pods[target.pod], model, urgent=False)
+            await self._load_on(self._pods[target.pod], model, urgent=False, may_evict=True)
         except _NoRoom:
             return False
         except LoadFailed as exc:
@@ -471,7 +473,7 @@ class Placement:
             )
         return Unavailable(f"no pod can take model '{spec.model_id}' now")
 
-    async def _load_on(self, pod: _Pod, model: _Model, *, urgent: bool) -> None:
+    async def _load_on(self, pod: _Pod, model: _Model, *, urgent: bool, may_evict: bool) -> None:
         spec, expected = model.spec, model.expected_size()
         async with pod.queue.slot(spec.model_id, urgent=urgent) as queued:
             # Plan evictions once holding the slot: the table may have changed while queued.
@@ -484,8 +486,9 @@ class Placement:
                 churn_guard=self._settings.churn_guard,
                 inflight=self._inflight(pod),
             )
-            if evict is None:
-                log.info("pod %s has no room for %s now: its copies are busy or freshly loaded", pod.pod, spec.model_id)
+            if evict is None or (evict and not may_evict):
+                log.info("pod %s has no room for %s now (%s)", pod.pod, spec.model_id,
+                         "a proactive load evicts nothing" if evict else "its copies are busy or freshly loaded")
                 raise _NoRoom()
             for victim in evict:
                 idle = self._clock() - victim.last_used

@@ -402,3 +402,19 @@ async def test_a_proactive_load_without_room_defers_and_the_model_stays_ready() 
         await asyncio.sleep(0.01)
     status = placement.status("m2")
     assert status.state is ModelState.STANDBY and status.ready and status.message == ""
+
+
+async def test_a_fresh_registration_loads_into_free_space_only() -> None:
+    clock = Clock()
+    pods = FakePods(a=FakePod(capacity=20))
+    placement = await engine(pods, clock, churn_guard=0, recent_use_guard=0)
+    for m in ("m1", "m2", "m3"):
+        placement.register(spec(m))
+        placement.load_in_background(m)
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        clock.now += 10
+    assert [m for _, m in pods.loads] == ["m1", "m2"] and pods.unloads == []
+    assert placement.status("m3").ready  # deferred, not failed
+    await placement.ensure_loaded("m3")  # a request may evict
+    assert pods.unloads == [("a", "m1")]
