@@ -4,6 +4,10 @@ Error table (pod's gRPC code on LoadModel -> core error): FAILED_PRECONDITION
 and INVALID_ARGUMENT -> ModelFormatError (no runtime can read the file, or the
 pod does not know the format); DEADLINE_EXCEEDED -> LoadTimeout; every other
 code -> LoadFailed with the pod's message, so the engine tries another pod.
+
+An UnloadModel answers once the pod has let the model's requests in flight
+finish (its ``unload_drain_seconds``, 30 s by default): ``unload_timeout`` is
+longer than that.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ _FORMAT_CODES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.
 
 
 class GrpcPodClient:
-    def __init__(self, *, max_message_bytes: int = 64 << 20) -> None:
+    def __init__(self, *, max_message_bytes: int = 64 << 20, unload_timeout: float = 60.0) -> None:
+        self._unload_timeout = unload_timeout
         self._stubs: dict[str, rt_grpc.ModelRuntimeStub] = {}
         self._channels: list[grpc.aio.Channel] = []
         self._options = [
@@ -51,7 +56,9 @@ class GrpcPodClient:
         return response.size_in_bytes
 
     async def unload(self, address: str, model_id: str) -> None:
-        await self._stub(address).UnloadModel(rt.UnloadModelRequest(model_id=model_id), timeout=30)
+        await self._stub(address).UnloadModel(
+            rt.UnloadModelRequest(model_id=model_id), timeout=self._unload_timeout
+        )
 
     async def status(self, address: str, timeout: float) -> PodStatus:
         response = await self._stub(address).RuntimeStatus(rt.RuntimeStatusRequest(), timeout=timeout)
@@ -61,6 +68,8 @@ class GrpcPodClient:
             capacity=response.capacity_in_bytes,
             model_types=tuple(response.model_types),
             loaded={m.model_id: m.size_in_bytes for m in response.loaded_models},
+            inflight={m.model_id: m.in_flight for m in response.loaded_models},
+            requests={m.model_id: m.requests for m in response.loaded_models},
         )
 
     async def close(self) -> None:

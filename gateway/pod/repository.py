@@ -13,15 +13,26 @@
   stopped: whatever it still produces is dropped.
 - ``predict`` reports a runtime's own exception as ``PredictFailed``
   ("<ExceptionType>: <message>"); ``GatewayError``s (``InvalidInput``, ...) pass.
+- Requests are counted per model: ``with repository.serving(model_id) as model``
+  counts one request in flight for as long as the block runs (however it ends)
+  and one more request since the model was loaded. Plain integers: everything
+  runs on the event loop.
+- Unload is graceful: from the moment it begins, the model is no longer served
+  (``ModelNotFound`` "model 'x' is being unloaded") nor listed by ``loaded()``,
+  but requests already in flight finish first: the unload waits until none is
+  left, for at most ``unload_drain_s`` seconds, then releases the model. A load
+  of an id being unloaded waits for the unload, then loads it anew. Like loads,
+  an unload goes on if its caller goes away, and concurrent unloads share one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +50,20 @@ class LoadedModel:
 
     model_id: str
     size_bytes: int
+    in_flight: int = 0  # requests being served right now
+    requests: int = 0  # requests received since the model was loaded
+
+
+class _Held:
+    """A loaded model and its request counters."""
+
+    __slots__ = ("model", "in_flight", "requests", "idle")
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.in_flight = 0
+        self.requests = 0
+        self.idle: asyncio.Event | None = None  # set when in_flight drops to 0, while unloading
 
 
 class ModelRepository:
@@ -50,30 +75,64 @@ class ModelRepository:
         *,
         max_loading_concurrency: int = 1,
         loading_timeout_s: float = 90.0,
+        unload_drain_s: float = 30.0,
     ) -> None:
         if max_loading_concurrency < 1:
             raise ValueError("max_loading_concurrency must be at least 1")
         if loading_timeout_s <= 0:
             raise ValueError("loading_timeout_s must be positive")
+        if unload_drain_s < 0:
+            raise ValueError("unload_drain_s must not be negative")
         self._runtimes = runtimes
         self._timeout_s = loading_timeout_s
+        self._drain_s = unload_drain_s
         self._slots = asyncio.Semaphore(max_loading_concurrency)
-        self._models: dict[str, Model] = {}
+        self._models: dict[str, _Held] = {}
         self._loading: dict[str, asyncio.Task[Model]] = {}
+        self._unloading: dict[str, asyncio.Task[None]] = {}
+        self._closing = False
 
     @property
     def model_types(self) -> tuple[str, ...]:
         return self._runtimes.model_types
 
     def get(self, model_id: str) -> Model:
-        """The loaded model ``model_id``; ModelNotFound if this pod does not hold it."""
-        model = self._models.get(model_id)
-        if model is None:
-            raise ModelNotFound(model_id, f"model '{model_id}' is not loaded on this pod")
-        return model
+        """The loaded model ``model_id``; ModelNotFound if this pod does not hold it
+        (or is unloading it)."""
+        return self._held(model_id).model
+
+    @contextlib.contextmanager
+    def serving(self, model_id: str) -> Iterator[Model]:
+        """The loaded model ``model_id``, counted as serving one request meanwhile.
+
+        ModelNotFound as ``get``. The request counts as in flight until the block
+        ends, however it ends; an unload waits for that.
+        """
+        held = self._held(model_id)
+        held.in_flight += 1
+        held.requests += 1
+        try:
+            yield held.model
+        finally:
+            held.in_flight -= 1
+            if held.in_flight == 0 and held.idle is not None:
+                held.idle.set()
 
     def loaded(self) -> list[LoadedModel]:
-        return [LoadedModel(mid, model.size_bytes()) for mid, model in self._models.items()]
+        """The models served now, with their counters (not those being unloaded)."""
+        return [
+            LoadedModel(mid, held.model.size_bytes(), held.in_flight, held.requests)
+            for mid, held in self._models.items()
+            if mid not in self._unloading
+        ]
+
+    def _held(self, model_id: str) -> _Held:
+        if model_id in self._unloading:
+            raise ModelNotFound(model_id, f"model '{model_id}' is being unloaded")
+        held = self._models.get(model_id)
+        if held is None:
+            raise ModelNotFound(model_id, f"model '{model_id}' is not loaded on this pod")
+        return held
 
     @staticmethod
     async def predict(model: Model, request: InferenceRequest) -> Sequence[Tensor]:
@@ -87,8 +146,14 @@ class ModelRepository:
             raise PredictFailed(f"{type(exc).__name__}: {exc}") from exc
 
     async def load(self, config: ModelConfig) -> int:
-        """Load ``config.model_id`` unless it is loaded already; its size in bytes."""
-        model = self._models.get(config.model_id)
+        """Load ``config.model_id`` unless it is loaded already; its size in bytes.
+
+        An unload of that id in progress is waited for first.
+        """
+        while (unloading := self._unloading.get(config.model_id)) is not None:
+            await asyncio.wait([unloading])  # whatever its outcome; does not cancel it
+        held = self._models.get(config.model_id)
+        model = held.model if held is not None else None
         if model is None:
             task = self._loading.get(config.model_id)
             if task is None:
@@ -99,23 +164,62 @@ class ModelRepository:
         return model.size_bytes()
 
     async def unload(self, model_id: str) -> None:
-        """Drop ``model_id`` (after any load of it in progress); unknown ids are fine."""
-        task = self._loading.get(model_id)
-        if task is not None:
-            await asyncio.wait([task])  # whatever its outcome; does not cancel it
-        model = self._models.pop(model_id, None)
-        if model is not None:
-            await _release(model)
-            log.info("unloaded model %s", model_id)
+        """Drop ``model_id`` (after any load of it in progress, and once the requests
+        in flight are done or ``unload_drain_s`` has passed); unknown ids are fine."""
+        task = self._unloading.get(model_id)
+        if task is None:
+            if model_id not in self._models and model_id not in self._loading:
+                return
+            task = asyncio.create_task(self._unload(model_id), name=f"unload {model_id}")
+            self._unloading[model_id] = task
+            task.add_done_callback(functools.partial(self._unload_done, model_id))
+        await asyncio.shield(task)
 
     async def close(self) -> None:
-        """Cancel loads in progress and unload everything."""
+        """Cancel loads in progress and unload everything, without waiting for requests."""
+        self._closing = True
         loading = list(self._loading.values())
         for task in loading:
             task.cancel()
         await asyncio.gather(*loading, return_exceptions=True)
-        for model_id in list(self._models):
-            await self.unload(model_id)
+        for held in self._models.values():
+            if held.idle is not None:
+                held.idle.set()  # ends the drain of unloads in progress
+        await asyncio.gather(*self._unloading.values(), return_exceptions=True)
+        while self._models:
+            _, held = self._models.popitem()
+            await _release(held.model)
+
+    async def _unload(self, model_id: str) -> None:
+        task = self._loading.get(model_id)
+        if task is not None:
+            await asyncio.wait([task])  # whatever its outcome; does not cancel it
+        held = self._models.get(model_id)
+        if held is None:
+            return
+        if held.in_flight and not self._closing:
+            log.info(
+                "unloading model %s: waiting for %d requests in flight", model_id, held.in_flight
+            )
+            held.idle = asyncio.Event()
+            try:
+                async with asyncio.timeout(self._drain_s):
+                    await held.idle.wait()
+            except TimeoutError:
+                log.warning(
+                    "unloading model %s with %d requests still in flight after %g s",
+                    model_id, held.in_flight, self._drain_s,
+                )
+        if self._models.get(model_id) is held:
+            del self._models[model_id]
+            await _release(held.model)
+            log.info("unloaded model %s", model_id)
+
+    def _unload_done(self, model_id: str, task: asyncio.Task[None]) -> None:
+        if self._unloading.get(model_id) is task:
+            del self._unloading[model_id]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("model %s failed to unload: %s", model_id, exc)
 
     async def _load(self, config: ModelConfig) -> Model:
         runtime = self._runtimes.get(config.model_type)
@@ -142,7 +246,7 @@ class ModelRepository:
                         f"loading model '{config.model_id}' failed: {type(exc).__name__}: {exc}"
                     ) from exc
                 raise
-        self._models[config.model_id] = model
+        self._models[config.model_id] = _Held(model)
         log.info("loaded model %s: %d bytes", config.model_id, model.size_bytes())
         return model
 

@@ -43,6 +43,7 @@ class PodServer:
             RuntimeRegistry(settings.runtimes),
             max_loading_concurrency=settings.max_loading_concurrency,
             loading_timeout_s=settings.model_loading_timeout_ms / 1000,
+            unload_drain_s=settings.unload_drain_seconds,
         )
         self._ready = asyncio.Event()
         self._server: grpc.aio.Server | None = None

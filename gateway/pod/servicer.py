@@ -14,7 +14,7 @@ error                                          gRPC status          details
 =============================================  ===================  ==================
 InvalidInput (datatype, shape, outputs, ...)   INVALID_ARGUMENT     the message
 InvalidSpec (unknown model type, empty field)  INVALID_ARGUMENT     the message
-ModelNotFound (not loaded on this pod)         NOT_FOUND            the message
+ModelNotFound (not loaded, being unloaded)     NOT_FOUND            the message
 ModelFormatError (file unreadable as a model)  FAILED_PRECONDITION  the message
 LoadTimeout (model_loading_timeout_ms)         DEADLINE_EXCEEDED    the message
 LoadFailed (missing file, runtime raised)      UNAVAILABLE          the message
@@ -170,13 +170,13 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> v2.ModelInferResponse:
         model_id = _model_id(context, request.model_name)
-        model = self._models.get(model_id)
-        outputs = await self._models.predict(model, tensors.decode_request(request))
-        try:
-            return tensors.encode_response(model_id, request, outputs)
-        except (ValueError, TypeError) as exc:
-            log.warning("model %s: cannot encode its outputs", model_id, exc_info=True)
-            raise PredictFailed(f"{type(exc).__name__}: {exc}") from exc
+        with self._models.serving(model_id) as model:
+            outputs = await self._models.predict(model, tensors.decode_request(request))
+            try:
+                return tensors.encode_response(model_id, request, outputs)
+            except (ValueError, TypeError) as exc:
+                log.warning("model %s: cannot encode its outputs", model_id, exc_info=True)
+                raise PredictFailed(f"{type(exc).__name__}: {exc}") from exc
 
 
 class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
@@ -202,6 +202,8 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
     async def UnloadModel(
         self, request: rt.UnloadModelRequest, context: grpc.aio.ServicerContext
     ) -> rt.UnloadModelResponse:
+        """Answers once the model is gone: after its requests in flight (bounded by
+        ``unload_drain_seconds``)."""
         _require(request, "model_id")
         await self._models.unload(request.model_id)
         return rt.UnloadModelResponse()
@@ -236,7 +238,12 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
             model_types=self._models.model_types,
             runtime_version=gateway.__version__,
             loaded_models=[
-                _LoadedModel(model_id=m.model_id, size_in_bytes=m.size_bytes)
+                _LoadedModel(
+                    model_id=m.model_id,
+                    size_in_bytes=m.size_bytes,
+                    in_flight=m.in_flight,
+                    requests=m.requests,
+                )
                 for m in self._models.loaded()
             ],
         )

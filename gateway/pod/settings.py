@@ -28,6 +28,8 @@ class PodSettings:
     - ``size_multiplier``: PredictModelSize = bytes on disk x this.
     - ``max_message_bytes``: gRPC send and receive limit.
     - ``shutdown_grace_s``: how long in-flight RPCs may finish on shutdown.
+    - ``unload_drain_seconds``: how long an unload waits for the model's requests
+      in flight to finish before it unloads anyway.
     - ``runtimes``: model type -> ``Model`` class or "module:Class" path.
     """
 
@@ -40,6 +42,7 @@ class PodSettings:
     size_multiplier: float = 1.25
     max_message_bytes: int = 64 * MiB
     shutdown_grace_s: float = 2.0
+    unload_drain_seconds: float = 30.0
     runtimes: Mapping[str, RuntimeRef] = field(default_factory=lambda: BUILTIN_RUNTIMES)
 
     def __post_init__(self) -> None:
@@ -57,5 +60,7 @@ class PodSettings:
             raise ValueError("max_message_bytes must be positive")
         if self.shutdown_grace_s < 0:
             raise ValueError("shutdown_grace_s must not be negative")
+        if self.unload_drain_seconds < 0:
+            raise ValueError("unload_drain_seconds must not be negative")
         if not self.host:
             raise ValueError("host must not be empty")

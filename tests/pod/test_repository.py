@@ -22,6 +22,7 @@ from gateway.pod.model import InferenceRequest, Model, ModelConfig, Tensor, Tens
 from gateway.pod.repository import ModelRepository, predicted_size
 from gateway.pod.runtimes import BUILTIN_RUNTIMES, RuntimeRegistry
 from gateway.pod.runtimes.sklearn import SKLearnModel
+from gateway.pod.runtimes.synthetic import SyntheticModel
 
 from .fakes import FakeModel, fake_runtime, key
 
@@ -104,9 +105,9 @@ async def test_unknown_model_type_names_the_supported_ones() -> None:
     with pytest.raises(InvalidSpec) as err:
         await repo.load(ModelConfig("m", "tensorflow", Path("/x")))
     assert err.value.message == (
-        "unsupported model type 'tensorflow'; this pod supports 'fake', 'sklearn'"
+        "unsupported model type 'tensorflow'; this pod supports 'fake', 'sklearn', 'synthetic'"
     )
-    assert repo.model_types == ("fake", "sklearn")
+    assert repo.model_types == ("fake", "sklearn", "synthetic")
 
 
 async def test_unload_is_idempotent_and_waits_for_a_load_in_progress() -> None:
@@ -163,8 +164,9 @@ def test_predicted_size(tmp_path: Path) -> None:
 
 def test_registry_resolves_import_paths_lazily() -> None:
     registry = RuntimeRegistry()
-    assert registry.model_types == ("sklearn",) and "sklearn" in registry
+    assert registry.model_types == ("sklearn", "synthetic") and "sklearn" in registry
     assert registry.get("sklearn") is SKLearnModel
+    assert registry.get("synthetic") is SyntheticModel
     registry.register("custom", "tests.pod.fakes:FakeModel")
     assert registry.get("custom") is FakeModel
     registry.register("broken", "tests.pod.fakes:NoSuchClass")

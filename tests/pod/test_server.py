@@ -10,22 +10,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
 import gateway
-from gateway import cli
-from gateway import launcher
+from gateway import cli, launcher
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway._proto import model_runtime_pb2 as rt
-from gateway._proto import model_runtime_pb2_grpc as rt_grpc
 from gateway.errors import LoadFailed, LoadTimeout, ModelFormatError, ModelNotFound
 from gateway.pod import tensors
 from gateway.pod.model import Tensor
@@ -33,69 +28,11 @@ from gateway.pod.server import PodServer, PodSettings, serve
 from gateway.pod.servicer import grpc_status
 from gateway.protocol import MODEL_ID_HEADER
 
-from .fakes import FakeModel, fake_runtime, key
+from .fakes import key
+from .harness import Pod, StartPod
+from .harness import rpc_error as _error
 
 CONCRETE_ID = "sklearn-mnist__isvc-3f2a9c01b4"
-
-
-@dataclass
-class Pod:
-    server: PodServer
-    infer: v2_grpc.GRPCInferenceServiceStub
-    runtime: rt_grpc.ModelRuntimeStub
-    fake: type[FakeModel]
-
-    async def load(
-        self, model_id: str, path: Path | str, model_type: str = "sklearn", **kw: Any
-    ) -> int:
-        request = rt.LoadModelRequest(
-            model_id=model_id, model_type=model_type, model_path=str(path), **kw
-        )
-        return (await self.runtime.LoadModel(request)).size_in_bytes
-
-    async def predicted_size(self, path: Path | str) -> int:
-        request = rt.PredictModelSizeRequest(model_path=str(path))
-        return (await self.runtime.PredictModelSize(request)).size_in_bytes
-
-    async def model_size(self, model_id: str) -> int:
-        return (await self.runtime.ModelSize(rt.ModelSizeRequest(model_id=model_id))).size_in_bytes
-
-    async def status(self) -> rt.RuntimeStatusResponse:
-        return await self.runtime.RuntimeStatus(rt.RuntimeStatusRequest())
-
-
-StartPod = Callable[..., Awaitable[Pod]]
-
-
-@pytest.fixture
-async def start_pod() -> AsyncIterator[StartPod]:
-    started: list[tuple[PodServer, grpc.aio.Channel]] = []
-
-    async def start(**overrides: Any) -> Pod:
-        fake = fake_runtime()
-        given: dict[str, Any] = {
-            "port": 0, "capacity_bytes": 1 << 30, "pod_id": "test-pod",
-            "runtimes": {"sklearn": "gateway.pod.runtimes.sklearn:SKLearnModel", "fake": fake},
-        }
-        settings = PodSettings(**(given | overrides))
-        server = PodServer(settings)
-        await server.start()
-        channel = grpc.aio.insecure_channel(
-            server.address, options=[("grpc.max_receive_message_length", 64 << 20)]
-        )
-        started.append((server, channel))
-        return Pod(server, v2_grpc.GRPCInferenceServiceStub(channel),
-                   rt_grpc.ModelRuntimeStub(channel), fake)
-
-    yield start
-    for server, channel in started:
-        await channel.close()
-        await server.stop(grace=0)
-
-
-@pytest.fixture
-async def pod(start_pod: StartPod) -> Pod:
-    return await start_pod()
 
 
 def _infer_request(array: np.ndarray, name: str = "sklearn-mnist", *, raw: bool = False,
@@ -103,10 +40,6 @@ def _infer_request(array: np.ndarray, name: str = "sklearn-mnist", *, raw: bool 
     return tensors.make_request(name, [Tensor.of("predict", array, datatype)], raw=raw)
 
 
-async def _error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call
-    return err.value
 
 
 async def test_server_health_and_metadata(pod: Pod) -> None:
@@ -201,7 +134,7 @@ async def test_load_errors(pod: Pod, tmp_path: Path) -> None:
 
     err = await _error(pod.load("tf", garbage, model_type="tensorflow"))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "supports 'fake', 'sklearn'" in err.details()
+    assert "supports 'fake', 'sklearn', 'synthetic'" in err.details()
 
     err = await _error(pod.load("", garbage))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -278,7 +211,7 @@ async def test_runtime_status_lists_loaded_models(start_pod: StartPod, svc_file:
     assert status.capacity_in_bytes == 123456789
     assert status.max_loading_concurrency == 3
     assert status.model_loading_timeout_ms == 5000
-    assert list(status.model_types) == ["fake", "sklearn"]
+    assert list(status.model_types) == ["fake", "sklearn", "synthetic"]
     assert status.runtime_version == gateway.__version__
     assert sorted((m.model_id, m.size_in_bytes) for m in status.loaded_models) == sorted(
         [(CONCRETE_ID, size), ("f", 77)]

@@ -5,8 +5,9 @@ A registry entry is either a ``Model`` subclass or an import path
 runtime's dependencies are imported only when a model of its type is first
 loaded, and a user's own runtime can be named in configuration.
 
-``BUILTIN_RUNTIMES`` lists the runtimes this package ships; nothing is registered
-at import time: whoever builds the pod builds its registry.
+``BUILTIN_RUNTIMES`` lists the runtimes this package ships: ``sklearn``, and
+``synthetic`` (models that only take memory and time, for scale tests).
+Nothing is registered at import time: whoever builds the pod builds its registry.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from ..model import Model
 RuntimeRef = str | type[Model]
 
 BUILTIN_RUNTIMES: Mapping[str, RuntimeRef] = MappingProxyType(
-    {"sklearn": "gateway.pod.runtimes.sklearn:SKLearnModel"}
+    {
+        "sklearn": "gateway.pod.runtimes.sklearn:SKLearnModel",
+        "synthetic": "gateway.pod.runtimes.synthetic:SyntheticModel",
+    }
 )
 
 
