@@ -24,6 +24,8 @@ from urllib.parse import quote
 import httpx
 import yaml
 
+from gateway.settings import DEFAULT_PODS
+
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 ISVC_NAMES = ("isvc", "inferenceservice", "inferenceservices")
 _UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 10**3, "M": 10**6, "G": 10**9}
@@ -235,6 +237,7 @@ def cmd_pod(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, capacity_bytes=args.capacity, pod_id=args.id or f"pod-{args.port}",
             max_loading_concurrency=args.max_loading_concurrency,
             model_loading_timeout_ms=args.model_loading_timeout_ms,
+            unload_drain_seconds=args.unload_drain_seconds,
             size_multiplier=args.size_multiplier, max_message_bytes=args.max_message_bytes,
         )
     )
@@ -249,6 +252,7 @@ def cmd_envoy(args: argparse.Namespace) -> int:
         envoy_config.EnvoyPorts(
             listen_host=args.listen_host, listen_port=args.port, admin_port=args.admin_port,
             extproc_host=host, extproc_port=int(port), max_request_bytes=args.max_request_bytes,
+            pods=tuple(args.pods),
         )
     )
     path = envoy_config.write(config, args.data_dir / "envoy.yaml")
@@ -313,6 +317,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--id")
     p.add_argument("--max-loading-concurrency", type=int, default=1)
     p.add_argument("--model-loading-timeout-ms", type=int, default=90_000)
+    p.add_argument("--unload-drain-seconds", type=float, default=30.0,
+                   help="how long an unload waits for the model's requests in flight")
     p.add_argument("--size-multiplier", type=float, default=1.25,
                    help="PredictModelSize = bytes on disk x this (default %(default)s)")
     p.add_argument("--max-message-bytes", type=quantity, default=64 << 20,
@@ -325,6 +331,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-port", type=int, default=9901)
     p.add_argument("--extproc", default="127.0.0.1:9000", metavar="HOST:PORT")
     p.add_argument("--max-request-bytes", type=quantity, default=16 << 20)
+    p.add_argument("--pods", nargs="+", metavar="HOST:PORT", default=list(DEFAULT_PODS),
+                   help="the runtime pods' addresses, as given to `mmgw serve --pods`")
     p.add_argument("--data-dir", type=Path, default=Path(".mmgw"))
     p.set_defaults(func=cmd_envoy)
 
