@@ -33,6 +33,7 @@ class EnvoyPorts:
     extproc_host: str = "127.0.0.1"
     extproc_port: int = 9000
     max_request_bytes: int = 16 * 1024 * 1024
+    pods: tuple[str, ...] = ("127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103")
 
 
 def _socket(address: dict[str, Any]) -> dict[str, Any]:
@@ -79,11 +80,21 @@ def render(
     _socket(endpoint["address"]).update(address=ports.extproc_host, port_value=ports.extproc_port)
     pods = _find(clusters, "pods")
     pods["per_connection_buffer_limit_bytes"] = ports.max_request_bytes
-    assert pods["original_dst_lb_config"]["http_header_name"] == protocol.UPSTREAM_HEADER
+    pods["load_assignment"] = _endpoints(ports.pods)
+    override = pods["load_balancing_policy"]["policies"][0]["typed_extension_config"]["typed_config"]
+    assert override["override_host_sources"] == [{"header": protocol.UPSTREAM_HEADER}]
 
     if static_upstream is not None:
         _make_static(config, static_upstream)
     return config
+
+
+def _endpoints(addresses: tuple[str, ...]) -> dict[str, Any]:
+    def endpoint(address: str) -> dict[str, Any]:
+        host, port = address.rsplit(":", 1)
+        return {"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}
+
+    return {"cluster_name": "pods", "endpoints": [{"lb_endpoints": [endpoint(a) for a in addresses]}]}
 
 
 def _make_static(config: dict[str, Any], upstream: str) -> None:
@@ -94,23 +105,8 @@ def _make_static(config: dict[str, Any], upstream: str) -> None:
     clusters = config["static_resources"]["clusters"]
     clusters[:] = [c for c in clusters if c["name"] != "ext_proc"]
     pods = _find(clusters, "pods")
-    host, port = upstream.rsplit(":", 1)
-    for key in ("original_dst_lb_config", "cleanup_interval"):
-        pods.pop(key)
-    pods.update(
-        type="STATIC",
-        lb_policy="ROUND_ROBIN",
-        load_assignment={
-            "cluster_name": "pods",
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}
-                    ]
-                }
-            ],
-        },
-    )
+    pods.pop("load_balancing_policy")
+    pods.update(lb_policy="ROUND_ROBIN", load_assignment=_endpoints((upstream,)))
 
 
 def write(config: dict[str, Any], path: Path) -> Path:

@@ -1,10 +1,11 @@
 """Envoy's external processor: tells Envoy which pod serves each request.
 
 Each HTTP request is one ext_proc stream. Its request headers are answered with
-two header mutations, x-mmgw-upstream (the pod, read by Envoy's ORIGINAL_DST
-cluster) and mm-model-id (the concrete model), or with an immediate error
+two header mutations, x-mmgw-upstream (the chosen pod, then the model's other
+copies for a retry; read by the override_host policy of Envoy's cluster
+"pods") and mm-model-id (the concrete model), or with an immediate error
 response. Only a native gRPC call that names its model in the body alone makes
-it ask for the body. Answers are serialized once per (pod, model) and reused:
+it ask for the body. Answers are serialized once per route and reused:
 on a hit the processor parses the headers, does two dict lookups and hands
 cached bytes to the transport (gateway.extproc_server).
 
@@ -84,7 +85,7 @@ class ExternalProcessor:
 
     def __init__(self, router: Router, *, miss_timeout: float) -> None:
         self._router = router
-        self._cache: dict[tuple[str, str | None, bool], Answer] = {}
+        self._cache: dict[tuple[Route, bool], Answer] = {}
         self._ask_for_body = Answer(
             pb.ProcessingResponse(
                 request_headers=pb.HeadersResponse(),
@@ -129,7 +130,7 @@ class ExternalProcessor:
             return self._reject(exc, grpc_call=key.grpc)
 
     def _forward(self, route: Route, in_body: bool) -> Answer:
-        cache_key = (route.address, route.model_id, in_body)
+        cache_key = (route, in_body)
         cached = self._cache.get(cache_key)
         if cached is None:
             if len(self._cache) >= _MAX_CACHED:
@@ -154,7 +155,7 @@ def _set(key: str, value: str) -> base_pb2.HeaderValueOption:
 
 
 def _forward_response(route: Route, body: bool) -> bytes:
-    headers = [_set(protocol.UPSTREAM_HEADER, route.address)]
+    headers = [_set(protocol.UPSTREAM_HEADER, ",".join((route.address, *route.fallbacks)))]
     if route.model_id is not None:
         headers.append(_set(protocol.MODEL_ID_HEADER, route.model_id))
     common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=headers))

@@ -127,8 +127,14 @@ class Deployment:
         deadline = time.monotonic() + timeout
         for i, port in enumerate(self.ports.pods):
             self._wait(f"pod-{i}", lambda port=port: listening(port), deadline)
-        self._wait("gateway", lambda: _http_ok(f"{self.api_url}/healthz"), deadline)
+        self._wait("gateway", self._gateway_sees_every_pod, deadline)
         self.wait_for_envoy(deadline - time.monotonic())
+
+    def _gateway_sees_every_pod(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            pods = httpx.get(f"{self.api_url}/v1/placement", timeout=0.5).json()["pods"]
+            return len(pods) == len(self.ports.pods) and all(p["healthy"] for p in pods)
+        return False
 
     def wait_for_envoy(self, timeout: float = 30.0) -> None:
         ready = f"http://127.0.0.1:{self.ports.envoy_admin}/ready"
@@ -159,6 +165,7 @@ class Deployment:
                 listen_port=self.ports.envoy,
                 admin_port=self.ports.envoy_admin,
                 extproc_port=self.ports.extproc,
+                pods=self.ports.pod_addresses,
             ),
             static_upstream=static_upstream,
         )

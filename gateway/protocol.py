@@ -6,10 +6,11 @@ these values; change them together.
 
 from __future__ import annotations
 
-# Header ext_proc sets to "host:port" of the chosen pod; Envoy's ORIGINAL_DST
-# cluster connects there (original_dst_lb_config.http_header_name). It is not an
-# x-envoy-* header, so ext_proc may set it without mutation_rules.allow_envoy,
-# and ext_proc always overwrites whatever a client sent.
+# Header ext_proc sets to the pods for a request, "host:port" of the chosen
+# copy first, the model's other copies after it, comma-separated. Envoy's
+# override_host load balancing policy (cluster "pods") reads it, and a retry
+# goes to the next. It is not an x-envoy-* header, so ext_proc may set it
+# without mutation_rules.allow_envoy, and it always overwrites a client's value.
 UPSTREAM_HEADER = "x-mmgw-upstream"
 
 # ModelMesh's model-id headers. A native gRPC client may send either; the

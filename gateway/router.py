@@ -17,6 +17,7 @@ from gateway.route_key import RouteKey
 class Route:
     address: str  # "host:port" of the pod
     model_id: str | None  # concrete model id; None for server-level calls
+    fallbacks: tuple[str, ...] = ()  # the model's other copies, for a retry if the pod is dead
 
 
 class Router:
@@ -30,7 +31,9 @@ class Router:
             return Route(self._placement.any_healthy_pod(), None)
         model_id = self._registry.resolve(key.model)
         address = self._placement.lookup(model_id)
-        return None if address is None else Route(address, model_id)
+        if address is None:
+            return None
+        return Route(address, model_id, self._placement.fallbacks(model_id, address))
 
     async def route(self, key: RouteKey) -> Route:
         """The route, loading the model first when no copy is loaded."""
@@ -39,4 +42,5 @@ class Router:
             return route
         assert key.model is not None
         model_id = self._registry.resolve(key.model)
-        return Route(await self._placement.ensure_loaded(model_id), model_id)
+        address = await self._placement.ensure_loaded(model_id)
+        return Route(address, model_id, self._placement.fallbacks(model_id, address))
