@@ -60,6 +60,10 @@ class _NoRoomNow(Unavailable):
     """No pod can make room now; a later request may succeed."""
 
 
+class _NoPods(Unavailable):
+    """No pod is healthy (yet)."""
+
+
 class PlacementEvents(Protocol):
     """What the engine reports as it happens (gateway.metrics turns it into Prometheus)."""
 
@@ -222,6 +226,9 @@ class Placement:
             pod.healthy = True
             await self._reconcile(pod, status)
             log.info("pod %s is ready: capacity %d bytes, holding %d models", pod.pod, pod.capacity, len(pod.copies))
+            for model_id, model in self._models.items():  # registered while no pod could load them
+                if not (model.copies or model.loading or model.ever_loaded or model.deferred or model.last_error):
+                    self.load_in_background(model_id)
         for model_id, entry in pod.copies.items():
             entry.inflight = status.inflight.get(model_id, 0)
 
@@ -270,10 +277,11 @@ class Placement:
 
     # -- models ----------------------------------------------------------
 
-    def register(self, spec: ModelSpec) -> None:
+    def register(self, spec: ModelSpec, *, standby: bool = False) -> None:
+        """Add a model to the table; ``standby``: known from before (a restart), loads on demand."""
         model = self._models.get(spec.model_id)
         if model is None:
-            self._models[spec.model_id] = _Model(spec)
+            self._models[spec.model_id] = _Model(spec, deferred=standby)
         elif model.spec != spec:
             model.spec = spec
 
@@ -319,6 +327,15 @@ class Placement:
         self._route(model, entry)
         self.hits += 1
         return self._pods[entry.pod].address
+
+    def fallbacks(self, model_id: str, chosen: str) -> tuple[str, ...]:
+        """The other loaded copies' addresses, best first: where a retry goes if ``chosen`` is dead."""
+        model = self._models.get(model_id)
+        if model is None or len(model.copies) < 2:
+            return ()
+        others = [e for e in model.loaded() if self._pods[e.pod].address != chosen]
+        others.sort(key=lambda e: (e.busy(), e.last_used))
+        return tuple(self._pods[e.pod].address for e in others)
 
     def _route(self, model: _Model, entry: _Entry) -> None:
         entry.last_used = self._clock()
@@ -382,6 +399,8 @@ class Placement:
         if isinstance(error, _NoRoomNow) and not urgent:
             model.deferred = True  # nothing failed: the next request loads it
             return
+        if isinstance(error, _NoPods) and not urgent:
+            return  # still Pending: loaded when a pod becomes healthy
         model.last_error = getattr(error, "message", str(error)) if error else ""
 
     async def _load(self, model: _Model) -> str:
@@ -459,7 +478,7 @@ class Placement:
             return kind(f"loading model '{spec.model_id}' failed on {len(errors)} pod(s): {reasons}")
         healthy = [p for p in self._pods.values() if p.healthy]
         if not healthy:
-            return Unavailable("no runtime pod is available")
+            return _NoPods("no runtime pod is available")
         largest = max(p.capacity for p in healthy)
         if size > largest:
             return NoCapacity(

@@ -38,6 +38,9 @@ class RegistrySettings:
     size_multiplier: float = 1.25  # predicted size = bytes on disk x this
     default_model_size: int = 1 << 20  # when the file is not there yet
     url_base: str = "http://127.0.0.1:8008"
+    # After a rollout moves the name, requests routed to the old version a
+    # moment before may still be on their way to its pod: unload it after this.
+    rollout_grace: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,7 @@ class Registry:
             record = Record.from_json(key.removeprefix(_PREFIX), data)
             self._records[record.name] = record
             for spec in {record.serving, record.target}:
-                self._placement.register(spec)
+                self._placement.register(spec, standby=True)
             self._index(record)
             if record.target != record.serving:
                 self._start_rollout(record)
@@ -222,6 +225,7 @@ class Registry:
             await self._save(replace(record, serving=target))
             self._routes.pop(old.model_id, None)
         log.info("rolled out %s: traffic moved from %s to %s", name, old.model_id, target.model_id)
+        await asyncio.sleep(self._settings.rollout_grace)
         await self._placement.unregister(old.model_id)
 
     async def close(self) -> None:

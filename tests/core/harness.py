@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.placement import Placement
-from gateway.registry import Registry
+from gateway.registry import Registry, RegistrySettings
 from gateway.router import Router
 from gateway.storage import StorageRoots
 from gateway.store import EmbeddedStore
@@ -41,7 +41,7 @@ class Harness:
     store: EmbeddedStore
 
 
-async def harness(tmp_path: Path, pods: FakePods | None = None) -> Harness:
+async def harness(tmp_path: Path, pods: FakePods | None = None, *, grace: float = 0.0) -> Harness:
     pvc = tmp_path / "pvc"
     pvc.mkdir(exist_ok=True)
     for name in ("mnist-svm.joblib", "v2.joblib"):
@@ -51,7 +51,7 @@ async def harness(tmp_path: Path, pods: FakePods | None = None) -> Harness:
     for address in pods.pods:
         placement.add_pod(address)
     store = EmbeddedStore(tmp_path / "registry.db")
-    registry = Registry(store, placement, StorageRoots({"my-models-pvc": pvc}))
+    registry = Registry(store, placement, StorageRoots({"my-models-pvc": pvc}), RegistrySettings(rollout_grace=grace))
     await registry.restore()
     await placement.check_pods()
     return Harness(pods, placement, registry, Router(registry, placement), store)

@@ -146,3 +146,29 @@ async def test_a_rollout_loads_as_many_copies_as_the_old_version_had(tmp_path: P
         await settle()
     assert h.registry.resolve("sklearn-mnist") == new.target.model_id
     assert h.placement.status(new.target.model_id).copies == 2
+
+
+async def test_the_old_version_is_unloaded_only_after_the_grace(tmp_path: Path) -> None:
+    h = await harness(tmp_path, grace=0.3)
+    old, _ = await h.registry.apply(isvc())
+    await settle()
+    new, _ = await h.registry.apply(isvc(path="v2.joblib"))
+    for _ in range(10):
+        await settle()
+    assert h.registry.resolve("sklearn-mnist") == new.target.model_id  # traffic moved at once
+    assert h.pods.unloads == []  # requests on their way to the old version still find it
+    await asyncio.sleep(0.5)
+    assert h.pods.unloads == [("10.0.0.1:9000", old.serving.model_id)]
+
+
+async def test_models_registered_before_any_pod_is_up_load_when_one_comes(tmp_path: Path) -> None:
+    pods = FakePods(a=FakePod(down=True))
+    h = await harness(tmp_path, pods)
+    record, _ = await h.registry.apply(isvc())
+    await settle()
+    ready = h.registry.status(record)["conditions"][0]
+    assert ready["status"] == "False" and ready.get("reason") != "ModelLoadFailed"  # pending, not failed
+    pods.pods["a"].down = False
+    await h.placement.check_pods()
+    await settle()
+    assert h.registry.status(record)["conditions"][0]["status"] == "True"
