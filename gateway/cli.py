@@ -62,6 +62,13 @@ def _pvc(text: str) -> tuple[str, Path]:
     return name, Path(folder)
 
 
+def _runtime(text: str) -> tuple[str, str]:
+    model_type, sep, ref = text.partition("=")
+    if not sep or not model_type or ":" not in ref:
+        raise argparse.ArgumentTypeError(f"--runtime takes TYPE=module:Class, got {text!r}")
+    return model_type, ref
+
+
 # -- client commands ------------------------------------------------------
 
 
@@ -231,6 +238,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_pod(args: argparse.Namespace) -> int:
     from gateway.pod import server
+    from gateway.pod.runtimes import BUILTIN_RUNTIMES
 
     server.main(
         server.PodSettings(
@@ -239,6 +247,7 @@ def cmd_pod(args: argparse.Namespace) -> int:
             model_loading_timeout_ms=args.model_loading_timeout_ms,
             unload_drain_seconds=args.unload_drain_seconds,
             size_multiplier=args.size_multiplier, max_message_bytes=args.max_message_bytes,
+            runtimes={**BUILTIN_RUNTIMES, **dict(args.runtime or ())},
         )
     )
     return 0
@@ -317,6 +326,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--id")
     p.add_argument("--max-loading-concurrency", type=int, default=1)
     p.add_argument("--model-loading-timeout-ms", type=int, default=90_000)
+    p.add_argument("--runtime", action="append", type=_runtime, metavar="TYPE=module:Class",
+                   help="serve model type TYPE with this Model class (adds to or replaces the built-in ones)")
     p.add_argument("--unload-drain-seconds", type=float, default=30.0,
                    help="how long an unload waits for the model's requests in flight")
     p.add_argument("--size-multiplier", type=float, default=1.25,

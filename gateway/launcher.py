@@ -97,6 +97,7 @@ class Deployment:
     pod_capacity: int = 1 << 30
     listen_host: str = "127.0.0.1"
     gateway_env: dict[str, str] = field(default_factory=dict)
+    pod_args: dict[int, list[str]] = field(default_factory=dict)  # extra `mmgw pod` arguments per pod index
     log_to: IO[str] | None = None  # None: each process logs to <data_dir>/logs/<name>.log
     processes: list[Process] = field(default_factory=list)
 
@@ -144,7 +145,7 @@ class Deployment:
         return self._spawn(
             f"pod-{index}",
             [sys.executable, "-m", "gateway.cli", "pod", "--port", str(port),
-             "--capacity", str(self.pod_capacity), "--id", f"pod-{index}"],
+             "--capacity", str(self.pod_capacity), "--id", f"pod-{index}", *self.pod_args.get(index, [])],
         )
 
     def start_gateway(self) -> Process:
