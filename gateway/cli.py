@@ -179,12 +179,41 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f}Mi"
+
+
+def placement_table(data: dict[str, Any]) -> str:
+    """The placement table as people read it: a line per pod, then a line per copy on it."""
+    rows = [["POD", "MODEL", "STATE", "SIZE", "LAST USE", "IN FLIGHT", "REQ/S"]]
+    for pod in data["pods"]:
+        health = "healthy" if pod["healthy"] else "UNREACHABLE"
+        queue = pod["load_queue"]
+        rows.append([pod["pod"], f"({health}, {_mib(pod['used_bytes'])} of {_mib(pod['capacity_bytes'])}, "
+                     f"loading {queue['running']}, queued {queue['waiting']})", "", "", "", "", ""])
+        for m in pod["models"]:
+            if m["state"] == "FAILED":
+                rows.append(["", m["model_id"], "FAILED", "", f"{m['failed_seconds_ago']:.0f}s ago", "",
+                             m["reason"]])
+            else:
+                rows.append(["", m["model_id"], m["state"], _mib(m["size_bytes"]),
+                             f"{m['last_used_seconds_ago']:.0f}s ago", str(m["in_flight"]),
+                             f"{m['requests_per_second']:.1f}"])
+    return table(rows)
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     client = Client(args.server, args.namespace)
     if args.resource == "placement":
         if args.name:
             raise CliError("get placement takes no name")
-        print(json.dumps(client.request("GET", "/v1/placement").json(), indent=2))
+        data = client.request("GET", "/v1/placement").json()
+        if args.output == "json":
+            print(json.dumps(data, indent=2))
+        elif args.output == "yaml":
+            print(yaml.safe_dump(data, sort_keys=False), end="")
+        else:
+            print(placement_table(data))
         return 0
     if args.name:
         items = [client.request("GET", client.isvc(check_name(args.name))).json()]

@@ -610,6 +610,10 @@ class Placement:
                         "requests_per_second": round(e.rate, 2),
                     }
                     for e in sorted(pod.copies.values(), key=lambda e: e.model_id)
+                ] + [
+                    {"model_id": model_id, "state": CopyState.FAILED.value, "reason": error.message,
+                     "failed_seconds_ago": round(now - when, 3)}
+                    for model_id, when, error in self._failures_on(pod.pod)
                 ],
             })
         models = {
@@ -617,6 +621,10 @@ class Placement:
             for model_id, m in sorted(self._models.items())
         }
         return {"pods": pods, "models": models}
+
+    def _failures_on(self, pod: str) -> list[tuple[str, float, LoadFailed]]:
+        found = [(model_id, *m.failures[pod]) for model_id, m in self._models.items() if pod in m.failures]
+        return sorted(found, key=lambda f: f[0])
 
     def model_requests(self) -> dict[str, int]:
         return {model_id: m.requests for model_id, m in self._models.items()}

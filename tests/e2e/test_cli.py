@@ -144,10 +144,17 @@ def test_apply_get_and_rest(cli: CLI, tmp_path: Path) -> None:
     applied = cli.ok("apply", "-f", "-", stdin=cli.ok("get", "isvc", "-o", "yaml")).splitlines()
     assert f"{KIND}/cli-alpha unchanged" in applied and all(line.endswith(" unchanged") for line in applied)
 
-    placement = json.loads(cli.ok("get", "placement"))
+    placement = json.loads(cli.ok("get", "placement", "-o", "json"))
     assert len(placement["pods"]) == len(cli.deployment.ports.pods)
     loaded = {m["model_id"].partition("__isvc-")[0] for pod in placement["pods"] for m in pod["models"]}
     assert {"cli-alpha", "cli-beta", "sklearn-mnist"} <= loaded
+
+    lines = cli.ok("get", "placement").splitlines()
+    assert lines[0].split() == ["POD", "MODEL", "STATE", "SIZE", "LAST", "USE", "IN", "FLIGHT", "REQ/S"]
+    for address in cli.deployment.ports.pod_addresses:
+        assert any(line.startswith(address) and "(healthy, " in line for line in lines)
+    alpha = next(line for line in lines if "cli-alpha__isvc-" in line).split()
+    assert alpha[1] == "LOADED" and alpha[2].endswith("Mi")
 
 
 def test_apply_from_stdin_and_a_changed_path(cli: CLI, deployment: launcher.Deployment) -> None:
