@@ -215,6 +215,14 @@ def test_a_rolling_update_under_steady_requests_fails_none(api: httpx.Client, po
     api.delete(f"{ISVCS}/rolling")
 
 
+def wait_healthy(api: httpx.Client, pod: str, healthy: bool) -> None:
+    """Until the gateway sees ``pod`` as (un)healthy; bounded."""
+    deadline = time.monotonic() + 30
+    while next(p for p in placement(api)["pods"] if p["pod"] == pod)["healthy"] != healthy:
+        assert time.monotonic() < deadline, f"pod {pod} did not become {'healthy' if healthy else 'unreachable'}"
+        time.sleep(0.1)
+
+
 def holders(api: httpx.Client, name: str) -> list[str]:
     return [p["pod"] for p in placement(api)["pods"]
             if any(m["model_id"].startswith(f"{name}__") and m["state"] == "LOADED" for m in p["models"])]
@@ -236,10 +244,7 @@ def test_copies_follow_traffic_and_a_dead_pods_requests_go_to_another_copy(
     # Envoy's retry sends them to the other copy. None fails.
     results = [rest.post("/v2/models/m19/infer", json=infer_body()) for _ in range(20)]
     assert [r.status_code for r in results] == [200] * 20
-    deadline = time.monotonic() + 30
-    while next(p for p in placement(api)["pods"] if p["pod"] == first)["healthy"]:
-        assert time.monotonic() < deadline, "the dead pod was not noticed"
-        time.sleep(0.1)
+    wait_healthy(api, first, False)
     assert first not in holders(api, "m19") and second in holders(api, "m19")
     # A model whose only copy was on the dead pod loads elsewhere on its next request.
     lost = [m["model_id"].split("__")[0] for p in placement(api)["pods"] if p["pod"] == first for m in p["models"]]
@@ -247,10 +252,7 @@ def test_copies_follow_traffic_and_a_dead_pods_requests_go_to_another_copy(
     assert answer(rest.post("/v2/models/m19/infer", json=infer_body())) == sum(ROW)
     # Restarting the pod brings it back into the pool.
     pool.start_pod(index, pool.ports.pods[index])
-    deadline = time.monotonic() + 30
-    while not next(p for p in placement(api)["pods"] if p["pod"] == first)["healthy"]:
-        assert time.monotonic() < deadline, "the restarted pod did not rejoin"
-        time.sleep(0.1)
+    wait_healthy(api, first, True)
 
 
 def test_a_model_whose_only_copy_died_loads_elsewhere(rest: httpx.Client, api: httpx.Client,
@@ -259,17 +261,11 @@ def test_a_model_whose_only_copy_died_loads_elsewhere(rest: httpx.Client, api: h
     [holder] = holders(api, "m7")
     index = pool.ports.pod_addresses.index(holder)
     pool.stop_process(f"pod-{index}", signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while next(p for p in placement(api)["pods"] if p["pod"] == holder)["healthy"]:
-        assert time.monotonic() < deadline, "the dead pod was not noticed"
-        time.sleep(0.1)
+    wait_healthy(api, holder, False)
     assert answer(rest.post("/v2/models/m7/infer", json=infer_body())) == sum(ROW)
     assert holders(api, "m7") != [holder]
     pool.start_pod(index, pool.ports.pods[index])
-    deadline = time.monotonic() + 30
-    while not next(p for p in placement(api)["pods"] if p["pod"] == holder)["healthy"]:
-        assert time.monotonic() < deadline, "the restarted pod did not rejoin"
-        time.sleep(0.1)
+    wait_healthy(api, holder, True)
 
 
 def test_a_restarted_gateway_keeps_every_model_and_learns_the_placement(rest: httpx.Client, api: httpx.Client,
