@@ -27,10 +27,14 @@ demo: proto
 test: proto
 	$(BIN)/pytest -q
 
-# The benchmark needs h2load (Debian's nghttp2-client).
+# Every benchmark, one after another; gateway_overhead needs h2load (Debian's nghttp2-client).
 bench: proto
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 	$(BIN)/python -m benchmarks.gateway_overhead
+	@if [ -f benchmarks/cache_quality.py ]; then echo; $(BIN)/python -m benchmarks.cache_quality; fi
+	@echo; $(BIN)/python -m benchmarks.scale
+	@echo; $(BIN)/python -m benchmarks.cold_start
+	@echo; $(BIN)/python -m benchmarks.load_queue
 
 clean:
 	rm -rf $(VENV) gateway/_proto envoy/kserve_v2.pb .mmgw
