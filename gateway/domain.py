@@ -47,6 +47,9 @@ class Copy:
     size: int
     last_used: float
     loaded_at: float
+    # The model's request count as of last_used, decayed with the engine's
+    # eviction half-life (picker.effective_last_use orders by it); 0: not counted.
+    demand: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ class Metrics:
             "mmgw_model_load_failures", "Loads that failed, per pod", ["pod"], registry=self.registry
         )
         self._evictions = Counter(
-            "mmgw_model_evictions", "Copies removed from pods, by reason (lru, pod lost)", ["reason"],
+            "mmgw_model_evictions", "Copies removed from pods, by reason (room: to make room for a load; pod lost)", ["reason"],
             registry=self.registry,
         )
 

@@ -3,8 +3,9 @@
 The pods form one distributed cache, as in KServe ModelMesh. The engine keeps
 the placement table (copies per pod, with sizes, last use, requests in flight
 and request rates), loads a model on the best pod when a request needs it (one
-load however many requests wait), evicts least recently used copies when a
-load needs room, retries a failed load on other pods, adds copies of models
+load however many requests wait), evicts the copies least worth keeping when a
+load needs room (least recently used, weighed by the model's decayed request
+count: LRFU), retries a failed load on other pods, adds copies of models
 whose traffic per copy runs high, and watches the pods' health. The decisions
 themselves are the plain functions of gateway.picker; this module gathers
 their inputs and carries them out. It talks to pods only through the PodClient
@@ -16,7 +17,9 @@ The hot path is ``lookup``: dict reads and two integer increments.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -98,6 +101,7 @@ class PlacementSettings:
     quiet_rate: float = 0.1  # requests/s under which an extra copy is idle
     max_queue_gap: int = 4  # a pod whose load queue is this much longer than the shortest is skipped
     rate_skew: float = 4.0  # a pod serving this many times the mean request rate is skipped
+    eviction_half_life: float = 600.0  # seconds for a model's request count to halve; 0: plain LRU
 
 
 @dataclass(slots=True)
@@ -112,13 +116,14 @@ class _Entry:
     routed: int = 0  # requests this gateway sent here
     routed_at_tick: int = 0
     rate: float = 0.0  # requests/s, smoothed over ticks
+    demand: float = 0.0  # the model's decayed request count as of last_used
 
     def busy(self) -> int:
         """Requests in flight as best known: the pod's count plus what was routed since."""
         return self.inflight + self.routed - self.routed_at_tick
 
     def copy(self) -> Copy:
-        return Copy(self.model_id, self.pod, self.state, self.size, self.last_used, self.loaded_at)
+        return Copy(self.model_id, self.pod, self.state, self.size, self.last_used, self.loaded_at, self.demand)
 
 
 @dataclass(slots=True)
@@ -161,6 +166,8 @@ class _Model:
     size: int = 0  # real size once a pod has loaded it; until then the prediction
     last_error: str = ""
     requests: int = 0  # requests routed to any copy, ever
+    demand: float = 0.0  # requests, decayed with eviction_half_life, as of demand_at
+    demand_at: float = 0.0
 
     def loaded(self) -> list[_Entry]:
         return [e for e in self.copies.values() if e.state is CopyState.LOADED]
@@ -180,6 +187,7 @@ class Placement:
     ) -> None:
         self._client = client
         self._settings = settings
+        self._half_life = settings.eviction_half_life
         self._clock = clock
         self._events: PlacementEvents = events or _NoEvents()
         self._pods: dict[str, _Pod] = {}
@@ -316,17 +324,31 @@ class Placement:
         return ModelStatus(ModelState.STANDBY if standby else ModelState.PENDING, 0)
 
     def lookup(self, model_id: str) -> str | None:
-        """The hot path: the address of a loaded copy, or None on a miss."""
+        """The address of a loaded copy (counted as a request to it), or None on a miss."""
+        found = self.route(model_id)
+        return None if found is None else found[0]
+
+    def route(self, model_id: str) -> tuple[str, tuple[str, ...]] | None:
+        """The hot path: the chosen copy's address and the model's other copies, or None on a miss."""
         model = self._models.get(model_id)
         if model is None:
             raise ModelNotFound(model_id)
-        copies = model.loaded()
-        if not copies:
+        copies = model.copies
+        if len(copies) == 1:  # the common case, without building lists
+            for entry in copies.values():
+                if entry.state is not CopyState.LOADED:
+                    return None
+            self._route(model, entry)
+            self.hits += 1
+            return self._pods[entry.pod].address, ()
+        loaded = model.loaded()
+        if not loaded:
             return None
-        entry = copies[0] if len(copies) == 1 else min(copies, key=lambda e: (e.busy(), e.last_used))
+        loaded.sort(key=lambda e: (e.busy(), e.last_used))
+        entry = loaded[0]
         self._route(model, entry)
         self.hits += 1
-        return self._pods[entry.pod].address
+        return self._pods[entry.pod].address, tuple(self._pods[e.pod].address for e in loaded[1:])
 
     def fallbacks(self, model_id: str, chosen: str) -> tuple[str, ...]:
         """The other loaded copies' addresses, best first: where a retry goes if ``chosen`` is dead."""
@@ -338,9 +360,37 @@ class Placement:
         return tuple(self._pods[e.pod].address for e in others)
 
     def _route(self, model: _Model, entry: _Entry) -> None:
-        entry.last_used = self._clock()
+        now = self._clock()
+        if self._half_life:  # picker.decayed_count(...) + 1, inline: this is the hot path
+            model.demand = model.demand * math.exp2((model.demand_at - now) / self._half_life) + 1.0
+            model.demand_at = now
+            entry.demand = model.demand
+        entry.last_used = now
         entry.routed += 1
         model.requests += 1
+
+    def _demand(self, model: _Model, now: float) -> float:
+        """The model's decayed request count now."""
+        if not self._half_life:
+            return 0.0
+        return picker.decayed_count(model.demand, model.demand_at, now, self._half_life)
+
+    def _eviction_key(self, copy: Copy) -> float:
+        """Eviction order, lowest first: recency and demand (plain LRU with a half-life of 0)."""
+        if not self._half_life:
+            return copy.last_used
+        return picker.effective_last_use(copy.last_used, copy.demand, self._half_life)
+
+    def _view(self, pod: _Pod) -> PodView:
+        """The pod for pick_pod; its cache age is that of its cheapest evictable copy."""
+        age = picker.cache_age(
+            [e.copy() for e in pod.copies.values()],
+            now=self._clock(),
+            churn_guard=self._settings.churn_guard,
+            inflight=self._inflight(pod),
+            key=self._eviction_key,
+        )
+        return dataclasses.replace(pod.view(), oldest_use=age)
 
     async def ensure_loaded(self, model_id: str, *, urgent: bool = True, evict: bool = True) -> str:
         """The address of a loaded copy, loading the model first on a miss.
@@ -465,7 +515,7 @@ class Placement:
                     mean_rate > 0 and pod.rate() > self._settings.rate_skew * mean_rate
                 ):
                     busy.add(pod.pod)
-        views = [p.view() for p in pods]
+        views = [self._view(p) for p in pods]
         return picker.pick_pod(views, size, exclude=exclude | busy) or picker.pick_pod(views, size, exclude=exclude)
 
     def _load_error(self, model: _Model, errors: list[LoadFailed], *, no_room: bool) -> Exception:
@@ -504,6 +554,7 @@ class Placement:
                 now=self._clock(),
                 churn_guard=self._settings.churn_guard,
                 inflight=self._inflight(pod),
+                key=self._eviction_key,
             )
             if evict is None or (evict and not may_evict):
                 log.info("pod %s has no room for %s now (%s)", pod.pod, spec.model_id,
@@ -511,10 +562,10 @@ class Placement:
                 raise _NoRoom()
             for victim in evict:
                 idle = self._clock() - victim.last_used
-                log.info("evicting %s from pod %s to make room for %s: least recently used (idle %.1f s, %d bytes)",
+                log.info("evicting %s from pod %s to make room for %s: lowest recency and demand (idle %.1f s, %d bytes)",
                          victim.model_id, pod.pod, spec.model_id, idle, victim.size)
                 self._drop(pod, victim.model_id)
-                self._events.evicted(victim.model_id, pod.pod, "lru")
+                self._events.evicted(victim.model_id, pod.pod, "room")
                 await self._unload_quietly(pod, victim.model_id)
             reason = "it has room, most free space" if view.free >= expected else "all pods full, oldest cache"
             log.info("loading %s on pod %s (%s): %d bytes expected, %d free of %d, %d models, queued %.0f ms",
@@ -534,6 +585,7 @@ class Placement:
             seconds = time.perf_counter() - started
             now = self._clock()
             entry.state, entry.size, entry.loaded_at, entry.last_used = CopyState.LOADED, size or entry.size, now, now
+            entry.demand = self._demand(model, now)
             model.ever_loaded, model.size = True, entry.size
             self._events.loaded(spec.model_id, pod.pod, seconds, queued)
             log.info("loaded %s on pod %s in %.0f ms (%d bytes, %d expected)", spec.model_id, pod.pod,
@@ -554,12 +606,13 @@ class Placement:
             now=self._clock(),
             churn_guard=self._settings.churn_guard,
             inflight=self._inflight(pod),
+            key=self._eviction_key,
         ) or []
         for victim in evict:
             log.info("evicting %s from pod %s: the pod is over capacity (a model was larger than expected)",
                      victim.model_id, pod.pod)
             self._drop(pod, victim.model_id)
-            self._events.evicted(victim.model_id, pod.pod, "lru")
+            self._events.evicted(victim.model_id, pod.pod, "room")
             await self._unload_quietly(pod, victim.model_id)
 
     def _inflight(self, pod: _Pod) -> dict[str, int]:

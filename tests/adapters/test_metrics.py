@@ -39,7 +39,7 @@ async def test_the_exposition_tells_requests_hits_misses_loads_evictions_and_pod
     assert got[("mmgw_model_load_seconds_count", ())] == 2
     assert got[("mmgw_model_load_queue_seconds_count", ())] == 2
     assert got[("mmgw_model_load_failures_total", (("pod", "b"),))] == 2
-    assert got[("mmgw_model_evictions_total", (("reason", "lru"),))] == 1
+    assert got[("mmgw_model_evictions_total", (("reason", "room"),))] == 1
     assert got[("mmgw_model_copies", (("model", "m2"),))] == 1
     assert got[("mmgw_model_copies", (("model", "m1"),))] == 0
     assert got[("mmgw_pod_used_bytes", (("pod", "a"),))] == 10

@@ -146,6 +146,24 @@ async def test_eviction_of_the_least_recently_used_when_full() -> None:
     assert placement.status("m2").state is ModelState.STANDBY and placement.status("m2").ready
 
 
+@pytest.mark.parametrize(("half_life", "evicted"), [(600.0, "once"), (0.0, "busy")])
+async def test_eviction_keeps_a_much_used_model_over_a_newer_once_used_one(half_life: float, evicted: str) -> None:
+    clock = Clock()
+    pods = FakePods(a=FakePod(capacity=20))
+    placement = await engine(pods, clock, churn_guard=5, eviction_half_life=half_life)
+    for m in ("busy", "once", "new"):
+        placement.register(spec(m))
+    await placement.ensure_loaded("busy")
+    for _ in range(7):
+        clock.now += 2
+        placement.lookup("busy")
+    clock.now += 10
+    await placement.ensure_loaded("once")
+    clock.now += 10
+    await placement.ensure_loaded("new")
+    assert pods.unloads == [("a", evicted)]  # half-life 0 is plain LRU
+
+
 async def test_fresh_copies_are_not_evicted() -> None:
     clock = Clock()
     pods = FakePods(a=FakePod(capacity=20))
@@ -371,7 +389,7 @@ async def test_events_report_loads_failures_and_evictions() -> None:
     await placement.ensure_loaded("m2")
     assert ("loaded", "m1", "a") in recorder.events
     assert ("failed", "m2", "b") in recorder.events
-    assert ("evicted", "m1", "a", "lru") in recorder.events
+    assert ("evicted", "m1", "a", "room") in recorder.events
     assert placement.hits == 0 and placement.misses == 2
 
 
