@@ -206,8 +206,12 @@ async def build_world(root: Path, pvc: Path, models: int, pods: int = 4) -> Worl
 class Case:
     label: str
     world: World
-    names: list[int]  # indices of the names requested, uniformly
+    names: list[int]  # indices of the names requested
     ns: list[int]
+    weights: list[float] | None = None  # None: uniformly
+
+    def draw(self, rng: random.Random, k: int) -> list[int]:
+        return rng.choices(self.names, weights=self.weights, k=k)
 
 
 def time_batch(world: World, order: list[int]) -> list[int]:
@@ -233,24 +237,27 @@ async def routing(work: Path, pvc: Path, small: int, large: int, calls: int, war
     rng = random.Random(seed)
     few, many = [await build_world(work / f"world-{n}", pvc, n) for n in (small, large)]
     hot = rng.sample(range(large), small)
+    popularity = list(range(large))
+    rng.shuffle(popularity)  # Zipf(1.0) ranks, in no particular name order
     cases = [
         Case(f"{small}", few, list(range(small)), []),
         Case(f"{large}", many, list(range(large)), []),
+        Case(f"{large}, Zipf(1.0)", many, popularity, [], [1 / rank for rank in range(1, large + 1)]),
         Case(f"{large}, {small} hot", many, hot, []),
     ]
     for case in cases:  # warm-up, same distribution, not recorded
-        time_batch(case.world, [rng.choice(case.names) for _ in range(warmup)])
+        time_batch(case.world, case.draw(rng, warmup))
     rounds = math.ceil(calls / batch)
     for r in range(rounds):
         for k in range(len(cases)):  # rotate who goes first, too
             case = cases[(r + k) % len(cases)]
-            case.ns.extend(time_batch(case.world, [rng.choice(case.names) for _ in range(batch)]))
+            case.ns.extend(time_batch(case.world, case.draw(rng, batch)))
     for world in (few, many):
         world.store.close()
 
     print("routing decision: ExternalProcessor.answer on REST request headers (/v2/models/<name>/infer), "
           "in process,")
-    print(f"4 in-memory pods, every model loaded, names drawn uniformly; {rounds} rotating batches of {batch} "
+    print(f"4 in-memory pods, every model loaded, names drawn uniformly unless said; {rounds} rotating batches of {batch} "
           f"calls per case after {warmup} warm-up calls, perf_counter_ns around each call")
     print(f"{'registered models':<20} {'calls':>8} {'p50 us':>8} {'p99 us':>8} {'mean us':>8} {'max us':>9}")
     stats: dict[str, tuple[float, float]] = {}
@@ -265,8 +272,8 @@ async def routing(work: Path, pvc: Path, small: int, large: int, calls: int, war
         p50, p99 = stats[case.label]
         print(f"{case.label} vs {cases[0].label}: p50 x{p50 / base[0]:.3f}, p99 x{p99 / base[1]:.3f}"
               + ("   (target: within 10%)" if case is cases[1] else ""))
-    print(f"('{large}, {small} hot': the same {large} registered, requests for {small} of them only: "
-          f"the table's size with a small working set)")
+    print(f"('{large}, Zipf(1.0)': request popularity as in benchmarks/cache_quality; '{large}, {small} hot': "
+          f"requests for {small} of them only, the table's size with a small working set)")
     print(f"setup, in process (register through Registry.apply, then load, loads taking no time): "
           f"{few.setup_seconds:.2f} s for {small}, {many.setup_seconds:.1f} s for {large}")
 

@@ -30,10 +30,8 @@ class Router:
         if key.model is None:
             return Route(self._placement.any_healthy_pod(), None)
         model_id = self._registry.resolve(key.model)
-        address = self._placement.lookup(model_id)
-        if address is None:
-            return None
-        return Route(address, model_id, self._placement.fallbacks(model_id, address))
+        found = self._placement.route(model_id)
+        return None if found is None else Route(found[0], model_id, found[1])
 
     async def route(self, key: RouteKey) -> Route:
         """The route, loading the model first when no copy is loaded."""
