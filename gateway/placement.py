@@ -376,10 +376,19 @@ class Placement:
         return picker.decayed_count(model.demand, model.demand_at, now, self._half_life)
 
     def _eviction_key(self, copy: Copy) -> float:
-        """Eviction order, lowest first: recency and demand (plain LRU with a half-life of 0)."""
+        """Eviction order, lowest first: an extra copy of a model gone quiet, then by
+        recency and demand (plain LRU with a half-life of 0)."""
+        model = self._models.get(copy.model_id)
+        if model is not None and self._quiet_extra(model):
+            return -math.inf
         if not self._half_life:
             return copy.last_used
         return picker.effective_last_use(copy.last_used, copy.demand, self._half_life)
+
+    def _quiet_extra(self, model: _Model) -> bool:
+        """More than one copy, and the model's traffic per copy under quiet_rate."""
+        loaded = model.loaded()
+        return len(loaded) > 1 and sum(e.rate for e in loaded) / len(loaded) < self._settings.quiet_rate
 
     def _view(self, pod: _Pod) -> PodView:
         """The pod for pick_pod; its cache age is that of its cheapest evictable copy."""

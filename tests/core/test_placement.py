@@ -436,3 +436,21 @@ async def test_a_fresh_registration_loads_into_free_space_only() -> None:
     assert placement.status("m3").ready  # deferred, not failed
     await placement.ensure_loaded("m3")  # a request may evict
     assert pods.unloads == [("a", "m1")]
+
+
+async def test_an_extra_copy_of_a_model_gone_quiet_is_the_first_to_go() -> None:
+    clock = Clock()
+    pods = FakePods(a=FakePod(capacity=20), b=FakePod(capacity=20))
+    placement = await engine(pods, clock, churn_guard=0, recent_use_guard=0, quiet_rate=1, eviction_half_life=0)
+    for m in ("was-hot", "steady", "other", "new"):
+        placement.register(spec(m))
+    assert await placement.ensure_copies("was-hot", 2) == 2  # a copy on a and on b
+    await placement.ensure_loaded("steady")
+    await placement.ensure_loaded("other")  # both pods are full now
+    clock.now += 100
+    placement.tick()  # every rate is ~0 now
+    placement.lookup("was-hot")
+    placement.lookup("was-hot")  # both its copies were used last: plain LRU would keep them
+    await placement.ensure_loaded("new")
+    assert [m for _, m in pods.unloads] == ["was-hot"]  # the quiet model's extra copy went first
+    assert placement.status("was-hot").copies == 1 and placement.status("steady").copies == 1
