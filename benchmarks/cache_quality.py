@@ -74,7 +74,7 @@ class Setup:
     pods: int = 4
     slots: int = 25  # models per pod
     interval: float = 0.1  # simulated seconds between requests
-    churn_guard: float = 5.0
+    churn_guard: float = PlacementSettings().churn_guard  # the engine's default
     half_life: float = 600.0  # of the candidate's decayed request count
     health_interval: float = 1.0  # the engine's pod checks and rate ticks, simulated
     recent_use_guard: float = 1.0  # a copy routed to this recently counts as in flight

@@ -29,7 +29,7 @@ class GatewaySettings(BaseSettings):
     pvcs: dict[str, Path] = Field(default_factory=dict)
     public_url: str = "http://127.0.0.1:8008"
     size_multiplier: float = 1.25
-    churn_guard_seconds: float = 5.0
+    churn_guard_seconds: float = 1.0
     load_timeout_seconds: float = 90.0
     loads_per_pod: int = 1
     copy_rate_threshold: float = 200.0  # requests/s per copy above which a copy is added
