@@ -37,7 +37,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.scale import ISVCS, MiB, isvc, metric, percentile, pods_healthy, wait_until, write_model
+from benchmarks.scale import ISVCS, MiB, isvc, percentile, pods_healthy, wait_until, write_model
+from gateway.launcher import metric
 from gateway import launcher
 
 ROW = [1.0, 2.0, 3.0]

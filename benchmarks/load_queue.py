@@ -31,7 +31,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.scale import ISVCS, MiB, isvc, metric, percentile, pods_healthy, wait_until, write_model
+from benchmarks.scale import ISVCS, MiB, isvc, percentile, pods_healthy, wait_until, write_model
+from gateway.launcher import metric
 from gateway import launcher
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64",

@@ -48,6 +48,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from gateway import launcher
 from gateway.domain import ModelSpec
 from gateway.extproc import Answer, ExternalProcessor
+from gateway.launcher import metric
 from gateway.placement import Placement, PodStatus
 from gateway.pod.runtimes.synthetic import write_synthetic
 from gateway.registry import Registry, RegistrySettings
@@ -90,17 +91,6 @@ def isvc(name: str, path: str) -> dict[str, Any]:
             "storage": {"parameters": {"type": "pvc", "name": PVC}, "path": path},
         }}},
     }
-
-
-def metric(api: httpx.Client, name: str) -> float:
-    """The sum of a Prometheus metric's samples (every label set) from the API's /metrics."""
-    total = 0.0
-    for line in api.get("/metrics").text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            head, value = line.rsplit(" ", 1)
-            if head == name or head.startswith(name + "{"):
-                total += float(value)
-    return total
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float, interval: float = 0.05) -> None:

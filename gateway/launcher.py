@@ -257,3 +257,14 @@ def _http_ok(url: str) -> bool:
     with contextlib.suppress(httpx.HTTPError):
         return httpx.get(url, timeout=0.5).status_code == 200
     return False
+
+
+def metric(api: httpx.Client, name: str) -> float:
+    """The sum of a Prometheus metric's samples (every label set), from a gateway's /metrics."""
+    total = 0.0
+    for line in api.get("/metrics").text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            head, value = line.rsplit(" ", 1)
+            if head == name or head.startswith(name + "{"):
+                total += float(value)
+    return total

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from gateway import launcher
+from gateway.launcher import metric
 from gateway.pod.runtimes.synthetic import write_synthetic
 
 from .conftest import ISVCS, wait_ready
@@ -84,16 +85,6 @@ def api(pool: launcher.Deployment) -> Iterator[httpx.Client]:
 
 def placement(api: httpx.Client) -> dict[str, Any]:
     return api.get("/v1/placement").json()
-
-
-def metric(api: httpx.Client, name: str) -> float:
-    total = 0.0
-    for line in api.get("/metrics").text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            head, value = line.rsplit(" ", 1)
-            if head == name or head.startswith(name + "{"):
-                total += float(value)
-    return total
 
 
 def test_twenty_models_served_by_pods_that_hold_four_each(rest: httpx.Client, api: httpx.Client) -> None:
