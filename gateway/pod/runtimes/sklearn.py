@@ -38,9 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import InvalidInput, LoadFailed, ModelFormatError
+from gateway.errors import ModelFormatError
 
 from ..model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor, TensorSpec
+from .common import model_file, requested_outputs, single_input
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +79,9 @@ class SKLearnModel(Model):
         return self._size
 
     async def predict(self, request: InferenceRequest) -> Sequence[Tensor]:
-        if len(request.inputs) != 1:
-            raise InvalidInput(f"model expects 1 input, got {len(request.inputs)}")
-        tensor = request.inputs[0]
-        self._input.check(tensor)
-        wanted = [self._output(name) for name in request.outputs or (PREDICT,)]
+        tensor = single_input(request, self._input)
+        wanted = requested_outputs(request, self._outputs, PREDICT)
         return [_run(self._estimator, spec, tensor.array) for spec in wanted]
-
-    def _output(self, name: str) -> TensorSpec:
-        spec = self._outputs.get(name)
-        if spec is None:
-            offered = ", ".join(f"'{n}'" for n in self._outputs)
-            raise InvalidInput(f"output '{name}' is not available; model offers {offered}")
-        return spec
 
 
 def _run(estimator: Any, spec: TensorSpec, x: np.ndarray) -> Tensor:
@@ -145,7 +136,7 @@ def _read(path: Path) -> tuple[Any, int]:
     """Load the estimator behind ``path`` and measure it (in a worker thread)."""
     import joblib
 
-    file = _model_file(path)
+    file = model_file(path, SUFFIXES)
     try:
         estimator = joblib.load(file)
     except Exception as exc:
@@ -157,26 +148,6 @@ def _read(path: Path) -> tuple[Any, int]:
             f"'{file}' holds a {type(estimator).__qualname__}, which has no predict method"
         )
     return estimator, _pickled_size(estimator, file)
-
-
-def _model_file(path: Path) -> Path:
-    if not path.exists():
-        raise LoadFailed(f"model file not found: {path}")
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and _has_model_suffix(p))
-        if len(files) != 1:
-            found = ", ".join(p.name for p in files) or "none"
-            raise ModelFormatError(
-                f"folder '{path}' must hold exactly one {'/'.join(SUFFIXES)} file; found {found}"
-            )
-        return files[0]
-    if not _has_model_suffix(path):
-        raise ModelFormatError(f"'{path}' is not a {'/'.join(SUFFIXES)} file")
-    return path
-
-
-def _has_model_suffix(path: Path) -> bool:
-    return path.suffix.lower() in SUFFIXES
 
 
 class _ByteCounter:

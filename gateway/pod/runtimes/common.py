@@ -1,0 +1,84 @@
+"""Helpers the file-based runtimes share: finding the model file, checking the
+request's input and picking the requested outputs.
+
+The messages are part of the runtimes' contract (users and tests read them), so
+every runtime that uses these helpers words its errors the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from gateway.errors import InvalidInput, LoadFailed, ModelFormatError
+
+from ..model import InferenceRequest, Tensor, TensorSpec
+
+
+def model_file(path: Path, suffixes: Sequence[str]) -> Path:
+    """The model file behind ``path``: the file itself, or the one file with one of
+    ``suffixes`` (lowercase, with the dot) in the folder ``path``.
+
+    LoadFailed when ``path`` does not exist; ModelFormatError for a file with
+    another suffix, or a folder without exactly one candidate (naming those found).
+    """
+    if not path.exists():
+        raise LoadFailed(f"model file not found: {path}")
+    wanted = "/".join(suffixes)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        if len(files) != 1:
+            found = ", ".join(p.name for p in files) or "none"
+            raise ModelFormatError(
+                f"folder '{path}' must hold exactly one {wanted} file; found {found}"
+            )
+        return files[0]
+    if path.suffix.lower() not in suffixes:
+        raise ModelFormatError(f"'{path}' is not a {wanted} file")
+    return path
+
+
+def read_model_bytes(file: Path) -> bytes:
+    """The contents of ``file``; LoadFailed (not a format error) when it cannot be read.
+
+    For runtimes that hand the bytes to their library: an unreadable file is then
+    told apart from one in the wrong format, which the library reports alike.
+    """
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise LoadFailed(
+            f"cannot read model file '{file}': {exc.strerror or type(exc).__name__}"
+        ) from exc
+
+
+def single_input(request: InferenceRequest, spec: TensorSpec) -> Tensor:
+    """The request's only input, checked against ``spec`` (InvalidInput otherwise)."""
+    if len(request.inputs) != 1:
+        raise InvalidInput(f"model expects 1 input, got {len(request.inputs)}")
+    tensor = request.inputs[0]
+    spec.check(tensor)
+    return tensor
+
+
+def requested_outputs(
+    request: InferenceRequest, offered: Mapping[str, TensorSpec], default: str
+) -> list[TensorSpec]:
+    """The specs of the outputs ``request`` asks for (``default`` when it names none).
+
+    InvalidInput, naming the outputs on offer, for a name the model does not have.
+    """
+    specs = []
+    for name in request.outputs or (default,):
+        spec = offered.get(name)
+        if spec is None:
+            raise InvalidInput(
+                f"output '{name}' is not available; model offers {quoted(offered)}"
+            )
+        specs.append(spec)
+    return specs
+
+
+def quoted(names: Iterable[str]) -> str:
+    """``'a', 'b'``: names as the error messages list them."""
+    return ", ".join(f"'{name}'" for name in names)

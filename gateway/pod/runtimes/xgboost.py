@@ -1,0 +1,240 @@
+"""The XGBoost runtime: boosters saved with ``save_model`` as JSON or UBJSON.
+
+Model path: a ``.json`` or ``.ubj`` file, or a folder holding exactly one such
+file. XGBoost tells the two formats apart by their contents. The
+old binary format (``.bst``, ``.model``, ``.deprecated``) is not accepted: XGBoost
+3 reads it only as a UBJSON guess; re-save such a model with ``save_model``.
+Models from ``XGBClassifier`` / ``XGBRegressor`` and from ``xgboost.train`` are
+read alike, as a ``Booster``. A UBJSON file is checked to be one complete
+document before XGBoost reads it: XGBoost 3.2 crashes the process (SIGSEGV) on
+a UBJSON file cut short; it reports a JSON file cut short as an error.
+
+Tensors:
+
+- one input, any name, metadata name ``input-0``, datatype FP32, shape
+  ``[-1, n_features]`` with the booster's own feature count
+  (``Booster.num_features()``). Rank must be 2: one row is ``[1, n_features]``.
+- output ``predict``: what ``Booster.inplace_predict`` returns (as KServe's
+  xgbserver and ``xgboost.train`` models answer), FP32 as XGBoost computes it,
+  shape ``[batch, width]``: width 1 for regression and binary objectives (the
+  probability of class 1 for ``binary:logistic``, the class index as a float
+  for ``multi:softmax``), ``n_classes`` for ``multi:softprob`` (the class
+  probabilities), ``n_targets`` for multi-target regression. The width is read
+  at load by predicting one row of zeros, so every objective is described exactly.
+  Unlike MLServer's ``XGBClassifier`` path, ``predict`` of a classifier is its
+  probabilities, not labels: a saved booster does not keep the label encoding.
+- output ``predict_proba``, only for ``binary:logistic`` and ``multi:softprob``
+  boosters: FP32, ``[batch, n_classes]``, as ``XGBClassifier.predict_proba``
+  gives it (for a binary model the columns are ``1 - p`` and ``p``).
+
+With no outputs requested the answer is ``predict``; both can be asked for in
+one request (XGBoost then predicts once).
+
+Size: the bytes of the booster serialised as UBJSON (``save_raw("ubj")``): about
+its in-memory trees, and the same whether the file was JSON (larger) or UBJSON.
+
+Loading runs in a worker thread; predict runs inline on the event loop
+(``inplace_predict`` on a numpy array, no DMatrix), fast for the small batches
+of online inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.errors import ModelFormatError
+
+from ..model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor, TensorSpec
+from .common import model_file, read_model_bytes, requested_outputs, single_input
+
+SUFFIXES = (".json", ".ubj")
+PREDICT = "predict"
+PREDICT_PROBA = "predict_proba"
+DATATYPE = "FP32"  # XGBoost predicts in float32
+
+_INPUT_NAME = "input-0"
+_BINARY = "binary:logistic"
+_MULTICLASS = "multi:softprob"
+# "[07:11:28] /workspace/src/c_api/c_api.cc:1532: " before XGBoost's own message
+_LOCATION = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
+
+
+class XGBoostModel(Model):
+    """An ``xgboost.Booster`` read from a JSON or UBJSON model file."""
+
+    platform = "xgboost"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self._booster: Any = None
+        self._objective = ""
+        self._input = TensorSpec(_INPUT_NAME, DATATYPE, (-1, -1))
+        self._outputs: dict[str, TensorSpec] = {}
+        self._size = 0
+
+    async def load(self) -> None:
+        self._booster, self._size = await asyncio.to_thread(_read, Path(self.config.path))
+        self._objective, self._input, self._outputs = await asyncio.to_thread(
+            _describe, self._booster
+        )
+
+    async def unload(self) -> None:
+        self._booster = None
+
+    def metadata(self) -> ModelMetadata:
+        return ModelMetadata(self.platform, (self._input,), tuple(self._outputs.values()))
+
+    def size_bytes(self) -> int:
+        return self._size
+
+    async def predict(self, request: InferenceRequest) -> Sequence[Tensor]:
+        tensor = single_input(request, self._input)
+        wanted = requested_outputs(request, self._outputs, PREDICT)
+        scores = _scores(self._booster, tensor.array, self._outputs[PREDICT].shape[1])
+        return [Tensor(spec.name, DATATYPE, self._answer(spec, scores)) for spec in wanted]
+
+    def _answer(self, spec: TensorSpec, scores: np.ndarray) -> np.ndarray:
+        if spec.name == PREDICT_PROBA and self._objective == _BINARY:
+            return np.hstack((1 - scores, scores))
+        return scores
+
+
+def _scores(booster: Any, x: np.ndarray, width: int) -> np.ndarray:
+    """``booster``'s prediction for the rows of ``x`` as FP32 ``[len(x), width]``."""
+    if len(x) == 0:  # XGBoost answers a flat (0,) for every objective
+        return np.empty((0, width), dtype=np.float32)
+    return np.asarray(booster.inplace_predict(x), dtype=np.float32).reshape(len(x), width)
+
+
+def _read(path: Path) -> tuple[Any, int]:
+    """Load the booster behind ``path`` and measure it (in a worker thread)."""
+    import xgboost
+
+    file = model_file(path, SUFFIXES)
+    data = read_model_bytes(file)
+    if not data.startswith(b"{"):  # JSON and UBJSON models are objects
+        raise ModelFormatError(
+            f"cannot read '{file}' as an XGBoost model: not a JSON or UBJSON object"
+        )
+    if not data.startswith((b'{"', b"{}", b"{ ", b"{\n", b"{\r", b"{\t")):  # not JSON: UBJSON
+        problem = _ubjson_problem(data)
+        if problem:
+            raise ModelFormatError(f"cannot read '{file}' as an XGBoost model: {problem}")
+    booster = xgboost.Booster()
+    try:
+        booster.load_model(bytearray(data))  # XGBoost tells JSON from UBJSON
+    except (xgboost.core.XGBoostError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(
+            f"cannot read '{file}' as an XGBoost model: {_message(exc)}"
+        ) from exc
+    return booster, len(booster.save_raw(raw_format="ubj"))
+
+
+def _describe(booster: Any) -> tuple[str, TensorSpec, dict[str, TensorSpec]]:
+    """The objective name, input spec and output specs of a loaded booster."""
+    n_features = int(booster.num_features())
+    config = json.loads(booster.save_config())
+    objective = str(config["learner"]["objective"]["name"])
+    probe = np.asarray(booster.inplace_predict(np.zeros((1, n_features), dtype=np.float32)))
+    width = int(probe.size)
+    outputs = {PREDICT: TensorSpec(PREDICT, DATATYPE, (-1, width))}
+    if objective in (_BINARY, _MULTICLASS):
+        n_classes = 2 if objective == _BINARY else width
+        outputs[PREDICT_PROBA] = TensorSpec(PREDICT_PROBA, DATATYPE, (-1, n_classes))
+    return objective, TensorSpec(_INPUT_NAME, DATATYPE, (-1, n_features)), outputs
+
+
+def _message(exc: Exception) -> str:
+    """XGBoost's own message: its first line, without the time and source location.
+
+    XGBoost's messages quote bytes of the file; when those are not UTF-8 its
+    Python package fails to decode the message (UnicodeDecodeError): decode it
+    here, replacing what is not text.
+    """
+    raw = exc.object if isinstance(exc, UnicodeDecodeError) else str(exc)
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return "".join(c if c.isprintable() else "?" for c in _LOCATION.sub("", first))
+
+
+# UBJSON (https://ubjson.org) as XGBoost writes it: markers of fixed-size values
+# and their sizes; strings ("S", "H") and containers ("[", "{") are walked.
+_FIXED = {ord(m): n for m, n in zip("iUIlLdDCTFZN", (1, 1, 2, 4, 8, 4, 8, 1, 0, 0, 0, 0))}
+_COUNTS = {ord(m): n for m, n in zip("iUIlL", (1, 1, 2, 4, 8))}
+
+
+def _ubjson_problem(data: bytes) -> str | None:
+    """Why ``data`` is not one complete UBJSON value, or None when it is.
+
+    XGBoost's UBJSON reader trusts the lengths in the file: a file cut short (a
+    partial copy) makes it read past the buffer and crash the whole process
+    (SIGSEGV), taking every model of the pod with it. Walking the structure
+    first turns that into a ModelFormatError. Typed arrays, the bulk of a
+    model, are skipped by their count, so the walk is quick.
+    """
+    try:
+        end = _skip_value(data, 0, None)
+    except IndexError:
+        return "not a complete UBJSON document (cut short)"
+    except (ValueError, RecursionError) as exc:
+        return f"not a complete UBJSON document ({exc})"
+    if end != len(data):
+        return f"not a UBJSON document: {len(data) - end} bytes follow its end"
+    return None
+
+
+def _skip_value(data: bytes, pos: int, marker: int | None) -> int:
+    if marker is None:
+        marker, pos = data[pos], pos + 1
+    if marker in _FIXED:
+        return _within(data, pos + _FIXED[marker])
+    if marker in (ord("S"), ord("H")):
+        length, pos = _count(data, pos)
+        return _within(data, pos + length)
+    if marker not in (ord("["), ord("{")):
+        raise ValueError(f"unknown marker {bytes([marker])!r} at byte {pos - 1}")
+    is_object, close = marker == ord("{"), ord("]") if marker == ord("[") else ord("}")
+    item: int | None = None
+    if data[pos] == ord("$"):
+        item, pos = data[pos + 1], pos + 2
+        if data[pos] != ord("#"):
+            raise ValueError(f"typed container without a count at byte {pos}")
+    if data[pos] == ord("#"):
+        count, pos = _count(data, pos + 1)
+        if item in _FIXED and not is_object:
+            return _within(data, pos + count * _FIXED[item])
+        for _ in range(count):
+            pos = _skip_value(data, _skip_key(data, pos) if is_object else pos, item)
+        return pos
+    while data[pos] != close:
+        pos = _skip_value(data, _skip_key(data, pos) if is_object else pos, None)
+    return pos + 1
+
+
+def _skip_key(data: bytes, pos: int) -> int:
+    length, pos = _count(data, pos)
+    return _within(data, pos + length)
+
+
+def _count(data: bytes, pos: int) -> tuple[int, int]:
+    size = _COUNTS.get(data[pos])
+    if size is None:
+        raise ValueError(f"no length at byte {pos}")
+    end = _within(data, pos + 1 + size)
+    value = int.from_bytes(data[pos + 1 : end], "big", signed=data[pos] != ord("U"))
+    if value < 0:
+        raise ValueError(f"negative length at byte {pos}")
+    return value, end
+
+
+def _within(data: bytes, end: int) -> int:
+    if end > len(data):
+        raise ValueError("cut short")
+    return end
