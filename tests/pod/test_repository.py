@@ -104,10 +104,11 @@ async def test_unknown_model_type_names_the_supported_ones() -> None:
     repo = ModelRepository(RuntimeRegistry({"fake": fake_runtime(), **BUILTIN_RUNTIMES}))
     with pytest.raises(InvalidSpec) as err:
         await repo.load(ModelConfig("m", "tensorflow", Path("/x")))
+    types = sorted(["fake", *BUILTIN_RUNTIMES])
     assert err.value.message == (
-        "unsupported model type 'tensorflow'; this pod supports 'fake', 'sklearn', 'synthetic'"
+        "unsupported model type 'tensorflow'; this pod supports " + ", ".join(f"'{t}'" for t in types)
     )
-    assert repo.model_types == ("fake", "sklearn", "synthetic")
+    assert repo.model_types == tuple(types)
 
 
 async def test_unload_is_idempotent_and_waits_for_a_load_in_progress() -> None:
@@ -164,7 +165,7 @@ def test_predicted_size(tmp_path: Path) -> None:
 
 def test_registry_resolves_import_paths_lazily() -> None:
     registry = RuntimeRegistry()
-    assert registry.model_types == ("sklearn", "synthetic") and "sklearn" in registry
+    assert registry.model_types == tuple(sorted(BUILTIN_RUNTIMES)) and "sklearn" in registry
     assert registry.get("sklearn") is SKLearnModel
     assert registry.get("synthetic") is SyntheticModel
     registry.register("custom", "tests.pod.fakes:FakeModel")

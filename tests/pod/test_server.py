@@ -18,6 +18,7 @@ import pytest
 
 import gateway
 from gateway import cli, launcher
+from gateway.pod.runtimes import BUILTIN_RUNTIMES
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway._proto import model_runtime_pb2 as rt
@@ -134,7 +135,7 @@ async def test_load_errors(pod: Pod, tmp_path: Path) -> None:
 
     err = await _error(pod.load("tf", garbage, model_type="tensorflow"))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "supports 'fake', 'sklearn', 'synthetic'" in err.details()
+    assert "supports 'fake', " + ", ".join(f"'{t}'" for t in sorted(BUILTIN_RUNTIMES)) in err.details()
 
     err = await _error(pod.load("", garbage))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -211,7 +212,7 @@ async def test_runtime_status_lists_loaded_models(start_pod: StartPod, svc_file:
     assert status.capacity_in_bytes == 123456789
     assert status.max_loading_concurrency == 3
     assert status.model_loading_timeout_ms == 5000
-    assert list(status.model_types) == ["fake", "sklearn", "synthetic"]
+    assert list(status.model_types) == sorted(["fake", *BUILTIN_RUNTIMES])
     assert status.runtime_version == gateway.__version__
     assert sorted((m.model_id, m.size_in_bytes) for m in status.loaded_models) == sorted(
         [(CONCRETE_ID, size), ("f", 77)]

@@ -5,8 +5,11 @@ A registry entry is either a ``Model`` subclass or an import path
 runtime's dependencies are imported only when a model of its type is first
 loaded, and a user's own runtime can be named in configuration.
 
-``BUILTIN_RUNTIMES`` lists the runtimes this package ships: ``sklearn``, and
-``synthetic`` (models that only take memory and time, for scale tests).
+``BUILTIN_RUNTIMES`` lists the runtimes this package ships: ``sklearn``,
+``xgboost``, ``lightgbm``, ``onnx`` (onnxruntime), ``pytorch`` (TorchScript),
+and ``synthetic`` (models that only take memory and time, for scale tests).
+All but sklearn and synthetic need the package's optional extras
+(``pip install 'modelmesh-gateway[runtimes]'``).
 Nothing is registered at import time: whoever builds the pod builds its registry.
 """
 
@@ -26,6 +29,10 @@ BUILTIN_RUNTIMES: Mapping[str, RuntimeRef] = MappingProxyType(
     {
         "sklearn": "gateway.pod.runtimes.sklearn:SKLearnModel",
         "synthetic": "gateway.pod.runtimes.synthetic:SyntheticModel",
+        "xgboost": "gateway.pod.runtimes.xgboost:XGBoostModel",
+        "lightgbm": "gateway.pod.runtimes.lightgbm:LightGBMModel",
+        "onnx": "gateway.pod.runtimes.onnx:ONNXModel",
+        "pytorch": "gateway.pod.runtimes.pytorch:TorchScriptModel",
     }
 )
 

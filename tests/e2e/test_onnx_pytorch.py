@@ -1,0 +1,140 @@
+"""An ONNX graph and a TorchScript module through the whole deployment: apply one
+InferenceService per format, infer through Envoy (REST and native gRPC), compare with
+onnxruntime and torch run here, read the metadata, delete."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from gateway import launcher
+from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
+from gateway.pod import tensors
+from gateway.pod.model import Tensor
+
+from ..pod import graphs
+from .conftest import ISVCS, wait_ready
+
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning"
+)
+
+ONNX_NAME = "onnx-dense"
+TORCH_NAME = "pytorch-dense"
+ROWS = np.array([[1, 2, 3, 4], [-1, 0.5, 2, -3], [0.25, -4, 1, 2]], np.float32)
+SIDECAR = {
+    "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}],
+    "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 3]}],
+}
+
+
+def _isvc(name: str, model_format: str, path: str) -> dict[str, object]:
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": name,
+            "namespace": "modelmesh-serving",
+            "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh"},
+        },
+        "spec": {
+            "predictor": {
+                "model": {
+                    "modelFormat": {"name": model_format},
+                    "storage": {
+                        "parameters": {"type": "pvc", "name": "my-models-pvc"},
+                        "path": path,
+                    },
+                }
+            }
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def models(deployment: launcher.Deployment) -> Iterator[dict[str, Path]]:
+    """Both InferenceServices, ready; the model files by name. Deleted afterwards."""
+    root = deployment.data_dir / "models"
+    onnx_file = graphs.dense_onnx(root / "onnx-dense" / "dense.onnx")  # served as a folder
+    torch_file = graphs.save_script(graphs.Dense(), root / "pytorch-dense" / "model.pt")
+    (root / "pytorch-dense" / "model.json").write_text(json.dumps(SIDECAR))
+    with httpx.Client(base_url=deployment.api_url, timeout=30) as api:
+        try:
+            onnx_isvc = _isvc(ONNX_NAME, "onnx", "onnx-dense")
+            torch_isvc = _isvc(TORCH_NAME, "pytorch", "pytorch-dense/model.pt")
+            api.put(f"{ISVCS}/{ONNX_NAME}", json=onnx_isvc).raise_for_status()
+            api.put(f"{ISVCS}/{TORCH_NAME}", json=torch_isvc).raise_for_status()
+            for name in (ONNX_NAME, TORCH_NAME):
+                item = wait_ready(api, name)
+                assert item["status"]["conditions"][0]["status"] == "True", item["status"]
+            yield {ONNX_NAME: onnx_file, TORCH_NAME: torch_file}
+        finally:
+            for name in (ONNX_NAME, TORCH_NAME):
+                assert api.delete(f"{ISVCS}/{name}").status_code in (200, 404)
+
+
+def _expected(models: dict[str, Path], name: str) -> np.ndarray:
+    if name == ONNX_NAME:
+        session = onnxruntime.InferenceSession(
+            str(models[name]), providers=["CPUExecutionProvider"]
+        )
+        return session.run(None, {"x": ROWS})[0]
+    with torch.inference_mode():
+        return torch.jit.load(str(models[name]))(torch.from_numpy(ROWS)).numpy()
+
+
+@pytest.mark.parametrize(
+    ("name", "input_name", "output_name"),
+    [(ONNX_NAME, "x", "y"), (TORCH_NAME, "features", "scores")],
+)
+def test_rest_infer_and_metadata(
+    models: dict[str, Path], rest: httpx.Client, name: str, input_name: str, output_name: str
+) -> None:
+    body = {"inputs": [{"name": input_name, "shape": [3, 4], "datatype": "FP32",
+                        "contents": {"fp32_contents": ROWS.ravel().tolist()}}]}
+    response = rest.post(f"/v2/models/{name}/infer", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["modelName"].startswith(f"{name}__isvc-")
+    (output,) = answer["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == (
+        output_name, "FP32", ["3", "3"]
+    )
+    got = np.array(output["contents"]["fp32Contents"], np.float32).reshape(3, 3)
+    np.testing.assert_allclose(got, _expected(models, name), rtol=1e-6)
+
+    metadata = rest.get(f"/v2/models/{name}").json()
+    assert metadata["platform"] == ("onnx" if name == ONNX_NAME else "pytorch")
+    assert metadata["inputs"] == [{"name": input_name, "datatype": "FP32", "shape": ["-1", "4"]}]
+    assert metadata["outputs"] == [
+        {"name": output_name, "datatype": "FP32", "shape": ["-1", "3"]}
+    ]
+
+
+@pytest.mark.parametrize("name", [ONNX_NAME, TORCH_NAME])
+def test_grpc_infer(
+    models: dict[str, Path], stub: v2_grpc.GRPCInferenceServiceStub, name: str
+) -> None:
+    request = tensors.make_request(name, [Tensor.of("input-0", ROWS)], raw=True)  # any name
+    (out,) = tensors.decode_response(stub.ModelInfer(request, timeout=30))
+    assert out.datatype == "FP32" and out.shape == (3, 3)
+    np.testing.assert_allclose(out.array, _expected(models, name), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", [ONNX_NAME, TORCH_NAME])
+def test_a_wrong_shape_is_invalid_argument(
+    models: dict[str, Path], stub: v2_grpc.GRPCInferenceServiceStub, name: str
+) -> None:
+    request = tensors.make_request(name, [Tensor.of("x", np.zeros((1, 5), np.float32))])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "shape [1, 5] given, model expects [-1, 4]" in err.value.details()
