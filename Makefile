@@ -31,7 +31,7 @@ test: proto
 bench: proto
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 	$(BIN)/python -m benchmarks.gateway_overhead
-	@if [ -f benchmarks/cache_quality.py ]; then echo; $(BIN)/python -m benchmarks.cache_quality; fi
+	@echo; $(BIN)/python -m benchmarks.cache_quality
 	@echo; $(BIN)/python -m benchmarks.scale
 	@echo; $(BIN)/python -m benchmarks.cold_start
 	@echo; $(BIN)/python -m benchmarks.load_queue
