@@ -6,6 +6,11 @@ concrete model and loads it while the old one keeps serving; the name moves to
 the new id only once it is loaded, and then the old one is unloaded, as
 ModelMesh rolls out a changed InferenceService. Records are kept in the store,
 so a restarted gateway has them all.
+
+Each InferenceService is served by the runtime gateway.serving_runtimes selects
+for it, chosen again whenever a runtime is applied or deleted. One with no
+runtime is stored but never registered with the placement: it is not ready,
+and a request for it gets ModelNotFound saying why.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from gateway.domain import ModelSpec, ModelState
 from gateway.errors import GatewayError, InvalidSpec, ModelNotFound
 from gateway.placement import Placement
 from gateway.resources import InferenceService, parse_inference_service
+from gateway.serving_runtimes import RuntimeCatalog, RuntimeRecord, Selection
 from gateway.storage import StorageRoots, size_on_disk
 from gateway.store import Store
 
@@ -69,6 +75,8 @@ class Registry:
         self._roots = roots
         self._settings = settings
         self._records: dict[str, Record] = {}
+        self.runtimes = RuntimeCatalog(store, settings.namespace)
+        self._selections: dict[str, Selection] = {}  # InferenceService name -> its runtime
         # name or concrete id -> concrete id to route to; read on every request.
         self._routes: dict[str, str] = {}
         self._rollouts: set[asyncio.Task[None]] = set()
@@ -76,10 +84,14 @@ class Registry:
         self._writing = asyncio.Lock()
 
     async def restore(self) -> None:
-        """Load every record from the store and register its models."""
+        """Load every runtime and record from the store and register the models that have a runtime."""
+        await self.runtimes.restore()
         for key, data in (await self._store.items(_PREFIX)).items():
             record = Record.from_json(key.removeprefix(_PREFIX), data)
             self._records[record.name] = record
+            self._selections[record.name] = self.runtimes.select(self._isvc(record).model)
+            if not self._servable(record.name):
+                continue
             for spec in {record.serving, record.target}:
                 self._placement.register(spec, standby=True)
             self._index(record)
@@ -92,6 +104,10 @@ class Registry:
         try:
             return self._routes[name]
         except KeyError:
+            selection = self._selections.get(name)
+            if selection is not None and selection.runtime is None:
+                raise ModelNotFound(name, f"model '{name}' has no serving runtime "
+                                          f"({selection.reason}): {selection.message}") from None
             raise ModelNotFound(name) from None
 
     def get(self, name: str) -> Record:
@@ -116,19 +132,27 @@ class Registry:
                 f"namespace '{namespace}': this gateway serves namespace '{self._settings.namespace}'"
             )
         spec = self._model_spec(isvc)
+        selection = self.runtimes.select(isvc.model)
         manifest = isvc.model_dump(mode="json", exclude_unset=True, exclude={"status"})
         manifest["metadata"]["namespace"] = namespace
         for key in _SERVER_METADATA:
             manifest["metadata"].pop(key, None)
         old = self._records.get(isvc.name)
-        if old is None:
-            self._placement.register(spec)
-            record = Record(isvc.name, manifest, time.time(), spec, spec)
-            await self._save(record)
-            self._placement.load_in_background(spec.model_id)
-            return record, "created"
-        if old.target == spec and old.manifest == manifest:
+        if old is not None and old.target == spec and old.manifest == manifest:
             return old, "unchanged"
+        was_servable = old is not None and self._servable(old.name)
+        self._selections[isvc.name] = selection
+        if old is None or not was_servable or selection.runtime is None:
+            # No copy serves it now, or none may: start over with the new spec.
+            if old is not None:
+                await self._withdraw(old)
+            record = Record(isvc.name, manifest, old.created if old else time.time(), spec, spec)
+            if selection.runtime is not None:
+                self._placement.register(spec)
+            await self._save(record)
+            if selection.runtime is not None:
+                self._placement.load_in_background(spec.model_id)
+            return record, "created" if old is None else "configured"
         self._placement.register(spec)
         record = replace(old, manifest=manifest, target=spec)
         await self._save(record)
@@ -146,14 +170,61 @@ class Registry:
     async def _delete(self, name: str) -> None:
         record = self.get(name)
         del self._records[name]
-        for key in (name, record.serving.model_id, record.target.model_id):
-            self._routes.pop(key, None)
         await self._store.delete(_PREFIX + name)
+        await self._withdraw(record)
+        self._selections.pop(name, None)
+
+    async def _withdraw(self, record: Record) -> None:
+        """Stop routing to the record's models and take them off the placement."""
+        for key in (record.name, record.serving.model_id, record.target.model_id):
+            self._routes.pop(key, None)
         for spec in {record.serving, record.target}:
-            await self._placement.unregister(spec.model_id)
+            if self._placement.is_registered(spec.model_id):
+                await self._placement.unregister(spec.model_id)
+
+    def runtime_of(self, name: str) -> Selection:
+        return self._selections[name]
+
+    async def apply_runtime(self, document: Any) -> tuple[RuntimeRecord, str]:
+        """Create or update a (Cluster)ServingRuntime, then choose every InferenceService's runtime again."""
+        async with self._writing:
+            result = await self.runtimes.apply(document)
+            await self._reselect()
+            return result
+
+    async def delete_runtime(self, kind: str, name: str) -> None:
+        async with self._writing:
+            await self.runtimes.delete(kind, name)
+            await self._reselect()
+
+    async def _reselect(self) -> None:
+        for name, record in self._records.items():
+            was_servable = self._servable(name)
+            self._selections[name] = self.runtimes.select(self._isvc(record).model)
+            if was_servable and not self._servable(name):
+                await self._withdraw(record)
+                await self._save(replace(record, serving=record.target))
+                log.info("%s has no runtime now: %s", name, self._selections[name].message)
+            elif self._servable(name) and not was_servable:
+                self._placement.register(record.target)
+                self._index(record)
+                self._placement.load_in_background(record.target.model_id)
 
     def status(self, record: Record) -> dict[str, Any]:
-        """The record's status in KServe's shape (conditions, modelStatus, url)."""
+        """The record's status in KServe's shape (conditions, modelStatus, url), and status.runtime."""
+        selection = self._selections[record.name]
+        if selection.runtime is None:
+            return {
+                "conditions": [{"type": "Ready", "status": "False", "reason": selection.reason,
+                                "message": selection.message}],
+                "url": f"{self._settings.url_base}/v2/models/{record.name}",
+                "modelStatus": {
+                    "states": {"activeModelState": "", "targetModelState": ModelState.FAILED_TO_LOAD.value},
+                    "transitionStatus": "InvalidSpec",
+                    "copies": {"totalCopies": 0},
+                    "lastFailureInfo": {"reason": selection.reason, "message": selection.message},
+                },
+            }
         serving = self._placement.status(record.serving.model_id)
         target = self._placement.status(record.target.model_id)
         if record.target == record.serving:
@@ -172,6 +243,7 @@ class Registry:
         status: dict[str, Any] = {
             "conditions": [condition],
             "url": f"{self._settings.url_base}/v2/models/{record.name}",
+            "runtime": {"kind": selection.runtime.kind, "name": selection.runtime.name},
             "modelStatus": {
                 "states": {
                     "activeModelState": serving.state.value,
@@ -198,7 +270,16 @@ class Registry:
         self._records[record.name] = record
         self._index(record)
 
+    def _isvc(self, record: Record) -> InferenceService:
+        return parse_inference_service(record.manifest)
+
+    def _servable(self, name: str) -> bool:
+        selection = self._selections.get(name)
+        return selection is not None and selection.runtime is not None
+
     def _index(self, record: Record) -> None:
+        if not self._servable(record.name):
+            return
         self._routes[record.name] = record.serving.model_id
         self._routes[record.serving.model_id] = record.serving.model_id
         self._routes[record.target.model_id] = record.target.model_id
@@ -219,8 +300,8 @@ class Registry:
             return
         async with self._writing:
             record = self._records.get(name)
-            if record is None or record.target != target:
-                return  # deleted or superseded meanwhile
+            if record is None or record.target != target or not self._servable(name):
+                return  # deleted, superseded or left without a runtime meanwhile
             old = record.serving
             await self._save(replace(record, serving=target))
             self._routes.pop(old.model_id, None)

@@ -1,4 +1,5 @@
-"""KServe-shaped resources as users write them: InferenceService documents.
+"""KServe-shaped resources as users write them: InferenceService, ServingRuntime
+and ClusterServingRuntime documents.
 
 Pydantic at the edge: a document is validated here and turned into the core's
 plain types. The concrete model id follows ModelMesh: ``<name>__isvc-<hash>``,
@@ -18,8 +19,14 @@ from gateway.protocol import CONCRETE_ID_SEPARATOR
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
+RUNTIME_API_VERSION = "serving.kserve.io/v1alpha1"
+RUNTIME_KIND = "ServingRuntime"
+CLUSTER_RUNTIME_KIND = "ClusterServingRuntime"
+RUNTIME_KINDS = (RUNTIME_KIND, CLUSTER_RUNTIME_KIND)
 # DNS-1123 label, as Kubernetes requires of an InferenceService name.
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# DNS-1123 subdomain, as Kubernetes requires of most other names ("mlserver-1.x").
+SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 class _Strict(BaseModel):
@@ -35,6 +42,10 @@ class ObjectMeta(_Open):
     namespace: str | None = None
     annotations: dict[str, str] = {}
     labels: dict[str, str] = {}
+
+
+class RuntimeMeta(ObjectMeta):
+    name: str = Field(pattern=SUBDOMAIN_PATTERN, max_length=253)
 
 
 class ModelFormat(_Strict):
@@ -83,6 +94,70 @@ class InferenceService(_Open):
         canonical = json.dumps(predictor, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
         return f"{self.name}{CONCRETE_ID_SEPARATOR}{digest}"
+
+
+class SupportedModelFormat(_Strict):
+    name: str = Field(min_length=1)
+    version: str | None = None
+    autoSelect: bool = False
+    priority: int | None = Field(default=None, ge=1)
+
+    def supports(self, model: ModelFormat) -> bool:
+        """KServe's match: the name (case-insensitive), and the version when the model gives one."""
+        if self.name.lower() != model.name.lower():
+            return False
+        return model.version is None or self.version == model.version
+
+
+class Container(_Open):
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+    image: str | None = None
+
+
+class BuiltInAdapter(_Open):
+    serverType: str | None = None
+    runtimeManagementPort: int | None = Field(default=None, ge=1, le=65535)
+    memBufferBytes: int | None = Field(default=None, ge=0)
+    modelLoadingTimeoutMillis: int | None = Field(default=None, ge=1)
+
+
+class ServingRuntimeSpec(_Open):
+    supportedModelFormats: tuple[SupportedModelFormat, ...] = ()
+    multiModel: bool = False
+    disabled: bool = False
+    containers: tuple[Container, ...] = Field(min_length=1)
+    builtInAdapter: BuiltInAdapter | None = None
+
+
+class ServingRuntime(_Open):
+    """A ServingRuntime or a ClusterServingRuntime (same spec; the kind says which)."""
+
+    apiVersion: Literal["serving.kserve.io/v1alpha1"]
+    kind: Literal["ServingRuntime", "ClusterServingRuntime"]
+    metadata: RuntimeMeta
+    spec: ServingRuntimeSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def format_for(self, model: ModelFormat) -> SupportedModelFormat | None:
+        return next((f for f in self.spec.supportedModelFormats if f.supports(model)), None)
+
+
+def parse_serving_runtime(document: Any) -> ServingRuntime:
+    """Validate a ServingRuntime or ClusterServingRuntime document."""
+    if not isinstance(document, dict):
+        raise InvalidSpec("a resource must be a mapping with apiVersion, kind, metadata and spec")
+    kind, api_version = document.get("kind"), document.get("apiVersion")
+    if kind not in RUNTIME_KINDS:
+        raise InvalidSpec(f"unsupported kind {kind!r}: expected one of {', '.join(RUNTIME_KINDS)}")
+    if api_version != RUNTIME_API_VERSION:
+        raise InvalidSpec(f"unsupported apiVersion {api_version!r} for {kind}: use {RUNTIME_API_VERSION}")
+    try:
+        return ServingRuntime.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidSpec(f"invalid {kind}: {_describe(exc)}") from None
 
 
 def parse_inference_service(document: Any) -> InferenceService:
