@@ -3,6 +3,8 @@
     PUT    /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}
     GET    /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices[/{name}]
     DELETE /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}
+    PUT/GET/DELETE /apis/serving.kserve.io/v1alpha1/namespaces/{ns}/servingruntimes[/{name}]
+    PUT/GET/DELETE /apis/serving.kserve.io/v1alpha1/clusterservingruntimes[/{name}]
     GET    /v1/placement
     GET    /metrics                     Prometheus
     GET    /healthz
@@ -27,11 +29,14 @@ from gateway.errors import GatewayError, InvalidSpec, ModelNotFound, Unavailable
 from gateway.metrics import Metrics
 from gateway.placement import Placement
 from gateway.registry import Record, Registry
-from gateway.resources import API_VERSION
+from gateway.resources import API_VERSION, CLUSTER_RUNTIME_KIND, RUNTIME_API_VERSION, RUNTIME_KIND
+from gateway.serving_runtimes import RuntimeRecord
 
 log = logging.getLogger(__name__)
 
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices"
+SR_PATH = "/apis/serving.kserve.io/v1alpha1/namespaces/{namespace}/servingruntimes"
+CSR_PATH = "/apis/serving.kserve.io/v1alpha1/clusterservingruntimes"
 APPLY_RESULT_HEADER = "mmgw-apply-result"
 
 # core error -> (HTTP status, Kubernetes Status reason)
@@ -67,10 +72,71 @@ def build_api(registry: Registry, placement: Placement, *, namespace: str, metri
         if ns != namespace:
             raise InvalidSpec(f"namespace '{ns}': this gateway serves namespace '{namespace}'")
 
+    def timestamp(created: float) -> str:
+        return datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
     def item(record: Record) -> dict[str, Any]:
-        created = datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="seconds")
-        metadata = {**record.manifest["metadata"], "creationTimestamp": created.replace("+00:00", "Z")}
+        metadata = {**record.manifest["metadata"], "creationTimestamp": timestamp(record.created)}
         return {**record.manifest, "metadata": metadata, "status": registry.status(record)}
+
+    def runtime_item(record: RuntimeRecord) -> dict[str, Any]:
+        return {**record.manifest, "metadata": {**record.manifest["metadata"],
+                                                "creationTimestamp": timestamp(record.created)}}
+
+    async def body_of(request: Request, name: str, namespace: str | None) -> dict[str, Any]:
+        try:
+            document = json.loads(await request.body())
+        except ValueError as exc:
+            raise InvalidSpec(f"the request body is not JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise InvalidSpec("the request body must be one resource (a JSON object)")
+        metadata = document.setdefault("metadata", {})
+        if not isinstance(metadata, dict) or metadata.get("name", name) != name:
+            raise InvalidSpec(f"metadata.name must be '{name}', the name in the path")
+        metadata["name"] = name
+        if namespace is not None:
+            metadata.setdefault("namespace", namespace)
+        return document
+
+    def runtime_routes(path: str, kind: str, namespaced: bool) -> None:
+        plural = f"{kind.lower()}s"
+
+        def check(request: Request) -> str | None:
+            namespace = request.path_params.get("namespace")
+            if namespaced:
+                check_namespace(namespace or "")
+            return namespace
+
+        async def list_runtimes(request: Request) -> dict[str, Any]:
+            check(request)
+            return {"apiVersion": RUNTIME_API_VERSION, "kind": f"{kind}List",
+                    "items": [runtime_item(r) for r in registry.runtimes.list(kind)]}
+
+        async def get_runtime(request: Request, name: str) -> dict[str, Any]:
+            check(request)
+            return runtime_item(registry.runtimes.get(kind, name))
+
+        async def apply_runtime(request: Request, name: str) -> JSONResponse:
+            document = await body_of(request, name, check(request))
+            if document.get("kind") != kind:
+                raise InvalidSpec(f"kind must be {kind} at this path, not {document.get('kind')!r}")
+            record, action = await registry.apply_runtime(document)
+            return JSONResponse(runtime_item(record), status_code=201 if action == "created" else 200,
+                                headers={APPLY_RESULT_HEADER: action})
+
+        async def delete_runtime(request: Request, name: str) -> dict[str, Any]:
+            check(request)
+            await registry.delete_runtime(kind, name)
+            return {"kind": "Status", "apiVersion": "v1", "status": "Success",
+                    "details": {"name": name, "kind": plural}}
+
+        app.add_api_route(path, list_runtimes, methods=["GET"])
+        app.add_api_route(path + "/{name}", get_runtime, methods=["GET"])
+        app.add_api_route(path + "/{name}", apply_runtime, methods=["PUT"])
+        app.add_api_route(path + "/{name}", delete_runtime, methods=["DELETE"])
+
+    runtime_routes(SR_PATH, RUNTIME_KIND, namespaced=True)
+    runtime_routes(CSR_PATH, CLUSTER_RUNTIME_KIND, namespaced=False)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -90,17 +156,7 @@ def build_api(registry: Registry, placement: Placement, *, namespace: str, metri
     @app.put(ISVC_PATH + "/{name}")
     async def apply_isvc(namespace: str, name: str, request: Request) -> JSONResponse:
         check_namespace(namespace)
-        try:
-            document = json.loads(await request.body())
-        except ValueError as exc:
-            raise InvalidSpec(f"the request body is not JSON: {exc}") from None
-        if not isinstance(document, dict):
-            raise InvalidSpec("the request body must be one resource (a JSON object)")
-        metadata = document.setdefault("metadata", {})
-        if not isinstance(metadata, dict) or metadata.get("name", name) != name:
-            raise InvalidSpec(f"metadata.name must be '{name}', the name in the path")
-        metadata["name"] = name
-        metadata.setdefault("namespace", namespace)
+        document = await body_of(request, name, namespace)
         record, action = await registry.apply(document)
         return JSONResponse(item(record), status_code=201 if action == "created" else 200,
                             headers={APPLY_RESULT_HEADER: action})

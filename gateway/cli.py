@@ -1,9 +1,10 @@
 """mmgw: run the gateway's processes and manage its resources, kubectl-style.
 
     mmgw demo                          Envoy + gateway + 3 pods + the sample model
-    mmgw apply -f FILE                 create or update InferenceServices
-    mmgw get isvc [NAME] | placement   list resources / the placement table
-    mmgw delete isvc NAME
+    mmgw apply -f FILE                 create or update InferenceServices, (Cluster)ServingRuntimes
+    mmgw get isvc|sr|csr [NAME]        list resources
+    mmgw get placement                 the placement table
+    mmgw delete isvc|sr|csr NAME
     mmgw serve | pod | envoy           run one process of a deployment
 """
 
@@ -28,6 +29,12 @@ from gateway.settings import DEFAULT_PODS
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 ISVC_NAMES = ("isvc", "inferenceservice", "inferenceservices")
+SR_NAMES = ("sr", "servingruntime", "servingruntimes")
+CSR_NAMES = ("csr", "clusterservingruntime", "clusterservingruntimes")
+# kind -> (the kubectl-style type printed, the order apply sends it in)
+KINDS = {"ClusterServingRuntime": ("clusterservingruntime.serving.kserve.io", 0),
+         "ServingRuntime": ("servingruntime.serving.kserve.io", 1),
+         "InferenceService": ("inferenceservice.serving.kserve.io", 2)}
 _UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 10**3, "M": 10**6, "G": 10**9}
 
 
@@ -78,9 +85,17 @@ class Client:
         self._server = server
         namespaces = "/apis/serving.kserve.io/v1beta1/namespaces"
         self.isvcs = f"{namespaces}/{quote(namespace, safe='')}/inferenceservices"
+        self.collections = {
+            "InferenceService": self.isvcs,
+            "ServingRuntime": f"/apis/serving.kserve.io/v1alpha1/namespaces/{quote(namespace, safe='')}/servingruntimes",
+            "ClusterServingRuntime": "/apis/serving.kserve.io/v1alpha1/clusterservingruntimes",
+        }
 
     def isvc(self, name: str) -> str:
         return f"{self.isvcs}/{quote(name, safe='')}"
+
+    def path(self, kind: str, name: str | None = None) -> str:
+        return self.collections[kind] + ("" if name is None else f"/{quote(name, safe='')}")
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -102,14 +117,26 @@ class Client:
         return response
 
 
-def check_name(name: object) -> str:
-    """``name`` if it is a valid InferenceService name (an RFC 1123 label), else CliError."""
-    from gateway.resources import NAME_PATTERN
+def check_name(name: object, kind: str = "InferenceService") -> str:
+    """``name`` if valid for ``kind`` (an RFC 1123 label; a subdomain for runtimes), else CliError."""
+    from gateway.resources import NAME_PATTERN, SUBDOMAIN_PATTERN
 
-    if not isinstance(name, str) or len(name) > 63 or not re.fullmatch(NAME_PATTERN, name):
-        raise CliError(f"invalid name {name!r}: lowercase letters, digits and '-', "
-                       "starting and ending with a letter or digit, at most 63 characters")
+    if kind == "InferenceService":
+        if not isinstance(name, str) or len(name) > 63 or not re.fullmatch(NAME_PATTERN, name):
+            raise CliError(f"invalid name {name!r}: lowercase letters, digits and '-', "
+                           "starting and ending with a letter or digit, at most 63 characters")
+    elif not isinstance(name, str) or len(name) > 253 or not re.fullmatch(SUBDOMAIN_PATTERN, name):
+        raise CliError(f"invalid name {name!r}: lowercase letters, digits, '-' and '.', "
+                       "each part starting and ending with a letter or digit, at most 253 characters")
     return name
+
+
+def _kind_of(resource: str) -> str:
+    if resource in SR_NAMES:
+        return "ServingRuntime"
+    if resource in CSR_NAMES:
+        return "ClusterServingRuntime"
+    return "InferenceService"
 
 
 def documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -139,23 +166,27 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if not docs:
         raise CliError("no objects passed to apply")
     failed = 0
+    # Runtimes first, so that the InferenceServices of the same files find them.
+    docs.sort(key=lambda d: KINDS[d[1]["kind"]][1] if isinstance(d[1], dict) and d[1].get("kind") in KINDS else 9)
     for path, doc in docs:
         metadata = doc.get("metadata") if isinstance(doc, dict) else None
         name = metadata.get("name") if isinstance(metadata, dict) else None
         kind = doc.get("kind") if isinstance(doc, dict) else None
-        if kind != "InferenceService" or name is None:
+        if kind not in KINDS or name is None:
             what = " ".join(str(part) for part in (kind or "a document", name) if part is not None)
-            print(f"error: {path}: {what}: only InferenceService "
-                  "(serving.kserve.io/v1beta1) with metadata.name can be applied", file=sys.stderr)
+            print(f"error: {path}: {what}: only InferenceService (serving.kserve.io/v1beta1), ServingRuntime "
+                  "and ClusterServingRuntime (serving.kserve.io/v1alpha1) with metadata.name can be applied",
+                  file=sys.stderr)
             failed += 1
             continue
+        printed = KINDS[kind][0]
         try:
-            response = client.request("PUT", client.isvc(check_name(name)), json=doc)
+            response = client.request("PUT", client.path(kind, check_name(name, kind)), json=doc)
         except CliError as exc:
-            print(f"error: inferenceservice.serving.kserve.io/{name}: {exc}", file=sys.stderr)
+            print(f"error: {printed}/{name}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        print(f"inferenceservice.serving.kserve.io/{name} {response.headers.get('mmgw-apply-result', 'configured')}")
+        print(f"{printed}/{name} {response.headers.get('mmgw-apply-result', 'configured')}")
     return 1 if failed else 0
 
 
@@ -215,10 +246,11 @@ def cmd_get(args: argparse.Namespace) -> int:
         else:
             print(placement_table(data))
         return 0
+    kind = _kind_of(args.resource)
     if args.name:
-        items = [client.request("GET", client.isvc(check_name(args.name))).json()]
+        items = [client.request("GET", client.path(kind, check_name(args.name, kind))).json()]
     else:
-        items = client.request("GET", client.isvcs).json()["items"]
+        items = client.request("GET", client.path(kind)).json()["items"]
     if args.output in ("json", "yaml"):
         data = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
         if args.output == "json":
@@ -227,7 +259,11 @@ def cmd_get(args: argparse.Namespace) -> int:
             print(yaml.safe_dump(data, sort_keys=False), end="")
         return 0
     if not items:
-        print(f"No resources found in {args.namespace} namespace.", file=sys.stderr)
+        where = "" if kind == "ClusterServingRuntime" else f" in {args.namespace} namespace"
+        print(f"No resources found{where}.", file=sys.stderr)
+        return 0
+    if kind != "InferenceService":
+        print(runtime_table(items))
         return 0
     rows = [["NAME", "URL", "READY", "REASON", "AGE"]]
     now = time.time()
@@ -241,10 +277,28 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _age_of(item: dict[str, Any]) -> str:
+    created = item.get("metadata", {}).get("creationTimestamp")
+    return age(time.time() - datetime.fromisoformat(created).timestamp()) if created else "-"
+
+
+def runtime_table(items: list[dict[str, Any]]) -> str:
+    """(Cluster)ServingRuntimes as `kubectl get servingruntimes` prints them."""
+    rows = [["NAME", "DISABLED", "MODELTYPE", "CONTAINERS", "AGE"]]
+    for item in items:
+        spec = item.get("spec", {})
+        formats = spec.get("supportedModelFormats") or [{}]
+        rows.append([item["metadata"]["name"], "true" if spec.get("disabled") else "",
+                     formats[0].get("name", ""), ",".join(c.get("name", "") for c in spec.get("containers", [])),
+                     _age_of(item)])
+    return table(rows)
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     client = Client(args.server, args.namespace)
-    client.request("DELETE", client.isvc(check_name(args.name)))
-    print(f'inferenceservice.serving.kserve.io "{args.name}" deleted')
+    kind = _kind_of(args.resource)
+    client.request("DELETE", client.path(kind, check_name(args.name, kind)))
+    print(f'{KINDS[kind][0]} "{args.name}" deleted')
     return 0
 
 
@@ -324,14 +378,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--filename", action="append", required=True, help="YAML file, or - for stdin")
     p.set_defaults(func=cmd_apply)
 
-    p = client_command("get", "show InferenceServices or the placement table")
-    p.add_argument("resource", choices=(*ISVC_NAMES, "placement"))
+    p = client_command("get", "show InferenceServices, (Cluster)ServingRuntimes or the placement table")
+    p.add_argument("resource", choices=(*ISVC_NAMES, *SR_NAMES, *CSR_NAMES, "placement"))
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     p.set_defaults(func=cmd_get)
 
-    p = client_command("delete", "delete an InferenceService")
-    p.add_argument("resource", choices=ISVC_NAMES)
+    p = client_command("delete", "delete an InferenceService or a (Cluster)ServingRuntime")
+    p.add_argument("resource", choices=(*ISVC_NAMES, *SR_NAMES, *CSR_NAMES))
     p.add_argument("name")
     p.set_defaults(func=cmd_delete)
 
