@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import InvalidSpec
 from gateway.protocol import CONCRETE_ID_SEPARATOR
+
+_Resource = TypeVar("_Resource", bound=BaseModel)
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
@@ -147,32 +149,26 @@ class ServingRuntime(_Open):
 
 def parse_serving_runtime(document: Any) -> ServingRuntime:
     """Validate a ServingRuntime or ClusterServingRuntime document."""
-    if not isinstance(document, dict):
-        raise InvalidSpec("a resource must be a mapping with apiVersion, kind, metadata and spec")
-    kind, api_version = document.get("kind"), document.get("apiVersion")
-    if kind not in RUNTIME_KINDS:
-        raise InvalidSpec(f"unsupported kind {kind!r}: expected one of {', '.join(RUNTIME_KINDS)}")
-    if api_version != RUNTIME_API_VERSION:
-        raise InvalidSpec(f"unsupported apiVersion {api_version!r} for {kind}: use {RUNTIME_API_VERSION}")
-    try:
-        return ServingRuntime.model_validate(document)
-    except ValidationError as exc:
-        raise InvalidSpec(f"invalid {kind}: {_describe(exc)}") from None
+    return _parse(document, ServingRuntime, RUNTIME_KINDS, RUNTIME_API_VERSION)
 
 
 def parse_inference_service(document: Any) -> InferenceService:
     """Validate one document; InvalidSpec says which field is wrong and why."""
+    return _parse(document, InferenceService, (KIND,), API_VERSION)
+
+
+def _parse(document: Any, model: type[_Resource], kinds: tuple[str, ...], api_version: str) -> _Resource:
     if not isinstance(document, dict):
         raise InvalidSpec("a resource must be a mapping with apiVersion, kind, metadata and spec")
-    kind, api_version = document.get("kind"), document.get("apiVersion")
-    if kind != KIND:
-        raise InvalidSpec(f"unsupported kind {kind!r}: this gateway accepts {KIND} ({API_VERSION})")
-    if api_version != API_VERSION:
-        raise InvalidSpec(f"unsupported apiVersion {api_version!r} for {KIND}: use {API_VERSION}")
+    kind = document.get("kind")
+    if kind not in kinds:
+        raise InvalidSpec(f"unsupported kind {kind!r}: expected {' or '.join(kinds)} ({api_version})")
+    if document.get("apiVersion") != api_version:
+        raise InvalidSpec(f"unsupported apiVersion {document.get('apiVersion')!r} for {kind}: use {api_version}")
     try:
-        return InferenceService.model_validate(document)
+        return model.model_validate(document)
     except ValidationError as exc:
-        raise InvalidSpec(f"invalid {KIND}: {_describe(exc)}") from None
+        raise InvalidSpec(f"invalid {kind}: {_describe(exc)}") from None
 
 
 def _describe(exc: ValidationError) -> str:
