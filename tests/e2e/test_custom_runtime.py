@@ -1,0 +1,98 @@
+"""The example custom runtime (examples/custom_runtime) end to end: its ServingRuntime and
+InferenceService YAML applied through the API, BYTES in and out through Envoy, REST and gRPC.
+
+Two pods: only the first serves the ``sentiment`` format (``--runtime``), so the
+placement loads the model there.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+import yaml
+
+from examples.custom_runtime import train
+from gateway import launcher
+from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
+from gateway.pod import tensors
+from gateway.pod.model import Tensor
+
+from .conftest import ISVCS, wait_ready
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "custom_runtime"
+SRS = "/apis/serving.kserve.io/v1alpha1/namespaces/modelmesh-serving/servingruntimes"
+RUNTIME = "sentiment=examples.custom_runtime.sentiment_runtime:SentimentRuntime"
+SENTENCES = ["what a wonderful day", "this movie was awful", "i love it", "the service was rude and slow"]
+LABELS = ["positive", "negative", "positive", "negative"]
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.Deployment]:
+    data = tmp_path_factory.mktemp("custom-runtime")
+    train.save(data / "models" / "sentiment.joblib")
+    deployment = launcher.Deployment(data_dir=data, ports=launcher.Ports.free(pods=2),
+                                     pod_args={0: ["--runtime", RUNTIME]})
+    # The pods import examples.custom_runtime from the repository, wherever pytest runs.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PYTHONPATH", path)  # inherited by the pods
+        with deployment, httpx.Client(base_url=deployment.api_url, timeout=30) as api:
+            runtime = yaml.safe_load((EXAMPLE / "servingruntime.yaml").read_text())
+            api.put(f"{SRS}/sentiment-runtime", json=runtime).raise_for_status()
+            isvc = yaml.safe_load((EXAMPLE / "inferenceservice.yaml").read_text())
+            api.put(f"{ISVCS}/sentiment", json=isvc).raise_for_status()
+            item = wait_ready(api, "sentiment")
+            assert item["status"]["conditions"][0]["status"] == "True", item["status"]
+            assert item["status"]["runtime"] == {"kind": "ServingRuntime", "name": "sentiment-runtime"}
+            yield deployment
+    for process in deployment.processes:
+        assert process.popen.poll() is not None
+
+
+def test_rest_bytes_in_protobuf_json(running: launcher.Deployment) -> None:
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(SENTENCES)],
+                        "contents": {"bytes_contents": [_b64(s) for s in SENTENCES]}}]}
+    with httpx.Client(base_url=running.url, timeout=30) as rest:
+        response = rest.post("/v2/models/sentiment/infer", json=body)
+        assert response.status_code == 200, response.text
+        (output,) = response.json()["outputs"]
+        assert (output["name"], output["datatype"], output["shape"]) == ("label", "BYTES", [str(len(SENTENCES))])
+        assert output["contents"]["bytesContents"] == [_b64(label) for label in LABELS]
+
+        metadata = rest.get("/v2/models/sentiment").json()
+        assert metadata["platform"] == "sentiment"
+        assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": ["-1"]}]
+        assert metadata["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": ["-1"]}]
+
+        wrong = dict(body["inputs"][0], datatype="FP32", contents={"fp32_contents": [1.0] * len(SENTENCES)})
+        response = rest.post("/v2/models/sentiment/infer", json={"inputs": [wrong]})
+        assert response.status_code == 400
+        assert "datatype 'FP32' given, model expects 'BYTES'" in response.text
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_grpc_bytes(running: launcher.Deployment, raw: bool) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{running.ports.envoy}") as channel:
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        request = tensors.make_request("sentiment", [Tensor.of("text", SENTENCES, "BYTES")], raw=raw)
+        (label,) = tensors.decode_response(stub.ModelInfer(request, timeout=30))
+    assert (label.name, label.datatype) == ("label", "BYTES")
+    assert label.array.tolist() == [s.encode() for s in LABELS]
+
+
+def test_the_model_is_on_the_pod_that_serves_its_format(running: launcher.Deployment) -> None:
+    custom_pod, plain_pod = running.ports.pod_addresses
+    table = {p["pod"]: p for p in httpx.get(f"{running.api_url}/v1/placement", timeout=30).json()["pods"]}
+    assert [m["state"] for m in table[custom_pod]["models"]] == ["LOADED"]
+    assert table[plain_pod]["models"] == []
