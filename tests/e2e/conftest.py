@@ -76,3 +76,27 @@ def api(deployment: launcher.Deployment) -> Iterator[httpx.Client]:
 def stub(deployment: launcher.Deployment) -> Iterator[v2_grpc.GRPCInferenceServiceStub]:
     with grpc.insecure_channel(f"127.0.0.1:{deployment.ports.envoy}") as channel:
         yield v2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def inference_service(name: str, model_format: str, path: str) -> dict[str, object]:
+    """An InferenceService document for a model file in PVC my-models-pvc."""
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": name,
+            "namespace": "modelmesh-serving",
+            "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh"},
+        },
+        "spec": {
+            "predictor": {
+                "model": {
+                    "modelFormat": {"name": model_format},
+                    "storage": {
+                        "parameters": {"type": "pvc", "name": "my-models-pvc"},
+                        "path": path,
+                    },
+                }
+            }
+        },
+    }

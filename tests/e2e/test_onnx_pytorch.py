@@ -21,7 +21,7 @@ from gateway.pod import tensors
 from gateway.pod.model import Tensor
 
 from ..pod import graphs
-from .conftest import ISVCS, wait_ready
+from .conftest import ISVCS, inference_service, wait_ready
 
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning"
@@ -36,29 +36,6 @@ SIDECAR = {
 }
 
 
-def _isvc(name: str, model_format: str, path: str) -> dict[str, object]:
-    return {
-        "apiVersion": "serving.kserve.io/v1beta1",
-        "kind": "InferenceService",
-        "metadata": {
-            "name": name,
-            "namespace": "modelmesh-serving",
-            "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh"},
-        },
-        "spec": {
-            "predictor": {
-                "model": {
-                    "modelFormat": {"name": model_format},
-                    "storage": {
-                        "parameters": {"type": "pvc", "name": "my-models-pvc"},
-                        "path": path,
-                    },
-                }
-            }
-        },
-    }
-
-
 @pytest.fixture(scope="module")
 def models(deployment: launcher.Deployment) -> Iterator[dict[str, Path]]:
     """Both InferenceServices, ready; the model files by name. Deleted afterwards."""
@@ -68,8 +45,8 @@ def models(deployment: launcher.Deployment) -> Iterator[dict[str, Path]]:
     (root / "pytorch-dense" / "model.json").write_text(json.dumps(SIDECAR))
     with httpx.Client(base_url=deployment.api_url, timeout=30) as api:
         try:
-            onnx_isvc = _isvc(ONNX_NAME, "onnx", "onnx-dense")
-            torch_isvc = _isvc(TORCH_NAME, "pytorch", "pytorch-dense/model.pt")
+            onnx_isvc = inference_service(ONNX_NAME, "onnx", "onnx-dense")
+            torch_isvc = inference_service(TORCH_NAME, "pytorch", "pytorch-dense/model.pt")
             api.put(f"{ISVCS}/{ONNX_NAME}", json=onnx_isvc).raise_for_status()
             api.put(f"{ISVCS}/{TORCH_NAME}", json=torch_isvc).raise_for_status()
             for name in (ONNX_NAME, TORCH_NAME):

@@ -21,7 +21,7 @@ from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway.pod import tensors
 from gateway.pod.model import Tensor
 
-from .conftest import ISVCS, wait_ready
+from .conftest import ISVCS, inference_service, wait_ready
 
 XGB_NAME = "xgboost-iris"
 LGB_NAME = "lightgbm-iris"
@@ -31,29 +31,6 @@ FORMATS = {
     LGB_NAME: ("lightgbm", "lightgbm-iris", "FP64", "fp64Contents"),
 }
 ROWS = load_iris().data[::30].astype(np.float32)  # 5 rows, all three classes
-
-
-def _isvc(name: str, model_format: str, path: str) -> dict[str, object]:
-    return {
-        "apiVersion": "serving.kserve.io/v1beta1",
-        "kind": "InferenceService",
-        "metadata": {
-            "name": name,
-            "namespace": "modelmesh-serving",
-            "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh"},
-        },
-        "spec": {
-            "predictor": {
-                "model": {
-                    "modelFormat": {"name": model_format},
-                    "storage": {
-                        "parameters": {"type": "pvc", "name": "my-models-pvc"},
-                        "path": path,
-                    },
-                }
-            }
-        },
-    }
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +50,7 @@ def expected(
     lgb.booster_.save_model(models / "lightgbm-iris" / "model.bst")
     try:
         for name, (model_format, folder, _, _) in FORMATS.items():
-            api.put(f"{ISVCS}/{name}", json=_isvc(name, model_format, folder)).raise_for_status()
+            api.put(f"{ISVCS}/{name}", json=inference_service(name, model_format, folder)).raise_for_status()
         for name in FORMATS:
             item = wait_ready(api, name)
             assert item["status"]["conditions"][0]["status"] == "True", item["status"]
@@ -162,7 +139,7 @@ def test_a_cut_short_model_fails_to_load_and_the_pods_go_on(
     folder.mkdir(parents=True, exist_ok=True)
     whole = (deployment.data_dir / "models" / "xgboost-iris" / "model.ubj").read_bytes()
     (folder / "model.ubj").write_bytes(whole[:65])
-    api.put(f"{ISVCS}/xgboost-cut", json=_isvc("xgboost-cut", "xgboost", "xgboost-cut"))
+    api.put(f"{ISVCS}/xgboost-cut", json=inference_service("xgboost-cut", "xgboost", "xgboost-cut"))
     try:
         item = wait_ready(api, "xgboost-cut")
         condition = item["status"]["conditions"][0]
