@@ -127,7 +127,7 @@ async def test_restart_keeps_registrations_and_adopts_loaded_copies(tmp_path: Pa
     h = await harness(tmp_path)
     record, _ = await h.registry.apply(isvc())
     await settle()
-    h.store.close()
+    await h.store.close()
     # A new gateway over the same store and the same (still running) pods.
     again = await harness(tmp_path, h.pods)
     assert [r.name for r in again.registry.list()] == ["sklearn-mnist"]

@@ -185,7 +185,7 @@ async def test_runtimes_are_stored_restored_applied_and_deleted(tmp_path: Path) 
     cluster, _ = await h.registry.apply_runtime(runtime("shared", SK, kind="ClusterServingRuntime"))
     assert "namespace" not in cluster.manifest["metadata"]
     assert set(await h.store.items("")) == {"servingruntimes/peft-model-server", "clusterservingruntimes/shared"}
-    h.store.close()
+    await h.store.close()
 
     again = await harness(tmp_path, h.pods)
     assert again.registry.runtimes.get("ServingRuntime", "peft-model-server").runtime.spec.disabled
@@ -283,7 +283,7 @@ async def test_a_named_runtime_that_is_missing_or_wrong(tmp_path: Path) -> None:
 async def test_a_model_without_runtime_stays_unregistered_after_a_restart(tmp_path: Path) -> None:
     h = await harness(tmp_path)
     rec, _ = await h.registry.apply(isvc_of("peft", "peft-model"))
-    h.store.close()
+    await h.store.close()
     again = await harness(tmp_path, h.pods)
     assert not again.placement.is_registered(rec.serving.model_id)
     assert again.registry.status(again.registry.get("peft"))["conditions"][0]["reason"] == "NoSupportingRuntime"
