@@ -25,7 +25,8 @@ from gateway.registry import Registry, RegistrySettings
 from gateway.router import Router
 from gateway.settings import GatewaySettings
 from gateway.storage import StorageRoots
-from gateway.store import EmbeddedStore
+from gateway.replicas import PodPool, StoreCoordinator
+from gateway.store import StoreUnavailable, open_store
 
 log = logging.getLogger("gateway")
 
@@ -41,7 +42,9 @@ class _ApiServer(uvicorn.Server):
 async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None) -> None:
     """Run the gateway until ``stop`` is set (or the task is cancelled)."""
     stop = stop or asyncio.Event()
-    store = EmbeddedStore(settings.data_dir / "registry.db")
+    store = open_store(settings.store, settings.data_dir)
+    coordinator = StoreCoordinator(store)
+    await coordinator.start()  # fails at once, naming the store, if it cannot be reached
     pods = GrpcPodClient()
     metrics = Metrics()
     placement = Placement(
@@ -54,10 +57,10 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
             copy_rate_threshold=settings.copy_rate_threshold,
         ),
         events=metrics,
+        coordinator=coordinator,
     )
     metrics.watch(placement)
-    for address in settings.pods:
-        placement.add_pod(address)
+    pool = PodPool(store, placement)
     registry = Registry(
         store,
         placement,
@@ -70,8 +73,12 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     )
     # Registered models first, then the pods: a pod's loaded models are adopted
     # only if they are registered.
+    followers = registry.followers()
+    for mirror in [*followers, pool.mirror]:
+        await mirror.sync()
     await registry.restore()
     await placement.check_pods()
+    pool.wake()
 
     processor = ExternalProcessor(Router(registry, placement), miss_timeout=settings.load_timeout_seconds + 10)
     extproc = ExtProcServer(processor, settings.extproc_host, settings.extproc_port)
@@ -90,11 +97,13 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     tasks = [
         asyncio.create_task(api.serve(), name="management API"),
         asyncio.create_task(placement.watch_pods(), name="pod health"),
+        asyncio.create_task(coordinator.run(), name="replica coordination"),
+        *(asyncio.create_task(m.run(), name=f"mirror {m.prefix}") for m in [*followers, pool.mirror]),
     ]
     log.info(
-        "gateway ready: ext_proc on %s:%d, management API on http://%s:%d, %d pods, data in %s",
+        "gateway ready: ext_proc on %s:%d, management API on http://%s:%d, store %s, %d pods registered",
         settings.extproc_host, settings.extproc_port, settings.api_host, settings.api_port,
-        len(settings.pods), settings.data_dir,
+        store.description, len(pool.mirror.items),
     )
     try:
         done, _ = await asyncio.wait(
@@ -112,8 +121,9 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await registry.close()
+        await coordinator.stop()
         await pods.close()
-        store.close()
+        await store.close()
 
 
 def main(settings: GatewaySettings) -> None:
@@ -130,7 +140,11 @@ def main(settings: GatewaySettings) -> None:
         await serve(settings, stop=stop)
 
     with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
-        runner.run(run())
+        try:
+            runner.run(run())
+        except StoreUnavailable as exc:
+            log.error("cannot start: %s", exc.message)
+            raise SystemExit(1) from None
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

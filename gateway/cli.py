@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -312,7 +313,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     given = {
         "data_dir": args.data_dir, "api_host": args.api_host, "api_port": args.api_port,
         "extproc_host": args.extproc_host, "extproc_port": args.extproc_port,
-        "pods": tuple(args.pods) if args.pods else None, "pvcs": dict(args.pvc) if args.pvc else None,
+        "store": args.store, "pvcs": dict(args.pvc) if args.pvc else None,
         "public_url": args.public_url, "namespace": args.namespace, "log_level": args.log_level,
     }
     app.main(GatewaySettings(**{k: v for k, v in given.items() if v is not None}))
@@ -325,12 +326,13 @@ def cmd_pod(args: argparse.Namespace) -> int:
 
     server.main(
         server.PodSettings(
-            host=args.host, port=args.port, capacity_bytes=args.capacity, pod_id=args.id or f"pod-{args.port}",
+            host=args.host, port=args.port, capacity_bytes=args.capacity, pod_id=args.id or f"{socket.gethostname()}-{args.port}",
             max_loading_concurrency=args.max_loading_concurrency,
             model_loading_timeout_ms=args.model_loading_timeout_ms,
             unload_drain_seconds=args.unload_drain_seconds,
             size_multiplier=args.size_multiplier, max_message_bytes=args.max_message_bytes,
             runtimes={**BUILTIN_RUNTIMES, **dict(args.runtime or ())},
+            store=args.store, data_dir=args.data_dir, advertise=args.advertise, runtime_name=args.runtime_name,
         )
     )
     return 0
@@ -395,7 +397,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--api-port", type=int)
     p.add_argument("--extproc-host")
     p.add_argument("--extproc-port", type=int)
-    p.add_argument("--pods", nargs="+", metavar="HOST:PORT", help="runtime pods' gRPC addresses")
+    p.add_argument("--store", metavar="URL",
+                   help="embedded (default: SQLite under --data-dir) or etcd://HOST:PORT; env MMGW_STORE")
     p.add_argument("--pvc", action="append", type=_pvc, metavar="NAME=DIR", help="map a PVC name to a folder")
     p.add_argument("--public-url", help="Envoy's URL, shown in InferenceService status")
     p.add_argument("--namespace")
@@ -417,6 +420,13 @@ def parser() -> argparse.ArgumentParser:
                    help="PredictModelSize = bytes on disk x this (default %(default)s)")
     p.add_argument("--max-message-bytes", type=quantity, default=64 << 20,
                    help="gRPC send and receive limit (64Mi, ...; default %(default)s)")
+    p.add_argument("--store", default=os.environ.get("MMGW_STORE", ""), metavar="URL",
+                   help="register in this store: embedded (under --data-dir) or etcd://HOST:PORT; env MMGW_STORE")
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MMGW_DATA_DIR", ".mmgw")),
+                   help="the gateway's data folder, for --store embedded")
+    p.add_argument("--advertise", default="", metavar="HOST:PORT",
+                   help="the address gateways and Envoy reach this pod at (default: this host's IP and --port)")
+    p.add_argument("--runtime-name", default="", help="the ServingRuntime this pod serves (default: any)")
     p.set_defaults(func=cmd_pod)
 
     p = sub.add_parser("envoy", help="run Envoy with envoy/envoy.yaml rendered for these ports")
@@ -426,7 +436,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--extproc", default="127.0.0.1:9000", metavar="HOST:PORT")
     p.add_argument("--max-request-bytes", type=quantity, default=16 << 20)
     p.add_argument("--pods", nargs="+", metavar="HOST:PORT", default=list(DEFAULT_PODS),
-                   help="the runtime pods' addresses, as given to `mmgw serve --pods`")
+                   help="the runtime pods' addresses (Envoy's endpoints; the pods register them in the store)")
     p.add_argument("--data-dir", type=Path, default=Path(".mmgw"))
     p.set_defaults(func=cmd_envoy)
 

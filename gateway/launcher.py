@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,6 +100,8 @@ class Deployment:
     gateway_env: dict[str, str] = field(default_factory=dict)
     pod_args: dict[int, list[str]] = field(default_factory=dict)  # extra `mmgw pod` arguments per pod index
     log_to: IO[str] | None = None  # None: each process logs to <data_dir>/logs/<name>.log
+    store: str = "embedded"  # or etcd://HOST:PORT; pods register there, the gateway reads it
+    own_pods: bool = True  # False: another Deployment's pods (a second gateway replica on one etcd)
     processes: list[Process] = field(default_factory=list)
 
     @property
@@ -121,13 +124,15 @@ class Deployment:
         self.stop()
 
     def start(self, timeout: float = 60.0) -> None:
-        for i, port in enumerate(self.ports.pods):
-            self.start_pod(i, port)
+        if self.own_pods:
+            for i, port in enumerate(self.ports.pods):
+                self.start_pod(i, port)
         self.start_gateway()
         self.start_envoy()
         deadline = time.monotonic() + timeout
-        for i, port in enumerate(self.ports.pods):
-            self._wait(f"pod-{i}", lambda port=port: listening(port), deadline)
+        if self.own_pods:
+            for i, port in enumerate(self.ports.pods):
+                self._wait(f"pod-{i}", lambda port=port: listening(port), deadline)
         self._wait("gateway", self._gateway_sees_every_pod, deadline)
         self.wait_for_envoy(deadline - time.monotonic())
 
@@ -145,7 +150,8 @@ class Deployment:
         return self._spawn(
             f"pod-{index}",
             [sys.executable, "-m", "gateway.cli", "pod", "--port", str(port),
-             "--capacity", str(self.pod_capacity), "--id", f"pod-{index}", *self.pod_args.get(index, [])],
+             "--capacity", str(self.pod_capacity), "--id", f"pod-{index}",
+             "--store", self.store, "--data-dir", str(self.data_dir), *self.pod_args.get(index, [])],
         )
 
     def start_gateway(self) -> Process:
@@ -155,7 +161,7 @@ class Deployment:
             "--api-port", str(self.ports.api),
             "--extproc-port", str(self.ports.extproc),
             "--public-url", self.url,
-            "--pods", *self.ports.pod_addresses,
+            "--store", self.store,
         ]
         return self._spawn("gateway", args, env=self.gateway_env)
 
@@ -202,7 +208,8 @@ class Deployment:
         process = self.process(name)
         while not ready():
             if process.popen.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.popen.returncode}; see {process.log}")
+                raise RuntimeError(f"{name} exited with {process.popen.returncode}; see {process.log}"
+                                   f"{_tail(process.log)}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} did not become ready; see {process.log}")
             time.sleep(0.05)
@@ -217,6 +224,59 @@ class Deployment:
         for process in reversed(self.processes):
             _stop(process.popen, signal.SIGTERM, 10.0)
         self.processes.clear()
+
+
+@dataclass
+class EtcdServer:
+    """A single-member etcd on loopback ports with its own data folder (Debian's etcd-server).
+
+    ``stop`` and ``start`` again keep the data: a restart, as after an outage.
+    """
+
+    data_dir: Path
+    client_port: int = field(default_factory=free_port)
+    peer_port: int = field(default_factory=free_port)
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"etcd://127.0.0.1:{self.client_port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        binary = shutil.which("etcd")
+        if binary is None:
+            raise FileNotFoundError("etcd is not installed: `apt-get install etcd-server` (.ci/run does it)")
+        client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir.with_suffix(".log"), "ab")
+        self.popen = subprocess.Popen(
+            [binary, "--name", "mmgw", "--data-dir", str(self.data_dir / "data"),
+             "--listen-client-urls", client, "--advertise-client-urls", client,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"mmgw={peer}", "--log-level", "warn"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not _http_ok(f"{client}/health"):
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.popen.returncode}; see {self.data_dir.with_suffix('.log')}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("etcd did not become healthy")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.popen is not None:
+            _stop(self.popen, signal.SIGTERM, 10.0)
+            self.popen = None
+
+    def __enter__(self) -> EtcdServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def _stop(popen: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
@@ -251,6 +311,14 @@ def port_taken(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return True
     return False
+
+
+def _tail(log: Path, lines: int = 8) -> str:
+    """The end of a log, to quote in an error."""
+    with contextlib.suppress(OSError):
+        text = log.read_text(errors="replace").strip().splitlines()[-lines:]
+        return ":\n  " + "\n  ".join(text) if text else ""
+    return ""
 
 
 def _http_ok(url: str) -> bool:

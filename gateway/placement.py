@@ -17,6 +17,7 @@ The hot path is ``lookup``: dict reads and two integer increments.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -29,6 +30,7 @@ from gateway import picker
 from gateway.domain import Copy, CopyState, ModelSpec, ModelState, ModelStatus, PodView
 from gateway.errors import LoadFailed, ModelFormatError, ModelNotFound, NoCapacity, Unavailable
 from gateway.load_queue import LoadQueue
+from gateway.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,34 @@ class _NoRoomNow(Unavailable):
 
 class _NoPods(Unavailable):
     """No pod is healthy (yet)."""
+
+
+class Coordinator(Protocol):
+    """What the engine must agree on with other gateway replicas (gateway.replicas does it in the store).
+
+    ``claim`` takes the right to load a model (False: another replica is
+    loading it); ``leader`` says whether this replica makes the decisions that
+    must be made once: adding copies, fitting over-full pods, unloading what
+    nobody registered.
+    """
+
+    async def claim(self, model_id: str) -> bool: ...
+
+    async def release(self, model_id: str) -> None: ...
+
+    def leader(self) -> bool: ...
+
+
+class Solo:
+    """One gateway alone: every claim is won, and it is the leader."""
+
+    async def claim(self, model_id: str) -> bool:
+        return True
+
+    async def release(self, model_id: str) -> None: ...
+
+    def leader(self) -> bool:
+        return True
 
 
 class PlacementEvents(Protocol):
@@ -106,6 +136,10 @@ class PlacementSettings:
     max_queue_gap: int = 4  # a pod whose load queue is this much longer than the shortest is skipped
     rate_skew: float = 4.0  # a pod serving this many times the mean request rate is skipped
     eviction_half_life: float = 600.0  # seconds for a model's request count to halve; 0: plain LRU
+    # A pod's own list of its models may lag a load that just finished: a copy
+    # younger than this is not dropped for missing from it.
+    report_grace: float = 2.0
+    stranger_grace: float = 5.0  # seconds a model nobody registered may stay on a pod before it is unloaded
 
 
 @dataclass(slots=True)
@@ -139,6 +173,10 @@ class _Pod:
     model_types: tuple[str, ...] = ()
     healthy: bool = False
     copies: dict[str, _Entry] = field(default_factory=dict)
+    reported: dict[str, int] = field(default_factory=dict)  # the pod's own list: model id -> size
+    unloading: set[str] = field(default_factory=set)  # unloads sent and not yet gone from its list
+    runtime: str = ""  # the ServingRuntime the pod serves ("" : any)
+    name: str = ""  # as it registered (its pod id)
 
     def view(self) -> PodView:
         loaded = [e.last_used for e in self.copies.values() if e.state is CopyState.LOADED]
@@ -168,6 +206,7 @@ class _Model:
     ever_loaded: bool = False
     deferred: bool = False  # a proactive load found no room: it loads on demand
     size: int = 0  # real size once a pod has loaded it; until then the prediction
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set when a pod reports a new copy
     last_error: str = ""
     requests: int = 0  # requests routed to any copy, ever
     demand: float = 0.0  # requests, decayed with eviction_half_life, as of demand_at
@@ -188,8 +227,11 @@ class Placement:
         *,
         clock: Callable[[], float] = time.monotonic,
         events: PlacementEvents | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self._client = client
+        self._coordinator: Coordinator = coordinator or Solo()
+        self._strangers: dict[tuple[str, str], float] = {}  # (pod, model id) -> first seen unregistered
         self._settings = settings
         self._half_life = settings.eviction_half_life
         self._clock = clock
@@ -202,9 +244,42 @@ class Placement:
 
     # -- pods ------------------------------------------------------------
 
-    def add_pod(self, address: str) -> None:
-        """Add a pod; it serves once the health monitor has seen it."""
-        self._pods.setdefault(address, _Pod(address, address, LoadQueue(self._settings.loads_per_pod)))
+    def add_pod(self, address: str, name: str = "", runtime: str = "") -> None:
+        """Add a pod (as it registered); it serves once the health monitor has seen it."""
+        pod = self._pods.get(address)
+        if pod is None:
+            pod = self._pods[address] = _Pod(address, address, LoadQueue(self._settings.loads_per_pod))
+        pod.name, pod.runtime = name or address, runtime
+
+    def remove_pod(self, address: str) -> None:
+        """A pod left the pool (its registration is gone): its copies go with it."""
+        pod = self._pods.pop(address, None)
+        if pod is not None:
+            log.info("pod %s left the pool with %d copies", pod.pod, len(pod.copies))
+            self._lose_copies(pod)
+
+    def observe(self, address: str, models: Mapping[str, int]) -> None:
+        """A pod's own list of what it holds (from its registration): take in loads
+        and evictions other gateway replicas made there."""
+        pod = self._pods.get(address)
+        if pod is None:
+            return
+        pod.reported = dict(models)
+        pod.unloading &= pod.reported.keys()
+        if not pod.healthy:
+            return
+        now = self._clock()
+        for model_id, entry in list(pod.copies.items()):
+            if (entry.state is CopyState.LOADED and model_id not in models
+                    and now - entry.loaded_at > self._settings.report_grace):
+                log.info("%s is gone from pod %s (unloaded by another gateway replica)", model_id, pod.pod)
+                self._drop(pod, model_id)
+        for model_id, size in models.items():
+            model = self._models.get(model_id)
+            if model is not None and model_id not in pod.copies and model_id not in pod.unloading:
+                self._put(pod, model, CopyState.LOADED, size, now)
+                model.ever_loaded, model.size = True, size
+                model.arrived.set()
 
     def any_healthy_pod(self) -> str:
         for pod in self._pods.values():
@@ -228,10 +303,7 @@ class Placement:
         except Exception as exc:  # any failure to answer means the pod is gone
             if pod.healthy:
                 log.warning("pod %s is unreachable (%s): dropping its %d copies", pod.pod, exc, len(pod.copies))
-                pod.healthy = False
-                for model_id in list(pod.copies):
-                    self._drop(pod, model_id)
-                    self._events.evicted(model_id, pod.pod, "pod lost")
+                self._lose_copies(pod)
             return
         pod.capacity, pod.model_types = status.capacity, status.model_types
         if not pod.healthy:
@@ -243,20 +315,25 @@ class Placement:
                     self.load_in_background(model_id)
         for model_id, entry in pod.copies.items():
             entry.inflight = status.inflight.get(model_id, 0)
+        pod.reported = dict(status.loaded)
+        pod.unloading &= pod.reported.keys()
 
     async def _reconcile(self, pod: _Pod, status: PodStatus) -> None:
-        """Adopt what a (re)joining pod already holds; unload what nobody registered."""
+        """Adopt what a (re)joining pod already holds (what nobody registered goes in ``tick``)."""
         for model_id in [m for m in pod.copies if m not in status.loaded]:
             self._drop(pod, model_id)
         now = self._clock()
         for model_id, size in status.loaded.items():
             model = self._models.get(model_id)
-            if model is None:
-                log.info("unloading %s from pod %s: no longer registered", model_id, pod.pod)
-                await self._unload_quietly(pod, model_id)
-            elif model_id not in pod.copies:
+            if model is not None and model_id not in pod.copies and model_id not in pod.unloading:
                 self._put(pod, model, CopyState.LOADED, size, now)
                 model.ever_loaded = True
+
+    def _lose_copies(self, pod: _Pod) -> None:
+        pod.healthy = False
+        for model_id in list(pod.copies):
+            self._drop(pod, model_id)
+            self._events.evicted(model_id, pod.pod, "pod lost")
 
     def tick(self) -> None:
         """Update request rates and add a copy where traffic per copy stays high."""
@@ -269,9 +346,12 @@ class Placement:
                 per_second = (entry.routed - entry.routed_at_tick) / elapsed
                 entry.routed_at_tick = entry.routed
                 entry.rate = 0.5 * entry.rate + 0.5 * per_second
+        if not self._coordinator.leader():
+            return  # the leader replica adds copies, fits pods and unloads strangers
         for pod in self._pods.values():
             if pod.healthy and pod.capacity and pod.view().used > pod.capacity:
                 asyncio.ensure_future(self._fit(pod))
+        self._unload_strangers(now)
         threshold = self._settings.copy_rate_threshold
         for model in self._models.values():
             loaded = model.loaded()
@@ -280,6 +360,23 @@ class Placement:
             if model.hot_ticks >= self._settings.scale_ticks and model.adding is None and model.loading is None:
                 model.hot_ticks = 0
                 model.adding = asyncio.ensure_future(self._scale_up(model))
+
+    def _unload_strangers(self, now: float) -> None:
+        """Unload models that pods hold but nobody has registered for ``stranger_grace`` seconds
+        (deleted while a pod was away, or left by a replica that died)."""
+        seen = set()
+        for pod in self._pods.values():
+            if not pod.healthy:
+                continue
+            for model_id in pod.reported.keys() - self._models.keys() - pod.unloading:
+                key = (pod.address, model_id)
+                seen.add(key)
+                first = self._strangers.setdefault(key, now)
+                if now - first >= self._settings.stranger_grace:
+                    log.info("unloading %s from pod %s: no longer registered", model_id, pod.pod)
+                    pod.unloading.add(model_id)
+                    asyncio.ensure_future(self._unload_quietly(pod, model_id))
+        self._strangers = {k: v for k, v in self._strangers.items() if k in seen}
 
     async def _scale_up(self, model: _Model) -> None:
         try:
@@ -312,6 +409,14 @@ class Placement:
             pod = self._pods[pod_name]
             self._drop(pod, model_id)
             await self._unload_quietly(pod, model_id)
+
+    def forget(self, model_id: str) -> None:
+        """Take a model off the table without unloading it: another replica unregistered
+        it and unloads its copies."""
+        model = self._models.pop(model_id, None)
+        if model is not None:
+            for pod_name in list(model.copies):
+                self._drop(self._pods[pod_name], model_id)
 
     def status(self, model_id: str) -> ModelStatus:
         model = self._models.get(model_id)
@@ -464,9 +569,34 @@ class Placement:
             return
         if isinstance(error, _NoPods) and not urgent:
             return  # still Pending: loaded when a pod becomes healthy
+        if isinstance(error, StoreUnavailable):
+            return  # nothing is wrong with the model: the next request tries again
         model.last_error = getattr(error, "message", str(error)) if error else ""
 
     async def _load(self, model: _Model) -> str:
+        """Load the model's first copy once across gateway replicas: the replica that
+        claims it loads; the others wait for the copy to show up in the pod's list."""
+        model_id = model.spec.model_id
+        deadline = self._clock() + self._settings.load_timeout
+        while not await self._coordinator.claim(model_id):
+            model.arrived.clear()
+            if loaded := model.loaded():
+                return loaded[0].pod
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(model.arrived.wait(), 0.5)
+            if loaded := model.loaded():
+                return loaded[0].pod
+            if self._clock() > deadline:
+                raise Unavailable(f"another gateway replica is still loading model '{model_id}'")
+        try:
+            if loaded := model.loaded():  # loaded by another replica meanwhile
+                return loaded[0].pod
+            return await self._load_claimed(model)
+        finally:
+            with contextlib.suppress(StoreUnavailable):  # the claim's lease ends it anyway
+                await self._coordinator.release(model_id)
+
+    async def _load_claimed(self, model: _Model) -> str:
         spec = model.spec
         now = self._clock()
         expiry = self._settings.failure_expiry
@@ -646,9 +776,11 @@ class Placement:
             model.copies.pop(pod.pod, None)
 
     async def _unload_quietly(self, pod: _Pod, model_id: str) -> None:
+        pod.unloading.add(model_id)  # until the pod's own list no longer has it
         try:
             await self._client.unload(pod.address, model_id)
         except Exception as exc:  # the copy is gone from the table either way
+            pod.unloading.discard(model_id)
             log.warning("unloading %s from pod %s failed: %s", model_id, pod.pod, exc)
 
     # -- views -----------------------------------------------------------
@@ -661,6 +793,8 @@ class Placement:
             view = pod.view()
             pods.append({
                 "pod": pod.pod,
+                "name": pod.name or pod.pod,
+                "runtime": pod.runtime,
                 "healthy": pod.healthy,
                 "capacity_bytes": view.capacity,
                 "used_bytes": view.used,
@@ -686,7 +820,7 @@ class Placement:
             model_id: {"state": self.status(model_id).state.value, "copies": sorted(m.copies), "requests": m.requests}
             for model_id, m in sorted(self._models.items())
         }
-        return {"pods": pods, "models": models}
+        return {"leader": self._coordinator.leader(), "pods": pods, "models": models}
 
     def _failures_on(self, pod: str) -> list[tuple[str, float, LoadFailed]]:
         found = [(model_id, *m.failures[pod]) for model_id, m in self._models.items() if pod in m.failures]

@@ -16,8 +16,10 @@ and a request for it gets ModelNotFound saying why.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -25,9 +27,11 @@ from gateway.domain import ModelSpec, ModelState
 from gateway.errors import GatewayError, InvalidSpec, ModelNotFound
 from gateway.placement import Placement
 from gateway.resources import InferenceService, parse_inference_service
+from gateway.serving_runtimes import PREFIXES as RUNTIME_PREFIXES
 from gateway.serving_runtimes import RuntimeCatalog, RuntimeRecord, Selection
 from gateway.storage import StorageRoots, size_on_disk
 from gateway.store import Store
+from gateway.sync import Mirror
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +103,68 @@ class Registry:
                 self._start_rollout(record)
         log.info("restored %d InferenceServices", len(self._records))
 
+    def followers(self) -> list[Mirror]:
+        """Mirrors of the registry's prefixes: run them to see other replicas' applies and deletes."""
+        mirrors = [
+            Mirror(self._store, prefix, functools.partial(self._absorb_runtime, kind))
+            for kind, prefix in RUNTIME_PREFIXES.items()
+        ]
+        return [*mirrors, Mirror(self._store, _PREFIX, self._absorb)]
+
+    def _absorb(self, name: str, _: Any, data: dict[str, Any] | None) -> None:
+        """An InferenceService written by any replica (this one's own writes come back too:
+        while one is in progress, the change is taken in after it, when it is no news)."""
+        if self._writing.locked():
+            self._background(self._absorb_locked(name, data))
+            return
+        old = self._records.get(name)
+        if data is None:
+            if old is not None:
+                log.info("%s was deleted on another gateway replica", name)
+                del self._records[name]
+                self._selections.pop(name, None)
+                for key in (name, old.serving.model_id, old.target.model_id):
+                    self._routes.pop(key, None)
+                for spec in {old.serving, old.target}:
+                    self._placement.forget(spec.model_id)
+            return
+        record = Record.from_json(name, data)
+        if record == old:
+            return
+        self._records[name] = record
+        self._selections[name] = self.runtimes.select(self._isvc(record).model)
+        if not self._servable(name):
+            return
+        for spec in {record.serving, record.target}:
+            self._placement.register(spec, standby=True)
+        if old is not None:
+            self._routes.pop(old.serving.model_id, None)
+            for spec in {old.serving, old.target} - {record.serving, record.target}:
+                self._placement.forget(spec.model_id)
+        self._index(record)
+
+    async def _absorb_locked(self, name: str, data: dict[str, Any] | None) -> None:
+        async with self._writing:
+            current = self._records.get(name)
+            if data is not None and current is not None and Record.from_json(name, data) == current:
+                return
+            if data is None and current is None:
+                return
+        self._absorb(name, None, data)
+
+    def _absorb_runtime(self, kind: str, name: str, _: Any, data: dict[str, Any] | None) -> None:
+        if self.runtimes.absorb(kind, name, data):
+            self._background(self._reselect_locked())
+
+    async def _reselect_locked(self) -> None:
+        async with self._writing:
+            await self._reselect()
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._rollouts.add(task)
+        task.add_done_callback(self._rollouts.discard)
+
     def resolve(self, name: str) -> str:
         """The concrete model id a request for ``name`` goes to."""
         try:
@@ -141,21 +207,25 @@ class Registry:
         if old is not None and old.target == spec and old.manifest == manifest:
             return old, "unchanged"
         was_servable = old is not None and self._servable(old.name)
-        self._selections[isvc.name] = selection
+        # The store first: if it cannot be written (etcd down), nothing has changed here.
         if old is None or not was_servable or selection.runtime is None:
             # No copy serves it now, or none may: start over with the new spec.
+            record = Record(isvc.name, manifest, old.created if old else time.time(), spec, spec)
+            await self._store.put(_PREFIX + record.name, record.to_json())
+            self._selections[isvc.name] = selection
             if old is not None:
                 await self._withdraw(old)
-            record = Record(isvc.name, manifest, old.created if old else time.time(), spec, spec)
             if selection.runtime is not None:
                 self._placement.register(spec)
-            await self._save(record)
+            self._remember(record)
             if selection.runtime is not None:
                 self._placement.load_in_background(spec.model_id)
             return record, "created" if old is None else "configured"
-        self._placement.register(spec)
         record = replace(old, manifest=manifest, target=spec)
-        await self._save(record)
+        await self._store.put(_PREFIX + record.name, record.to_json())
+        self._selections[isvc.name] = selection
+        self._placement.register(spec)
+        self._remember(record)
         if old.target not in (old.serving, spec):  # an unfinished rollout is superseded
             self._routes.pop(old.target.model_id, None)
             await self._placement.unregister(old.target.model_id)
@@ -169,8 +239,8 @@ class Registry:
 
     async def _delete(self, name: str) -> None:
         record = self.get(name)
-        del self._records[name]
         await self._store.delete(_PREFIX + name)
+        del self._records[name]
         await self._withdraw(record)
         self._selections.pop(name, None)
 
@@ -267,6 +337,9 @@ class Registry:
 
     async def _save(self, record: Record) -> None:
         await self._store.put(_PREFIX + record.name, record.to_json())
+        self._remember(record)
+
+    def _remember(self, record: Record) -> None:
         self._records[record.name] = record
         self._index(record)
 

@@ -138,6 +138,17 @@ class RuntimeCatalog:
                 record = RuntimeRecord(parse_serving_runtime(data["manifest"]), data["manifest"], data["created"])
                 self._stored[kind][key.removeprefix(prefix)] = record
 
+    def absorb(self, kind: str, name: str, data: dict[str, Any] | None) -> bool:
+        """Take in a change another gateway replica made; whether anything changed here."""
+        old = self._stored[kind].get(name)
+        if data is None:
+            return self._stored[kind].pop(name, None) is not None
+        if old is not None and old.manifest == data["manifest"]:
+            return False
+        self._stored[kind][name] = RuntimeRecord(parse_serving_runtime(data["manifest"]), data["manifest"],
+                                                 data["created"])
+        return True
+
     def list(self, kind: str) -> list[RuntimeRecord]:
         records = dict(self._builtin) if kind == CLUSTER_RUNTIME_KIND else {}
         records.update(self._stored[kind])

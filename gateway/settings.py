@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_PODS = ("127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103")
+DEFAULT_PODS = ("127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103")  # where `mmgw demo` runs its pods
 
 
 class GatewaySettings(BaseSettings):
@@ -24,7 +24,9 @@ class GatewaySettings(BaseSettings):
     api_port: int = 8080
     extproc_host: str = "127.0.0.1"
     extproc_port: int = 9000
-    pods: tuple[str, ...] = DEFAULT_PODS
+    # Where the registry, the placement's claims and the pods' registrations live:
+    # "embedded" (SQLite under data_dir) or etcd://HOST:PORT (several replicas).
+    store: str = "embedded"
     # PVC name -> local folder; default: my-models-pvc -> <data_dir>/models
     pvcs: dict[str, Path] = Field(default_factory=dict)
     public_url: str = "http://127.0.0.1:8008"

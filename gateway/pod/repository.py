@@ -32,7 +32,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +91,7 @@ class ModelRepository:
         self._loading: dict[str, asyncio.Task[Model]] = {}
         self._unloading: dict[str, asyncio.Task[None]] = {}
         self._closing = False
+        self.on_change: Callable[[], None] = lambda: None  # what ``loaded()`` lists changed
 
     @property
     def model_types(self) -> tuple[str, ...]:
@@ -173,6 +174,7 @@ class ModelRepository:
             task = asyncio.create_task(self._unload(model_id), name=f"unload {model_id}")
             self._unloading[model_id] = task
             task.add_done_callback(functools.partial(self._unload_done, model_id))
+            self.on_change()
         await asyncio.shield(task)
 
     async def close(self) -> None:
@@ -248,6 +250,7 @@ class ModelRepository:
                 raise
         self._models[config.model_id] = _Held(model)
         log.info("loaded model %s: %d bytes", config.model_id, model.size_bytes())
+        self.on_change()
         return model
 
     def _load_done(self, model_id: str, task: asyncio.Task[Model]) -> None:

@@ -18,12 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 
 import grpc
 
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway._proto import model_runtime_pb2_grpc as rt_grpc
 
+from gateway.store import open_store
+
+from .registration import Registration
 from .repository import ModelRepository
 from .runtimes import RuntimeRegistry
 from .servicer import InferenceServicer, RuntimeServicer
@@ -55,6 +59,22 @@ class PodServer:
         if self.port is None:
             raise RuntimeError("the pod server is not started")
         return f"{_bracketed(self.settings.host)}:{self.port}"
+
+    def registration_info(self) -> dict[str, object]:
+        """What the pod tells gateways about itself in the store (gateway.pod.registration)."""
+        settings = self.settings
+        return {
+            "address": settings.advertise or self._advertised(),
+            "runtime": settings.runtime_name,
+            "capacity": settings.capacity_bytes,
+            "model_types": list(self.models.model_types),
+        }
+
+    def _advertised(self) -> str:
+        host = self.settings.host
+        if host in ("0.0.0.0", "::", "[::]"):
+            host = socket.gethostbyname(socket.gethostname())
+        return f"{_bracketed(host)}:{self.port}"
 
     async def start(self) -> int:
         """Bind and start serving; the bound port."""
@@ -109,13 +129,23 @@ async def serve(settings: PodSettings, *, ready: asyncio.Event | None = None) ->
     ``ready`` is set once the port is bound and the services answer.
     """
     pod = PodServer(settings)
+    store = open_store(settings.store, settings.data_dir) if settings.store else None
+    registering: asyncio.Task[None] | None = None
     try:
         await pod.start()
+        if store is not None:
+            registration = Registration(store, settings.pod_id, pod.registration_info(), pod.models)
+            registering = asyncio.create_task(registration.run(), name="registration")
         if ready is not None:
             ready.set()
         await pod.wait()
     finally:
+        if registering is not None:  # leave the pool first: gateways stop sending requests
+            registering.cancel()
+            await asyncio.gather(registering, return_exceptions=True)
         await pod.stop()
+        if store is not None:
+            await store.close()
 
 
 def main(settings: PodSettings) -> None:

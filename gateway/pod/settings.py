@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .runtimes import BUILTIN_RUNTIMES, RuntimeRef
 
@@ -31,6 +32,12 @@ class PodSettings:
     - ``unload_drain_seconds``: how long an unload waits for the model's requests
       in flight to finish before it unloads anyway.
     - ``runtimes``: model type -> ``Model`` class or "module:Class" path.
+    - ``store``: where the pod registers itself ("embedded" under ``data_dir``,
+      or etcd://HOST:PORT); "" registers nowhere (a pod driven directly).
+    - ``advertise``: the address gateways and Envoy reach the pod at; by
+      default ``host:port``, or this host's own IP address when ``host`` is a
+      wildcard (0.0.0.0 in a container).
+    - ``runtime_name``: the ServingRuntime this pod serves ("" : any).
     """
 
     port: int
@@ -44,6 +51,10 @@ class PodSettings:
     shutdown_grace_s: float = 2.0
     unload_drain_seconds: float = 30.0
     runtimes: Mapping[str, RuntimeRef] = field(default_factory=lambda: BUILTIN_RUNTIMES)
+    store: str = ""
+    data_dir: Path = Path(".mmgw")
+    advertise: str = ""
+    runtime_name: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -6,7 +6,8 @@ import pytest
 
 from gateway.domain import ModelState
 from gateway.errors import LoadFailed, ModelFormatError, ModelNotFound, NoCapacity, Unavailable
-from gateway.placement import Placement, PlacementSettings
+from gateway.placement import Placement, PlacementSettings, Solo
+from gateway.store import StoreUnavailable
 
 from .fakes import FakePod, FakePods, spec
 
@@ -190,12 +191,73 @@ async def test_dead_pod_loses_its_copies_and_the_model_loads_elsewhere() -> None
 
 async def test_a_restarted_gateway_adopts_what_pods_hold_and_unloads_strays() -> None:
     pods = FakePods(a=FakePod(loaded={"m": 10, "stray": 10}))
-    placement = Placement(pods)
+    clock = Clock()
+    placement = Placement(pods, PlacementSettings(stranger_grace=5), clock=clock)
     placement.register(spec("m"))
     placement.add_pod("a")
     await placement.check_pods()
     assert placement.lookup("m") == "a"
+    clock.now += 1
+    placement.tick()  # first seen unregistered
+    clock.now += 4
+    placement.tick()
+    await asyncio.sleep(0.01)
+    assert pods.unloads == []  # a model registered a moment later on another replica is not a stray
+    clock.now += 2
+    placement.tick()
+    await asyncio.sleep(0.01)
     assert pods.unloads == [("a", "stray")]
+    assert pods.loads == []
+
+
+async def test_a_replica_that_is_not_the_leader_leaves_strays_and_scaling_to_the_leader() -> None:
+    class Follower(Solo):
+        def leader(self) -> bool:
+            return False
+
+    pods = FakePods(a=FakePod(loaded={"stray": 10}))
+    clock = Clock()
+    placement = Placement(pods, PlacementSettings(stranger_grace=0), clock=clock, coordinator=Follower())
+    placement.add_pod("a")
+    await placement.check_pods()
+    clock.now += 1
+    placement.tick()
+    await asyncio.sleep(0)
+    assert pods.unloads == []
+
+
+async def test_a_load_fails_with_unavailable_naming_the_store_when_it_cannot_be_claimed() -> None:
+    class StoreDown(Solo):
+        async def claim(self, model_id: str) -> bool:
+            raise StoreUnavailable("etcd at 127.0.0.1:2379 is unavailable: UNAVAILABLE")
+
+    pods = FakePods(a=FakePod())
+    placement = Placement(pods, coordinator=StoreDown())
+    placement.register(spec("m"))
+    placement.add_pod("a")
+    await placement.check_pods()
+    with pytest.raises(Unavailable, match="etcd at 127.0.0.1:2379 is unavailable"):
+        await placement.ensure_loaded("m")
+    assert pods.loads == []
+    await asyncio.sleep(0)  # the load task's done callback
+    assert placement.status("m").state is ModelState.PENDING  # not a failure of the model
+
+
+async def test_a_load_another_replica_claimed_waits_for_its_copy_instead_of_loading() -> None:
+    class Claimed(Solo):
+        async def claim(self, model_id: str) -> bool:
+            return False
+
+    pods = FakePods(a=FakePod())
+    placement = Placement(pods, coordinator=Claimed())
+    placement.register(spec("m"))
+    placement.add_pod("a")
+    await placement.check_pods()
+    waiting = asyncio.create_task(placement.ensure_loaded("m"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    placement.observe("a", {"m": 10})  # the other replica's load shows up in the pod's registration
+    assert await asyncio.wait_for(waiting, 2) == "a"
     assert pods.loads == []
 
 

@@ -317,15 +317,20 @@ def test_the_error_table(error: Exception, code: grpc.StatusCode, details: str) 
 def test_the_cli_passes_every_option_to_pod_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     given: list[PodSettings] = []
     monkeypatch.setattr("gateway.pod.server.main", given.append)
+    monkeypatch.delenv("MMGW_STORE", raising=False)
+    monkeypatch.delenv("MMGW_DATA_DIR", raising=False)
     assert cli.main(["pod", "--port", "9"]) == 0
-    assert given.pop() == PodSettings(port=9, capacity_bytes=1 << 30, pod_id="pod-9")  # the defaults agree
+    # the defaults agree; the id is unique per host, as a Kubernetes pod's name
+    assert given.pop() == PodSettings(port=9, capacity_bytes=1 << 30, pod_id=f"{socket.gethostname()}-9")
     argv = ["pod", "--host", "::1", "--port", "9101", "--capacity", "512Mi", "--id", "p",
             "--max-loading-concurrency", "3", "--model-loading-timeout-ms", "5000",
-            "--size-multiplier", "2.5", "--max-message-bytes", "8Mi"]
+            "--size-multiplier", "2.5", "--max-message-bytes", "8Mi", "--store", "etcd://e:2379",
+            "--data-dir", "/d", "--advertise", "10.0.0.7:9101", "--runtime-name", "mlserver-1.x"]
     assert cli.main(argv) == 0
     assert given.pop() == PodSettings(
         host="::1", port=9101, capacity_bytes=512 << 20, pod_id="p", max_loading_concurrency=3,
         model_loading_timeout_ms=5000, size_multiplier=2.5, max_message_bytes=8 << 20,
+        store="etcd://e:2379", data_dir=Path("/d"), advertise="10.0.0.7:9101", runtime_name="mlserver-1.x",
     )
 
 
