@@ -35,6 +35,8 @@ bench: proto
 	@echo; $(BIN)/python -m benchmarks.scale
 	@echo; $(BIN)/python -m benchmarks.cold_start
 	@echo; $(BIN)/python -m benchmarks.load_queue
+	@command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server; }
+	@echo; $(BIN)/python -m benchmarks.etcd_store
 
 clean:
 	rm -rf $(VENV) gateway/_proto envoy/kserve_v2.pb .mmgw
