@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard proto/*.proto)
 GEN    := gateway/_proto/__init__.py
 
-.PHONY: install proto demo test bench clean
+.PHONY: install proto manifests demo test bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ $(GEN): $(PROTOS) gateway/codegen.py $(STAMP)
 	$(BIN)/python -m gateway.codegen
 
 proto: $(GEN)
+
+# istio/envoyfilters.yaml and docker/envoy.yaml, from envoy/envoy.yaml and proto/ (committed; tests/deploy checks them).
+manifests: $(STAMP)
+	$(BIN)/python -m gateway.manifests
 
 demo: proto
 	$(BIN)/mmgw demo

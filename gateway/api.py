@@ -9,13 +9,16 @@
     GET    /metrics                     Prometheus
     GET    /healthz
 
-Errors are Kubernetes Status objects; the table below maps core errors to
+With a token (MMGW_API_TOKEN, required off loopback), every request but
+/healthz (probes) and /metrics (Prometheus scrapes, read-only figures) needs
+``Authorization: Bearer <token>``, else 401. Errors are Kubernetes Status objects; the table below maps core errors to
 HTTP statuses. The apply result (created, configured, unchanged) is in the
 ``mmgw-apply-result`` response header, for the CLI to print as kubectl does.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from datetime import datetime, timezone
@@ -47,14 +50,34 @@ ERROR_TABLE: tuple[tuple[type[GatewayError], int, str], ...] = (
 )
 
 
-def _status(code: int, reason: str, message: str) -> JSONResponse:
+# Open without the token: probes, and Prometheus (read-only figures; nothing there deploys code).
+OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+
+
+def _status(code: int, reason: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"kind": "Status", "apiVersion": "v1", "status": "Failure",
             "message": message, "reason": reason, "code": code}
-    return JSONResponse(body, status_code=code)
+    return JSONResponse(body, status_code=code, headers=headers)
 
 
-def build_api(registry: Registry, placement: Placement, *, namespace: str, metrics: Metrics | None = None) -> FastAPI:
+def build_api(registry: Registry, placement: Placement, *, namespace: str, metrics: Metrics | None = None,
+              token: str | None = None) -> FastAPI:
     app = FastAPI(title="ModelMesh Gateway management API", docs_url="/docs", redoc_url=None)
+
+    if token is not None:
+        expected = f"Bearer {token}".encode()
+
+        @app.middleware("http")
+        async def _bearer_token(request: Request, call_next: Any) -> Response:
+            if request.url.path in OPEN_PATHS:
+                return await call_next(request)
+            given = request.headers.get("authorization")
+            if given is not None and hmac.compare_digest(given.encode(), expected):
+                return await call_next(request)
+            problem = "the bearer token is not valid" if given else "the management API needs a bearer token"
+            return _status(401, "Unauthorized",
+                           f"{problem}: send 'Authorization: Bearer <token>' (mmgw --token or MMGW_TOKEN)",
+                           headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:

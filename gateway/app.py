@@ -86,7 +86,8 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
 
     api = _ApiServer(
         uvicorn.Config(
-            build_api(registry, placement, namespace=settings.namespace, metrics=metrics),
+            build_api(registry, placement, namespace=settings.namespace, metrics=metrics,
+                      token=settings.api_token.get_secret_value() if settings.api_token else None),
             host=settings.api_host,
             port=settings.api_port,
             log_level="warning",

@@ -81,8 +81,9 @@ def _runtime(text: str) -> tuple[str, str]:
 
 
 class Client:
-    def __init__(self, server: str, namespace: str) -> None:
-        self._http = httpx.Client(base_url=server, timeout=30)
+    def __init__(self, server: str, namespace: str, token: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._http = httpx.Client(base_url=server, timeout=30, headers=headers)
         self._server = server
         namespaces = "/apis/serving.kserve.io/v1beta1/namespaces"
         self.isvcs = f"{namespaces}/{quote(namespace, safe='')}/inferenceservices"
@@ -162,7 +163,7 @@ def documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    client = Client(args.server, args.namespace)
+    client = Client(args.server, args.namespace, args.token)
     docs = list(documents(args.filename))
     if not docs:
         raise CliError("no objects passed to apply")
@@ -235,7 +236,7 @@ def placement_table(data: dict[str, Any]) -> str:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    client = Client(args.server, args.namespace)
+    client = Client(args.server, args.namespace, args.token)
     if args.resource == "placement":
         if args.name:
             raise CliError("get placement takes no name")
@@ -296,7 +297,7 @@ def runtime_table(items: list[dict[str, Any]]) -> str:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    client = Client(args.server, args.namespace)
+    client = Client(args.server, args.namespace, args.token)
     kind = _kind_of(args.resource)
     client.request("DELETE", client.path(kind, check_name(args.name, kind)))
     print(f'{KINDS[kind][0]} "{args.name}" deleted')
@@ -307,6 +308,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from gateway import app
     from gateway.settings import GatewaySettings
 
@@ -316,7 +319,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "store": args.store, "pvcs": dict(args.pvc) if args.pvc else None,
         "public_url": args.public_url, "namespace": args.namespace, "log_level": args.log_level,
     }
-    app.main(GatewaySettings(**{k: v for k, v in given.items() if v is not None}))
+    try:
+        settings = GatewaySettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        raise CliError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+    app.main(settings)
     return 0
 
 
@@ -374,6 +381,8 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--server", "-s", default=os.environ.get("MMGW_SERVER", DEFAULT_SERVER),
                        help="management API URL (env MMGW_SERVER; default %(default)s)")
         p.add_argument("--namespace", "-n", default="modelmesh-serving")
+        p.add_argument("--token", default=os.environ.get("MMGW_TOKEN"),
+                       help="the management API's bearer token (env MMGW_TOKEN)")
         return p
 
     p = client_command("apply", "create or update resources from YAML files")

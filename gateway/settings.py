@@ -6,10 +6,11 @@ variables, then these defaults. Nothing reads them at import time.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PODS = ("127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103")  # where `mmgw demo` runs its pods
@@ -22,6 +23,8 @@ class GatewaySettings(BaseSettings):
     namespace: str = "modelmesh-serving"
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    # The management API's bearer token; required when api_host is not a loopback address.
+    api_token: SecretStr | None = None
     extproc_host: str = "127.0.0.1"
     extproc_port: int = 9000
     # Where the registry, the placement's claims and the pods' registrations live:
@@ -44,3 +47,25 @@ class GatewaySettings(BaseSettings):
         if not self.pvcs:
             object.__setattr__(self, "pvcs", {"my-models-pvc": self.data_dir / "models"})
         return self
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> GatewaySettings:
+        if self.api_token is not None and not self.api_token.get_secret_value():
+            object.__setattr__(self, "api_token", None)  # MMGW_API_TOKEN="" is no token
+        if self.api_token is None and not is_loopback(self.api_host):
+            raise ValueError(
+                f"the management API would listen on {self.api_host}, not a loopback address, without a token; "
+                "deploying a model runs code, so set MMGW_API_TOKEN (clients send it as a bearer token) "
+                "or listen on 127.0.0.1"
+            )
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an IP address) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to a public address
