@@ -24,7 +24,7 @@ from gateway.podclient import GrpcPodClient
 from gateway.registry import Registry, RegistrySettings
 from gateway.router import Router
 from gateway.settings import GatewaySettings
-from gateway.storage import StorageRoots
+from gateway.storage import StorageRoots, load_storage_config
 from gateway.store import EmbeddedStore
 
 log = logging.getLogger("gateway")
@@ -61,7 +61,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     registry = Registry(
         store,
         placement,
-        StorageRoots(settings.pvcs),
+        StorageRoots(settings.pvcs, load_storage_config(settings.storage_config) if settings.storage_config else {}),
         RegistrySettings(
             namespace=settings.namespace,
             size_multiplier=settings.size_multiplier,

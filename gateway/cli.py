@@ -25,6 +25,7 @@ from urllib.parse import quote
 import httpx
 import yaml
 
+from gateway.errors import GatewayError
 from gateway.settings import DEFAULT_PODS
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -314,6 +315,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "extproc_host": args.extproc_host, "extproc_port": args.extproc_port,
         "pods": tuple(args.pods) if args.pods else None, "pvcs": dict(args.pvc) if args.pvc else None,
         "public_url": args.public_url, "namespace": args.namespace, "log_level": args.log_level,
+        "storage_config": args.storage_config,
     }
     app.main(GatewaySettings(**{k: v for k, v in given.items() if v is not None}))
     return 0
@@ -322,6 +324,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_pod(args: argparse.Namespace) -> int:
     from gateway.pod import server
     from gateway.pod.runtimes import BUILTIN_RUNTIMES
+    from gateway.storage import load_storage_config
 
     server.main(
         server.PodSettings(
@@ -331,6 +334,8 @@ def cmd_pod(args: argparse.Namespace) -> int:
             unload_drain_seconds=args.unload_drain_seconds,
             size_multiplier=args.size_multiplier, max_message_bytes=args.max_message_bytes,
             runtimes={**BUILTIN_RUNTIMES, **dict(args.runtime or ())},
+            storage_config=load_storage_config(args.storage_config) if args.storage_config else {},
+            model_cache=args.model_cache,
         )
     )
     return 0
@@ -398,6 +403,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pods", nargs="+", metavar="HOST:PORT", help="runtime pods' gRPC addresses")
     p.add_argument("--pvc", action="append", type=_pvc, metavar="NAME=DIR", help="map a PVC name to a folder")
     p.add_argument("--public-url", help="Envoy's URL, shown in InferenceService status")
+    p.add_argument("--storage-config", type=Path, metavar="FILE|DIR",
+                   help="ModelMesh's storage-config: S3 storage keys (or MMGW_STORAGE_CONFIG)")
     p.add_argument("--namespace")
     p.add_argument("--log-level")
     p.set_defaults(func=cmd_serve)
@@ -417,6 +424,11 @@ def parser() -> argparse.ArgumentParser:
                    help="PredictModelSize = bytes on disk x this (default %(default)s)")
     p.add_argument("--max-message-bytes", type=quantity, default=64 << 20,
                    help="gRPC send and receive limit (64Mi, ...; default %(default)s)")
+    p.add_argument("--storage-config", type=Path, metavar="FILE|DIR",
+                   help="ModelMesh's storage-config: the S3 storage keys the puller may download from")
+    p.add_argument("--model-cache", type=Path, metavar="DIR",
+                   help="the pod's own folder for downloaded models, emptied at start and stop "
+                        "(default: a temporary folder)")
     p.set_defaults(func=cmd_pod)
 
     p = sub.add_parser("envoy", help="run Envoy with envoy/envoy.yaml rendered for these ports")
@@ -449,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         message = str(exc)
         print(message if message.startswith("Error from server") else f"error: {message}", file=sys.stderr)
+        return 1
+    except GatewayError as exc:  # a configuration a process cannot use (a storage config, ...)
+        print(f"error: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

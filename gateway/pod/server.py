@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
+import tempfile
+from pathlib import Path
 
 import grpc
 
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway._proto import model_runtime_pb2_grpc as rt_grpc
 
+from .puller import Puller
 from .repository import ModelRepository
 from .runtimes import RuntimeRegistry
 from .servicer import InferenceServicer, RuntimeServicer
@@ -39,8 +43,11 @@ class PodServer:
 
     def __init__(self, settings: PodSettings) -> None:
         self.settings = settings
+        # Without a model cache folder of its own, the pod makes a temporary one at start.
+        self.puller = Puller(settings.model_cache, settings.storage_config)
         self.models = ModelRepository(
             RuntimeRegistry(settings.runtimes),
+            puller=self.puller,
             max_loading_concurrency=settings.max_loading_concurrency,
             loading_timeout_s=settings.model_loading_timeout_ms / 1000,
             unload_drain_s=settings.unload_drain_seconds,
@@ -61,6 +68,9 @@ class PodServer:
         if self._server is not None:
             raise RuntimeError("the pod server is already started")
         settings = self.settings
+        if settings.model_cache is None:
+            self.puller.cache = Path(tempfile.mkdtemp(prefix=f"mmgw-{settings.pod_id}-models-"))
+        self.puller.clear()  # files a previous run left
         server = grpc.aio.server(
             options=[
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -101,6 +111,11 @@ class PodServer:
             await server.stop(self.settings.shutdown_grace_s if grace is None else grace)
             log.info("pod %s stopped", self.settings.pod_id)
         await self.models.close()
+        if self.settings.model_cache is None and self.puller.cache is not None:
+            shutil.rmtree(self.puller.cache, ignore_errors=True)
+            self.puller.cache = None
+        else:
+            self.puller.clear()
 
 
 async def serve(settings: PodSettings, *, ready: asyncio.Event | None = None) -> None:

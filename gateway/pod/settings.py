@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .runtimes import BUILTIN_RUNTIMES, RuntimeRef
 
@@ -31,6 +32,10 @@ class PodSettings:
     - ``unload_drain_seconds``: how long an unload waits for the model's requests
       in flight to finish before it unloads anyway.
     - ``runtimes``: model type -> ``Model`` class or "module:Class" path.
+    - ``storage_config``: storage key -> entry (gateway.storage.load_storage_config),
+      for the models the puller downloads from S3.
+    - ``model_cache``: the folder downloaded models go to; the pod owns it and
+      empties it at start and stop. None: a temporary folder, removed at stop.
     """
 
     port: int
@@ -44,6 +49,8 @@ class PodSettings:
     shutdown_grace_s: float = 2.0
     unload_drain_seconds: float = 30.0
     runtimes: Mapping[str, RuntimeRef] = field(default_factory=lambda: BUILTIN_RUNTIMES)
+    storage_config: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    model_cache: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
