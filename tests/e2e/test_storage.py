@@ -1,5 +1,5 @@
 """Storage end to end: an sklearn model deployed from S3 (moto's server on loopback) through
-the InferenceService YAML and inferred over REST through Envoy; each storage failure, S3
+an InferenceService document and inferred over REST through Envoy; each storage failure, S3
 and PVC, shows as READY False with a message that says which."""
 
 from __future__ import annotations
@@ -12,30 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from gateway import launcher, samples
 from tests.s3server import S3Server, storage_config_file
 
 from .conftest import ISVCS, inference_service, seed_body, wait_ready
 
-S3_ISVC = """\
-apiVersion: serving.kserve.io/v1beta1
-kind: InferenceService
-metadata:
-  name: {name}
-  namespace: modelmesh-serving
-  annotations:
-    serving.kserve.io/deploymentMode: ModelMesh
-spec:
-  predictor:
-    model:
-      modelFormat:
-        name: sklearn
-      storage:
-        key: {key}
-        path: {path}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +52,13 @@ def apply(api: httpx.Client, document: dict[str, Any]) -> None:
     api.put(f"{ISVCS}/{document['metadata']['name']}", json=document).raise_for_status()
 
 
+def s3_document(name: str, key: str, path: str) -> dict[str, Any]:
+    """An sklearn InferenceService whose model is at ``path`` in S3 storage ``key``."""
+    document = inference_service(name, "sklearn", path)
+    document["spec"]["predictor"]["model"]["storage"] = {"key": key, "path": path}
+    return document
+
+
 def cache_of(deployment: launcher.Deployment) -> Path:
     return deployment.data_dir / "cache"
 
@@ -77,7 +66,7 @@ def cache_of(deployment: launcher.Deployment) -> Path:
 def test_an_sklearn_model_from_s3_serves_and_leaves_the_cache_when_deleted(
         s3_deployment: tuple[launcher.Deployment, S3Server], api: httpx.Client) -> None:
     deployment, _ = s3_deployment
-    apply(api, yaml.safe_load(S3_ISVC.format(name="s3-mnist", key="localMinIO", path="sklearn/mnist-svm.joblib")))
+    apply(api, s3_document("s3-mnist", "localMinIO", "sklearn/mnist-svm.joblib"))
     ready = wait_ready(api, "s3-mnist")["status"]["conditions"][0]
     assert ready == {"type": "Ready", "status": "True"}
     with httpx.Client(base_url=deployment.url, timeout=30) as rest:
@@ -100,10 +89,6 @@ def test_a_storage_uri_uses_the_default_storage_key(api: httpx.Client) -> None:
     model["storageUri"] = "s3://modelmesh-example-models/sklearn/mnist-svm.joblib"
     apply(api, document)
     assert wait_ready(api, "s3-uri")["status"]["conditions"][0]["status"] == "True"
-
-
-def s3_document(name: str, key: str, path: str) -> dict[str, Any]:
-    return yaml.safe_load(S3_ISVC.format(name=name, key=key, path=path))
 
 
 FAILURES = {
