@@ -4,6 +4,7 @@
 access key may use S3 (``entry()`` gives its storage-config entry), then turns
 on moto's authentication: from then on, requests with an unknown key or a bad
 secret are refused as S3 refuses them (InvalidAccessKeyId, SignatureDoesNotMatch).
+moto keeps its state per process: one server at a time, each starting empty.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class S3Server:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
         self._server.start()
         try:
+            # moto's state belongs to the process: start from none, whatever a server before left
+            httpx.post(f"{self.endpoint}/moto-api/reset-auth", content=b"inf").raise_for_status()
+            httpx.post(f"{self.endpoint}/moto-api/reset").raise_for_status()
             iam = boto3.client("iam", endpoint_url=self.endpoint, region_name="us-east-1",
                                aws_access_key_id="setup", aws_secret_access_key="setup")
             iam.create_user(UserName="models")
