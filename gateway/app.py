@@ -24,8 +24,8 @@ from gateway.podclient import GrpcPodClient
 from gateway.registry import Registry, RegistrySettings
 from gateway.router import Router
 from gateway.settings import GatewaySettings
-from gateway.storage import StorageRoots
 from gateway.replicas import PodPool, StoreCoordinator
+from gateway.storage import StorageRoots, load_storage_config
 from gateway.store import StoreUnavailable, open_store
 
 log = logging.getLogger("gateway")
@@ -64,7 +64,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     registry = Registry(
         store,
         placement,
-        StorageRoots(settings.pvcs),
+        StorageRoots(settings.pvcs, load_storage_config(settings.storage_config) if settings.storage_config else {}),
         RegistrySettings(
             namespace=settings.namespace,
             size_multiplier=settings.size_multiplier,

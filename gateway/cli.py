@@ -26,6 +26,7 @@ from urllib.parse import quote
 import httpx
 import yaml
 
+from gateway.errors import GatewayError
 from gateway.settings import DEFAULT_PODS
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -318,6 +319,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "extproc_host": args.extproc_host, "extproc_port": args.extproc_port,
         "store": args.store, "pvcs": dict(args.pvc) if args.pvc else None,
         "public_url": args.public_url, "namespace": args.namespace, "log_level": args.log_level,
+        "storage_config": args.storage_config,
     }
     try:
         settings = GatewaySettings(**{k: v for k, v in given.items() if v is not None})
@@ -330,6 +332,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_pod(args: argparse.Namespace) -> int:
     from gateway.pod import server
     from gateway.pod.runtimes import BUILTIN_RUNTIMES
+    from gateway.storage import load_storage_config
 
     server.main(
         server.PodSettings(
@@ -340,6 +343,8 @@ def cmd_pod(args: argparse.Namespace) -> int:
             size_multiplier=args.size_multiplier, max_message_bytes=args.max_message_bytes,
             runtimes={**BUILTIN_RUNTIMES, **dict(args.runtime or ())},
             store=args.store, data_dir=args.data_dir, advertise=args.advertise, runtime_name=args.runtime_name,
+            storage_config=load_storage_config(args.storage_config) if args.storage_config else {},
+            model_cache=args.model_cache,
         )
     )
     return 0
@@ -410,6 +415,8 @@ def parser() -> argparse.ArgumentParser:
                    help="embedded (default: SQLite under --data-dir) or etcd://HOST:PORT; env MMGW_STORE")
     p.add_argument("--pvc", action="append", type=_pvc, metavar="NAME=DIR", help="map a PVC name to a folder")
     p.add_argument("--public-url", help="Envoy's URL, shown in InferenceService status")
+    p.add_argument("--storage-config", type=Path, metavar="FILE|DIR",
+                   help="ModelMesh's storage-config: S3 storage keys (or MMGW_STORAGE_CONFIG)")
     p.add_argument("--namespace")
     p.add_argument("--log-level")
     p.set_defaults(func=cmd_serve)
@@ -436,6 +443,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise", default="", metavar="HOST:PORT",
                    help="the address gateways and Envoy reach this pod at (default: this host's IP and --port)")
     p.add_argument("--runtime-name", default="", help="the ServingRuntime this pod serves (default: any)")
+    p.add_argument("--storage-config", type=Path, metavar="FILE|DIR",
+                   help="ModelMesh's storage-config: the S3 storage keys the puller may download from")
+    p.add_argument("--model-cache", type=Path, metavar="DIR",
+                   help="the pod's own folder for downloaded models, emptied at start and stop "
+                        "(default: a temporary folder)")
     p.set_defaults(func=cmd_pod)
 
     p = sub.add_parser("envoy", help="run Envoy with envoy/envoy.yaml rendered for these ports")
@@ -468,6 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         message = str(exc)
         print(message if message.startswith("Error from server") else f"error: {message}", file=sys.stderr)
+        return 1
+    except GatewayError as exc:  # a configuration a process cannot use (a storage config, ...)
+        print(f"error: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -32,9 +32,11 @@ class ModelSpec:
 
     model_id: str  # concrete id, e.g. "sklearn-mnist__isvc-3f2a9c01b4"
     model_type: str  # format name, e.g. "sklearn"
-    path: str  # local path, already checked against its storage root
+    # PVC: the local path, already checked against its PVC's folder. S3: the
+    # object path in the bucket, and ``key`` says where (S3Location.to_key()).
+    path: str
     predicted_size: int  # bytes, before the pod reports the real size
-    key: str = ""  # free-form JSON for the runtime
+    key: str = ""  # JSON for the pod: ModelMesh's storage_key and storage_params
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ class InvalidSpec(GatewayError):
 
 
 class StorageError(InvalidSpec):
-    """A storage reference is unknown or points outside its storage root."""
+    """A storage reference is malformed, unknown (PVC, storage key) or points outside its storage root."""
 
 
 class ModelNotFound(GatewayError):
@@ -59,6 +59,18 @@ class LoadFailed(GatewayError):
 
 class LoadTimeout(LoadFailed):
     """A load did not finish within the runtime's loading timeout."""
+
+
+class StorageFailure(LoadFailed):
+    """The model's storage did not give its files (an endpoint that cannot be reached, ...)."""
+
+
+class ModelNotInStorage(StorageFailure):
+    """No model file, object or bucket where the storage reference points."""
+
+
+class StorageAccessDenied(StorageFailure):
+    """The storage refused to give the model: bad credentials, no permission, an unreadable file."""
 
 
 class ModelFormatError(LoadFailed):

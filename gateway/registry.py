@@ -11,6 +11,13 @@ Each InferenceService is served by the runtime gateway.serving_runtimes selects
 for it, chosen again whenever a runtime is applied or deleted. One with no
 runtime is stored but never registered with the placement: it is not ready,
 and a request for it gets ModelNotFound saying why.
+
+So is one whose storage reference cannot be used (an unknown PVC or storage
+key, a path that leaves its PVC, no bucket: gateway.storage): READY False,
+``InvalidPredictorSpec``, as ModelMesh reports an invalid predictor spec.
+Whether the files are there is the pods' to find out when they load (a missing
+file or object, denied access: ModelLoadFailed with the pods' messages); the
+registry only lists them, to predict the model's size.
 """
 
 from __future__ import annotations
@@ -21,15 +28,16 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from gateway.domain import ModelSpec, ModelState
-from gateway.errors import GatewayError, InvalidSpec, ModelNotFound
+from gateway.errors import GatewayError, InvalidSpec, ModelNotFound, StorageError, StorageFailure
 from gateway.placement import Placement
 from gateway.resources import InferenceService, parse_inference_service
 from gateway.serving_runtimes import PREFIXES as RUNTIME_PREFIXES
 from gateway.serving_runtimes import RuntimeCatalog, RuntimeRecord, Selection
-from gateway.storage import StorageRoots, size_on_disk
+from gateway.storage import StorageRoots
 from gateway.store import Store
 from gateway.sync import Mirror
 
@@ -40,6 +48,7 @@ _PREFIX = "inferenceservices/"
 _SERVER_METADATA = (
     "creationTimestamp", "resourceVersion", "uid", "generation", "managedFields", "selfLink",
 )
+INVALID_STORAGE = "InvalidPredictorSpec"  # KServe's failure reason for a spec that cannot be served
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,7 @@ class Registry:
         self._records: dict[str, Record] = {}
         self.runtimes = RuntimeCatalog(store, settings.namespace)
         self._selections: dict[str, Selection] = {}  # InferenceService name -> its runtime
+        self._storage_problems: dict[str, str] = {}  # InferenceService name -> why its storage is unusable
         # name or concrete id -> concrete id to route to; read on every request.
         self._routes: dict[str, str] = {}
         self._rollouts: set[asyncio.Task[None]] = set()
@@ -93,7 +103,14 @@ class Registry:
         for key, data in (await self._store.items(_PREFIX)).items():
             record = Record.from_json(key.removeprefix(_PREFIX), data)
             self._records[record.name] = record
-            self._selections[record.name] = self.runtimes.select(self._isvc(record).model)
+            isvc = self._isvc(record)
+            self._selections[record.name] = self.runtimes.select(isvc.model)
+            if not record.target.path:  # stored while its storage was unusable: try again
+                spec, problem = await self._model_spec(isvc)
+                self._set_storage_problem(record.name, problem)
+                if not problem:
+                    record = replace(record, serving=spec, target=spec)
+                    await self._save(record)
             if not self._servable(record.name):
                 continue
             for spec in {record.serving, record.target}:
@@ -133,6 +150,9 @@ class Registry:
             return
         self._records[name] = record
         self._selections[name] = self.runtimes.select(self._isvc(record).model)
+        # Stored with an unusable storage reference (no path): the replica that applied it said why.
+        self._set_storage_problem(name, "" if record.target.path else "its storage reference cannot be used "
+                                  "(the apply's answer, or the status on the replica that took it, says why)")
         if not self._servable(name):
             return
         for spec in {record.serving, record.target}:
@@ -174,6 +194,9 @@ class Registry:
             if selection is not None and selection.runtime is None:
                 raise ModelNotFound(name, f"model '{name}' has no serving runtime "
                                           f"({selection.reason}): {selection.message}") from None
+            if name in self._storage_problems:
+                raise ModelNotFound(name, f"model '{name}' cannot be served ({INVALID_STORAGE}): "
+                                          f"{self._storage_problems[name]}") from None
             raise ModelNotFound(name) from None
 
     def get(self, name: str) -> Record:
@@ -197,7 +220,7 @@ class Registry:
             raise InvalidSpec(
                 f"namespace '{namespace}': this gateway serves namespace '{self._settings.namespace}'"
             )
-        spec = self._model_spec(isvc)
+        spec, problem = await self._model_spec(isvc)
         selection = self.runtimes.select(isvc.model)
         manifest = isvc.model_dump(mode="json", exclude_unset=True, exclude={"status"})
         manifest["metadata"]["namespace"] = namespace
@@ -208,22 +231,25 @@ class Registry:
             return old, "unchanged"
         was_servable = old is not None and self._servable(old.name)
         # The store first: if it cannot be written (etcd down), nothing has changed here.
-        if old is None or not was_servable or selection.runtime is None:
+        if old is None or not was_servable or selection.runtime is None or problem:
             # No copy serves it now, or none may: start over with the new spec.
             record = Record(isvc.name, manifest, old.created if old else time.time(), spec, spec)
             await self._store.put(_PREFIX + record.name, record.to_json())
             self._selections[isvc.name] = selection
+            self._set_storage_problem(isvc.name, problem)
+            servable = self._servable(isvc.name)
             if old is not None:
                 await self._withdraw(old)
-            if selection.runtime is not None:
+            if servable:
                 self._placement.register(spec)
             self._remember(record)
-            if selection.runtime is not None:
+            if servable:
                 self._placement.load_in_background(spec.model_id)
             return record, "created" if old is None else "configured"
         record = replace(old, manifest=manifest, target=spec)
         await self._store.put(_PREFIX + record.name, record.to_json())
         self._selections[isvc.name] = selection
+        self._set_storage_problem(isvc.name, problem)
         self._placement.register(spec)
         self._remember(record)
         if old.target not in (old.serving, spec):  # an unfinished rollout is superseded
@@ -243,6 +269,7 @@ class Registry:
         del self._records[name]
         await self._withdraw(record)
         self._selections.pop(name, None)
+        self._storage_problems.pop(name, None)
 
     async def _withdraw(self, record: Record) -> None:
         """Stop routing to the record's models and take them off the placement."""
@@ -284,17 +311,9 @@ class Registry:
         """The record's status in KServe's shape (conditions, modelStatus, url), and status.runtime."""
         selection = self._selections[record.name]
         if selection.runtime is None:
-            return {
-                "conditions": [{"type": "Ready", "status": "False", "reason": selection.reason,
-                                "message": selection.message}],
-                "url": f"{self._settings.url_base}/v2/models/{record.name}",
-                "modelStatus": {
-                    "states": {"activeModelState": "", "targetModelState": ModelState.FAILED_TO_LOAD.value},
-                    "transitionStatus": "InvalidSpec",
-                    "copies": {"totalCopies": 0},
-                    "lastFailureInfo": {"reason": selection.reason, "message": selection.message},
-                },
-            }
+            return self._invalid_status(record, selection.reason, selection.message)
+        if record.name in self._storage_problems:
+            return self._invalid_status(record, INVALID_STORAGE, self._storage_problems[record.name])
         serving = self._placement.status(record.serving.model_id)
         target = self._placement.status(record.target.model_id)
         if record.target == record.serving:
@@ -327,13 +346,45 @@ class Registry:
             status["modelStatus"]["lastFailureInfo"] = {"reason": "ModelLoadFailed", "message": failed.message}
         return status
 
-    def _model_spec(self, isvc: InferenceService) -> ModelSpec:
-        path = self._roots.resolve(isvc.model)
-        on_disk = size_on_disk(path)
-        predicted = (
-            int(on_disk * self._settings.size_multiplier) if on_disk else self._settings.default_model_size
-        )
-        return ModelSpec(isvc.concrete_id(), isvc.model.modelFormat.name.lower(), str(path), predicted)
+    def _invalid_status(self, record: Record, reason: str, message: str) -> dict[str, Any]:
+        """The status of an InferenceService that cannot be served as specified."""
+        return {
+            "conditions": [{"type": "Ready", "status": "False", "reason": reason, "message": message}],
+            "url": f"{self._settings.url_base}/v2/models/{record.name}",
+            "modelStatus": {
+                "states": {"activeModelState": "", "targetModelState": ModelState.FAILED_TO_LOAD.value},
+                "transitionStatus": "InvalidSpec",
+                "copies": {"totalCopies": 0},
+                "lastFailureInfo": {"reason": reason, "message": message},
+            },
+        }
+
+    async def _model_spec(self, isvc: InferenceService) -> tuple[ModelSpec, str]:
+        """The model the spec names, and why its storage cannot be used ("" when it can).
+
+        An unusable one gets a spec with an empty path, never registered.
+        """
+        model_id, model_type = isvc.concrete_id(), isvc.model.modelFormat.name.lower()
+        default = self._settings.default_model_size
+        try:
+            location = self._roots.resolve(isvc.model)
+        except StorageError as exc:
+            return ModelSpec(model_id, model_type, "", default), exc.message
+        try:
+            size = await self._roots.measure(location)
+        except StorageFailure as exc:  # the pods will say so when they load it
+            log.warning("%s: cannot measure the model: %s", isvc.name, exc.message)
+            size = None
+        predicted = int(size * self._settings.size_multiplier) if size else default
+        if isinstance(location, Path):
+            return ModelSpec(model_id, model_type, str(location), predicted), ""
+        return ModelSpec(model_id, model_type, location.path, predicted, location.to_key()), ""
+
+    def _set_storage_problem(self, name: str, problem: str) -> None:
+        if problem:
+            self._storage_problems[name] = problem
+        else:
+            self._storage_problems.pop(name, None)
 
     async def _save(self, record: Record) -> None:
         await self._store.put(_PREFIX + record.name, record.to_json())
@@ -348,7 +399,7 @@ class Registry:
 
     def _servable(self, name: str) -> bool:
         selection = self._selections.get(name)
-        return selection is not None and selection.runtime is not None
+        return selection is not None and selection.runtime is not None and name not in self._storage_problems
 
     def _index(self, record: Record) -> None:
         if not self._servable(record.name):

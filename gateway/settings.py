@@ -32,6 +32,8 @@ class GatewaySettings(BaseSettings):
     store: str = "embedded"
     # PVC name -> local folder; default: my-models-pvc -> <data_dir>/models
     pvcs: dict[str, Path] = Field(default_factory=dict)
+    # ModelMesh's storage-config (S3 storage keys): a file or a folder, see gateway.storage
+    storage_config: Path | None = None
     public_url: str = "http://127.0.0.1:8008"
     size_multiplier: float = 1.25
     churn_guard_seconds: float = 1.0

@@ -13,6 +13,9 @@
   stopped: whatever it still produces is dropped.
 - ``predict`` reports a runtime's own exception as ``PredictFailed``
   ("<ExceptionType>: <message>"); ``GatewayError``s (``InvalidInput``, ...) pass.
+- Before a runtime loads a model, the ``Puller`` (gateway.pod.puller) brings its
+  files into the pod's cache (S3) or checks them (a local path); the loading
+  timeout covers both. A failed load and an unload remove the cached files.
 - Requests are counted per model: ``with repository.serving(model_id) as model``
   counts one request in flight for as long as the block runs (however it ends)
   and one more request since the model was loaded. Plain integers: everything
@@ -39,6 +42,7 @@ from pathlib import Path
 from gateway.errors import GatewayError, LoadFailed, LoadTimeout, ModelNotFound, PredictFailed
 
 from .model import InferenceRequest, Model, ModelConfig, Tensor
+from .puller import Puller
 from .runtimes import RuntimeRegistry
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,7 @@ class ModelRepository:
         self,
         runtimes: RuntimeRegistry,
         *,
+        puller: Puller | None = None,
         max_loading_concurrency: int = 1,
         loading_timeout_s: float = 90.0,
         unload_drain_s: float = 30.0,
@@ -84,6 +89,7 @@ class ModelRepository:
         if unload_drain_s < 0:
             raise ValueError("unload_drain_s must not be negative")
         self._runtimes = runtimes
+        self._puller = puller or Puller(None, {})  # local paths only
         self._timeout_s = loading_timeout_s
         self._drain_s = unload_drain_s
         self._slots = asyncio.Semaphore(max_loading_concurrency)
@@ -189,8 +195,9 @@ class ModelRepository:
                 held.idle.set()  # ends the drain of unloads in progress
         await asyncio.gather(*self._unloading.values(), return_exceptions=True)
         while self._models:
-            _, held = self._models.popitem()
+            model_id, held = self._models.popitem()
             await _release(held.model)
+            self._puller.remove(model_id)
 
     async def _unload(self, model_id: str) -> None:
         task = self._loading.get(model_id)
@@ -215,6 +222,7 @@ class ModelRepository:
         if self._models.get(model_id) is held:
             del self._models[model_id]
             await _release(held.model)
+            await asyncio.to_thread(self._puller.remove, model_id)
             log.info("unloaded model %s", model_id)
 
     def _unload_done(self, model_id: str, task: asyncio.Task[None]) -> None:
@@ -232,12 +240,14 @@ class ModelRepository:
             model: Model | None = None
             deadline: asyncio.Timeout | None = None
             try:
-                model = runtime(config)
                 async with asyncio.timeout(self._timeout_s) as deadline:
+                    local = await self._puller.fetch(config)
+                    model = runtime(local)
                     await model.load()
             except BaseException as exc:
                 if model is not None:
                     await _release(model)
+                self._puller.remove(config.model_id)
                 if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
                     ms = round(self._timeout_s * 1000)
                     raise LoadTimeout(

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import socket
+import tempfile
+from pathlib import Path
 
 import grpc
 
@@ -27,6 +30,7 @@ from gateway._proto import model_runtime_pb2_grpc as rt_grpc
 
 from gateway.store import open_store
 
+from .puller import Puller
 from .registration import Registration
 from .repository import ModelRepository
 from .runtimes import RuntimeRegistry
@@ -43,8 +47,11 @@ class PodServer:
 
     def __init__(self, settings: PodSettings) -> None:
         self.settings = settings
+        # Without a model cache folder of its own, the pod makes a temporary one at start.
+        self.puller = Puller(settings.model_cache, settings.storage_config)
         self.models = ModelRepository(
             RuntimeRegistry(settings.runtimes),
+            puller=self.puller,
             max_loading_concurrency=settings.max_loading_concurrency,
             loading_timeout_s=settings.model_loading_timeout_ms / 1000,
             unload_drain_s=settings.unload_drain_seconds,
@@ -81,6 +88,9 @@ class PodServer:
         if self._server is not None:
             raise RuntimeError("the pod server is already started")
         settings = self.settings
+        if settings.model_cache is None:
+            self.puller.cache = Path(tempfile.mkdtemp(prefix=f"mmgw-{settings.pod_id}-models-"))
+        self.puller.clear()  # files a previous run left
         server = grpc.aio.server(
             options=[
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -121,6 +131,11 @@ class PodServer:
             await server.stop(self.settings.shutdown_grace_s if grace is None else grace)
             log.info("pod %s stopped", self.settings.pod_id)
         await self.models.close()
+        if self.settings.model_cache is None and self.puller.cache is not None:
+            shutil.rmtree(self.puller.cache, ignore_errors=True)
+            self.puller.cache = None
+        else:
+            self.puller.clear()
 
 
 async def serve(settings: PodSettings, *, ready: asyncio.Event | None = None) -> None:

@@ -16,8 +16,11 @@ InvalidInput (datatype, shape, outputs, ...)   INVALID_ARGUMENT     the message
 InvalidSpec (unknown model type, empty field)  INVALID_ARGUMENT     the message
 ModelNotFound (not loaded, being unloaded)     NOT_FOUND            the message
 ModelFormatError (file unreadable as a model)  FAILED_PRECONDITION  the message
+ModelNotInStorage (no file, object or bucket)  NOT_FOUND            the message
+StorageAccessDenied (credentials, permission)  PERMISSION_DENIED    the message
 LoadTimeout (model_loading_timeout_ms)         DEADLINE_EXCEEDED    the message
-LoadFailed (missing file, runtime raised)      UNAVAILABLE          the message
+LoadFailed (storage unreachable, runtime       UNAVAILABLE          the message
+  raised)
 NoCapacity                                     RESOURCE_EXHAUSTED   the message
 Unavailable                                    UNAVAILABLE          the message
 UnknownRoute                                   UNIMPLEMENTED        the message
@@ -36,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,12 +59,15 @@ from gateway.errors import (
     LoadTimeout,
     ModelFormatError,
     ModelNotFound,
+    ModelNotInStorage,
     NoCapacity,
     PredictFailed,
+    StorageAccessDenied,
     Unavailable,
     UnknownRoute,
 )
 from gateway.protocol import MODEL_ID_HEADER
+from gateway.storage import S3Location, StorageRoots
 
 from . import tensors
 from .model import ModelConfig
@@ -76,6 +83,8 @@ STATUS_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     InvalidSpec: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     ModelFormatError: grpc.StatusCode.FAILED_PRECONDITION,
+    ModelNotInStorage: grpc.StatusCode.NOT_FOUND,
+    StorageAccessDenied: grpc.StatusCode.PERMISSION_DENIED,
     LoadTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     LoadFailed: grpc.StatusCode.UNAVAILABLE,
     NoCapacity: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -213,9 +222,14 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
         self, request: rt.PredictModelSizeRequest, context: grpc.aio.ServicerContext
     ) -> rt.PredictModelSizeResponse:
         _require(request, "model_path")
-        size = await asyncio.to_thread(
-            predicted_size, Path(request.model_path), self._settings.size_multiplier
-        )
+        location = S3Location.from_request(request.model_path, request.model_key)
+        if location is None:
+            size = await asyncio.to_thread(
+                predicted_size, Path(request.model_path), self._settings.size_multiplier
+            )
+        else:
+            roots = StorageRoots({}, self._settings.storage_config)
+            size = math.ceil((await roots.measure(location) or 0) * self._settings.size_multiplier)
         return rt.PredictModelSizeResponse(size_in_bytes=size)
 
     @_rpc

@@ -38,6 +38,10 @@ class PodSettings:
       default ``host:port``, or this host's own IP address when ``host`` is a
       wildcard (0.0.0.0 in a container).
     - ``runtime_name``: the ServingRuntime this pod serves ("" : any).
+    - ``storage_config``: storage key -> entry (gateway.storage.load_storage_config),
+      for the models the puller downloads from S3.
+    - ``model_cache``: the folder downloaded models go to; the pod owns it and
+      empties it at start and stop. None: a temporary folder, removed at stop.
     """
 
     port: int
@@ -55,6 +59,8 @@ class PodSettings:
     data_dir: Path = Path(".mmgw")
     advertise: str = ""
     runtime_name: str = ""
+    storage_config: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    model_cache: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

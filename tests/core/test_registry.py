@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import InvalidSpec, ModelNotFound, StorageError
+from gateway.errors import InvalidSpec, ModelNotFound
 from gateway.placement import Placement
 from gateway.registry import Registry
 from gateway.storage import StorageRoots
@@ -66,8 +66,10 @@ async def test_failed_load_shows_model_load_failed(tmp_path: Path) -> None:
 
 async def test_bad_documents_leave_nothing_registered(tmp_path: Path) -> None:
     h = await harness(tmp_path)
-    with pytest.raises(StorageError, match="leaves PVC"):
-        await h.registry.apply(isvc(path="../../etc/passwd"))
+    no_format = isvc()
+    del no_format["spec"]["predictor"]["model"]["modelFormat"]
+    with pytest.raises(InvalidSpec, match="modelFormat"):
+        await h.registry.apply(no_format)
     other_ns = isvc()
     other_ns["metadata"]["namespace"] = "default"
     with pytest.raises(InvalidSpec, match="serves namespace 'modelmesh-serving'"):

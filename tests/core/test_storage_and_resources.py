@@ -87,7 +87,7 @@ def test_pvc_paths_resolve_inside_the_root(roots: StorageRoots) -> None:
         ({"path": "escape"}, "leaves PVC"),
         ({"path": "/etc/passwd"}, "must be relative"),
         ({"parameters": {"type": "pvc", "name": "nope"}}, "unknown PVC 'nope'"),
-        ({"parameters": {"type": "s3"}}, "not supported"),
+        ({"parameters": {"type": "gcs"}}, "storage type 'gcs' is not supported"),
         ({"path": None}, "storage.path"),
     ],
 )

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes, load_iris
 
-from gateway.errors import InvalidInput, LoadFailed, ModelFormatError
+from gateway.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage
 from gateway.pod.model import InferenceRequest, ModelConfig, Tensor, TensorSpec
 from gateway.pod.runtimes import RuntimeRegistry
 from gateway.pod.runtimes.lightgbm import LightGBMModel
@@ -218,7 +218,7 @@ async def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.txt"
     with pytest.raises(LoadFailed) as err:
         await _loaded(path)
-    assert type(err.value) is LoadFailed
+    assert type(err.value) is ModelNotInStorage  # a LoadFailed
     assert err.value.message == f"model file not found: {path}"
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gateway.errors import InvalidInput, LoadFailed, ModelFormatError, PredictFailed
+from gateway.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage, PredictFailed
 from gateway.pod import tensors
 from gateway.pod.model import InferenceRequest, ModelConfig, Tensor, TensorSpec
 from gateway.pod.runtimes.pytorch import TorchScriptModel
@@ -263,7 +263,7 @@ async def test_a_folder_needs_exactly_one_module(dense: Path, tmp_path: Path) ->
 async def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(LoadFailed) as err:
         await _loaded(tmp_path / "absent.pt")
-    assert type(err.value) is LoadFailed
+    assert type(err.value) is ModelNotInStorage  # a LoadFailed
     assert err.value.message == f"model file not found: {tmp_path / 'absent.pt'}"
 
 

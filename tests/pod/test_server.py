@@ -130,7 +130,7 @@ async def test_load_errors(pod: Pod, tmp_path: Path) -> None:
 
     missing = tmp_path / "missing.joblib"
     err = await _error(pod.load("missing", missing))
-    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert err.code() == grpc.StatusCode.NOT_FOUND
     assert err.details() == f"model file not found: {missing}"
 
     err = await _error(pod.load("tf", garbage, model_type="tensorflow"))

@@ -16,7 +16,7 @@ from sklearn.naive_bayes import GaussianNB
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 
-from gateway.errors import InvalidInput, LoadFailed, ModelFormatError
+from gateway.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage
 from gateway.pod.model import InferenceRequest, ModelConfig, Tensor, TensorSpec
 from gateway.pod.runtimes.sklearn import SKLearnModel
 
@@ -166,7 +166,7 @@ async def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.joblib"
     with pytest.raises(LoadFailed) as err:
         await _loaded(path)
-    assert type(err.value) is LoadFailed
+    assert type(err.value) is ModelNotInStorage  # a LoadFailed
     assert err.value.message == f"model file not found: {path}"
 
 

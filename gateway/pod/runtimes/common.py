@@ -7,10 +7,11 @@ every runtime that uses these helpers words its errors the same way.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from gateway.errors import InvalidInput, LoadFailed, ModelFormatError
+from gateway.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage, StorageAccessDenied
 
 from ..model import InferenceRequest, Tensor, TensorSpec
 
@@ -19,11 +20,19 @@ def model_file(path: Path, suffixes: Sequence[str]) -> Path:
     """The model file behind ``path``: the file itself, or the one file with one of
     ``suffixes`` (lowercase, with the dot) in the folder ``path``.
 
-    LoadFailed when ``path`` does not exist; ModelFormatError for a file with
-    another suffix, or a folder without exactly one candidate (naming those found).
+    ModelNotInStorage when ``path`` does not exist, StorageAccessDenied when the
+    file cannot be read; ModelFormatError for a file with another suffix, or a
+    folder without exactly one candidate (naming those found).
     """
+    file = _find(path, suffixes)
+    if not os.access(file, os.R_OK):
+        raise StorageAccessDenied(f"model file '{file}' cannot be read: permission denied")
+    return file
+
+
+def _find(path: Path, suffixes: Sequence[str]) -> Path:
     if not path.exists():
-        raise LoadFailed(f"model file not found: {path}")
+        raise ModelNotInStorage(f"model file not found: {path}")
     wanted = "/".join(suffixes)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
