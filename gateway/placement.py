@@ -17,9 +17,9 @@ The hot path is ``lookup``: dict reads and two integer increments.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
+import operator
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -130,6 +130,9 @@ class _Entry:
         return Copy(self.model_id, self.pod, self.state, self.size, self.last_used, self.loaded_at, self.demand)
 
 
+_SIZE, _RATE = operator.attrgetter("size"), operator.attrgetter("rate")
+
+
 @dataclass(slots=True)
 class _Pod:
     pod: str
@@ -141,18 +144,12 @@ class _Pod:
     copies: dict[str, _Entry] = field(default_factory=dict)
 
     def view(self) -> PodView:
-        loaded = [e.last_used for e in self.copies.values() if e.state is CopyState.LOADED]
-        return PodView(
-            pod=self.pod,
-            capacity=self.capacity,
-            used=sum(e.size for e in self.copies.values()),
-            model_count=len(self.copies),
-            healthy=self.healthy,
-            oldest_use=min(loaded, default=None),
-        )
+        """Capacity and use; no cache age (Placement._cache_age, asked for only when pods are full)."""
+        return PodView(self.pod, self.capacity, sum(map(_SIZE, self.copies.values())), len(self.copies),
+                       self.healthy)
 
     def rate(self) -> float:
-        return sum(e.rate for e in self.copies.values())
+        return sum(map(_RATE, self.copies.values()))
 
 
 @dataclass(slots=True)
@@ -394,16 +391,16 @@ class Placement:
         loaded = model.loaded()
         return len(loaded) > 1 and sum(e.rate for e in loaded) / len(loaded) < self._settings.quiet_rate
 
-    def _view(self, pod: _Pod) -> PodView:
-        """The pod for pick_pod; its cache age is that of its cheapest evictable copy."""
-        age = picker.cache_age(
+    def _cache_age(self, view: PodView) -> float | None:
+        """A pod's cache age for pick_pod: the eviction key of its cheapest evictable copy."""
+        pod = self._pods[view.pod]
+        return picker.cache_age(
             [e.copy() for e in pod.copies.values()],
             now=self._clock(),
             churn_guard=self._settings.churn_guard,
             inflight=self._inflight(pod),
             key=self._eviction_key,
         )
-        return dataclasses.replace(pod.view(), oldest_use=age)
 
     async def ensure_loaded(self, model_id: str, *, urgent: bool = True, evict: bool = True) -> str:
         """The address of a loaded copy, loading the model first on a miss.
@@ -522,14 +519,16 @@ class Placement:
         busy: set[str] = set()
         if pods:
             shortest = min(len(p.queue) for p in pods)
-            mean_rate = sum(p.rate() for p in pods) / len(pods)
-            for pod in pods:
+            rates = [p.rate() for p in pods]
+            mean_rate = sum(rates) / len(pods)
+            for pod, rate in zip(pods, rates):
                 if len(pod.queue) > shortest + self._settings.max_queue_gap or (
-                    mean_rate > 0 and pod.rate() > self._settings.rate_skew * mean_rate
+                    mean_rate > 0 and rate > self._settings.rate_skew * mean_rate
                 ):
                     busy.add(pod.pod)
-        views = [self._view(p) for p in pods]
-        return picker.pick_pod(views, size, exclude=exclude | busy) or picker.pick_pod(views, size, exclude=exclude)
+        views = [p.view() for p in pods]
+        return (picker.pick_pod(views, size, exclude=exclude | busy, age=self._cache_age)
+                or picker.pick_pod(views, size, exclude=exclude, age=self._cache_age))
 
     def _load_error(self, model: _Model, errors: list[LoadFailed], *, no_room: bool) -> Exception:
         spec, size = model.spec, model.expected_size()
@@ -560,7 +559,7 @@ class Placement:
         async with pod.queue.slot(spec.model_id, urgent=urgent) as queued:
             # Plan evictions once holding the slot: the table may have changed while queued.
             view = pod.view()
-            evict = picker.plan_evictions(
+            evict = [] if view.free >= expected else picker.plan_evictions(
                 view,
                 [e.copy() for e in pod.copies.values()],
                 expected,
