@@ -11,7 +11,8 @@ themselves are the plain functions of gateway.picker; this module gathers
 their inputs and carries them out. It talks to pods only through the PodClient
 protocol and reports what happens through PlacementEvents (gateway.metrics).
 
-The hot path is ``lookup``: dict reads and two integer increments.
+The hot path is ``route_sole`` (``route`` for models with several copies):
+attribute reads and writes on the model's record and its copy.
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ class _Entry:
     routed_at_tick: int = 0
     rate: float = 0.0  # requests/s, smoothed over ticks
     demand: float = 0.0  # the model's decayed request count as of last_used
+    # What Placement.route_sole's caller made for this copy (the router's Route,
+    # carrying gateway.extproc's answer): reused while this is its model's only copy.
+    memo: object = None
 
     def busy(self) -> int:
         """Requests in flight as best known: the pod's count plus what was routed since."""
@@ -155,6 +159,11 @@ class _Pod:
 @dataclass(slots=True)
 class _Model:
     spec: ModelSpec
+    # What a hit reads and writes, first, so that they share cache lines.
+    sole: _Entry | None = None  # the only copy, when there is exactly one (kept by Placement._put/_drop)
+    demand: float = 0.0  # requests, decayed with eviction_half_life, as of demand_at
+    demand_at: float = 0.0
+    requests: int = 0  # requests routed to any copy, ever
     copies: dict[str, _Entry] = field(default_factory=dict)  # pod -> entry
     loading: asyncio.Task[str] | None = None  # the first copy's load, shared by all waiters
     urgent: bool = False  # a request waits for that load
@@ -166,9 +175,6 @@ class _Model:
     deferred: bool = False  # a proactive load found no room: it loads on demand
     size: int = 0  # real size once a pod has loaded it; until then the prediction
     last_error: str = ""
-    requests: int = 0  # requests routed to any copy, ever
-    demand: float = 0.0  # requests, decayed with eviction_half_life, as of demand_at
-    demand_at: float = 0.0
 
     def loaded(self) -> list[_Entry]:
         return [e for e in self.copies.values() if e.state is CopyState.LOADED]
@@ -194,6 +200,8 @@ class Placement:
         self._pods: dict[str, _Pod] = {}
         self._models: dict[str, _Model] = {}
         self._last_tick = clock()
+        # Bumped whenever a model id starts or stops naming a _Model: handles (``handle``) held since are stale.
+        self.generation = 0
         self.hits = 0
         self.misses = 0
 
@@ -291,6 +299,7 @@ class Placement:
         model = self._models.get(spec.model_id)
         if model is None:
             self._models[spec.model_id] = _Model(spec, deferred=standby)
+            self.generation += 1
         elif model.spec != spec:
             model.spec = spec
 
@@ -302,6 +311,7 @@ class Placement:
         model = self._models.pop(model_id, None)
         if model is None:
             return
+        self.generation += 1
         pending = [t for t in (model.loading, model.adding) if t is not None]
         if pending:
             await asyncio.wait(pending)
@@ -324,6 +334,30 @@ class Placement:
         standby = model.ever_loaded or model.deferred
         return ModelStatus(ModelState.STANDBY if standby else ModelState.PENDING, 0)
 
+    def handle(self, model_id: str) -> _Model:
+        """The table's record of ``model_id``, for ``route_sole``; valid while ``generation`` is unchanged."""
+        model = self._models.get(model_id)
+        if model is None:
+            raise ModelNotFound(model_id)
+        return model
+
+    def route_sole(self, model: _Model, memo: Callable[[str, str], object]) -> object | None:
+        """The hottest path: a request to a model with one copy, loaded.
+
+        Counts the request to that copy and returns what ``memo(address,
+        model_id)`` made for the copy, called once per copy (the router's
+        Route). None when the model has several copies or none loaded:
+        ``route`` decides then.
+        """
+        entry = model.sole
+        if entry is None or entry.state is not CopyState.LOADED:
+            return None
+        self._route(model, entry)
+        self.hits += 1
+        if entry.memo is None:
+            entry.memo = memo(self._pods[entry.pod].address, entry.model_id)
+        return entry.memo
+
     def lookup(self, model_id: str) -> str | None:
         """The address of a loaded copy (counted as a request to it), or None on a miss."""
         found = self.route(model_id)
@@ -334,11 +368,10 @@ class Placement:
         model = self._models.get(model_id)
         if model is None:
             raise ModelNotFound(model_id)
-        copies = model.copies
-        if len(copies) == 1:  # the common case, without building lists
-            for entry in copies.values():
-                if entry.state is not CopyState.LOADED:
-                    return None
+        entry = model.sole
+        if entry is not None:  # the common case, without building lists
+            if entry.state is not CopyState.LOADED:
+                return None
             self._route(model, entry)
             self.hits += 1
             return self._pods[entry.pod].address, ()
@@ -636,6 +669,7 @@ class Placement:
         entry = _Entry(model.spec.model_id, pod.pod, state, size, now, now)
         pod.copies[entry.model_id] = entry
         model.copies[pod.pod] = entry
+        model.sole = entry if len(model.copies) == 1 else None
         return entry
 
     def _drop(self, pod: _Pod, model_id: str) -> None:
@@ -643,6 +677,7 @@ class Placement:
         model = self._models.get(model_id)
         if model is not None:
             model.copies.pop(pod.pod, None)
+            model.sole = next(iter(model.copies.values())) if len(model.copies) == 1 else None
 
     async def _unload_quietly(self, pod: _Pod, model_id: str) -> None:
         try:

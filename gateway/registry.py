@@ -79,6 +79,7 @@ class Registry:
         self._selections: dict[str, Selection] = {}  # InferenceService name -> its runtime
         # name or concrete id -> concrete id to route to; read on every request.
         self._routes: dict[str, str] = {}
+        self.generation = 0  # bumped on every change of _routes: what resolve said before may be stale
         self._rollouts: set[asyncio.Task[None]] = set()
         # apply and delete read, then write: one at a time, whatever the store awaits.
         self._writing = asyncio.Lock()
@@ -157,7 +158,7 @@ class Registry:
         record = replace(old, manifest=manifest, target=spec)
         await self._save(record)
         if old.target not in (old.serving, spec):  # an unfinished rollout is superseded
-            self._routes.pop(old.target.model_id, None)
+            self._unroute(old.target.model_id)
             await self._placement.unregister(old.target.model_id)
         if spec != record.serving and spec != old.target:
             self._start_rollout(record)
@@ -176,8 +177,7 @@ class Registry:
 
     async def _withdraw(self, record: Record) -> None:
         """Stop routing to the record's models and take them off the placement."""
-        for key in (record.name, record.serving.model_id, record.target.model_id):
-            self._routes.pop(key, None)
+        self._unroute(record.name, record.serving.model_id, record.target.model_id)
         for spec in {record.serving, record.target}:
             if self._placement.is_registered(spec.model_id):
                 await self._placement.unregister(spec.model_id)
@@ -283,6 +283,12 @@ class Registry:
         self._routes[record.name] = record.serving.model_id
         self._routes[record.serving.model_id] = record.serving.model_id
         self._routes[record.target.model_id] = record.target.model_id
+        self.generation += 1
+
+    def _unroute(self, *keys: str) -> None:
+        for key in keys:
+            self._routes.pop(key, None)
+        self.generation += 1
 
     def _start_rollout(self, record: Record) -> None:
         task = asyncio.create_task(self._roll_out(record.name, record.target), name=f"rollout {record.name}")
@@ -304,7 +310,7 @@ class Registry:
                 return  # deleted, superseded or left without a runtime meanwhile
             old = record.serving
             await self._save(replace(record, serving=target))
-            self._routes.pop(old.model_id, None)
+            self._unroute(old.model_id)
         log.info("rolled out %s: traffic moved from %s to %s", name, old.model_id, target.model_id)
         await asyncio.sleep(self._settings.rollout_grace)
         await self._placement.unregister(old.model_id)
