@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,9 @@ from gateway.errors import ModelNotFound
 from gateway.route_key import RouteKey
 
 from .fakes import FakePod, FakePods
-from .harness import harness, isvc
+from .harness import harness, isvc, settle
 
 NAME = RouteKey("sklearn-mnist", grpc=False)
-
-
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
 
 
 async def test_a_hit_on_one_copy_returns_the_same_route_and_counts_each_request(tmp_path: Path) -> None:
