@@ -23,7 +23,7 @@ The synthetic models (gateway.pod.runtimes.synthetic) declare 1 MiB and load in
 model is a folder holding its JSON file and a sparse padding file that brings
 the prediction to the declared size (as real weights on disk would), without
 using disk space. Figures are printed, nothing is asserted. Run:
-``python -m benchmarks.scale`` (about two minutes on two cores).
+``python -m benchmarks.scale`` (under a minute on two cores).
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ copies for a retry; read by the override_host policy of Envoy's cluster
 "pods") and mm-model-id (the concrete model), or with an immediate error
 response. Only a native gRPC call that names its model in the body alone makes
 it ask for the body. Answers are serialized once per route and reused:
-on a hit the processor parses the headers, does two dict lookups and hands
-cached bytes to the transport (gateway.extproc_server).
+on a hit on a model with one copy the processor parses the headers, does one
+dict lookup and hands the bytes kept on the router's Route to the transport
+(gateway.extproc_server).
 
 Error table (core error -> REST status / gRPC code), used for immediate
 responses. Their body is the plain message; envoy.yaml's local_reply_config
@@ -85,7 +86,8 @@ class ExternalProcessor:
 
     def __init__(self, router: Router, *, miss_timeout: float) -> None:
         self._router = router
-        self._cache: dict[tuple[Route, bool], Answer] = {}
+        # Answers for routes the router does not keep (several copies): (address, model id, fallbacks, body).
+        self._cache: dict[tuple[str, str | None, tuple[str, ...], bool], Answer] = {}
         self._ask_for_body = Answer(
             pb.ProcessingResponse(
                 request_headers=pb.HeadersResponse(),
@@ -130,12 +132,19 @@ class ExternalProcessor:
             return self._reject(exc, grpc_call=key.grpc)
 
     def _forward(self, route: Route, in_body: bool) -> Answer:
-        cache_key = (route, in_body)
+        cached: Answer | None = route.body_answer if in_body else route.answer
+        if cached is not None:  # a hit on a model with one copy: the router's Route, answered before
+            return cached
+        cache_key = (route.address, route.model_id, route.fallbacks, in_body)
         cached = self._cache.get(cache_key)
         if cached is None:
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
             cached = self._cache[cache_key] = Answer(_forward_response(route, in_body), final=True)
+        if in_body:
+            route.body_answer = cached
+        else:
+            route.answer = cached
         return cached
 
     def _reject(self, error: BaseException, *, grpc_call: bool) -> Answer:

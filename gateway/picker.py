@@ -25,19 +25,31 @@ def pick_copy(copies: Sequence[Copy], inflight: Mapping[str, int]) -> Copy:
     return min(copies, key=lambda c: (inflight.get(c.pod, 0), c.last_used))
 
 
-def pick_pod(pods: Sequence[PodView], size: int, exclude: Collection[str] = ()) -> PodView | None:
-    """The pod to load a model of ``size`` bytes on, or None if no pod can ever hold it."""
+def pick_pod(
+    pods: Sequence[PodView],
+    size: int,
+    exclude: Collection[str] = (),
+    *,
+    age: Callable[[PodView], float | None] | None = None,
+) -> PodView | None:
+    """The pod to load a model of ``size`` bytes on, or None if no pod can ever hold it.
+
+    A pod's cache age is ``age(pod)`` if given, else ``pod.oldest_use``; it is
+    asked for only when every candidate is full, so a costly one (a scan of the
+    pod's copies) is paid only then.
+    """
     candidates = [p for p in pods if p.healthy and p.pod not in exclude and p.capacity >= size]
     if not candidates:
         return None
     with_room = [p for p in candidates if p.free >= size]
     if with_room:
         return max(with_room, key=lambda p: (p.free, -p.model_count, p.pod))
-    return min(candidates, key=lambda p: (_cache_age_key(p), p.pod))
+    ages = {p.pod: p.oldest_use if age is None else age(p) for p in candidates}
+    return min(candidates, key=lambda p: (_cache_age_key(ages[p.pod]), p.pod))
 
 
-def _cache_age_key(pod: PodView) -> float:
-    return pod.oldest_use if pod.oldest_use is not None else float("-inf")
+def _cache_age_key(oldest_use: float | None) -> float:
+    return oldest_use if oldest_use is not None else float("-inf")
 
 
 def by_last_use(copy: Copy) -> float:

@@ -11,16 +11,17 @@ themselves are the plain functions of gateway.picker; this module gathers
 their inputs and carries them out. It talks to pods only through the PodClient
 protocol and reports what happens through PlacementEvents (gateway.metrics).
 
-The hot path is ``lookup``: dict reads and two integer increments.
+The hot path is ``route_sole`` (``route`` for models with several copies):
+attribute reads and writes on the model's record and its copy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import math
+import operator
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -155,6 +156,9 @@ class _Entry:
     routed_at_tick: int = 0
     rate: float = 0.0  # requests/s, smoothed over ticks
     demand: float = 0.0  # the model's decayed request count as of last_used
+    # What Placement.route_sole's caller made for this copy (the router's Route,
+    # carrying gateway.extproc's answer): reused while this is its model's only copy.
+    memo: object = None
 
     def busy(self) -> int:
         """Requests in flight as best known: the pod's count plus what was routed since."""
@@ -162,6 +166,9 @@ class _Entry:
 
     def copy(self) -> Copy:
         return Copy(self.model_id, self.pod, self.state, self.size, self.last_used, self.loaded_at, self.demand)
+
+
+_SIZE, _RATE = operator.attrgetter("size"), operator.attrgetter("rate")
 
 
 @dataclass(slots=True)
@@ -179,23 +186,22 @@ class _Pod:
     name: str = ""  # as it registered (its pod id)
 
     def view(self) -> PodView:
-        loaded = [e.last_used for e in self.copies.values() if e.state is CopyState.LOADED]
-        return PodView(
-            pod=self.pod,
-            capacity=self.capacity,
-            used=sum(e.size for e in self.copies.values()),
-            model_count=len(self.copies),
-            healthy=self.healthy,
-            oldest_use=min(loaded, default=None),
-        )
+        """Capacity and use; no cache age (Placement._cache_age, asked for only when pods are full)."""
+        return PodView(self.pod, self.capacity, sum(map(_SIZE, self.copies.values())), len(self.copies),
+                       self.healthy)
 
     def rate(self) -> float:
-        return sum(e.rate for e in self.copies.values())
+        return sum(map(_RATE, self.copies.values()))
 
 
 @dataclass(slots=True)
 class _Model:
     spec: ModelSpec
+    # What a hit reads and writes, first, so that they share cache lines.
+    sole: _Entry | None = None  # the only copy, when there is exactly one (kept by Placement._put/_drop)
+    demand: float = 0.0  # requests, decayed with eviction_half_life, as of demand_at
+    demand_at: float = 0.0
+    requests: int = 0  # requests routed to any copy, ever
     copies: dict[str, _Entry] = field(default_factory=dict)  # pod -> entry
     loading: asyncio.Task[str] | None = None  # the first copy's load, shared by all waiters
     urgent: bool = False  # a request waits for that load
@@ -208,9 +214,6 @@ class _Model:
     size: int = 0  # real size once a pod has loaded it; until then the prediction
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set when a pod reports a new copy
     last_error: str = ""
-    requests: int = 0  # requests routed to any copy, ever
-    demand: float = 0.0  # requests, decayed with eviction_half_life, as of demand_at
-    demand_at: float = 0.0
 
     def loaded(self) -> list[_Entry]:
         return [e for e in self.copies.values() if e.state is CopyState.LOADED]
@@ -239,6 +242,8 @@ class Placement:
         self._pods: dict[str, _Pod] = {}
         self._models: dict[str, _Model] = {}
         self._last_tick = clock()
+        # Bumped whenever a model id starts or stops naming a _Model: handles (``handle``) held since are stale.
+        self.generation = 0
         self.hits = 0
         self.misses = 0
 
@@ -391,6 +396,7 @@ class Placement:
         model = self._models.get(spec.model_id)
         if model is None:
             self._models[spec.model_id] = _Model(spec, deferred=standby)
+            self.generation += 1
         elif model.spec != spec:
             model.spec = spec
 
@@ -402,6 +408,7 @@ class Placement:
         model = self._models.pop(model_id, None)
         if model is None:
             return
+        self.generation += 1
         pending = [t for t in (model.loading, model.adding) if t is not None]
         if pending:
             await asyncio.wait(pending)
@@ -415,6 +422,7 @@ class Placement:
         it and unloads its copies."""
         model = self._models.pop(model_id, None)
         if model is not None:
+            self.generation += 1
             for pod_name in list(model.copies):
                 self._drop(self._pods[pod_name], model_id)
 
@@ -432,6 +440,30 @@ class Placement:
         standby = model.ever_loaded or model.deferred
         return ModelStatus(ModelState.STANDBY if standby else ModelState.PENDING, 0)
 
+    def handle(self, model_id: str) -> _Model:
+        """The table's record of ``model_id``, for ``route_sole``; valid while ``generation`` is unchanged."""
+        model = self._models.get(model_id)
+        if model is None:
+            raise ModelNotFound(model_id)
+        return model
+
+    def route_sole(self, model: _Model, memo: Callable[[str, str], object]) -> object | None:
+        """The hottest path: a request to a model with one copy, loaded.
+
+        Counts the request to that copy and returns what ``memo(address,
+        model_id)`` made for the copy, called once per copy (the router's
+        Route). None when the model has several copies or none loaded:
+        ``route`` decides then.
+        """
+        entry = model.sole
+        if entry is None or entry.state is not CopyState.LOADED:
+            return None
+        self._route(model, entry)
+        self.hits += 1
+        if entry.memo is None:
+            entry.memo = memo(self._pods[entry.pod].address, entry.model_id)
+        return entry.memo
+
     def lookup(self, model_id: str) -> str | None:
         """The address of a loaded copy (counted as a request to it), or None on a miss."""
         found = self.route(model_id)
@@ -442,11 +474,10 @@ class Placement:
         model = self._models.get(model_id)
         if model is None:
             raise ModelNotFound(model_id)
-        copies = model.copies
-        if len(copies) == 1:  # the common case, without building lists
-            for entry in copies.values():
-                if entry.state is not CopyState.LOADED:
-                    return None
+        entry = model.sole
+        if entry is not None:  # the common case, without building lists
+            if entry.state is not CopyState.LOADED:
+                return None
             self._route(model, entry)
             self.hits += 1
             return self._pods[entry.pod].address, ()
@@ -499,16 +530,16 @@ class Placement:
         loaded = model.loaded()
         return len(loaded) > 1 and sum(e.rate for e in loaded) / len(loaded) < self._settings.quiet_rate
 
-    def _view(self, pod: _Pod) -> PodView:
-        """The pod for pick_pod; its cache age is that of its cheapest evictable copy."""
-        age = picker.cache_age(
+    def _cache_age(self, view: PodView) -> float | None:
+        """A pod's cache age for pick_pod: the eviction key of its cheapest evictable copy."""
+        pod = self._pods[view.pod]
+        return picker.cache_age(
             [e.copy() for e in pod.copies.values()],
             now=self._clock(),
             churn_guard=self._settings.churn_guard,
             inflight=self._inflight(pod),
             key=self._eviction_key,
         )
-        return dataclasses.replace(pod.view(), oldest_use=age)
 
     async def ensure_loaded(self, model_id: str, *, urgent: bool = True, evict: bool = True) -> str:
         """The address of a loaded copy, loading the model first on a miss.
@@ -652,14 +683,16 @@ class Placement:
         busy: set[str] = set()
         if pods:
             shortest = min(len(p.queue) for p in pods)
-            mean_rate = sum(p.rate() for p in pods) / len(pods)
-            for pod in pods:
+            rates = [p.rate() for p in pods]
+            mean_rate = sum(rates) / len(pods)
+            for pod, rate in zip(pods, rates):
                 if len(pod.queue) > shortest + self._settings.max_queue_gap or (
-                    mean_rate > 0 and pod.rate() > self._settings.rate_skew * mean_rate
+                    mean_rate > 0 and rate > self._settings.rate_skew * mean_rate
                 ):
                     busy.add(pod.pod)
-        views = [self._view(p) for p in pods]
-        return picker.pick_pod(views, size, exclude=exclude | busy) or picker.pick_pod(views, size, exclude=exclude)
+        views = [p.view() for p in pods]
+        return (picker.pick_pod(views, size, exclude=exclude | busy, age=self._cache_age)
+                or picker.pick_pod(views, size, exclude=exclude, age=self._cache_age))
 
     def _load_error(self, model: _Model, errors: list[LoadFailed], *, no_room: bool) -> Exception:
         spec, size = model.spec, model.expected_size()
@@ -690,7 +723,7 @@ class Placement:
         async with pod.queue.slot(spec.model_id, urgent=urgent) as queued:
             # Plan evictions once holding the slot: the table may have changed while queued.
             view = pod.view()
-            evict = picker.plan_evictions(
+            evict = [] if view.free >= expected else picker.plan_evictions(
                 view,
                 [e.copy() for e in pod.copies.values()],
                 expected,
@@ -767,6 +800,7 @@ class Placement:
         entry = _Entry(model.spec.model_id, pod.pod, state, size, now, now)
         pod.copies[entry.model_id] = entry
         model.copies[pod.pod] = entry
+        model.sole = entry if len(model.copies) == 1 else None
         return entry
 
     def _drop(self, pod: _Pod, model_id: str) -> None:
@@ -774,6 +808,7 @@ class Placement:
         model = self._models.get(model_id)
         if model is not None:
             model.copies.pop(pod.pod, None)
+            model.sole = next(iter(model.copies.values())) if len(model.copies) == 1 else None
 
     async def _unload_quietly(self, pod: _Pod, model_id: str) -> None:
         pod.unloading.add(model_id)  # until the pod's own list no longer has it

@@ -93,6 +93,7 @@ class Registry:
         self._storage_problems: dict[str, str] = {}  # InferenceService name -> why its storage is unusable
         # name or concrete id -> concrete id to route to; read on every request.
         self._routes: dict[str, str] = {}
+        self.generation = 0  # bumped on every change of _routes: what resolve said before may be stale
         self._rollouts: set[asyncio.Task[None]] = set()
         # apply and delete read, then write: one at a time, whatever the store awaits.
         self._writing = asyncio.Lock()
@@ -140,8 +141,7 @@ class Registry:
                 log.info("%s was deleted on another gateway replica", name)
                 del self._records[name]
                 self._selections.pop(name, None)
-                for key in (name, old.serving.model_id, old.target.model_id):
-                    self._routes.pop(key, None)
+                self._unroute(name, old.serving.model_id, old.target.model_id)
                 for spec in {old.serving, old.target}:
                     self._placement.forget(spec.model_id)
             return
@@ -158,7 +158,7 @@ class Registry:
         for spec in {record.serving, record.target}:
             self._placement.register(spec, standby=True)
         if old is not None:
-            self._routes.pop(old.serving.model_id, None)
+            self._unroute(old.serving.model_id)
             for spec in {old.serving, old.target} - {record.serving, record.target}:
                 self._placement.forget(spec.model_id)
         self._index(record)
@@ -253,7 +253,7 @@ class Registry:
         self._placement.register(spec)
         self._remember(record)
         if old.target not in (old.serving, spec):  # an unfinished rollout is superseded
-            self._routes.pop(old.target.model_id, None)
+            self._unroute(old.target.model_id)
             await self._placement.unregister(old.target.model_id)
         if spec != record.serving and spec != old.target:
             self._start_rollout(record)
@@ -273,8 +273,7 @@ class Registry:
 
     async def _withdraw(self, record: Record) -> None:
         """Stop routing to the record's models and take them off the placement."""
-        for key in (record.name, record.serving.model_id, record.target.model_id):
-            self._routes.pop(key, None)
+        self._unroute(record.name, record.serving.model_id, record.target.model_id)
         for spec in {record.serving, record.target}:
             if self._placement.is_registered(spec.model_id):
                 await self._placement.unregister(spec.model_id)
@@ -407,6 +406,12 @@ class Registry:
         self._routes[record.name] = record.serving.model_id
         self._routes[record.serving.model_id] = record.serving.model_id
         self._routes[record.target.model_id] = record.target.model_id
+        self.generation += 1
+
+    def _unroute(self, *keys: str) -> None:
+        for key in keys:
+            self._routes.pop(key, None)
+        self.generation += 1
 
     def _start_rollout(self, record: Record) -> None:
         task = asyncio.create_task(self._roll_out(record.name, record.target), name=f"rollout {record.name}")
@@ -428,7 +433,7 @@ class Registry:
                 return  # deleted, superseded or left without a runtime meanwhile
             old = record.serving
             await self._save(replace(record, serving=target))
-            self._routes.pop(old.model_id, None)
+            self._unroute(old.model_id)
         log.info("rolled out %s: traffic moved from %s to %s", name, old.model_id, target.model_id)
         await asyncio.sleep(self._settings.rollout_grace)
         await self._placement.unregister(old.model_id)

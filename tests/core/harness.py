@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,3 +56,9 @@ async def harness(tmp_path: Path, pods: FakePods | None = None, *, grace: float 
     await registry.restore()
     await placement.check_pods()
     return Harness(pods, placement, registry, Router(registry, placement), store)
+
+
+async def settle() -> None:
+    """Let the event loop run the tasks a call started (background loads, rollouts)."""
+    for _ in range(20):
+        await asyncio.sleep(0)

@@ -11,12 +11,7 @@ from gateway.registry import Registry
 from gateway.storage import StorageRoots
 
 from .fakes import FakePod, FakePods
-from .harness import harness, isvc
-
-
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
+from .harness import harness, isvc, settle
 
 
 async def test_apply_creates_then_is_unchanged_then_configured(tmp_path: Path) -> None:

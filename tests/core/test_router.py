@@ -1,0 +1,58 @@
+"""Router.hit keeps a name -> model cache and a Route per copy: they must follow every change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import ModelNotFound
+from gateway.route_key import RouteKey
+
+from .fakes import FakePod, FakePods
+from .harness import harness, isvc, settle
+
+NAME = RouteKey("sklearn-mnist", grpc=False)
+
+
+async def test_a_hit_on_one_copy_returns_the_same_route_and_counts_each_request(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    record, _ = await h.registry.apply(isvc())
+    await settle()
+    first, second = h.router.hit(NAME), h.router.hit(NAME)
+    assert first is second
+    assert (first.address, first.model_id, first.fallbacks) == ("10.0.0.1:9000", record.serving.model_id, ())
+    assert h.placement.model_requests()[record.serving.model_id] == 2
+    assert h.placement.hits == 2
+
+
+async def test_hits_follow_a_rollout_a_delete_and_a_new_record(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    old, _ = await h.registry.apply(isvc())
+    await settle()
+    assert h.router.hit(NAME).model_id == old.serving.model_id
+    new, _ = await h.registry.apply(isvc(path="v2.joblib"))
+    await settle()
+    assert h.router.hit(NAME).model_id == new.target.model_id  # the name moved: not the cached old model
+    await h.registry.delete("sklearn-mnist")
+    with pytest.raises(ModelNotFound):
+        h.router.hit(NAME)
+    again, _ = await h.registry.apply(isvc())
+    await settle()
+    route = h.router.hit(NAME)
+    assert route is not None and route.model_id == again.serving.model_id
+
+
+async def test_a_second_copy_adds_fallbacks_and_losing_it_brings_the_cached_route_back(tmp_path: Path) -> None:
+    h = await harness(tmp_path, FakePods(**{"10.0.0.1:9000": FakePod(), "10.0.0.2:9000": FakePod()}))
+    record, _ = await h.registry.apply(isvc())
+    await settle()
+    sole = h.router.hit(NAME)
+    assert await h.placement.ensure_copies(record.serving.model_id, 2) == 2
+    both = h.router.hit(NAME)
+    assert both is not sole and len(both.fallbacks) == 1
+    assert {both.address, *both.fallbacks} == {"10.0.0.1:9000", "10.0.0.2:9000"}
+    h.pods.pods[both.fallbacks[0]].down = True
+    await h.placement.check_pods()
+    assert h.router.hit(NAME) is h.router.hit(NAME)  # the one copy left is on the fast path again
+    assert h.router.hit(NAME).fallbacks == ()
