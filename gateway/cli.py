@@ -27,6 +27,7 @@ import httpx
 import yaml
 
 from gateway.errors import GatewayError
+from gateway.resources import parse_quantity
 from gateway.settings import DEFAULT_PODS
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -37,21 +38,16 @@ CSR_NAMES = ("csr", "clusterservingruntime", "clusterservingruntimes")
 KINDS = {"ClusterServingRuntime": ("clusterservingruntime.serving.kserve.io", 0),
          "ServingRuntime": ("servingruntime.serving.kserve.io", 1),
          "InferenceService": ("inferenceservice.serving.kserve.io", 2)}
-_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 10**3, "M": 10**6, "G": 10**9}
-
-
 class CliError(Exception):
     """Printed as 'error: ...' with exit status 1."""
 
 
 def quantity(text: str) -> int:
     """Bytes from a Kubernetes quantity: 1073741824, 512Mi, 1Gi, 2G."""
-    for suffix, factor in _UNITS.items():
-        if text.endswith(suffix) and text[: -len(suffix)].isdigit():
-            return int(text[: -len(suffix)]) * factor
-    if text.isdigit():
-        return int(text)
-    raise argparse.ArgumentTypeError(f"not a byte quantity: {text!r} (e.g. 1073741824, 512Mi, 1Gi)")
+    try:
+        return parse_quantity(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def port(text: str) -> int:
@@ -334,11 +330,14 @@ def cmd_pod(args: argparse.Namespace) -> int:
     from gateway.pod.runtimes import BUILTIN_RUNTIMES
     from gateway.storage import load_storage_config
 
+    given = {"capacity_bytes": args.capacity, "model_loading_timeout_ms": args.model_loading_timeout_ms}
     server.main(
         server.PodSettings(
-            host=args.host, port=args.port, capacity_bytes=args.capacity, pod_id=args.id or f"{socket.gethostname()}-{args.port}",
+            host=args.host, port=args.port, capacity_bytes=args.capacity or 1 << 30,
+            pod_id=args.id or f"{socket.gethostname()}-{args.port}",
             max_loading_concurrency=args.max_loading_concurrency,
-            model_loading_timeout_ms=args.model_loading_timeout_ms,
+            model_loading_timeout_ms=args.model_loading_timeout_ms or 90_000,
+            explicit=frozenset(k for k, v in given.items() if v is not None),
             unload_drain_seconds=args.unload_drain_seconds,
             size_multiplier=args.size_multiplier, max_message_bytes=args.max_message_bytes,
             runtimes={**BUILTIN_RUNTIMES, **dict(args.runtime or ())},
@@ -424,10 +423,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pod", help="run one runtime pod")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--capacity", type=quantity, default=1 << 30, help="model memory in bytes (512Mi, 1Gi, ...)")
+    p.add_argument("--capacity", type=quantity,
+                   help="model memory in bytes (512Mi, 1Gi, ...; default: the runtime's memory limit minus "
+                        "memBufferBytes with --runtime-name, else 1Gi)")
     p.add_argument("--id")
     p.add_argument("--max-loading-concurrency", type=int, default=1)
-    p.add_argument("--model-loading-timeout-ms", type=int, default=90_000)
+    p.add_argument("--model-loading-timeout-ms", type=int,
+                   help="bound on each load (default: the runtime's modelLoadingTimeoutMillis, else 90000)")
     p.add_argument("--runtime", action="append", type=_runtime, metavar="TYPE=module:Class",
                    help="serve model type TYPE with this Model class (adds to or replaces the built-in ones)")
     p.add_argument("--unload-drain-seconds", type=float, default=30.0,
@@ -442,7 +444,9 @@ def parser() -> argparse.ArgumentParser:
                    help="the gateway's data folder, for --store embedded")
     p.add_argument("--advertise", default="", metavar="HOST:PORT",
                    help="the address gateways and Envoy reach this pod at (default: this host's IP and --port)")
-    p.add_argument("--runtime-name", default="", help="the ServingRuntime this pod serves (default: any)")
+    p.add_argument("--runtime-name", default="",
+                   help="the ServingRuntime this pod is one of: its YAML gives the pod's capacity, load timeout "
+                        "and model class (MLSERVER_MODEL_IMPLEMENTATION); default: any runtime, built-in classes")
     p.add_argument("--storage-config", type=Path, metavar="FILE|DIR",
                    help="ModelMesh's storage-config: the S3 storage keys the puller may download from")
     p.add_argument("--model-cache", type=Path, metavar="DIR",

@@ -102,6 +102,8 @@ class Deployment:
     log_to: IO[str] | None = None  # None: each process logs to <data_dir>/logs/<name>.log
     store: str = "embedded"  # or etcd://HOST:PORT; pods register there, the gateway reads it
     own_pods: bool = True  # False: another Deployment's pods (a second gateway replica on one etcd)
+    # Pods whose start is not waited for: pods of a ServingRuntime not applied yet wait for it.
+    later_pods: frozenset[int] = frozenset()
     processes: list[Process] = field(default_factory=list)
 
     @property
@@ -132,14 +134,16 @@ class Deployment:
         deadline = time.monotonic() + timeout
         if self.own_pods:
             for i, port in enumerate(self.ports.pods):
-                self._wait(f"pod-{i}", lambda port=port: listening(port), deadline)
+                if i not in self.later_pods:
+                    self._wait(f"pod-{i}", lambda port=port: listening(port), deadline)
         self._wait("gateway", self._gateway_sees_every_pod, deadline)
         self.wait_for_envoy(deadline - time.monotonic())
 
     def _gateway_sees_every_pod(self) -> bool:
         with contextlib.suppress(httpx.HTTPError, ValueError):
             pods = httpx.get(f"{self.api_url}/v1/placement", timeout=0.5).json()["pods"]
-            return len(pods) == len(self.ports.pods) and all(p["healthy"] for p in pods)
+            expected = len(self.ports.pods) - len(self.later_pods)
+            return len(pods) == expected and all(p["healthy"] for p in pods)
         return False
 
     def wait_for_envoy(self, timeout: float = 30.0) -> None:
@@ -147,11 +151,13 @@ class Deployment:
         self._wait("envoy", lambda: _http_ok(ready), time.monotonic() + timeout)
 
     def start_pod(self, index: int, port: int) -> Process:
+        extra = self.pod_args.get(index, [])
+        # A pod of a ServingRuntime takes its capacity from the runtime's YAML, unless given one.
+        capacity = [] if "--runtime-name" in extra else ["--capacity", str(self.pod_capacity)]
         return self._spawn(
             f"pod-{index}",
-            [sys.executable, "-m", "gateway.cli", "pod", "--port", str(port),
-             "--capacity", str(self.pod_capacity), "--id", f"pod-{index}",
-             "--store", self.store, "--data-dir", str(self.data_dir), *self.pod_args.get(index, [])],
+            [sys.executable, "-m", "gateway.cli", "pod", "--port", str(port), *capacity, "--id", f"pod-{index}",
+             "--store", self.store, "--data-dir", str(self.data_dir), *extra],
         )
 
     def start_gateway(self) -> Process:

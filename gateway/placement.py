@@ -213,6 +213,7 @@ class _Model:
     deferred: bool = False  # a proactive load found no room: it loads on demand
     size: int = 0  # real size once a pod has loaded it; until then the prediction
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set when a pod reports a new copy
+    runtime: str = ""  # the ServingRuntime serving it ("": any pod)
     last_error: str = ""
 
     def loaded(self) -> list[_Entry]:
@@ -391,14 +392,25 @@ class Placement:
 
     # -- models ----------------------------------------------------------
 
-    def register(self, spec: ModelSpec, *, standby: bool = False) -> None:
-        """Add a model to the table; ``standby``: known from before (a restart), loads on demand."""
+    def register(self, spec: ModelSpec, *, standby: bool = False, runtime: str = "") -> None:
+        """Add a model to the table; ``standby``: known from before (a restart), loads on demand.
+        ``runtime``: the ServingRuntime serving it: only pods of that runtime (or of none) take it."""
         model = self._models.get(spec.model_id)
         if model is None:
-            self._models[spec.model_id] = _Model(spec, deferred=standby)
+            model = self._models[spec.model_id] = _Model(spec, deferred=standby)
             self.generation += 1
         elif model.spec != spec:
             model.spec = spec
+        model.runtime = runtime
+
+    def serves(self, runtime: str, model_type: str) -> bool:
+        """Whether a healthy pod could load a model of this runtime and type now."""
+        return any(self._fits(pod, runtime, model_type) for pod in self._pods.values())
+
+    @staticmethod
+    def _fits(pod: _Pod, runtime: str, model_type: str) -> bool:
+        return (pod.healthy and pod.runtime in ("", runtime)
+                and (not pod.model_types or model_type in pod.model_types))
 
     def is_registered(self, model_id: str) -> bool:
         return model_id in self._models
@@ -679,7 +691,7 @@ class Placement:
     def _choose(self, model: _Model, exclude: set[str]) -> PodView | None:
         """ModelMesh's choice of pod for a load, skipping pods far busier than the rest."""
         spec, size = model.spec, model.expected_size()
-        pods = [p for p in self._pods.values() if p.healthy and (not p.model_types or spec.model_type in p.model_types)]
+        pods = [p for p in self._pods.values() if self._fits(p, model.runtime, spec.model_type)]
         busy: set[str] = set()
         if pods:
             shortest = min(len(p.queue) for p in pods)
@@ -702,9 +714,10 @@ class Placement:
             reasons = "; ".join(e.message for e in errors)
             kind = ModelFormatError if all(isinstance(e, ModelFormatError) for e in errors) else LoadFailed
             return kind(f"loading model '{spec.model_id}' failed on {len(errors)} pod(s): {reasons}")
-        healthy = [p for p in self._pods.values() if p.healthy]
+        healthy = [p for p in self._pods.values() if self._fits(p, model.runtime, spec.model_type)]
         if not healthy:
-            return _NoPods("no runtime pod is available")
+            which = f" of runtime '{model.runtime}'" if model.runtime else ""
+            return _NoPods(f"no runtime pod{which} that serves format '{spec.model_type}' is available")
         largest = max(p.capacity for p in healthy)
         if size > largest:
             return NoCapacity(

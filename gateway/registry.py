@@ -36,7 +36,7 @@ from gateway.errors import GatewayError, InvalidSpec, ModelNotFound, StorageErro
 from gateway.placement import Placement
 from gateway.resources import InferenceService, parse_inference_service
 from gateway.serving_runtimes import PREFIXES as RUNTIME_PREFIXES
-from gateway.serving_runtimes import RuntimeCatalog, RuntimeRecord, Selection
+from gateway.serving_runtimes import RUNTIME_UNHEALTHY, RuntimeCatalog, RuntimeRecord, Selection
 from gateway.storage import StorageRoots
 from gateway.store import Store
 from gateway.sync import Mirror
@@ -115,7 +115,7 @@ class Registry:
             if not self._servable(record.name):
                 continue
             for spec in {record.serving, record.target}:
-                self._placement.register(spec, standby=True)
+                self._register(record.name, spec, standby=True)
             self._index(record)
             if record.target != record.serving:
                 self._start_rollout(record)
@@ -156,7 +156,7 @@ class Registry:
         if not self._servable(name):
             return
         for spec in {record.serving, record.target}:
-            self._placement.register(spec, standby=True)
+            self._register(name, spec, standby=True)
         if old is not None:
             self._unroute(old.serving.model_id)
             for spec in {old.serving, old.target} - {record.serving, record.target}:
@@ -241,7 +241,7 @@ class Registry:
             if old is not None:
                 await self._withdraw(old)
             if servable:
-                self._placement.register(spec)
+                self._register(isvc.name, spec)
             self._remember(record)
             if servable:
                 self._placement.load_in_background(spec.model_id)
@@ -250,7 +250,7 @@ class Registry:
         await self._store.put(_PREFIX + record.name, record.to_json())
         self._selections[isvc.name] = selection
         self._set_storage_problem(isvc.name, problem)
-        self._placement.register(spec)
+        self._register(isvc.name, spec)
         self._remember(record)
         if old.target not in (old.serving, spec):  # an unfinished rollout is superseded
             self._unroute(old.target.model_id)
@@ -302,9 +302,16 @@ class Registry:
                 await self._save(replace(record, serving=record.target))
                 log.info("%s has no runtime now: %s", name, self._selections[name].message)
             elif self._servable(name) and not was_servable:
-                self._placement.register(record.target)
+                self._register(name, record.target)
                 self._index(record)
                 self._placement.load_in_background(record.target.model_id)
+            elif self._servable(name):  # its runtime may be another one now
+                for spec in {record.serving, record.target}:
+                    self._register(name, spec)
+
+    def _register(self, name: str, spec: ModelSpec, *, standby: bool = False) -> None:
+        runtime = self._selections[name].runtime
+        self._placement.register(spec, standby=standby, runtime=runtime.name if runtime is not None else "")
 
     def status(self, record: Record) -> dict[str, Any]:
         """The record's status in KServe's shape (conditions, modelStatus, url), and status.runtime."""
@@ -326,6 +333,11 @@ class Registry:
         if not serving.ready:
             if serving.state is ModelState.FAILED_TO_LOAD:
                 condition.update(reason="ModelLoadFailed", message=serving.message)
+            elif not self._placement.serves(selection.runtime.name, record.serving.model_type):
+                condition.update(reason=RUNTIME_UNHEALTHY, message=(
+                    f"no pod of runtime '{selection.runtime.name}' that serves format "
+                    f"'{record.serving.model_type}' is up (start one: mmgw pod --runtime-name "
+                    f"{selection.runtime.name})"))
             else:
                 condition.update(reason="ModelNotReady", message=f"model is {serving.state.value}")
         status: dict[str, Any] = {

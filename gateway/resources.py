@@ -111,6 +111,20 @@ class SupportedModelFormat(_Strict):
         return model.version is None or self.version == model.version
 
 
+_QUANTITY_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 10**3, "M": 10**6, "G": 10**9,
+                   "T": 10**12}
+
+
+def parse_quantity(text: str) -> int:
+    """Bytes from a Kubernetes quantity: 1073741824, 512Mi, 1Gi, 2G. ValueError otherwise."""
+    for suffix, factor in _QUANTITY_UNITS.items():
+        if text.endswith(suffix) and text[: -len(suffix)].isdigit():
+            return int(text[: -len(suffix)]) * factor
+    if text.isdigit():
+        return int(text)
+    raise ValueError(f"not a byte quantity: {text!r} (e.g. 1073741824, 512Mi, 1Gi)")
+
+
 class Container(_Open):
     name: str = Field(pattern=NAME_PATTERN, max_length=63)
     image: str | None = None

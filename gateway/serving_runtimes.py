@@ -36,6 +36,7 @@ _SERVER_METADATA = (
 NO_SUPPORTING_RUNTIME = "NoSupportingRuntime"
 RUNTIME_NOT_RECOGNIZED = "RuntimeNotRecognized"
 RUNTIME_DISABLED = "RuntimeDisabled"
+RUNTIME_UNHEALTHY = "RuntimeUnhealthy"  # selected, but none of its pods is up
 
 
 def _builtin(name: str, image: str, server_type: str, formats: Iterable[tuple[str, str]]) -> dict[str, Any]:

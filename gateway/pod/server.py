@@ -30,6 +30,7 @@ from gateway._proto import model_runtime_pb2_grpc as rt_grpc
 
 from gateway.store import open_store
 
+from . import profile
 from .puller import Puller
 from .registration import Registration
 from .repository import ModelRepository
@@ -143,10 +144,17 @@ async def serve(settings: PodSettings, *, ready: asyncio.Event | None = None) ->
 
     ``ready`` is set once the port is bound and the services answer.
     """
-    pod = PodServer(settings)
     store = open_store(settings.store, settings.data_dir) if settings.store else None
+    pod: PodServer | None = None
     registering: asyncio.Task[None] | None = None
     try:
+        if store is not None and settings.runtime_name:
+            runtime = profile.profile(await profile.fetch(store, settings.runtime_name))
+            settings = profile.configure(settings, runtime, explicit=settings.explicit)
+            log.info("pod %s of servingruntime '%s': %d bytes for models, formats %s, loads bounded by %d ms",
+                     settings.pod_id, runtime.name, settings.capacity_bytes, ", ".join(sorted(settings.runtimes)),
+                     settings.model_loading_timeout_ms)
+        pod = PodServer(settings)
         await pod.start()
         if store is not None:
             registration = Registration(store, settings.pod_id, pod.registration_info(), pod.models)
@@ -158,7 +166,8 @@ async def serve(settings: PodSettings, *, ready: asyncio.Event | None = None) ->
         if registering is not None:  # leave the pool first: gateways stop sending requests
             registering.cancel()
             await asyncio.gather(registering, return_exceptions=True)
-        await pod.stop()
+        if pod is not None:
+            await pod.stop()
         if store is not None:
             await store.close()
 

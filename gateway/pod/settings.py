@@ -37,7 +37,8 @@ class PodSettings:
     - ``advertise``: the address gateways and Envoy reach the pod at; by
       default ``host:port``, or this host's own IP address when ``host`` is a
       wildcard (0.0.0.0 in a container).
-    - ``runtime_name``: the ServingRuntime this pod serves ("" : any).
+    - ``runtime_name``: the ServingRuntime this pod is one of ("" : any); with a
+      store, its YAML configures the pod (gateway.pod.profile).
     - ``storage_config``: storage key -> entry (gateway.storage.load_storage_config),
       for the models the puller downloads from S3.
     - ``model_cache``: the folder downloaded models go to; the pod owns it and
@@ -59,6 +60,7 @@ class PodSettings:
     data_dir: Path = Path(".mmgw")
     advertise: str = ""
     runtime_name: str = ""
+    explicit: frozenset[str] = frozenset()  # fields given on the command line: the runtime's YAML leaves them
     storage_config: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     model_cache: Path | None = None
 

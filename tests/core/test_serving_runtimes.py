@@ -11,10 +11,12 @@ import httpx
 import pytest
 
 from gateway.api import build_api
-from gateway.errors import InvalidSpec, ModelNotFound
+from gateway.errors import InvalidSpec, ModelNotFound, Unavailable
 from gateway.resources import parse_inference_service, parse_serving_runtime
+from gateway.route_key import RouteKey
 from gateway.serving_runtimes import RuntimeRecord, select
 
+from .fakes import FakePod, FakePods
 from .harness import harness, isvc
 
 SEED_RUNTIME: dict[str, Any] = {
@@ -237,16 +239,15 @@ async def test_no_supporting_runtime_is_stored_not_ready_and_never_loaded(tmp_pa
     with pytest.raises(ModelNotFound, match="is not registered"):
         h.registry.resolve(rec.serving.model_id)
 
-    # A runtime for the format arrives: the model is registered and routed (the
-    # fake pod serves only sklearn, so its load finds no pod: out of scope here).
+    # A runtime for the format arrives: the model is registered and routed, but no
+    # pod of that runtime is up (the fake pod serves only sklearn): RuntimeUnhealthy.
     await h.registry.apply_runtime(copy.deepcopy(SEED_RUNTIME))
     await settle()
     assert h.placement.is_registered(rec.serving.model_id)
     assert h.registry.resolve("peft") == rec.serving.model_id
     status = h.registry.status(rec)
     assert status["runtime"] == {"kind": "ServingRuntime", "name": "peft-model-server"}
-    assert status["conditions"][0]["reason"] == "ModelLoadFailed"
-    assert h.registry.status(rec)["runtime"] == {"kind": "ServingRuntime", "name": "peft-model-server"}
+    assert status["conditions"][0]["reason"] == "RuntimeUnhealthy"
 
     # Disabled again: withdrawn and unloaded, still stored.
     disabled = copy.deepcopy(SEED_RUNTIME)
@@ -334,3 +335,26 @@ async def test_the_api_in_kubernetes_shape(tmp_path: Path) -> None:
         isvc_item = (await api.get(
             "/apis/serving.kserve.io/v1beta1/namespaces/modelmesh-serving/inferenceservices/peft")).json()
         assert isvc_item["status"]["conditions"][0]["reason"] == "NoSupportingRuntime"
+
+
+async def test_a_model_goes_only_to_pods_of_its_runtime_and_is_runtime_unhealthy_without_one(tmp_path: Path) -> None:
+    pods = FakePods(**{"10.0.0.1:9000": FakePod(), "10.0.0.2:9000": FakePod()})
+    h = await harness(tmp_path, pods)
+    h.placement.add_pod("10.0.0.1:9000", "pod-a", runtime="mlserver-1.x")
+    h.placement.add_pod("10.0.0.2:9000", "pod-b", runtime="other-runtime")
+    await h.registry.apply_runtime(runtime("my-sklearn", {"name": "sklearn", "autoSelect": True, "priority": 9},
+                                           multiModel=True))
+    record_, _ = await h.registry.apply(isvc())  # selects my-sklearn: no pod of it is up
+    await settle()
+    assert pods.loads == []
+    condition = h.registry.status(record_)["conditions"][0]
+    assert (condition["status"], condition["reason"]) == ("False", "RuntimeUnhealthy")
+    assert "no pod of runtime 'my-sklearn' that serves format 'sklearn' is up" in condition["message"]
+    with pytest.raises(Unavailable, match="no runtime pod of runtime 'my-sklearn'"):
+        await h.router.route(RouteKey("sklearn-mnist", grpc=False))
+
+    await h.registry.delete_runtime("ServingRuntime", "my-sklearn")  # back to mlserver-1.x: pod-a only
+    await settle()
+    assert await h.router.route(RouteKey("sklearn-mnist", grpc=False)) is not None
+    assert {pod for pod, _ in pods.loads} == {"10.0.0.1:9000"}
+    assert h.registry.status(h.registry.get("sklearn-mnist"))["conditions"][0]["status"] == "True"

@@ -1,16 +1,19 @@
 """The example custom runtime (examples/custom_runtime) end to end: its ServingRuntime and
 InferenceService YAML applied through the API, BYTES in and out through Envoy, REST and gRPC.
 
-Two pods: only the first serves the ``sentiment`` format (``--runtime``), so the
-placement loads the model there.
+Two pods: the first is a pod of the ServingRuntime (``--runtime-name sentiment-runtime``):
+it waits until the runtime is applied, then takes its capacity, load timeout and
+model class (MLSERVER_MODEL_IMPLEMENTATION) from the YAML. The second serves the
+built-in runtimes, so the placement can only load the model on the first.
 """
 
 from __future__ import annotations
 
 import base64
-import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -28,7 +31,6 @@ from .conftest import ISVCS, wait_ready
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "custom_runtime"
 SRS = "/apis/serving.kserve.io/v1alpha1/namespaces/modelmesh-serving/servingruntimes"
-RUNTIME = "sentiment=examples.custom_runtime.sentiment_runtime:SentimentRuntime"
 SENTENCES = ["what a wonderful day", "this movie was awful", "i love it", "the service was rude and slow"]
 LABELS = ["positive", "negative", "positive", "negative"]
 
@@ -42,14 +44,19 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.Deplo
     data = tmp_path_factory.mktemp("custom-runtime")
     train.save(data / "models" / "sentiment.joblib")
     deployment = launcher.Deployment(data_dir=data, ports=launcher.Ports.free(pods=2),
-                                     pod_args={0: ["--runtime", RUNTIME]})
-    # The pods import examples.custom_runtime from the repository, wherever pytest runs.
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+                                     pod_args={0: ["--runtime-name", "sentiment-runtime"]}, later_pods=frozenset({0}))
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("PYTHONPATH", path)  # inherited by the pods
+        # The pod imports examples.custom_runtime from the runtime's own PYTHONPATH entry, and
+        # only from there: "." made absolute, as pytest may run anywhere.
+        env.delenv("PYTHONPATH", raising=False)
         with deployment, httpx.Client(base_url=deployment.api_url, timeout=30) as api:
             runtime = yaml.safe_load((EXAMPLE / "servingruntime.yaml").read_text())
+            (variables,) = (c["env"] for c in runtime["spec"]["containers"])
+            next(v for v in variables if v["name"] == "PYTHONPATH")["value"] = str(ROOT)
             api.put(f"{SRS}/sentiment-runtime", json=runtime).raise_for_status()
+            pod = wait_for_pod(api, "pod-0")  # started once it could read its runtime
+            assert pod["runtime"] == "sentiment-runtime"
+            assert pod["capacity_bytes"] == (2 << 30) - 134217728  # limits.memory - memBufferBytes
             isvc = yaml.safe_load((EXAMPLE / "inferenceservice.yaml").read_text())
             api.put(f"{ISVCS}/sentiment", json=isvc).raise_for_status()
             item = wait_ready(api, "sentiment")
@@ -58,6 +65,16 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.Deplo
             yield deployment
     for process in deployment.processes:
         assert process.popen.poll() is not None
+
+
+def wait_for_pod(api: httpx.Client, name: str, timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pod in api.get("/v1/placement").json()["pods"]:
+            if pod["name"] == name and pod["healthy"]:
+                return pod
+        time.sleep(0.05)
+    raise TimeoutError(f"{name} did not join the pool")
 
 
 def test_rest_bytes_in_protobuf_json(running: launcher.Deployment) -> None:

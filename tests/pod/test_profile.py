@@ -1,0 +1,109 @@
+"""A pod of a ServingRuntime: capacity, load timeout and model class from the runtime's YAML."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.errors import InvalidSpec
+from gateway.pod import profile
+from gateway.pod.runtimes import BUILTIN_RUNTIMES
+from gateway.pod.settings import PodSettings
+from gateway.resources import parse_serving_runtime
+from gateway.store import EmbeddedStore
+
+GiB, MiB = 1 << 30, 1 << 20
+
+# The seed's runtime (abridged as in issue 4).
+PEFT: dict[str, Any] = {
+    "apiVersion": "serving.kserve.io/v1alpha1", "kind": "ServingRuntime",
+    "metadata": {"name": "peft-model-server", "namespace": "modelmesh-serving"},
+    "spec": {
+        "supportedModelFormats": [{"name": "peft-model", "version": "1", "autoSelect": True}],
+        "multiModel": True, "grpcDataEndpoint": "port:8001", "grpcEndpoint": "port:8085",
+        "containers": [{
+            "name": "mlserver", "image": "registry.example/peft-model-server:latest",
+            "env": [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": "peft_model_server.PeftModelServer"}],
+            "resources": {"requests": {"cpu": "500m", "memory": "4Gi"}, "limits": {"cpu": "5", "memory": "5Gi"}},
+        }],
+        "builtInAdapter": {"serverType": "mlserver", "runtimeManagementPort": 8001,
+                           "memBufferBytes": 134217728, "modelLoadingTimeoutMillis": 90000},
+    },
+}
+
+
+def settings(**changes: Any) -> PodSettings:
+    return PodSettings(port=0, capacity_bytes=GiB, pod_id="p", **changes)
+
+
+def test_the_seed_runtime_gives_capacity_timeout_and_class() -> None:
+    found = profile.profile(parse_serving_runtime(PEFT))
+    assert found == profile.RuntimeProfile(
+        name="peft-model-server", formats=("peft-model",), capacity_bytes=5 * GiB - 128 * MiB,
+        loading_timeout_ms=90000, model_class="peft_model_server:PeftModelServer",
+    )
+    pod = profile.configure(settings(), found)
+    assert (pod.capacity_bytes, pod.model_loading_timeout_ms) == (5 * GiB - 128 * MiB, 90000)
+    assert pod.runtimes == {"peft-model": "peft_model_server:PeftModelServer"}
+
+
+def test_flags_given_on_the_command_line_win() -> None:
+    found = profile.profile(parse_serving_runtime(PEFT))
+    pod = profile.configure(settings(model_loading_timeout_ms=5000), found,
+                            explicit=frozenset({"capacity_bytes", "model_loading_timeout_ms"}))
+    assert (pod.capacity_bytes, pod.model_loading_timeout_ms) == (GiB, 5000)
+
+
+def test_without_a_model_class_the_built_in_classes_serve_the_runtimes_formats() -> None:
+    doc = copy.deepcopy(PEFT)
+    doc["spec"]["supportedModelFormats"] = [{"name": "sklearn"}, {"name": "XGBoost"}]
+    doc["spec"]["containers"][0].pop("env")
+    doc["spec"]["containers"][0].pop("resources")
+    found = profile.profile(parse_serving_runtime(doc))
+    assert found.capacity_bytes is None and found.model_class is None
+    pod = profile.configure(settings(), found)
+    assert pod.capacity_bytes == GiB  # no memory limit: the pod's own
+    assert pod.runtimes == {k: BUILTIN_RUNTIMES[k] for k in ("sklearn", "xgboost")}
+
+
+def test_the_runtimes_pythonpath_is_searched_for_the_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    doc = copy.deepcopy(PEFT)
+    doc["spec"]["containers"][0]["env"].append({"name": "PYTHONPATH", "value": f"{tmp_path}/a:{tmp_path}/b"})
+    profile.configure(settings(), profile.profile(parse_serving_runtime(doc)))
+    assert sys.path[:2] == [str(tmp_path / "b"), str(tmp_path / "a")]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["spec"]["containers"][0]["env"][0].update(value="NoModule"),
+         "MLSERVER_MODEL_IMPLEMENTATION must be package.module.Class"),
+        (lambda d: d["spec"]["containers"][0]["resources"]["limits"].update(memory="100Mi"),
+         "memory limit 100Mi leaves no room for models after memBufferBytes 134217728"),
+    ],
+)
+def test_values_a_pod_cannot_use_are_refused(change: Any, message: str) -> None:
+    doc = copy.deepcopy(PEFT)
+    change(doc)
+    with pytest.raises(InvalidSpec, match=message):
+        profile.profile(parse_serving_runtime(doc))
+
+
+async def test_a_pod_reads_its_runtime_from_the_store_waiting_until_it_is_applied(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "registry.db")
+    try:
+        assert (await profile.fetch(store, "mlserver-1.x")).name == "mlserver-1.x"  # built in
+        waiting = asyncio.create_task(profile.fetch(store, "peft-model-server", retry=0.01))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await store.put("servingruntimes/peft-model-server", {"manifest": PEFT, "created": 0.0})
+        found = await asyncio.wait_for(waiting, 5)
+        assert found.spec.builtInAdapter is not None and found.spec.builtInAdapter.memBufferBytes == 134217728
+    finally:
+        await store.close()
