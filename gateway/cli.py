@@ -370,7 +370,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     ports = launcher.Ports(envoy=args.port, envoy_admin=args.admin_port, api=args.api_port,
                            extproc=args.extproc_port, pods=tuple(args.pod_ports))
-    return demo.run(args.data_dir, ports)
+    return demo.run(args.data_dir, ports, store=args.store)
 
 
 # -- parser ---------------------------------------------------------------
@@ -471,6 +471,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-port", type=port, default=9901, help="Envoy's admin (default %(default)s)")
     p.add_argument("--api-port", type=port, default=8080, help="management API (default %(default)s)")
     p.add_argument("--extproc-port", type=port, default=9000, help="ext_proc server (default %(default)s)")
+    p.add_argument("--store", default=os.environ.get("MMGW_STORE", "embedded"), metavar="URL",
+                   help="embedded (default) or etcd://HOST:PORT, an etcd you run; env MMGW_STORE")
     p.add_argument("--pod-ports", type=port, nargs="+", default=[9101, 9102, 9103], metavar="PORT",
                    help="one runtime pod per port (default %(default)s)")
     p.set_defaults(func=cmd_demo)

@@ -75,28 +75,28 @@ def check_ports(ports: launcher.Ports) -> str | None:
     return None
 
 
-def run(data_dir: Path, ports: launcher.Ports = launcher.Ports()) -> int:
+def run(data_dir: Path, ports: launcher.Ports = launcher.Ports(), *, store: str = "embedded") -> int:
     data_dir = data_dir.resolve()
     with _stop_on_signals():
         try:
-            return _run(data_dir, ports)
+            return _run(data_dir, ports, store)
         except _Stop:
             say("stopped")  # a signal before anything was started
             return 0
 
 
-def _run(data_dir: Path, ports: launcher.Ports) -> int:
+def _run(data_dir: Path, ports: launcher.Ports, store: str) -> int:
     problem = check_ports(ports)
     if problem:
         _complain(problem)
         return 1
     model = samples.train_mnist_svm(data_dir / "models" / samples.SAMPLE_FILE)
     say(f"sample model: {model}")
-    deployment = launcher.Deployment(data_dir=data_dir, ports=ports, listen_host=LISTEN_HOST)
+    deployment = launcher.Deployment(data_dir=data_dir, ports=ports, listen_host=LISTEN_HOST, store=store)
     try:
         with deployment:
             pods = ", :".join(map(str, ports.pods))
-            say(f"started Envoy :{ports.envoy}, gateway (API :{ports.api}), pods :{pods}")
+            say(f"started Envoy :{ports.envoy}, gateway (API :{ports.api}, store {store}), pods :{pods}")
             say(f"logs: {data_dir / 'logs'}")
             _apply_and_wait(deployment.api_url)
             _print_help(ports)

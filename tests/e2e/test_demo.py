@@ -14,9 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway import cli, launcher
+
+from .conftest import seed_body
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 120.0
@@ -82,14 +85,14 @@ def alive(proc: Proc) -> bool:
 
 
 class Demo:
-    def __init__(self, data_dir: Path, ports: launcher.Ports) -> None:
+    def __init__(self, data_dir: Path, ports: launcher.Ports, *options: str) -> None:
         self.data_dir = data_dir
         self.ports = ports
         argv = [
             sys.executable, "-m", "gateway.cli", "demo", "--data-dir", str(data_dir),
             "--port", str(ports.envoy), "--admin-port", str(ports.envoy_admin),
             "--api-port", str(ports.api), "--extproc-port", str(ports.extproc),
-            "--pod-ports", *map(str, ports.pods),
+            "--pod-ports", *map(str, ports.pods), *options,
         ]
         self.popen = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True)
@@ -168,6 +171,21 @@ def test_demo_serves_the_seed_curl_and_stops_everything(demo: Demo, sig: signal.
     assert [child for child in children if alive(child)] == []
     for port in (demo.ports.envoy, demo.ports.api, *demo.ports.pods):
         assert not launcher.listening(port)
+
+
+def test_the_demo_runs_on_etcd_with_the_store_option(tmp_path: Path) -> None:
+    with launcher.EtcdServer(tmp_path / "etcd") as etcd:
+        running = Demo(tmp_path / "demo", launcher.Ports.free(), "--store", etcd.url)
+        try:
+            started = running.wait_for_line(lambda line: line.startswith("started Envoy"), READY_TIMEOUT)
+            assert f"store {etcd.url}" in started
+            running.wait_for_line(lambda line: line == "sklearn-mnist is ready", READY_TIMEOUT)
+            answer = httpx.post(f"http://127.0.0.1:{running.ports.envoy}/v2/models/sklearn-mnist/infer",
+                                json=seed_body(), timeout=30)
+            assert answer.json()["outputs"][0]["contents"]["int64Contents"] == ["8"]
+            assert running.stop(signal.SIGTERM) == 0, running.stderr()
+        finally:
+            running.kill()
 
 
 @pytest.mark.parametrize("which", ["envoy", "api", "pod"])
