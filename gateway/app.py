@@ -24,7 +24,7 @@ from gateway.podclient import GrpcPodClient
 from gateway.registry import Registry, RegistrySettings
 from gateway.router import Router
 from gateway.settings import GatewaySettings
-from gateway.replicas import PodPool, StoreCoordinator
+from gateway.replicas import FailureBook, PodPool, StoreCoordinator
 from gateway.storage import StorageRoots, load_storage_config
 from gateway.store import StoreUnavailable, open_store
 
@@ -61,6 +61,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     )
     metrics.watch(placement)
     pool = PodPool(store, placement)
+    failures = FailureBook(store, placement)
     registry = Registry(
         store,
         placement,
@@ -74,7 +75,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     # Registered models first, then the pods: a pod's loaded models are adopted
     # only if they are registered.
     followers = registry.followers()
-    for mirror in [*followers, pool.mirror]:
+    for mirror in [*followers, pool.mirror, failures.mirror]:
         await mirror.sync()
     await registry.restore()
     await placement.check_pods()
@@ -99,7 +100,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
         asyncio.create_task(api.serve(), name="management API"),
         asyncio.create_task(placement.watch_pods(), name="pod health"),
         asyncio.create_task(coordinator.run(), name="replica coordination"),
-        *(asyncio.create_task(m.run(), name=f"mirror {m.prefix}") for m in [*followers, pool.mirror]),
+        *(asyncio.create_task(m.run(), name=f"mirror {m.prefix}") for m in [*followers, pool.mirror, failures.mirror]),
     ]
     log.info(
         "gateway ready: ext_proc on %s:%d, management API on http://%s:%d, store %s, %d pods registered",

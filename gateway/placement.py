@@ -23,9 +23,9 @@ import logging
 import math
 import operator
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway import picker
 from gateway.domain import Copy, CopyState, ModelSpec, ModelState, ModelStatus, PodView
@@ -85,6 +85,12 @@ class Coordinator(Protocol):
 
     def leader(self) -> bool: ...
 
+    async def failed(self, model_id: str, pod: str, error: LoadFailed) -> None:
+        """Tell the other replicas: loading ``model_id`` on ``pod`` failed (they keep that pod out too)."""
+
+    async def forgive(self, model_id: str, pod: str) -> None:
+        """The leader's: a failure record expired."""
+
 
 class Solo:
     """One gateway alone: every claim is won, and it is the leader."""
@@ -96,6 +102,10 @@ class Solo:
 
     def leader(self) -> bool:
         return True
+
+    async def failed(self, model_id: str, pod: str, error: LoadFailed) -> None: ...
+
+    async def forgive(self, model_id: str, pod: str) -> None: ...
 
 
 class PlacementEvents(Protocol):
@@ -358,6 +368,11 @@ class Placement:
             if pod.healthy and pod.capacity and pod.view().used > pod.capacity:
                 asyncio.ensure_future(self._fit(pod))
         self._unload_strangers(now)
+        for model_id, model in self._models.items():
+            for pod, (when, _) in list(model.failures.items()):
+                if now - when >= self._settings.failure_expiry:
+                    del model.failures[pod]
+                    self._background(self._coordinator.forgive(model_id, pod))
         threshold = self._settings.copy_rate_threshold
         for model in self._models.values():
             loaded = model.loaded()
@@ -428,6 +443,21 @@ class Placement:
             pod = self._pods[pod_name]
             self._drop(pod, model_id)
             await self._unload_quietly(pod, model_id)
+
+    def note_failure(self, model_id: str, pod: str, seconds_ago: float, error: LoadFailed | None) -> None:
+        """A failure record another replica made (``error`` None: the leader expired it)."""
+        model = self._models.get(model_id)
+        if model is None:
+            return
+        if error is None:
+            model.failures.pop(pod, None)
+        elif pod not in model.failures:
+            model.failures[pod] = (self._clock() - seconds_ago, error)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Tell the other replicas, without waiting: if the store is down, they learn nothing."""
+        task = asyncio.ensure_future(work)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def forget(self, model_id: str) -> None:
         """Take a model off the table without unloading it: another replica unregistered
@@ -667,6 +697,7 @@ class Placement:
                 log.warning("loading %s on pod %s failed: %s", spec.model_id, target.pod, exc.message)
                 failed.add(target.pod)
                 model.failures[target.pod] = (self._clock(), exc)
+                self._background(self._coordinator.failed(spec.model_id, target.pod, exc))
                 self._events.load_failed(spec.model_id, target.pod, exc.message)
                 errors.append(exc)
             else:

@@ -5,6 +5,7 @@
   replica that dies mid-load frees its claims when the lease expires. The
   leader holds ``leader`` under its lease; when the key goes (the leader
   stopped, or its lease ran out), every replica tries to create it and one wins.
+- ``FailureBook``: failed loads shared by every replica, expired by the leader.
 - ``PodPool``: mirrors ``pods/``, where runtime pods register themselves
   (gateway.pod.registration), into the placement table: a pod joins when its
   key appears, leaves when its lease expires, and its list of loaded models
@@ -17,8 +18,10 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from typing import Any
 
+from gateway.errors import LoadFailed, ModelFormatError
 from gateway.placement import Placement
 from gateway.store import Store, StoreUnavailable
 from gateway.sync import KeptLease, Mirror
@@ -26,6 +29,7 @@ from gateway.sync import KeptLease, Mirror
 log = logging.getLogger(__name__)
 
 CLAIMS = "claims/"
+FAILURES = "failures/"
 LEADER = "leader"
 PODS = "pods/"
 
@@ -64,6 +68,14 @@ class StoreCoordinator:
 
     def leader(self) -> bool:
         return self._mirror.connected and self.leader_name == self.name
+
+    async def failed(self, model_id: str, pod: str, error: LoadFailed) -> None:
+        await self._store.put(f"{FAILURES}{model_id}/{pod}", {
+            "at": time.time(), "message": error.message, "format": isinstance(error, ModelFormatError),
+            "replica": self.name})
+
+    async def forgive(self, model_id: str, pod: str) -> None:
+        await self._store.delete(f"{FAILURES}{model_id}/{pod}")
 
     def _leader_changed(self, _: str, old: Any, new: Any) -> None:
         self.leader_name = new["replica"] if new else ""
@@ -106,3 +118,20 @@ class PodPool:
         """Health checks found pods ready: apply their registrations' model lists."""
         for record in self.mirror.items.values():
             self._placement.observe(record["address"], record.get("models", {}))
+
+
+class FailureBook:
+    """Failed loads, shared: ``failures/<model id>/<pod>``, so no replica retries a pod that
+    failed a model for another one; the leader deletes them when they expire."""
+
+    def __init__(self, store: Store, placement: Placement) -> None:
+        self._placement = placement
+        self.mirror = Mirror(store, FAILURES, self._changed)
+
+    def _changed(self, key: str, _: Any, new: dict[str, Any] | None) -> None:
+        model_id, _, pod = key.rpartition("/")
+        if new is None:
+            self._placement.note_failure(model_id, pod, 0.0, None)
+        else:
+            kind = ModelFormatError if new.get("format") else LoadFailed
+            self._placement.note_failure(model_id, pod, max(0.0, time.time() - new["at"]), kind(new["message"]))

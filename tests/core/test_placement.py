@@ -516,3 +516,41 @@ async def test_an_extra_copy_of_a_model_gone_quiet_is_the_first_to_go() -> None:
     await placement.ensure_loaded("new")
     assert [m for _, m in pods.unloads] == ["was-hot"]  # the quiet model's extra copy went first
     assert placement.status("was-hot").copies == 1 and placement.status("steady").copies == 1
+
+
+async def test_failure_records_are_shared_with_other_replicas_and_expired_by_the_leader() -> None:
+    class Recording(Solo):
+        def __init__(self) -> None:
+            self.told: list[tuple[str, str, str]] = []
+
+        async def failed(self, model_id: str, pod: str, error: LoadFailed) -> None:
+            self.told.append(("failed", model_id, pod))
+
+        async def forgive(self, model_id: str, pod: str) -> None:
+            self.told.append(("forgive", model_id, pod))
+
+    # This replica learns that "a" failed the model on another replica: it loads on "b" only.
+    pods = FakePods(a=FakePod(), b=FakePod())
+    clock = Clock()
+    coordinator = Recording()
+    placement = Placement(pods, PlacementSettings(failure_expiry=60), clock=clock, coordinator=coordinator)
+    placement.register(spec("m"))
+    placement.add_pod("a")
+    placement.add_pod("b")
+    await placement.check_pods()
+    placement.note_failure("m", "a", 5.0, LoadFailed("bad file on a"))
+    assert await placement.ensure_loaded("m") == "b"
+    assert pods.loads == [("b", "m")]
+
+    # Its own failure is told to the others; the leader forgives it once expired.
+    pods.pods["a"].fail_loads = pods.pods["b"].fail_loads = "disk full"
+    placement.register(spec("n"))
+    with pytest.raises(LoadFailed):
+        await placement.ensure_loaded("n")
+    await asyncio.sleep(0)
+    assert {("failed", "n", "a"), ("failed", "n", "b")} <= set(coordinator.told)
+    clock.now += 61
+    placement.tick()
+    await asyncio.sleep(0)
+    assert {("forgive", "m", "a"), ("forgive", "n", "b")} <= set(coordinator.told)
+    assert [m["state"] for pod in placement.snapshot()["pods"] for m in pod["models"]] == ["LOADED"]

@@ -95,6 +95,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[Pair, EtcdServer]]:
     models = tmp_path / "a" / "models"
     samples.train_mnist_svm(models / samples.SAMPLE_FILE)
     write_synthetic(models / "slow.json", size_bytes=MiB, load_seconds=1.5)
+    write_synthetic(models / "broken.json", size_bytes=MiB, fail="corrupt weights")
     with EtcdServer(tmp_path / "etcd") as etcd:
         a = Deployment(data_dir=tmp_path / "a", ports=launcher.Ports.free(), store=etcd.url)
         ports_b = launcher.Ports.free(pods=0)
@@ -149,6 +150,18 @@ def test_first_requests_through_both_replicas_load_the_model_once(pair: tuple[Pa
     copies = [m for pod in etcd_keys(etcd, "pods/").values() for m in pod["models"] if m.startswith("slow__")]
     assert len(copies) == 1
     assert etcd_keys(etcd, "claims/") == {}
+
+
+def test_a_failed_load_on_one_replica_keeps_the_other_from_retrying_it(pair: tuple[Pair, EtcdServer]) -> None:
+    replicas, etcd = pair
+    replicas.api["a"].put(f"{ISVCS}/broken", json=synthetic("broken", "broken.json")).raise_for_status()
+    until(lambda: len(etcd_keys(etcd, "failures/")) == 3, what="a's three failure records")  # one per pod
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "contents": {"fp32_contents": [1, 2]}}]}
+    answer = replicas.rest["b"].post("/v2/models/broken/infer", json=body)
+    assert answer.status_code == 503
+    assert "corrupt weights" in answer.json()["message"]
+    assert metric(replicas.api["a"], "mmgw_model_load_failures_total") == 3
+    assert metric(replicas.api["b"], "mmgw_model_load_failures_total") == 0  # b tried no pod itself
 
 
 def test_a_pod_whose_lease_expires_leaves_the_pool(pair: tuple[Pair, EtcdServer]) -> None:
