@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -250,3 +251,28 @@ def test_the_compose_commands_the_cli_accepts_today() -> None:
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert 'CMD ["pod", "--host", "0.0.0.0", "--port", "8085"]' in dockerfile
     assert cli.parser().parse_args(["pod", "--host", "0.0.0.0", "--port", "8085"]).func is cli.cmd_pod
+
+
+def test_the_deployments_commands_and_environment_are_ones_the_program_accepts() -> None:
+    from gateway.settings import GatewaySettings
+
+    containers = [
+        container
+        for path in sorted(ISTIO.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") in ("Deployment", "StatefulSet")
+        for container in doc["spec"]["template"]["spec"]["containers"]
+        if str(container.get("image", "")).startswith("modelmesh-gateway/")
+    ]
+    assert {c["args"][0] for c in containers} == {"serve", "pod"}
+    for container in containers:
+        args = [re.sub(r"\$\((\w+)\)", "value-of-\\1", a) for a in container["args"]]
+        parsed = cli.parser().parse_args(args)  # exits (SystemExit) on an unknown flag or value
+        assert parsed.func in (cli.cmd_serve, cli.cmd_pod)
+        if parsed.func is cli.cmd_pod:
+            assert parsed.store.startswith("etcd://") and parsed.runtime_name
+        names = {e["name"] for e in container.get("env", ()) if e["name"].startswith("MMGW_")}
+        if parsed.func is cli.cmd_serve:
+            unknown = {n for n in names if n.removeprefix("MMGW_").lower() not in GatewaySettings.model_fields}
+            assert not unknown, f"not gateway settings: {unknown}"
+            assert "MMGW_STORE" in names and "MMGW_API_TOKEN" in names
