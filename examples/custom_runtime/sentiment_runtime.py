@@ -1,8 +1,11 @@
 """``SentimentRuntime``: a custom runtime for the ``sentiment`` model format.
 
-Serve it from a pod with
+Serve it from pods of its ServingRuntime (servingruntime.yaml names this class in
+MLSERVER_MODEL_IMPLEMENTATION), started from the repository's folder:
 
-    mmgw pod --runtime sentiment=examples.custom_runtime.sentiment_runtime:SentimentRuntime
+    mmgw pod --port 9101 --store embedded --runtime-name sentiment-runtime
+
+or from any pod with ``mmgw pod --runtime sentiment=examples.custom_runtime.sentiment_runtime:SentimentRuntime``.
 
 Model path: a ``.joblib`` file (or a folder holding one) with a scikit-learn text
 pipeline, as ``python -m examples.custom_runtime.train`` writes.
