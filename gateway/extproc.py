@@ -6,9 +6,12 @@ copies for a retry; read by the override_host policy of Envoy's cluster
 "pods") and mm-model-id (the concrete model), or with an immediate error
 response. Only a native gRPC call that names its model in the body alone makes
 it ask for the body. Answers are serialized once per route and reused:
-on a hit on a model with one copy the processor parses the headers, does one
-dict lookup and hands the bytes kept on the router's Route to the transport
-(gateway.extproc_server).
+on a hit on a model with one loaded copy the processor parses the headers,
+finds the Answer it keeps for the name (one dict lookup), records that Answer
+in the engine's hit buffer (Router.hit_buffer) and hands the Answer, the bytes
+to send, to the transport (gateway.extproc_server). The kept answers are
+dropped, after the buffer is counted, whenever the router's generation
+changes (a route or a copy came or went).
 
 Error table (core error -> REST status / gRPC code), used for immediate
 responses. Their body is the plain message; envoy.yaml's local_reply_config
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -67,12 +69,19 @@ def status_for(error: BaseException) -> tuple[int, grpc.StatusCode]:
     return _INTERNAL
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """One serialized ProcessingResponse; ``final`` when Envoy needs nothing more on this stream."""
+class Answer(bytes):
+    """One serialized ProcessingResponse, the bytes to send as they are (so the hot path
+    hands the transport one object); ``final``: Envoy needs nothing more on this stream."""
 
-    message: bytes
-    final: bool
+    __slots__ = ()
+    final = True
+
+
+class PartialAnswer(Answer):
+    """An answer after which Envoy sends more on the stream (the request body)."""
+
+    __slots__ = ()
+    final = False
 
 
 class ExternalProcessor:
@@ -86,14 +95,22 @@ class ExternalProcessor:
 
     def __init__(self, router: Router, *, miss_timeout: float) -> None:
         self._router = router
-        # Answers for routes the router does not keep (several copies): (address, model id, fallbacks, body).
-        self._cache: dict[tuple[str, str | None, tuple[str, ...], bool], Answer] = {}
-        self._ask_for_body = Answer(
+        # The hot path: per model name, the answer forwarding to its only loaded copy, for
+        # request headers and for a gRPC body, and that copy; valid while the router's
+        # generation holds. Each request answered so is recorded in the hit buffer.
+        self._kept: dict[str, Answer] = {}
+        self._kept_for_body: dict[str, Answer] = {}
+        self._kept_copies: dict[Answer, object] = {}  # kept answer -> the copy it forwards to
+        self._hits = router.hit_buffer(self._kept_copies.__getitem__)
+        self._record_hit = self._hits.add
+        self._generation = router.generation
+        # Forwards, serialized once: (address, model id, fallbacks, body) -> Answer.
+        self._forwards: dict[tuple[str, str | None, tuple[str, ...], bool], Answer] = {}
+        self._ask_for_body = PartialAnswer(
             pb.ProcessingResponse(
                 request_headers=pb.HeadersResponse(),
                 mode_override=ProcessingMode(request_body_mode=ProcessingMode.BUFFERED),
-            ).SerializeToString(),
-            final=False,
+            ).SerializeToString()
         )
         self.extend_timeout = pb.ProcessingResponse(
             override_message_timeout=duration_pb2.Duration(seconds=int(miss_timeout))
@@ -111,19 +128,39 @@ class ExternalProcessor:
                 key = route_key.from_grpc_frame(request.request_body.body)
             else:  # not enabled in envoy.yaml; let it pass unchanged
                 log.warning("ext_proc: unexpected %s message", kind)
-                return Answer(_passthrough(kind), final=False)
+                return PartialAnswer(_passthrough(kind))
         except UnknownRoute as exc:
             return self._reject(exc, grpc_call=exc.grpc)
         except InvalidInput as exc:  # only a gRPC body can be malformed
             return self._reject(exc, grpc_call=True)
         assert isinstance(key, RouteKey)
+        name = key.model
+        if name is not None:
+            generation = self._router.generation
+            if generation != self._generation:
+                self._forget_kept(generation)
+            kept = (self._kept_for_body if in_body else self._kept).get(name)
+            if kept is not None:
+                self._record_hit(kept)  # not the name: a fresh string per request, the answer lives on
+                return kept
         try:
             route = self._router.hit(key)
         except Exception as exc:
             return self._reject(exc, grpc_call=key.grpc)
         if route is None:
             return self._load_then_forward(key, in_body)
-        return self._forward(route, in_body)
+        answer = self._forward(route, in_body)
+        if route.copy is not None and name is not None:
+            (self._kept_for_body if in_body else self._kept)[name] = answer
+            self._kept_copies[answer] = route.copy
+        return answer
+
+    def _forget_kept(self, generation: int) -> None:
+        self._hits.drain()  # while the kept copies still say where those hits went
+        self._kept.clear()
+        self._kept_for_body.clear()
+        self._kept_copies.clear()
+        self._generation = generation
 
     async def _load_then_forward(self, key: RouteKey, in_body: bool) -> Answer:
         try:
@@ -132,20 +169,13 @@ class ExternalProcessor:
             return self._reject(exc, grpc_call=key.grpc)
 
     def _forward(self, route: Route, in_body: bool) -> Answer:
-        cached: Answer | None = route.body_answer if in_body else route.answer
-        if cached is not None:  # a hit on a model with one copy: the router's Route, answered before
-            return cached
         cache_key = (route.address, route.model_id, route.fallbacks, in_body)
-        cached = self._cache.get(cache_key)
-        if cached is None:
-            if len(self._cache) >= _MAX_CACHED:
-                self._cache.clear()
-            cached = self._cache[cache_key] = Answer(_forward_response(route, in_body), final=True)
-        if in_body:
-            route.body_answer = cached
-        else:
-            route.answer = cached
-        return cached
+        answer = self._forwards.get(cache_key)
+        if answer is None:
+            if len(self._forwards) >= _MAX_CACHED:
+                self._forwards.clear()
+            answer = self._forwards[cache_key] = Answer(_forward_response(route, in_body))
+        return answer
 
     def _reject(self, error: BaseException, *, grpc_call: bool) -> Answer:
         http, code = status_for(error)
@@ -154,7 +184,7 @@ class ExternalProcessor:
         else:
             log.error("ext_proc: unexpected error", exc_info=error)
             message = "internal error in the gateway"
-        return Answer(_immediate(http, code, message, grpc_call).SerializeToString(), final=True)
+        return Answer(_immediate(http, code, message, grpc_call).SerializeToString())
 
 
 def _set(key: str, value: str) -> base_pb2.HeaderValueOption:

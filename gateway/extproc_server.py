@@ -361,7 +361,7 @@ class _Connection(asyncio.Protocol):
     # -- sending --------------------------------------------------------------
 
     def _send(self, stream_id: int, stream: _Stream, answer: Answer) -> None:
-        self._reply(stream_id, stream, answer.message)
+        self._reply(stream_id, stream, answer)
         if answer.final:
             self._end(stream_id, stream, 0)
 

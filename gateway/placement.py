@@ -11,8 +11,13 @@ themselves are the plain functions of gateway.picker; this module gathers
 their inputs and carries them out. It talks to pods only through the PodClient
 protocol and reports what happens through PlacementEvents (gateway.metrics).
 
-The hot path is ``route_sole`` (``route`` for models with several copies):
-attribute reads and writes on the model's record and its copy.
+The hot path is ``HitBuffer.add``: the transport (gateway.extproc) keeps the
+answer for a model with one loaded copy and only records the name each request
+came for. Like the read buffer of ModelMesh's cache (a ConcurrentLinkedHashMap),
+those hits are counted in a batch by ``settle``, off the request path; every
+decision and view that reads the counts (last use, requests, demand, rates)
+settles first, so none sees them stale. ``route_sole`` and ``route`` decide
+the other cases and count at once.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import logging
 import math
 import operator
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from array import array
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -108,6 +114,52 @@ class Solo:
     async def forgive(self, model_id: str, pod: str) -> None: ...
 
 
+# Buffered hits that ask for a drain at the next turn of the event loop, and the
+# buffer's room: it is allocated once, so the hot path never waits for it to grow.
+_DRAIN_AT = 1024
+_ROOM = 2 * _DRAIN_AT
+
+
+class HitBuffer:
+    """Requests served on a fast path, recorded by key and counted later.
+
+    A key is what the fast path kept (gateway.extproc: the answer it sends); an
+    object that lives on, so that a buffer of them allocates nothing per request.
+    ``resolve(key)`` names the copy (an _Entry from ``Placement.route_sole``)
+    that served a key's requests. It must not change while hits are buffered:
+    the owner calls ``drain`` before it changes what a key resolves to.
+    """
+
+    def __init__(self, placement: Placement, resolve: Callable[[Any], Any]) -> None:
+        self._placement = placement
+        self._clock = placement._clock
+        self._resolve = resolve
+        self._keys: list[object] = [None] * _ROOM
+        self._times = array("d", bytes(8 * _ROOM))  # the clock at each hit
+        self._filled = 0
+
+    def add(self, key: object) -> None:
+        """The hot path: one more request for ``key``."""
+        n = self._filled
+        if n == _ROOM:  # the event loop has not run the drain it was asked for
+            self.drain()
+            n = 0
+        self._keys[n] = key
+        self._times[n] = self._clock()
+        self._filled = n = n + 1
+        if n == _DRAIN_AT:
+            self._placement.drain_soon()
+
+    def drain(self) -> None:
+        """Count the buffered hits, in order, each at its own time."""
+        n = self._filled
+        if n:
+            keys, times = self._keys[:n], self._times[:n]
+            self._keys[:n] = [None] * n  # hold nothing once counted
+            self._filled = 0
+            self._placement.count_hits(map(self._resolve, keys), times)
+
+
 class PlacementEvents(Protocol):
     """What the engine reports as it happens (gateway.metrics turns it into Prometheus)."""
 
@@ -166,9 +218,6 @@ class _Entry:
     routed_at_tick: int = 0
     rate: float = 0.0  # requests/s, smoothed over ticks
     demand: float = 0.0  # the model's decayed request count as of last_used
-    # What Placement.route_sole's caller made for this copy (the router's Route,
-    # carrying gateway.extproc's answer): reused while this is its model's only copy.
-    memo: object = None
 
     def busy(self) -> int:
         """Requests in flight as best known: the pod's count plus what was routed since."""
@@ -253,10 +302,13 @@ class Placement:
         self._pods: dict[str, _Pod] = {}
         self._models: dict[str, _Model] = {}
         self._last_tick = clock()
-        # Bumped whenever a model id starts or stops naming a _Model: handles (``handle``) held since are stale.
+        # Bumped whenever a model id starts or stops naming a _Model, and whenever a copy
+        # comes or goes: handles (``handle``) and copies (``route_sole``) held since are stale.
         self.generation = 0
-        self.hits = 0
+        self._hits = 0
         self.misses = 0
+        self._buffers: list[HitBuffer] = []  # hits on fast paths, counted by settle
+        self._drain_scheduled = False
 
     # -- pods ------------------------------------------------------------
 
@@ -353,6 +405,7 @@ class Placement:
 
     def tick(self) -> None:
         """Update request rates and add a copy where traffic per copy stays high."""
+        self.settle()
         now = self._clock()
         elapsed, self._last_tick = now - self._last_tick, now
         if elapsed <= 0:
@@ -489,22 +542,62 @@ class Placement:
             raise ModelNotFound(model_id)
         return model
 
-    def route_sole(self, model: _Model, memo: Callable[[str, str], object]) -> object | None:
-        """The hottest path: a request to a model with one copy, loaded.
-
-        Counts the request to that copy and returns what ``memo(address,
-        model_id)`` made for the copy, called once per copy (the router's
-        Route). None when the model has several copies or none loaded:
-        ``route`` decides then.
+    def route_sole(self, model: _Model) -> tuple[str, _Entry] | None:
+        """A request to a model with one copy, loaded: counts it and returns the copy's
+        address and record. The record stays the model's only loaded copy until
+        ``generation`` changes; meanwhile a ``hit_buffer`` may count further requests to it.
+        None when the model has several copies or none loaded: ``route`` decides then.
         """
         entry = model.sole
         if entry is None or entry.state is not CopyState.LOADED:
             return None
         self._route(model, entry)
-        self.hits += 1
-        if entry.memo is None:
-            entry.memo = memo(self._pods[entry.pod].address, entry.model_id)
-        return entry.memo
+        self._hits += 1
+        return self._pods[entry.pod].address, entry
+
+    def hit_buffer(self, resolve: Callable[[Any], Any]) -> HitBuffer:
+        """A buffer of hits on copies that ``route_sole`` returned, for a fast path
+        that keeps its answer per name (gateway.extproc)."""
+        buffer = HitBuffer(self, resolve)
+        self._buffers.append(buffer)
+        return buffer
+
+    def drain_soon(self) -> None:
+        """Count the buffered hits at the next turn of the event loop (now if there is none)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.settle()
+            return
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        self.settle()
+
+    def settle(self) -> None:
+        """Count every buffered hit: done before anything reads the counts."""
+        for buffer in self._buffers:
+            buffer.drain()
+
+    def count_hits(self, copies: Iterable[_Entry], times: Iterable[float]) -> None:
+        """Requests served by ``copies`` (one each, in order) at ``times``."""
+        models = self._models
+        n = 0
+        for entry, now in zip(copies, times):
+            model = models.get(entry.model_id)
+            if model is not None:
+                self._count(model, entry, now)
+            n += 1
+        self._hits += n
+
+    @property
+    def hits(self) -> int:
+        """Requests whose model was loaded."""
+        self.settle()
+        return self._hits
 
     def lookup(self, model_id: str) -> str | None:
         """The address of a loaded copy (counted as a request to it), or None on a miss."""
@@ -521,15 +614,16 @@ class Placement:
             if entry.state is not CopyState.LOADED:
                 return None
             self._route(model, entry)
-            self.hits += 1
+            self._hits += 1
             return self._pods[entry.pod].address, ()
         loaded = model.loaded()
         if not loaded:
             return None
+        self.settle()
         loaded.sort(key=lambda e: (e.busy(), e.last_used))
         entry = loaded[0]
         self._route(model, entry)
-        self.hits += 1
+        self._hits += 1
         return self._pods[entry.pod].address, tuple(self._pods[e.pod].address for e in loaded[1:])
 
     def fallbacks(self, model_id: str, chosen: str) -> tuple[str, ...]:
@@ -538,11 +632,16 @@ class Placement:
         if model is None or len(model.copies) < 2:
             return ()
         others = [e for e in model.loaded() if self._pods[e.pod].address != chosen]
+        self.settle()
         others.sort(key=lambda e: (e.busy(), e.last_used))
         return tuple(self._pods[e.pod].address for e in others)
 
     def _route(self, model: _Model, entry: _Entry) -> None:
-        now = self._clock()
+        """Count a request to ``entry`` now (after the buffered ones: times only move forward)."""
+        self.settle()
+        self._count(model, entry, self._clock())
+
+    def _count(self, model: _Model, entry: _Entry, now: float) -> None:
         if self._half_life:  # picker.decayed_count(...) + 1, inline: this is the hot path
             model.demand = model.demand * math.exp2((model.demand_at - now) / self._half_life) + 1.0
             model.demand_at = now
@@ -555,6 +654,7 @@ class Placement:
         """The model's decayed request count now."""
         if not self._half_life:
             return 0.0
+        self.settle()
         return picker.decayed_count(model.demand, model.demand_at, now, self._half_life)
 
     def _eviction_key(self, copy: Copy) -> float:
@@ -575,6 +675,7 @@ class Placement:
     def _cache_age(self, view: PodView) -> float | None:
         """A pod's cache age for pick_pod: the eviction key of its cheapest evictable copy."""
         pod = self._pods[view.pod]
+        self.settle()
         return picker.cache_age(
             [e.copy() for e in pod.copies.values()],
             now=self._clock(),
@@ -766,6 +867,7 @@ class Placement:
         spec, expected = model.spec, model.expected_size()
         async with pod.queue.slot(spec.model_id, urgent=urgent) as queued:
             # Plan evictions once holding the slot: the table may have changed while queued.
+            self.settle()
             view = pod.view()
             evict = [] if view.free >= expected else picker.plan_evictions(
                 view,
@@ -818,6 +920,7 @@ class Placement:
         view = pod.view()
         if view.used <= view.capacity:
             return
+        self.settle()
         others = [e.copy() for e in pod.copies.values() if e.model_id != newcomer]
         evict = picker.plan_evictions(
             PodView(view.pod, view.capacity, view.used, view.model_count),
@@ -837,6 +940,7 @@ class Placement:
 
     def _inflight(self, pod: _Pod) -> dict[str, int]:
         """Requests in flight per copy for eviction: the pod's count, or 1 if just routed to."""
+        self.settle()
         recent = self._clock() - self._settings.recent_use_guard
         return {e.model_id: e.inflight + (e.last_used > recent and e.routed > 0) for e in pod.copies.values()}
 
@@ -845,10 +949,12 @@ class Placement:
         pod.copies[entry.model_id] = entry
         model.copies[pod.pod] = entry
         model.sole = entry if len(model.copies) == 1 else None
+        self.generation += 1
         return entry
 
     def _drop(self, pod: _Pod, model_id: str) -> None:
-        pod.copies.pop(model_id, None)
+        if pod.copies.pop(model_id, None) is not None:
+            self.generation += 1
         model = self._models.get(model_id)
         if model is not None:
             model.copies.pop(pod.pod, None)
@@ -866,6 +972,7 @@ class Placement:
 
     def snapshot(self) -> dict[str, object]:
         """The placement table for people: per pod and per model."""
+        self.settle()
         now = self._clock()
         pods = []
         for pod in self._pods.values():
@@ -906,6 +1013,7 @@ class Placement:
         return sorted(found, key=lambda f: f[0])
 
     def model_requests(self) -> dict[str, int]:
+        self.settle()
         return {model_id: m.requests for model_id, m in self._models.items()}
 
     def pod_usage(self) -> dict[str, tuple[int, int, int]]:

@@ -58,7 +58,7 @@ async def run(processor: ExternalProcessor, *messages: pb.ProcessingRequest) -> 
         if not isinstance(answer, Answer):
             sent.append(processor.extend_timeout)
             answer = await answer
-        sent.append(answer.message)
+        sent.append(answer)
     return [pb.ProcessingResponse.FromString(raw) for raw in sent]
 
 
@@ -183,3 +183,44 @@ async def test_one_stream_serves_many_requests_in_sequence(loaded: tuple[Harness
     responses = await run(processor, headers("/v2/models/sklearn-mnist/infer"), headers("/v2/models/nope/ready"))
     assert responses[0] == forward(POD, model_id)
     assert responses[1].immediate_response.status.code == 404
+
+
+async def test_a_kept_answer_counts_each_request_and_follows_the_copies(tmp_path: Path) -> None:
+    other = "10.0.0.2:9000"
+    h = await harness(tmp_path, FakePods(**{POD: FakePod(), other: FakePod()}))
+    record, _ = await h.registry.apply(isvc())
+    model_id = record.serving.model_id
+    await h.placement.ensure_loaded(model_id)
+    processor = ExternalProcessor(h.router, miss_timeout=100)
+    before = h.placement.model_requests()[model_id]
+    first = processor.answer(headers("/v2/models/sklearn-mnist/infer"))
+    again = processor.answer(headers("/v2/models/sklearn-mnist/infer"))
+    assert first is again  # kept: serialized once
+    assert h.placement.model_requests()[model_id] == before + 2  # yet each request counted
+    (only,) = [p for p in h.placement.snapshot()["pods"] if p["models"]]
+
+    # A second copy: the kept answer goes; the forward now names the other copy for a retry.
+    assert await h.placement.ensure_copies(model_id, 2) == 2
+    [both] = await run(processor, headers("/v2/models/sklearn-mnist/infer"))
+    upstream = both.request_headers.response.header_mutation.set_headers[0].header.raw_value.decode()
+    assert sorted(upstream.split(",")) == sorted([POD, other])
+
+    # The copy that served first is lost: forwards go to the one left, with no fallback.
+    h.pods.pods[only["pod"]].down = True
+    await h.placement.check_pods()
+    left = other if only["pod"] == POD else POD
+    assert await run(processor, headers("/v2/models/sklearn-mnist/infer")) == [forward(left, model_id)]
+    assert await run(processor, headers("/v2/models/sklearn-mnist/infer")) == [forward(left, model_id)]
+    assert h.placement.model_requests()[model_id] == before + 5
+
+
+async def test_hits_kept_before_a_route_change_are_counted_to_the_copy_that_served_them(
+        loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+    h, processor, model_id = loaded
+    before = h.placement.model_requests()[model_id]
+    request = headers("/v2/models/sklearn-mnist/infer")
+    first = processor.answer(request)
+    assert processor.answer(request) is first  # kept; this hit is only buffered
+    await h.registry.apply(isvc("another"))  # the routes change before anyone counted
+    assert await run(processor, request) == [forward(POD, model_id)]
+    assert h.placement.model_requests()[model_id] == before + 3

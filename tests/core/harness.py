@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,13 +44,14 @@ class Harness:
     store: EmbeddedStore
 
 
-async def harness(tmp_path: Path, pods: FakePods | None = None, *, grace: float = 0.0) -> Harness:
+async def harness(tmp_path: Path, pods: FakePods | None = None, *, grace: float = 0.0,
+                  clock: Callable[[], float] = time.monotonic) -> Harness:
     pvc = tmp_path / "pvc"
     pvc.mkdir(exist_ok=True)
     for name in ("mnist-svm.joblib", "v2.joblib"):
         (pvc / name).write_bytes(b"m" * 8)
     pods = pods or FakePods(**{"10.0.0.1:9000": FakePod()})
-    placement = Placement(pods)
+    placement = Placement(pods, clock=clock)
     for address in pods.pods:
         placement.add_pod(address)
     store = EmbeddedStore(tmp_path / "registry.db")

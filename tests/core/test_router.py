@@ -1,7 +1,8 @@
-"""Router.hit keeps a name -> model cache and a Route per copy: they must follow every change."""
+"""Router.hit keeps a name -> model cache and hands out the sole copy: they must follow every change."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -15,15 +16,52 @@ from .harness import harness, isvc, settle
 NAME = RouteKey("sklearn-mnist", grpc=False)
 
 
-async def test_a_hit_on_one_copy_returns_the_same_route_and_counts_each_request(tmp_path: Path) -> None:
+async def test_a_hit_on_one_copy_carries_the_copy_and_counts_each_request(tmp_path: Path) -> None:
     h = await harness(tmp_path)
     record, _ = await h.registry.apply(isvc())
     await settle()
     first, second = h.router.hit(NAME), h.router.hit(NAME)
-    assert first is second
+    assert first == second and first.copy is not None and first.copy is second.copy
     assert (first.address, first.model_id, first.fallbacks) == ("10.0.0.1:9000", record.serving.model_id, ())
     assert h.placement.model_requests()[record.serving.model_id] == 2
     assert h.placement.hits == 2
+
+
+async def test_buffered_hits_are_counted_before_anyone_reads_them_each_at_its_time(tmp_path: Path) -> None:
+    clock = [100.0]
+    h = await harness(tmp_path, clock=lambda: clock[0])
+    record, _ = await h.registry.apply(isvc())
+    await settle()
+    route = h.router.hit(NAME)
+    buffer = h.router.hit_buffer({"sklearn-mnist": route.copy}.__getitem__)
+    generation = h.router.generation
+    for _ in range(3):
+        clock[0] += 1.0
+        buffer.add("sklearn-mnist")
+    assert h.router.generation == generation  # recording changes no route
+    assert route.copy.routed == 1  # buffered, not counted yet
+    clock[0] += 10.0
+    requests = h.placement.model_requests()[record.serving.model_id]  # a reader: counted first
+    (copy,) = h.placement.snapshot()["pods"][0]["models"]
+    assert (requests, copy["requests"], route.copy.routed) == (4, 4, 4)
+    assert copy["last_used_seconds_ago"] == pytest.approx(10.0)  # the last hit's own time, not the reading's
+    assert h.placement.hits == 4
+
+
+async def test_a_full_buffer_is_counted_at_the_next_turn_of_the_event_loop(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    await h.registry.apply(isvc())
+    await settle()
+    route = h.router.hit(NAME)
+    buffer = h.router.hit_buffer({"sklearn-mnist": route.copy}.__getitem__)
+    for _ in range(1500):
+        buffer.add("sklearn-mnist")
+    assert route.copy.routed == 1
+    await asyncio.sleep(0)  # nobody read the counts: the buffer asked for a drain when it filled
+    assert route.copy.routed == 1501
+    for _ in range(5000):  # the event loop does not run: the buffer counts what it cannot hold
+        buffer.add("sklearn-mnist")
+    assert 1501 + 5000 - 2048 <= route.copy.routed < 1501 + 5000
 
 
 async def test_hits_follow_a_rollout_a_delete_and_a_new_record(tmp_path: Path) -> None:
@@ -54,5 +92,5 @@ async def test_a_second_copy_adds_fallbacks_and_losing_it_brings_the_cached_rout
     assert {both.address, *both.fallbacks} == {"10.0.0.1:9000", "10.0.0.2:9000"}
     h.pods.pods[both.fallbacks[0]].down = True
     await h.placement.check_pods()
-    assert h.router.hit(NAME) is h.router.hit(NAME)  # the one copy left is on the fast path again
+    assert h.router.hit(NAME).copy is not None  # the one copy left is on the fast path again
     assert h.router.hit(NAME).fallbacks == ()
