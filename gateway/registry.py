@@ -7,6 +7,13 @@ the new id only once it is loaded, and then the old one is unloaded, as
 ModelMesh rolls out a changed InferenceService. Records are kept in the store,
 so a restarted gateway has them all.
 
+One gateway replica rolls each new version out: the one that claims
+``rollout/<new id>`` (Coordinator.claim, under its lease). Every replica looks
+for unfinished rollouts every ``rollout_check`` seconds, so when the replica
+that was rolling one out dies, its claim expires with its lease and another
+takes the rollout over. A rollout that cannot load the new version keeps its
+claim (nobody else retries it) until the InferenceService is applied again.
+
 Each InferenceService is served by the runtime gateway.serving_runtimes selects
 for it, chosen again whenever a runtime is applied or deleted. One with no
 runtime is stored but never registered with the placement: it is not ready,
@@ -23,6 +30,7 @@ registry only lists them, to predict the model's size.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -33,12 +41,12 @@ from typing import Any
 
 from gateway.domain import ModelSpec, ModelState
 from gateway.errors import GatewayError, InvalidSpec, ModelNotFound, StorageError, StorageFailure
-from gateway.placement import Placement
+from gateway.placement import Coordinator, Placement, Solo
 from gateway.resources import InferenceService, parse_inference_service
 from gateway.serving_runtimes import PREFIXES as RUNTIME_PREFIXES
 from gateway.serving_runtimes import RUNTIME_UNHEALTHY, RuntimeCatalog, RuntimeRecord, Selection
 from gateway.storage import StorageRoots
-from gateway.store import Store
+from gateway.store import Store, StoreUnavailable
 from gateway.sync import Mirror
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,7 @@ _PREFIX = "inferenceservices/"
 _SERVER_METADATA = (
     "creationTimestamp", "resourceVersion", "uid", "generation", "managedFields", "selfLink",
 )
+_ROLLOUT = "rollout/"  # a rollout's claim: rollout/<new model id>
 INVALID_STORAGE = "InvalidPredictorSpec"  # KServe's failure reason for a spec that cannot be served
 
 
@@ -60,6 +69,7 @@ class RegistrySettings:
     # After a rollout moves the name, requests routed to the old version a
     # moment before may still be on their way to its pod: unload it after this.
     rollout_grace: float = 2.0
+    rollout_check: float = 2.0  # seconds between looks for unfinished rollouts nobody is doing
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +92,10 @@ class Record:
 
 class Registry:
     def __init__(self, store: Store, placement: Placement, roots: StorageRoots,
-                 settings: RegistrySettings = RegistrySettings()) -> None:
+                 settings: RegistrySettings = RegistrySettings(), *, coordinator: Coordinator | None = None) -> None:
         self._store = store
         self._placement = placement
+        self._coordinator: Coordinator = coordinator or Solo()
         self._roots = roots
         self._settings = settings
         self._records: dict[str, Record] = {}
@@ -95,6 +106,8 @@ class Registry:
         self._routes: dict[str, str] = {}
         self.generation = 0  # bumped on every change of _routes: what resolve said before may be stale
         self._rollouts: set[asyncio.Task[None]] = set()
+        self._rolling: dict[str, asyncio.Task[None]] = {}  # new model id -> its rollout on this replica
+        self._blocked: dict[str, str] = {}  # name -> new model id of a blocked rollout whose claim is kept
         # apply and delete read, then write: one at a time, whatever the store awaits.
         self._writing = asyncio.Lock()
 
@@ -426,29 +439,78 @@ class Registry:
         self.generation += 1
 
     def _start_rollout(self, record: Record) -> None:
-        task = asyncio.create_task(self._roll_out(record.name, record.target), name=f"rollout {record.name}")
+        target = record.target
+        if target.model_id in self._rolling:
+            return
+        task = asyncio.create_task(self._roll_out_claimed(record.name, target), name=f"rollout {record.name}")
+        self._rolling[target.model_id] = task
         self._rollouts.add(task)
         task.add_done_callback(self._rollouts.discard)
+        task.add_done_callback(lambda _: self._rolling.pop(target.model_id, None))
 
-    async def _roll_out(self, name: str, target: ModelSpec) -> None:
-        """Load the new version with as many copies as the old has, then move the name to it."""
+    async def watch_rollouts(self) -> None:
+        """Take over unfinished rollouts that no replica is doing, every ``rollout_check`` seconds."""
+        while True:
+            await asyncio.sleep(self._settings.rollout_check)
+            self.check_rollouts()
+
+    def check_rollouts(self) -> None:
+        for name, model_id in list(self._blocked.items()):
+            record = self._records.get(name)
+            if record is None or record.target.model_id != model_id or record.target == record.serving:
+                del self._blocked[name]  # applied again or deleted: the claim is no longer needed
+                self._background(self._release(model_id))
+        for record in list(self._records.values()):
+            if (record.target != record.serving and self._servable(record.name)
+                    and self._blocked.get(record.name) != record.target.model_id):
+                self._start_rollout(record)
+
+    async def _roll_out_claimed(self, name: str, target: ModelSpec) -> None:
+        try:
+            if not await self._coordinator.claim(_ROLLOUT + target.model_id):
+                return  # another replica is rolling it out; its claim ends with its lease
+        except StoreUnavailable:
+            return  # check_rollouts tries again
+        blocked = False
+        try:
+            blocked = not await self._roll_out(name, target)
+        except StoreUnavailable as exc:
+            log.warning("rollout of %s to %s paused: %s", name, target.model_id, exc.message)
+        finally:
+            if blocked:
+                self._blocked[name] = target.model_id
+            else:
+                await self._release(target.model_id)
+
+    async def _release(self, model_id: str) -> None:
+        with contextlib.suppress(StoreUnavailable):  # the claim's lease ends it anyway
+            await self._coordinator.release(_ROLLOUT + model_id)
+
+    async def _roll_out(self, name: str, target: ModelSpec) -> bool:
+        """Load the new version with as many copies as the old has, then move the name to it.
+        False if the new version cannot be loaded: the rollout waits for the next apply."""
         record = self._records.get(name)
-        copies = self._placement.status(record.serving.model_id).copies if record is not None else 1
+        if record is None or record.target != target:
+            return True  # finished by another replica, superseded or deleted meanwhile
+        copies = self._placement.status(record.serving.model_id).copies
         try:
             await self._placement.ensure_copies(target.model_id, max(1, copies))
         except GatewayError as exc:
             log.warning("rollout of %s to %s is blocked: %s", name, target.model_id, exc.message)
-            return
+            return False
         async with self._writing:
             record = self._records.get(name)
             if record is None or record.target != target or not self._servable(name):
-                return  # deleted, superseded or left without a runtime meanwhile
+                return True  # deleted, superseded or left without a runtime meanwhile
             old = record.serving
+            if old == target:
+                return True  # another replica finished it
             await self._save(replace(record, serving=target))
             self._unroute(old.model_id)
         log.info("rolled out %s: traffic moved from %s to %s", name, old.model_id, target.model_id)
         await asyncio.sleep(self._settings.rollout_grace)
         await self._placement.unregister(old.model_id)
+        return True
 
     async def close(self) -> None:
         for task in list(self._rollouts):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.placement import Placement
+from gateway.placement import Coordinator, Placement
 from gateway.registry import Registry, RegistrySettings
 from gateway.router import Router
 from gateway.storage import StorageRoots
@@ -45,7 +45,7 @@ class Harness:
 
 
 async def harness(tmp_path: Path, pods: FakePods | None = None, *, grace: float = 0.0,
-                  clock: Callable[[], float] = time.monotonic) -> Harness:
+                  clock: Callable[[], float] = time.monotonic, coordinator: Coordinator | None = None) -> Harness:
     pvc = tmp_path / "pvc"
     pvc.mkdir(exist_ok=True)
     for name in ("mnist-svm.joblib", "v2.joblib"):
@@ -55,7 +55,8 @@ async def harness(tmp_path: Path, pods: FakePods | None = None, *, grace: float 
     for address in pods.pods:
         placement.add_pod(address)
     store = EmbeddedStore(tmp_path / "registry.db")
-    registry = Registry(store, placement, StorageRoots({"my-models-pvc": pvc}), RegistrySettings(rollout_grace=grace))
+    registry = Registry(store, placement, StorageRoots({"my-models-pvc": pvc}), RegistrySettings(rollout_grace=grace),
+                        coordinator=coordinator)
     await registry.restore()
     await placement.check_pods()
     return Harness(pods, placement, registry, Router(registry, placement), store)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import InvalidSpec, ModelNotFound
-from gateway.placement import Placement
+from gateway.placement import Placement, Solo
 from gateway.registry import Registry
 from gateway.storage import StorageRoots
 
@@ -169,3 +169,82 @@ async def test_models_registered_before_any_pod_is_up_load_when_one_comes(tmp_pa
     await h.placement.check_pods()
     await settle()
     assert h.registry.status(record)["conditions"][0]["status"] == "True"
+
+
+class Claims:
+    """Claims shared by gateway replicas, as the store keeps them under each replica's lease."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, str] = {}  # key -> replica
+
+    def replica(self, name: str) -> ClaimingReplica:
+        return ClaimingReplica(self, name)
+
+
+class ClaimingReplica(Solo):
+    def __init__(self, claims: Claims, name: str) -> None:
+        self.claims, self.name, self.alive = claims, name, True
+
+    async def claim(self, key: str) -> bool:
+        return self.alive and self.claims.held.setdefault(key, self.name) == self.name
+
+    async def release(self, key: str) -> None:
+        if self.alive and self.claims.held.get(key) == self.name:
+            del self.claims.held[key]
+
+    def die(self) -> None:
+        """Killed: it releases nothing, and its lease expiring takes its claims."""
+        self.alive = False
+        self.claims.held = {k: v for k, v in self.claims.held.items() if v != self.name}
+
+
+async def test_a_rollout_left_by_a_replica_that_died_is_finished_by_another(tmp_path: Path) -> None:
+    claims = Claims()
+    first = claims.replica("a")
+    a = await harness(tmp_path, coordinator=first)
+    old, _ = await a.registry.apply(isvc())
+    await settle()
+    a.pods.gate = asyncio.Event()  # the new version's load hangs
+    new, _ = await a.registry.apply(isvc(path="v2.joblib"))
+    await settle()
+    assert claims.held == {f"rollout/{new.target.model_id}": "a"}
+    # A second replica over the same store and pods: the rollout is a's, it only serves.
+    b = await harness(tmp_path, a.pods, coordinator=claims.replica("b"))
+    b.registry.check_rollouts()
+    await settle()
+    assert b.registry.resolve("sklearn-mnist") == old.serving.model_id
+    assert claims.held == {f"rollout/{new.target.model_id}": "a"}
+
+    first.die()
+    await a.registry.close()
+    b.registry.check_rollouts()  # what its watch does every rollout_check seconds
+    a.pods.gate.set()
+    for _ in range(10):
+        await settle()
+    assert b.registry.resolve("sklearn-mnist") == new.target.model_id
+    assert b.registry.get("sklearn-mnist").serving == new.target
+    assert (await b.store.items("inferenceservices/"))["inferenceservices/sklearn-mnist"]["serving"]["model_id"] \
+        == new.target.model_id
+    assert claims.held == {}
+    assert (a.pods.pods["10.0.0.1:9000"].loaded.keys()) == {new.target.model_id}  # the old version unloaded
+
+
+async def test_a_blocked_rollout_keeps_its_claim_until_the_next_apply(tmp_path: Path) -> None:
+    claims = Claims()
+    h = await harness(tmp_path, coordinator=claims.replica("a"))
+    old, _ = await h.registry.apply(isvc())
+    await settle()
+    h.pods.pods["10.0.0.1:9000"].fail_loads = "corrupt file"
+    new, _ = await h.registry.apply(isvc(path="v2.joblib"))
+    await settle()
+    assert claims.held == {f"rollout/{new.target.model_id}": "a"}  # nobody else retries it
+    tried = len(h.pods.loads)
+    h.registry.check_rollouts()
+    await settle()
+    assert len(h.pods.loads) == tried  # nor does this replica, until the next apply
+    assert h.registry.resolve("sklearn-mnist") == old.serving.model_id
+    back, _ = await h.registry.apply(isvc())  # back to the version that serves
+    assert back.target == back.serving == old.serving
+    h.registry.check_rollouts()
+    await settle()
+    assert claims.held == {}

@@ -4,7 +4,8 @@ A real etcd (Debian's etcd-server) runs on loopback ports; the pods register
 themselves in it. Covered: an apply on one replica is served by the other,
 concurrent first requests through both replicas cause one load, a pod's lease
 expiring takes it out of the pool, etcd stopped and restarted under steady
-requests, and leader failover with no failed request.
+requests, leader failover with no failed request, and a rollout finished by
+the other replica when the one doing it is killed.
 """
 
 from __future__ import annotations
@@ -214,3 +215,30 @@ def test_killing_the_leader_hands_the_role_over_with_no_request_failing(pair: tu
             failed.append(answer.text)
         assert time.monotonic() < deadline, "no new leader within 20 s"
     assert failed == []
+
+
+def test_a_rollout_left_by_a_killed_replica_is_finished_by_the_other(pair: tuple[Pair, EtcdServer],
+                                                                      tmp_path: Path) -> None:
+    replicas, etcd = pair
+    write_synthetic(tmp_path / "a" / "models" / "slow-v2.json", size_bytes=MiB, load_seconds=3.0)
+    replicas.api["a"].put(f"{ISVCS}/slow", json=synthetic("slow", "slow.json")).raise_for_status()
+    wait_ready(replicas.api["b"], "slow")
+    replicas.api["a"].put(f"{ISVCS}/slow", json=synthetic("slow", "slow-v2.json")).raise_for_status()
+    until(lambda: etcd_keys(etcd, "claims/rollout/"), what="replica a claiming the rollout")
+    replicas.replicas["a"].stop_process("gateway", signal.SIGKILL)  # mid-rollout: v2 is loading
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "contents": {"fp32_contents": [1, 2]}}]}
+    failed: list[str] = []
+
+    def finished() -> bool:
+        answer = replicas.rest["b"].post("/v2/models/slow/infer", json=body)
+        if answer.status_code != 200:
+            failed.append(answer.text)
+        status = replicas.api["b"].get(f"{ISVCS}/slow").json()["status"]["modelStatus"]
+        return status["transitionStatus"] == "UpToDate"
+
+    until(finished, timeout=40, what="replica b finishing the rollout once a's claim expired")
+    assert failed == []  # served throughout, by the old version and then the new
+    stored = etcd_keys(etcd, "inferenceservices/")["inferenceservices/slow"]
+    assert stored["serving"] == stored["target"] and stored["target"]["path"].endswith("slow-v2.json")
+    # b lets the old version go after the rollout grace, then gives its claim up.
+    until(lambda: etcd_keys(etcd, "claims/") == {}, timeout=10, what="b releasing the rollout's claim")
