@@ -78,11 +78,11 @@ def open_store(url: str, data_dir: Path) -> Store:
     raise ValueError(f"store {url!r}: use 'embedded' or etcd://HOST:PORT")
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, ttl REAL NOT NULL, expires REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, value TEXT);
-"""
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, lease INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, ttl REAL NOT NULL, expires REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, value TEXT)",
+)
 _KEEP_LOG = 10_000  # changes kept for watchers; a watcher further behind reads a new snapshot
 
 
@@ -94,12 +94,27 @@ class EmbeddedStore:
         self.description = f"the embedded store {path}"
         self._poll = poll_interval
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._enter_wal(deadline=time.monotonic() + 10.0)
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(kv)")}
-        if "lease" not in columns:  # a data folder from before leases
-            self._db.execute("ALTER TABLE kv ADD COLUMN lease INTEGER NOT NULL DEFAULT 0")
+        # Pods and gateways open one folder at once: schema and migration in one write transaction.
+        with self._transaction():
+            for statement in _SCHEMA:
+                self._db.execute(statement)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(kv)")}
+            if "lease" not in columns:  # a data folder from before leases
+                self._db.execute("ALTER TABLE kv ADD COLUMN lease INTEGER NOT NULL DEFAULT 0")
+
+    def _enter_wal(self, deadline: float) -> None:
+        # Switching a new file to WAL can answer "database is locked" at once, without
+        # waiting on the busy timeout, while another process switches it: try again.
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     async def items(self, prefix: str) -> dict[str, Any]:
         return (await self.snapshot(prefix))[0]

@@ -7,6 +7,9 @@ ports (gateway.launcher.EtcdServer), with a fresh data folder per module.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -174,3 +177,48 @@ def test_a_store_url_that_is_neither_embedded_nor_etcd_is_refused(tmp_path: Path
         open_store("redis://x", tmp_path)
     with pytest.raises(ValueError, match="etcd://HOST:PORT"):
         open_store("etcd://nohost", tmp_path)
+
+
+def _open_and_put(path: str, key: str, go: Any) -> None:
+    go.wait(60)
+
+    async def run() -> None:
+        store = EmbeddedStore(Path(path))
+        await store.put(key, {"by": key})
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_processes_opening_one_new_folder_at_once_all_start(tmp_path: Path) -> None:
+    # Pods and the gateway open the same data folder at the same moment.
+    path = str(tmp_path / "registry.db")
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(5):
+        target, go = f"{path}.{attempt}", context.Event()
+        workers = [context.Process(target=_open_and_put, args=(target, f"k{i}", go)) for i in range(6)]
+        for worker in workers:
+            worker.start()
+        time.sleep(1.0)  # all six started (spawned and imported) and waiting
+        go.set()
+        for worker in workers:
+            worker.join(60)
+        assert [worker.exitcode for worker in workers] == [0] * 6
+        store = EmbeddedStore(Path(target))
+        assert asyncio.run(store.items("k")) == {f"k{i}": {"by": f"k{i}"} for i in range(6)}
+
+
+async def test_a_data_folder_from_before_leases_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    old.execute("INSERT INTO kv VALUES ('models/a', '{\"x\": 1}')")
+    old.commit()
+    old.close()
+    store = EmbeddedStore(path)
+    assert await store.items("models/") == {"models/a": {"x": 1}}
+    lease = await store.grant(60)
+    await store.put("pods/p", 1, lease=lease)
+    await store.revoke(lease)
+    assert await store.items("") == {"models/a": {"x": 1}}
+    await store.close()
