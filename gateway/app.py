@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Iterator
 
 import uvicorn
@@ -44,7 +45,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     stop = stop or asyncio.Event()
     store = open_store(settings.store, settings.data_dir)
     coordinator = StoreCoordinator(store)
-    await coordinator.start()  # fails at once, naming the store, if it cannot be reached
+    await _reach_store(coordinator, settings.store_wait_seconds)
     pods = GrpcPodClient()
     metrics = Metrics()
     placement = Placement(
@@ -128,6 +129,24 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
         await coordinator.stop()
         await pods.close()
         await store.close()
+
+
+async def _reach_store(coordinator: StoreCoordinator, wait: float) -> None:
+    """Start the coordinator, trying again for ``wait`` seconds while the store is unreachable;
+    then StoreUnavailable, naming the store, propagates."""
+    deadline = time.monotonic() + wait
+    delay = 0.25
+    while True:
+        try:
+            await coordinator.start()
+            return
+        except StoreUnavailable as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreUnavailable(f"{exc.message} (waited {wait:g} s)") from exc
+            log.warning("waiting for the store: %s; trying again (%.0f s left)", exc.message, left)
+            await asyncio.sleep(min(delay, left))
+            delay = min(2 * delay, 2.0)
 
 
 def main(settings: GatewaySettings) -> None:

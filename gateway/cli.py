@@ -313,7 +313,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     given = {
         "data_dir": args.data_dir, "api_host": args.api_host, "api_port": args.api_port,
         "extproc_host": args.extproc_host, "extproc_port": args.extproc_port,
-        "store": args.store, "pvcs": dict(args.pvc) if args.pvc else None,
+        "store": args.store, "store_wait_seconds": args.store_wait, "pvcs": dict(args.pvc) if args.pvc else None,
         "public_url": args.public_url, "namespace": args.namespace, "log_level": args.log_level,
         "storage_config": args.storage_config,
     }
@@ -412,6 +412,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--extproc-port", type=int)
     p.add_argument("--store", metavar="URL",
                    help="embedded (default: SQLite under --data-dir) or etcd://HOST:PORT; env MMGW_STORE")
+    p.add_argument("--store-wait", type=float, metavar="SECONDS",
+                   help="how long to wait at start for the store to answer (default 60); env MMGW_STORE_WAIT_SECONDS")
     p.add_argument("--pvc", action="append", type=_pvc, metavar="NAME=DIR", help="map a PVC name to a folder")
     p.add_argument("--public-url", help="Envoy's URL, shown in InferenceService status")
     p.add_argument("--storage-config", type=Path, metavar="FILE|DIR",

@@ -30,6 +30,9 @@ class GatewaySettings(BaseSettings):
     # Where the registry, the placement's claims and the pods' registrations live:
     # "embedded" (SQLite under data_dir) or etcd://HOST:PORT (several replicas).
     store: str = "embedded"
+    # How long a starting gateway waits for the store to answer (etcd started at the same
+    # moment, or restarting) before it gives up and exits 1.
+    store_wait_seconds: float = 60.0
     # PVC name -> local folder; default: my-models-pvc -> <data_dir>/models
     pvcs: dict[str, Path] = Field(default_factory=dict)
     # ModelMesh's storage-config (S3 storage keys): a file or a folder, see gateway.storage
