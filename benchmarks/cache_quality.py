@@ -187,7 +187,7 @@ class InstantPods:
         self.loaded: dict[str, dict[str, int]] = {}
         self.loads = 0
 
-    async def load(self, address: str, spec: ModelSpec, timeout: float) -> int:
+    async def load(self, address: str, spec: ModelSpec, timeout: float, expected: int) -> int:
         self.loads += 1
         self.loaded.setdefault(address, {})[spec.model_id] = spec.predicted_size
         return spec.predicted_size

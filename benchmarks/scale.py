@@ -135,7 +135,7 @@ class MemoryPods:
         self.capacity = capacity
         self.loaded: dict[str, dict[str, int]] = {address: {} for address in addresses}
 
-    async def load(self, address: str, spec: ModelSpec, timeout: float) -> int:
+    async def load(self, address: str, spec: ModelSpec, timeout: float, expected: int) -> int:
         self.loaded[address][spec.model_id] = spec.predicted_size
         return spec.predicted_size
 

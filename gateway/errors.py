@@ -49,6 +49,11 @@ class NoCapacity(GatewayError):
     """No pod can hold the model, even after eviction."""
 
 
+class PodFull(GatewayError):
+    """A pod refused a load for lack of room: its memory was promised elsewhere (another
+    gateway replica's load) since the engine last saw it. The engine tries another pod."""
+
+
 class Unavailable(GatewayError):
     """No pod is available right now; a retry later may succeed."""
 

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from gateway import picker
 from gateway.domain import Copy, CopyState, ModelSpec, ModelState, ModelStatus, PodView
-from gateway.errors import LoadFailed, ModelFormatError, ModelNotFound, NoCapacity, Unavailable
+from gateway.errors import LoadFailed, ModelFormatError, ModelNotFound, NoCapacity, PodFull, Unavailable
 from gateway.load_queue import LoadQueue
 from gateway.store import StoreUnavailable
 
@@ -54,10 +54,11 @@ class PodStatus:
 class PodClient(Protocol):
     """How the engine reaches pods (gateway.podclient implements it over gRPC).
 
-    ``load`` raises LoadFailed (or ModelFormatError) with the pod's reason.
+    ``load`` raises LoadFailed (or ModelFormatError) with the pod's reason, or
+    PodFull when the pod has no room for ``expected`` bytes.
     """
 
-    async def load(self, address: str, spec: ModelSpec, timeout: float) -> int: ...
+    async def load(self, address: str, spec: ModelSpec, timeout: float, expected: int) -> int: ...
 
     async def unload(self, address: str, model_id: str) -> None: ...
 
@@ -896,7 +897,11 @@ class Placement:
             entry = self._put(pod, model, CopyState.LOADING, expected, self._clock())
             started = time.perf_counter()
             try:
-                size = await self._client.load(pod.address, spec, self._settings.load_timeout)
+                size = await self._client.load(pod.address, spec, self._settings.load_timeout, expected)
+            except PodFull as exc:
+                self._drop(pod, spec.model_id)
+                log.info("pod %s refused %s: %s", pod.pod, spec.model_id, exc.message)
+                raise _NoRoom() from exc
             except BaseException:
                 self._drop(pod, spec.model_id)
                 raise

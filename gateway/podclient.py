@@ -2,8 +2,10 @@
 
 Error table (pod's gRPC code on LoadModel -> core error): FAILED_PRECONDITION
 and INVALID_ARGUMENT -> ModelFormatError (no runtime can read the file, or the
-pod does not know the format); DEADLINE_EXCEEDED -> LoadTimeout; every other
-code -> LoadFailed with the pod's message, so the engine tries another pod.
+pod does not know the format); DEADLINE_EXCEEDED -> LoadTimeout;
+RESOURCE_EXHAUSTED -> PodFull (no room for the expected bytes: not a failure of
+the model); every other code -> LoadFailed with the pod's message, so the
+engine tries another pod.
 
 An UnloadModel answers once the pod has let the model's requests in flight
 finish (its ``unload_drain_seconds``, 30 s by default): ``unload_timeout`` is
@@ -17,7 +19,7 @@ import grpc
 from gateway._proto import model_runtime_pb2 as rt
 from gateway._proto import model_runtime_pb2_grpc as rt_grpc
 from gateway.domain import ModelSpec
-from gateway.errors import LoadFailed, LoadTimeout, ModelFormatError
+from gateway.errors import LoadFailed, LoadTimeout, ModelFormatError, PodFull
 from gateway.placement import PodStatus
 
 _FORMAT_CODES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT})
@@ -41,15 +43,18 @@ class GrpcPodClient:
             stub = self._stubs[address] = rt_grpc.ModelRuntimeStub(channel)
         return stub
 
-    async def load(self, address: str, spec: ModelSpec, timeout: float) -> int:
+    async def load(self, address: str, spec: ModelSpec, timeout: float, expected: int) -> int:
         request = rt.LoadModelRequest(
-            model_id=spec.model_id, model_type=spec.model_type, model_path=spec.path, model_key=spec.key
+            model_id=spec.model_id, model_type=spec.model_type, model_path=spec.path, model_key=spec.key,
+            expected_size_in_bytes=expected,
         )
         try:
             response = await self._stub(address).LoadModel(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             message = f"pod {address}: {exc.details() or code.name}"
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise PodFull(message) from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise LoadTimeout(message if exc.details() else f"pod {address}: load timed out after {timeout:g} s") from None
             raise (ModelFormatError if code in _FORMAT_CODES else LoadFailed)(message) from None

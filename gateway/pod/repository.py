@@ -20,6 +20,11 @@
   counts one request in flight for as long as the block runs (however it ends)
   and one more request since the model was loaded. Plain integers: everything
   runs on the event loop.
+- Room. A load that says how many bytes it expects to take is refused with
+  ``NoCapacity`` when the bytes held (loaded models, those being unloaded
+  included, as their memory is not yet free) plus those expected by loads in
+  progress plus its own exceed ``capacity_bytes``. The gateway plans room before
+  it loads; this catches two gateway replicas planning the same room at once.
 - Unload is graceful: from the moment it begins, the model is no longer served
   (``ModelNotFound`` "model 'x' is being unloaded") nor listed by ``loaded()``,
   but requests already in flight finish first: the unload waits until none is
@@ -39,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import GatewayError, LoadFailed, LoadTimeout, ModelNotFound, PredictFailed
+from gateway.errors import GatewayError, LoadFailed, LoadTimeout, ModelNotFound, NoCapacity, PredictFailed
 
 from .model import InferenceRequest, Model, ModelConfig, Tensor
 from .puller import Puller
@@ -81,6 +86,7 @@ class ModelRepository:
         max_loading_concurrency: int = 1,
         loading_timeout_s: float = 90.0,
         unload_drain_s: float = 30.0,
+        capacity_bytes: int = 0,
     ) -> None:
         if max_loading_concurrency < 1:
             raise ValueError("max_loading_concurrency must be at least 1")
@@ -95,6 +101,8 @@ class ModelRepository:
         self._slots = asyncio.Semaphore(max_loading_concurrency)
         self._models: dict[str, _Held] = {}
         self._loading: dict[str, asyncio.Task[Model]] = {}
+        self._capacity = capacity_bytes  # 0: no limit
+        self._expected: dict[str, int] = {}  # loads in progress -> the bytes they said to expect
         self._unloading: dict[str, asyncio.Task[None]] = {}
         self._closing = False
         self.on_change: Callable[[], None] = lambda: None  # what ``loaded()`` lists changed
@@ -133,6 +141,17 @@ class ModelRepository:
             if mid not in self._unloading
         ]
 
+    def _admit(self, model_id: str, expected: int) -> None:
+        if not (expected and self._capacity):
+            return
+        held = sum(h.model.size_bytes() for h in self._models.values())
+        loading = sum(self._expected.values())
+        if held + loading + expected > self._capacity:
+            raise NoCapacity(
+                f"this pod has no room for model '{model_id}': it expects {expected} bytes, and "
+                f"{held} held + {loading} loading of {self._capacity} leaves {max(self._capacity - held - loading, 0)}"
+            )
+
     def _held(self, model_id: str) -> _Held:
         if model_id in self._unloading:
             raise ModelNotFound(model_id, f"model '{model_id}' is being unloaded")
@@ -152,10 +171,11 @@ class ModelRepository:
             log.warning("model %s: predict raised", model.model_id, exc_info=True)
             raise PredictFailed(f"{type(exc).__name__}: {exc}") from exc
 
-    async def load(self, config: ModelConfig) -> int:
+    async def load(self, config: ModelConfig, *, expected_bytes: int = 0) -> int:
         """Load ``config.model_id`` unless it is loaded already; its size in bytes.
 
-        An unload of that id in progress is waited for first.
+        An unload of that id in progress is waited for first. A new load
+        expecting ``expected_bytes`` that would overfill the pod: NoCapacity.
         """
         while (unloading := self._unloading.get(config.model_id)) is not None:
             await asyncio.wait([unloading])  # whatever its outcome; does not cancel it
@@ -164,8 +184,10 @@ class ModelRepository:
         if model is None:
             task = self._loading.get(config.model_id)
             if task is None:
+                self._admit(config.model_id, expected_bytes)
                 task = asyncio.create_task(self._load(config), name=f"load {config.model_id}")
                 self._loading[config.model_id] = task
+                self._expected[config.model_id] = expected_bytes
                 task.add_done_callback(functools.partial(self._load_done, config.model_id))
             model = await asyncio.shield(task)
         return model.size_bytes()
@@ -259,6 +281,7 @@ class ModelRepository:
                     ) from exc
                 raise
         self._models[config.model_id] = _Held(model)
+        self._expected.pop(config.model_id, None)  # counted as held from now on
         log.info("loaded model %s: %d bytes", config.model_id, model.size_bytes())
         self.on_change()
         return model
@@ -266,6 +289,7 @@ class ModelRepository:
     def _load_done(self, model_id: str, task: asyncio.Task[Model]) -> None:
         if self._loading.get(model_id) is task:
             del self._loading[model_id]
+            self._expected.pop(model_id, None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("model %s failed to load: %s", model_id, exc)
 

@@ -56,6 +56,7 @@ class PodServer:
             max_loading_concurrency=settings.max_loading_concurrency,
             loading_timeout_s=settings.model_loading_timeout_ms / 1000,
             unload_drain_s=settings.unload_drain_seconds,
+            capacity_bytes=settings.capacity_bytes,
         )
         self._ready = asyncio.Event()
         self._server: grpc.aio.Server | None = None

@@ -204,7 +204,7 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
         config = ModelConfig(
             request.model_id, request.model_type, Path(request.model_path), request.model_key
         )
-        size = await self._models.load(config)
+        size = await self._models.load(config, expected_bytes=request.expected_size_in_bytes)
         return rt.LoadModelResponse(model_id=request.model_id, size_in_bytes=size)
 
     @_rpc

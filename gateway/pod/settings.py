@@ -22,8 +22,9 @@ class PodSettings:
     - ``host``/``port``: the one address both gRPC services bind to, exactly as
       given (port 0 picks a free port; ``PodServer.start`` returns it).
     - ``pod_id``: this pod's name in logs.
-    - ``capacity_bytes``: memory the pod offers for models (reported, not
-      enforced: the gateway's placement does the accounting, as in ModelMesh).
+    - ``capacity_bytes``: memory the pod offers for models. The gateway's
+      placement does the accounting, as in ModelMesh; the pod only refuses a load
+      whose expected size no longer fits (0: no limit).
     - ``max_loading_concurrency``, ``model_loading_timeout_ms``: loads at once,
       and the bound on each (reported to the gateway in RuntimeStatus).
     - ``size_multiplier``: PredictModelSize = bytes on disk x this.

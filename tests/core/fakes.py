@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from gateway.domain import ModelSpec
-from gateway.errors import LoadFailed, ModelFormatError
+from gateway.errors import LoadFailed, ModelFormatError, PodFull
 from gateway.placement import PodStatus
 
 
@@ -14,6 +14,7 @@ from gateway.placement import PodStatus
 class FakePod:
     capacity: int = 100
     loaded: dict[str, int] = field(default_factory=dict)
+    loading: dict[str, int] = field(default_factory=dict)  # loads in progress -> expected bytes
     fail_loads: str | None = None  # message; loads fail with LoadFailed
     bad_format: bool = False
     down: bool = False
@@ -27,11 +28,18 @@ class FakePods:
         self.gate: asyncio.Event | None = None  # when set, loads wait for it
         self.inflight: dict[str, dict[str, int]] = {}  # pod -> model -> requests in flight
 
-    async def load(self, address: str, spec: ModelSpec, timeout: float) -> int:
+    async def load(self, address: str, spec: ModelSpec, timeout: float, expected: int) -> int:
         pod = self.pods[address]
         self.loads.append((address, spec.model_id))
-        if self.gate is not None:
-            await self.gate.wait()
+        held = sum(pod.loaded.values()) + sum(pod.loading.values())
+        if held + expected > pod.capacity:  # as the real pod: gateway.pod.repository
+            raise PodFull(f"pod {address}: no room for {expected} bytes, {held} of {pod.capacity} taken")
+        pod.loading[spec.model_id] = expected
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+        finally:
+            del pod.loading[spec.model_id]
         if pod.down:
             raise LoadFailed(f"pod {address}: unreachable")
         if pod.bad_format:

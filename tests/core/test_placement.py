@@ -261,6 +261,24 @@ async def test_a_load_another_replica_claimed_waits_for_its_copy_instead_of_load
     assert pods.loads == []
 
 
+async def test_room_two_replicas_planned_at_once_goes_to_one_and_the_other_loads_elsewhere() -> None:
+    # Replicas a and b share the pods but learn of each other's loads only when they finish.
+    pods = FakePods(p=FakePod(capacity=100), q=FakePod(capacity=80))
+    pods.gate = asyncio.Event()
+    a, b = await engine(pods), await engine(pods)
+    a.register(spec("m1", 60))
+    b.register(spec("m2", 60))
+    first = asyncio.create_task(a.ensure_loaded("m1"))
+    await asyncio.sleep(0.01)  # m1 is loading on p, the emptiest pod
+    second = asyncio.create_task(b.ensure_loaded("m2"))  # b also sees p empty
+    await asyncio.sleep(0.01)
+    pods.gate.set()
+    assert await first == "p" and await second == "q"
+    assert pods.loads == [("p", "m1"), ("p", "m2"), ("q", "m2")]  # p refused m2: 60 + 60 > 100
+    assert pods.pods["p"].loaded == {"m1": 60} and pods.pods["q"].loaded == {"m2": 60}
+    assert b.status("m2").state is ModelState.LOADED and not b.status("m2").message  # no failure recorded
+
+
 async def test_unregister_unloads_every_copy() -> None:
     pods = FakePods(a=FakePod())
     placement = await engine(pods)

@@ -16,6 +16,7 @@ from gateway.errors import (
     LoadTimeout,
     ModelFormatError,
     ModelNotFound,
+    NoCapacity,
     PredictFailed,
 )
 from gateway.pod.model import InferenceRequest, Model, ModelConfig, Tensor, TensorSpec
@@ -53,6 +54,36 @@ async def test_loads_are_bounded_by_the_concurrency_limit(limit: int) -> None:
     await asyncio.gather(*(repo.load(_config(f"m{i}", key(load_s=0.03))) for i in range(4)))
     assert fake.max_running == limit
     assert sorted(m.model_id for m in repo.loaded()) == ["m0", "m1", "m2", "m3"]
+
+
+async def test_a_load_that_would_overfill_the_pod_is_refused_counting_loads_in_progress() -> None:
+    fake = fake_runtime()
+    repo = _repo(fake, capacity_bytes=3000, max_loading_concurrency=2)
+    await repo.load(_config("a"), expected_bytes=1000)  # holds 1000
+    slow = asyncio.ensure_future(repo.load(_config("b", key(load_s=0.2)), expected_bytes=1500))
+    await asyncio.sleep(0.01)  # b is loading: 1500 expected
+    with pytest.raises(NoCapacity) as refused:
+        await repo.load(_config("c"), expected_bytes=600)
+    assert refused.value.message == (
+        "this pod has no room for model 'c': it expects 600 bytes, and 1000 held + 1500 loading of 3000 leaves 500"
+    )
+    assert fake.loads["c"] == 0 and "c" not in {m.model_id for m in repo.loaded()}
+    assert await repo.load(_config("c"), expected_bytes=500) == 1000  # exactly fits
+    assert await slow == 1000
+    await repo.unload("c")
+    # b is held at its real size now (1000, not the 1500 it expected): 2000 held, 1000 free.
+    assert await repo.load(_config("d"), expected_bytes=1000) == 1000
+    with pytest.raises(NoCapacity, match="3000 held \\+ 0 loading of 3000 leaves 0"):
+        await repo.load(_config("e"), expected_bytes=1)
+
+
+async def test_without_an_expected_size_or_a_capacity_nothing_is_refused() -> None:
+    limited, unlimited = _repo(fake_runtime(), capacity_bytes=1500), _repo(fake_runtime())
+    await limited.load(_config("a"))
+    await limited.load(_config("b"))  # no expected size: the caller did its own accounting
+    await unlimited.load(_config("a"), expected_bytes=10**12)
+    assert len(limited.loaded()) == 2 and len(unlimited.loaded()) == 1
+    assert await limited.load(_config("a"), expected_bytes=10**12) == 1000  # loaded already: a no-op
 
 
 async def test_a_load_that_times_out_leaves_nothing() -> None:

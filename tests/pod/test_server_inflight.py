@@ -12,6 +12,8 @@ import pytest
 
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import model_runtime_pb2 as rt
+from gateway.domain import ModelSpec
+from gateway.errors import PodFull
 from gateway.pod import tensors
 from gateway.pod.model import Tensor
 from gateway.pod.runtimes.synthetic import write_synthetic
@@ -154,3 +156,27 @@ def test_unload_drain_seconds_setting() -> None:
     assert PodSettings(port=0, capacity_bytes=1, pod_id="p").unload_drain_seconds == 30.0
     with pytest.raises(ValueError, match="unload_drain_seconds must not be negative"):
         PodSettings(port=0, capacity_bytes=1, pod_id="p", unload_drain_seconds=-1)
+
+
+async def test_a_load_without_room_is_resource_exhausted_and_pod_full_for_the_gateway(
+    start_pod: StartPod, tmp_path: Path
+) -> None:
+    pod = await start_pod(capacity_bytes=3 * MiB)
+    path = write_synthetic(tmp_path / "m.json", 2 * MiB)
+    assert await pod.load("a", path, "synthetic", expected_size_in_bytes=2 * MiB) == 2 * MiB
+    error = await _error(pod.load("b", path, "synthetic", expected_size_in_bytes=2 * MiB))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details() == (
+        f"this pod has no room for model 'b': it expects {2 * MiB} bytes, "
+        f"and {2 * MiB} held + 0 loading of {3 * MiB} leaves {MiB}"
+    )
+    assert [m.model_id for m in (await pod.status()).loaded_models] == ["a"]
+
+    client = GrpcPodClient()
+    try:
+        spec = ModelSpec("b", "synthetic", str(path), 2 * MiB)
+        with pytest.raises(PodFull, match=f"^pod {pod.server.address}: this pod has no room for model 'b'"):
+            await client.load(pod.server.address, spec, 30, 2 * MiB)
+        assert await client.load(pod.server.address, spec, 30, MiB) == 2 * MiB  # what it says it needs fits
+    finally:
+        await client.close()
