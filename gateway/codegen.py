@@ -3,7 +3,9 @@
 Run by ``make proto`` (and so by ``make demo`` and ``make test``); the outputs
 are build products, ignored by git and never edited by hand:
 
-- ``gateway/_proto/*_pb2.py``, ``*_pb2_grpc.py``, ``*.pyi``
+- ``gateway/_proto/*_pb2.py``, ``*_pb2_grpc.py``, ``*.pyi``; the ``_pb2`` modules
+  add their files to gateway.protopool's pool, not protobuf's default one, so
+  that they can be imported beside tritonclient's copy of the same proto
 - ``envoy/kserve_v2.pb``: the descriptor set the grpc_json_transcoder loads,
   with its imports (google/api/*) included.
 
@@ -64,6 +66,8 @@ def generate(out_root: Path = ROOT, descriptor: Path = DESCRIPTOR) -> None:
                 *(f"{PACKAGE_DIR}/{name}" for name in PROTOS),
             ]
         )
+        for name in PROTOS:
+            _use_private_pool(package_out / name.replace(".proto", "_pb2.py"))
         descriptor.parent.mkdir(parents=True, exist_ok=True)
         _protoc(
             [
@@ -73,6 +77,18 @@ def generate(out_root: Path = ROOT, descriptor: Path = DESCRIPTOR) -> None:
                 f"{PACKAGE_DIR}/{TRANSCODED}",
             ]
         )
+
+
+_DEFAULT_POOL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+_IMPORTS_END = "# @@protoc_insertion_point(imports)\n"
+
+
+def _use_private_pool(module: Path) -> None:
+    text = module.read_text()
+    if text.count(_DEFAULT_POOL) != 1 or _IMPORTS_END not in text:
+        raise SystemExit(f"{module}: protoc's output changed shape; gateway.codegen cannot move it to its own pool")
+    text = text.replace(_IMPORTS_END, _IMPORTS_END + "from gateway.protopool import POOL as _POOL\n", 1)
+    module.write_text(text.replace(_DEFAULT_POOL, "DESCRIPTOR = _POOL.AddSerializedFile(", 1))
 
 
 def main(argv: list[str] | None = None) -> int:

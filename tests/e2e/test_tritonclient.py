@@ -4,15 +4,13 @@ sklearn model, an ONNX graph deployed here, and an unknown model.
 tritonclient sends ``raw_input_contents`` and no ``mm-vmodel-id`` header (the gateway
 reads the model name from the gRPC body) and reads ``raw_output_contents`` back.
 
-The client runs in a subprocess: tritonclient's ``grpc_service.proto`` and the gateway's
-``gateway/_proto/grpc_predict_v2.proto`` both define ``inference.*`` messages, and
-protobuf's default descriptor pool refuses the second file in one process
-("duplicate symbol 'inference.ServerLiveRequest'"); the e2e conftest imports the gateway's.
+The client runs in the test's own process, beside the gateway's stubs: both
+define the ``inference.*`` messages, and ours live in their own descriptor pool
+(gateway.protopool) so that the two can be imported together.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,8 +21,11 @@ import httpx
 import numpy as np
 import onnxruntime
 import pytest
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
 
 from gateway import launcher, samples
+from gateway._proto import grpc_predict_v2_pb2 as v2
 
 from ..pod import graphs
 from .conftest import ISVCS, wait_ready
@@ -32,20 +33,11 @@ from .conftest import ISVCS, wait_ready
 ONNX_NAME = "triton-onnx-dense"
 ROWS = np.array([[1, 2, 3, 4], [-1, 0.5, 2, -3], [0.25, -4, 1, 2]], np.float32)
 
-# Reads {"url", "calls": [...]} as JSON from argv[1], prints one JSON result per call.
-CLIENT = r"""
-import json, sys
-import numpy as np
-import tritonclient.grpc as tc
-from tritonclient.utils import InferenceServerException
-
-spec = json.loads(sys.argv[1])
-client = tc.InferenceServerClient(url=spec["url"])
-
-def tensors(items):
+def _tensors(items: Any) -> list[dict[str, Any]]:
     return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
 
-def run(call):
+
+def _call(client: tc.InferenceServerClient, call: dict[str, Any]) -> dict[str, Any]:
     kind, model = call["kind"], call.get("model")
     if kind == "server":
         return {"live": client.is_server_live(client_timeout=30),
@@ -54,39 +46,44 @@ def run(call):
         meta = client.get_model_metadata(model, client_timeout=30)
         return {"ready": client.is_model_ready(model, client_timeout=30),
                 "name": meta.name, "platform": meta.platform,
-                "inputs": tensors(meta.inputs), "outputs": tensors(meta.outputs)}
-    if kind == "infer":
-        data = np.array(call["data"], dtype=np.float32).reshape(call["shape"])
-        tensor = tc.InferInput(call["input"], list(data.shape), "FP32")
-        tensor.set_data_from_numpy(data)
-        result = client.infer(model, [tensor], client_timeout=30)
-        response = result.get_response()
-        out = result.as_numpy(call["output"])
-        return {"model_name": response.model_name,
-                "outputs": tensors(response.outputs),
-                "raw": len(response.raw_output_contents),
-                "dtype": str(out.dtype), "value": out.tolist()}
-    raise ValueError(kind)
-
-results = []
-for call in spec["calls"]:
-    try:
-        results.append({"ok": run(call)})
-    except InferenceServerException as err:
-        results.append({"error": {"status": err.status(), "message": err.message()}})
-client.close()
-print(json.dumps(results))
-"""
+                "inputs": _tensors(meta.inputs), "outputs": _tensors(meta.outputs)}
+    data = np.array(call["data"], dtype=np.float32).reshape(call["shape"])
+    tensor = tc.InferInput(call["input"], list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    result = client.infer(model, [tensor], client_timeout=30)
+    response = result.get_response()
+    out = result.as_numpy(call["output"])
+    return {"model_name": response.model_name, "outputs": _tensors(response.outputs),
+            "raw": len(response.raw_output_contents), "dtype": str(out.dtype), "value": out.tolist()}
 
 
 def triton(deployment: launcher.Deployment, *calls: dict[str, Any]) -> list[dict[str, Any]]:
-    spec = {"url": f"127.0.0.1:{deployment.ports.envoy}", "calls": list(calls)}
-    done = subprocess.run(
-        [sys.executable, "-c", CLIENT, json.dumps(spec)],
-        capture_output=True, text=True, timeout=120,
+    """Each call's {"ok": result} or {"error": {"status", "message"}}."""
+    client = tc.InferenceServerClient(url=f"127.0.0.1:{deployment.ports.envoy}")
+    results: list[dict[str, Any]] = []
+    try:
+        for call in calls:
+            try:
+                results.append({"ok": _call(client, call)})
+            except InferenceServerException as err:
+                results.append({"error": {"status": err.status(), "message": err.message()}})
+    finally:
+        client.close()
+    return results
+
+
+def test_tritonclient_and_the_gateway_stubs_share_one_process() -> None:
+    # Same wire format, separate pools: triton's request parses as ours and back.
+    ours = v2.ModelInferRequest.FromString(
+        tc.service_pb2.ModelInferRequest(model_name="m", raw_input_contents=[b"\x01"]).SerializeToString()
     )
+    assert (ours.model_name, list(ours.raw_input_contents)) == ("m", [b"\x01"])
+    assert type(ours) is not tc.service_pb2.ModelInferRequest
+    assert v2.DESCRIPTOR.pool is not tc.service_pb2.DESCRIPTOR.pool
+    # Here the gateway's stubs came first (conftest); a custom runtime may import tritonclient first.
+    other_order = "import tritonclient.grpc; from gateway._proto import grpc_predict_v2_pb2, model_runtime_pb2"
+    done = subprocess.run([sys.executable, "-c", other_order], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _isvc(name: str, model_format: str, path: str) -> dict[str, object]:
