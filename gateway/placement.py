@@ -996,7 +996,7 @@ class Placement:
                         "state": e.state.value,
                         "size_bytes": e.size,
                         "last_used_seconds_ago": round(now - e.last_used, 3),
-                        "in_flight": e.busy(),
+                        "in_flight": e.inflight,  # as the pod reported it (routing also counts what it sent since)
                         "requests": e.routed,
                         "requests_per_second": round(e.rate, 2),
                     }

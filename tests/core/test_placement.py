@@ -350,6 +350,24 @@ async def test_a_request_promotes_a_queued_proactive_load() -> None:
     assert [m for _, m in pods.loads] == ["first", "p2", "p1"]
 
 
+async def test_the_table_shows_requests_in_flight_as_the_pod_reports_them() -> None:
+    pods = FakePods(a=FakePod(loaded={"m": 10}))
+    placement = Placement(pods)
+    placement.register(spec("m"))
+    placement.add_pod("a")
+    await placement.check_pods()
+
+    def shown() -> int:
+        (copy,) = placement.snapshot()["pods"][0]["models"]
+        return copy["in_flight"]
+
+    placement.route("m")  # answered at once: the pod never counts it in flight
+    assert shown() == 0
+    pods.inflight = {"a": {"m": 3}}
+    await placement.check_pods()
+    assert shown() == 3
+
+
 async def test_hits_go_to_the_copy_with_fewest_requests_in_flight() -> None:
     pods = FakePods(a=FakePod(loaded={"m": 10}), b=FakePod(loaded={"m": 10}))
     pods.inflight = {"a": {"m": 5}, "b": {"m": 1}}
