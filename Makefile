@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard proto/*.proto)
 GEN    := gateway/_proto/__init__.py
 
-.PHONY: install proto manifests demo test bench clean
+.PHONY: install proto manifests demo test lint bench clean
 
 install: $(STAMP)
 
@@ -16,20 +16,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-$(GEN): $(PROTOS) gateway/codegen.py $(STAMP)
-	$(BIN)/python -m gateway.codegen
+$(GEN): $(PROTOS) gateway/tools/codegen.py $(STAMP)
+	$(BIN)/python -m gateway.tools.codegen
 
 proto: $(GEN)
 
 # istio/envoyfilters.yaml and docker/envoy.yaml, from envoy/envoy.yaml and proto/ (committed; tests/deploy checks them).
 manifests: $(STAMP)
-	$(BIN)/python -m gateway.manifests
+	$(BIN)/python -m gateway.tools.manifests
 
 demo: proto
 	$(BIN)/mmgw demo
 
 test: proto
 	$(BIN)/pytest -q
+
+# The gate CI runs before the tests: lint and format (ruff), types (mypy, strict on
+# gateway/core), and the import contracts in pyproject.toml (lint-imports).
+lint: proto
+	$(BIN)/ruff check gateway tests benchmarks examples
+	$(BIN)/ruff format --check gateway tests benchmarks examples
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Every benchmark, one after another; gateway_overhead needs h2load (Debian's nghttp2-client).
 bench: proto

@@ -13,7 +13,7 @@ One request trace, replayed against several caches of the same total size:
                 would get; no online policy does better on independent requests.
     lru         one LRU cache of 100 slots.
     lru/pod     4 LRU caches of 25, each model hashed to one pod.
-    engine      the real gateway.placement.Placement: register every model, then
+    engine      the real gateway.core.placement.Placement: register every model, then
                 per request ``lookup`` and on a miss ``await ensure_loaded``,
                 with an in-memory PodClient whose loads finish at once and a
                 simulated clock. Eviction by the candidate order below.
@@ -57,10 +57,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from gateway import picker
-from gateway.domain import Copy, CopyState, ModelSpec, PodView
-from gateway.errors import GatewayError
-from gateway.placement import Placement, PlacementSettings, PodStatus
+from gateway.core import picker
+from gateway.core.domain import Copy, CopyState, ModelSpec, PodView
+from gateway.core.errors import GatewayError
+from gateway.core.placement import Placement, PlacementSettings, PodStatus
 
 SIZE = 1  # every model has the same size; capacities count models
 

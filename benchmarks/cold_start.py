@@ -38,8 +38,8 @@ from typing import Any
 import httpx
 
 from benchmarks.scale import ISVCS, MiB, isvc, percentile, pods_healthy, wait_until, write_model
-from gateway.launcher import metric
-from gateway import launcher
+from gateway.tools.launcher import metric
+from gateway.tools import launcher
 
 ROW = [1.0, 2.0, 3.0]
 BODY = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "contents": {"fp64_contents": ROW}}]}

@@ -24,7 +24,7 @@ import httpx
 import yaml
 
 from benchmarks.gateway_overhead import ISVCS, ROOT, Result, Target, _median, check, h2load
-from gateway import launcher, samples
+from gateway.tools import launcher, samples
 
 INFER = "/v2/models/sklearn-mnist/infer"
 

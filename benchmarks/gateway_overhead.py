@@ -32,7 +32,7 @@ import grpc
 import httpx
 import yaml
 
-from gateway import launcher, samples
+from gateway.tools import launcher, samples
 from gateway._proto import grpc_predict_v2_pb2 as v2
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -49,22 +49,22 @@ import httpx
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from gateway import launcher
-from gateway.domain import ModelSpec
-from gateway.extproc import Answer, ExternalProcessor
-from gateway.launcher import metric
-from gateway.placement import Placement, PodStatus
+from gateway.tools import launcher
+from gateway.core.domain import ModelSpec
+from gateway.adapters.extproc.processor import Answer, ExternalProcessor
+from gateway.tools.launcher import metric
+from gateway.core.placement import Placement, PodStatus
 from gateway.pod.runtimes.synthetic import write_synthetic
-from gateway.registry import Registry, RegistrySettings
-from gateway.router import Router
-from gateway.storage import StorageRoots
+from gateway.control.registry import Registry, RegistrySettings
+from gateway.control.router import Router
+from gateway.kserve.storage import StorageRoots
 from gateway.store import EmbeddedStore
 
 MiB = 1 << 20
 PVC = "my-models-pvc"
 ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/modelmesh-serving/inferenceservices"
 SIZE_MULTIPLIER = RegistrySettings().size_multiplier
-SETTLE_EVERY = 1024  # as gateway.placement asks for a drain (_DRAIN_AT)
+SETTLE_EVERY = 1024  # as gateway.core.placement asks for a drain (_DRAIN_AT)
 
 
 # -- helpers shared with benchmarks.cold_start and benchmarks.load_queue -------------------
@@ -218,7 +218,7 @@ async def time_calls(case: Case, order: list[int], settle_every: int) -> None:
     """Time each ExternalProcessor.answer call of ``case``, for the names in ``order``.
 
     Each request is parsed from its bytes just before the call, untimed, as the
-    transport (gateway.extproc_server) does: the message is fresh in memory,
+    transport (gateway.adapters.extproc.server) does: the message is fresh in memory,
     whichever of the 10 or 10,000 names it carries. A world's buffered hits are
     counted (Placement.settle) every ``settle_every`` of its calls, as the server
     drains them between requests, timed apart from the calls; then the event

@@ -16,18 +16,19 @@ from collections.abc import Callable, Iterator
 
 import uvicorn
 
-from gateway.api import build_api
-from gateway.extproc import ExternalProcessor
-from gateway.extproc_server import ExtProcServer
-from gateway.metrics import Metrics
-from gateway.placement import Placement, PlacementSettings
-from gateway.podclient import GrpcPodClient
-from gateway.registry import Registry, RegistrySettings
-from gateway.router import Router
+from gateway.adapters.api import build_api
+from gateway.adapters.extproc.processor import ExternalProcessor
+from gateway.adapters.extproc.server import ExtProcServer
+from gateway.adapters.metrics import Metrics
+from gateway.core.placement import Placement, PlacementSettings
+from gateway.adapters.podclient import GrpcPodClient
+from gateway.control.registry import Registry, RegistrySettings
+from gateway.control.router import Router
 from gateway.settings import GatewaySettings
-from gateway.replicas import FailureBook, PodPool, StoreCoordinator
-from gateway.storage import StorageRoots, load_storage_config
-from gateway.store import StoreUnavailable, open_store
+from gateway.control.replicas import FailureBook, PodPool, StoreCoordinator
+from gateway.kserve.storage import StorageRoots, load_storage_config
+from gateway.core.errors import StoreUnavailable
+from gateway.store import open_store
 
 log = logging.getLogger("gateway")
 
@@ -89,7 +90,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
 
     api = _ApiServer(
         uvicorn.Config(
-            build_api(registry, placement, namespace=settings.namespace, metrics=metrics,
+            build_api(registry, placement, namespace=settings.namespace, metrics=metrics.exposition,
                       token=settings.api_token.get_secret_value() if settings.api_token else None),
             host=settings.api_host,
             port=settings.api_port,

@@ -4,7 +4,7 @@ Every KServe V2 client ships the same proto: tritonclient's ``grpc_service.proto
 defines package ``inference`` with our message names. Two files defining one
 symbol cannot share a pool, so with both in the default pool, whichever is
 imported second fails ("duplicate symbol 'inference.ServerLiveRequest'"): a
-custom runtime that uses tritonclient could not load. gateway.codegen makes our
+custom runtime that uses tritonclient could not load. gateway.tools.codegen makes our
 stubs add themselves here instead, after the files they import.
 """
 

@@ -1,6 +1,6 @@
 """The gateway's settings: one object, built by the composition root.
 
-Values come from the command line (gateway.cli), then MMGW_* environment
+Values come from the command line (gateway.tools.cli), then MMGW_* environment
 variables, then these defaults. Nothing reads them at import time.
 """
 
@@ -35,7 +35,7 @@ class GatewaySettings(BaseSettings):
     store_wait_seconds: float = 60.0
     # PVC name -> local folder; default: my-models-pvc -> <data_dir>/models
     pvcs: dict[str, Path] = Field(default_factory=dict)
-    # ModelMesh's storage-config (S3 storage keys): a file or a folder, see gateway.storage
+    # ModelMesh's storage-config (S3 storage keys): a file or a folder, see gateway.kserve.storage
     storage_config: Path | None = None
     public_url: str = "http://127.0.0.1:8008"
     size_multiplier: float = 1.25

@@ -18,7 +18,7 @@ import boto3
 import httpx
 from moto.server import ThreadedMotoServer
 
-from gateway import launcher
+from gateway.tools import launcher
 
 _ALLOW_S3 = json.dumps({"Version": "2012-10-17",
                         "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]})

@@ -20,7 +20,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ModelFormatError
+from gateway.core.errors import ModelFormatError
 from gateway.pod.decode import decode_args
 from gateway.pod.model import Model, ModelConfig, ModelMetadata, TensorSpec
 from gateway.pod.runtimes.common import model_file

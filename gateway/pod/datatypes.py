@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from gateway.errors import InvalidInput
+from gateway.core.errors import InvalidInput
 
 BYTES = "BYTES"
 

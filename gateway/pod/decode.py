@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import InvalidInput
+from gateway.core.errors import InvalidInput
 
 from . import datatypes
 from .model import InferenceRequest, Tensor

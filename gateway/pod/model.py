@@ -10,7 +10,7 @@ as in MLServer's ``MLModel``, and never sees protobuf or grpc:
   variable dimension); valid after ``load``.
 - ``size_bytes()``: memory the loaded model occupies, 0 when unknown.
 - ``async predict(request)``: ``InferenceRequest`` in, sequence of ``Tensor`` out.
-  Raise ``gateway.errors.InvalidInput`` for requests that do not fit the model;
+  Raise ``gateway.core.errors.InvalidInput`` for requests that do not fit the model;
   any other exception is reported as ``PredictFailed`` and the pod goes on.
 - ``async unload()``: optional; release what ``load`` acquired.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import InvalidInput
+from gateway.core.errors import InvalidInput
 
 from . import datatypes
 

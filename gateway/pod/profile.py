@@ -32,10 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import InvalidSpec
-from gateway.resources import ServingRuntime, parse_quantity, parse_serving_runtime
-from gateway.serving_runtimes import BUILTIN_RUNTIMES, CLUSTER_RUNTIME_KIND, PREFIXES, RUNTIME_KIND
-from gateway.store import Store, StoreUnavailable
+from gateway.core.errors import InvalidSpec
+from gateway.kserve.resources import ServingRuntime, parse_quantity, parse_serving_runtime
+from gateway.kserve.serving_runtimes import BUILTIN_RUNTIMES, CLUSTER_RUNTIME_KIND, PREFIXES, RUNTIME_KIND
+from gateway.store import Store
+from gateway.core.errors import StoreUnavailable
 
 from .runtimes import RuntimeRef
 from .settings import PodSettings

@@ -1,7 +1,7 @@
 """The pod's puller: brings a model's files into the pod's cache folder before it loads.
 
 As ModelMesh's puller sidecar does. A LoadModel request whose ``model_key``
-names S3 storage (``gateway.storage.S3Location.to_key``) is downloaded into
+names S3 storage (``gateway.kserve.storage.S3Location.to_key``) is downloaded into
 ``<cache>/<model id>/``, and the runtime gets that local path (and a
 ``model_key`` without the storage fields). The storage key is looked up in the
 pod's own storage configuration (``mmgw pod --storage-config``): credentials
@@ -15,7 +15,7 @@ gateway already checked), which goes to the runtime as it is.
 - Concurrent loads of one model share one attempt in the repository, so one
   download.
 
-Errors (gateway.s3): ModelNotInStorage (NOT_FOUND on the wire),
+Errors (gateway.kserve.s3): ModelNotInStorage (NOT_FOUND on the wire),
 StorageAccessDenied (PERMISSION_DENIED), StorageFailure (UNAVAILABLE), and
 StorageError (an unknown storage key: INVALID_ARGUMENT).
 """
@@ -33,8 +33,8 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from gateway.errors import StorageError
-from gateway.storage import S3Location, StorageConfig
+from gateway.core.errors import StorageError
+from gateway.kserve.locations import S3Location, StorageConfig
 
 from .model import ModelConfig
 
@@ -80,7 +80,7 @@ class Puller:
             _remove(self.cache / _folder_name(model_id))
 
     def _download(self, model_id: str, location: S3Location, abandoned: threading.Event) -> Path:
-        from gateway import s3
+        from gateway.kserve import s3
 
         settings = location.settings(self._storage)
         if self.cache is None:

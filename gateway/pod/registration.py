@@ -3,7 +3,7 @@
 The key ``pods/<pod id>`` holds the pod's address, its ServingRuntime, its
 capacity and model types, and the models it holds with their sizes; it is
 written again whenever that list changes. Gateways mirror ``pods/``
-(gateway.replicas.PodPool): a pod joins the pool when its key appears and
+(gateway.control.replicas.PodPool): a pod joins the pool when its key appears and
 leaves when its lease expires (it stopped heart-beating) or it stops and
 revokes the lease. The same code runs against etcd and the embedded store.
 
@@ -17,8 +17,9 @@ import asyncio
 import logging
 from typing import Any
 
-from gateway.store import Store, StoreUnavailable
-from gateway.sync import KeptLease
+from gateway.store import Store
+from gateway.core.errors import StoreUnavailable
+from gateway.store.sync import KeptLease
 
 from .repository import ModelRepository
 

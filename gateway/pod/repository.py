@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import GatewayError, LoadFailed, LoadTimeout, ModelNotFound, NoCapacity, PredictFailed
+from gateway.core.errors import GatewayError, LoadFailed, LoadTimeout, ModelNotFound, NoCapacity, PredictFailed
 
 from .model import InferenceRequest, Model, ModelConfig, Tensor
 from .puller import Puller

@@ -2,7 +2,7 @@
 
 The servicers translate messages and call the ``ModelRepository``; they decide
 nothing. Model RPCs (ModelInfer, ModelReady, ModelMetadata) serve the model the
-``mm-model-id`` header names (``gateway.protocol.MODEL_ID_HEADER``, always the
+``mm-model-id`` header names (``gateway.core.protocol.MODEL_ID_HEADER``, always the
 concrete id when the gateway forwards), else the request's model name; responses
 carry the concrete id.
 
@@ -51,7 +51,7 @@ from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway._proto import model_runtime_pb2 as rt
 from gateway._proto import model_runtime_pb2_grpc as rt_grpc
-from gateway.errors import (
+from gateway.core.errors import (
     GatewayError,
     InvalidInput,
     InvalidSpec,
@@ -66,8 +66,9 @@ from gateway.errors import (
     Unavailable,
     UnknownRoute,
 )
-from gateway.protocol import MODEL_ID_HEADER
-from gateway.storage import S3Location, StorageRoots
+from gateway.core.protocol import MODEL_ID_HEADER
+from gateway.kserve.locations import S3Location
+from gateway.kserve.storage import StorageRoots
 
 from . import tensors
 from .model import ModelConfig

@@ -40,7 +40,7 @@ class PodSettings:
       wildcard (0.0.0.0 in a container).
     - ``runtime_name``: the ServingRuntime this pod is one of ("" : any); with a
       store, its YAML configures the pod (gateway.pod.profile).
-    - ``storage_config``: storage key -> entry (gateway.storage.load_storage_config),
+    - ``storage_config``: storage key -> entry (gateway.kserve.storage.load_storage_config),
       for the models the puller downloads from S3.
     - ``model_cache``: the folder downloaded models go to; the pod owns it and
       empties it at start and stop. None: a temporary folder, removed at stop.

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from gateway._proto import grpc_predict_v2_pb2 as pb
-from gateway.errors import InvalidInput
+from gateway.core.errors import InvalidInput
 
 from . import datatypes
 from .model import InferenceRequest, ModelMetadata, Parameter, Tensor, TensorSpec

@@ -13,7 +13,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import duration_pb2
 
 from gateway._proto import grpc_predict_v2_pb2 as v2
-from gateway.extproc import Answer, ExternalProcessor
+from gateway.adapters.extproc.processor import Answer, ExternalProcessor
 
 from ..core.fakes import FakePod, FakePods
 from ..core.harness import Harness, harness, isvc

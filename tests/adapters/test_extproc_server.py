@@ -12,10 +12,10 @@ import hpack
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from gateway import extproc_server as h2
+from gateway.adapters.extproc import server as h2
 from gateway._proto import grpc_predict_v2_pb2 as v2
-from gateway.extproc import ExternalProcessor
-from gateway.extproc_server import ExtProcServer
+from gateway.adapters.extproc.processor import ExternalProcessor
+from gateway.adapters.extproc.server import ExtProcServer
 
 from ..core.fakes import FakePod, FakePods
 from ..core.harness import Harness, harness, isvc

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import Metrics
-from gateway.placement import Placement, PlacementSettings
+from gateway.adapters.metrics import Metrics
+from gateway.core.placement import Placement, PlacementSettings
 
 from ..core.fakes import FakePod, FakePods, spec
 

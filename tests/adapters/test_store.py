@@ -1,7 +1,7 @@
 """Both stores behind one interface: the embedded SQLite store and a real etcd.
 
 Each test runs against each store; etcd is Debian's etcd-server on loopback
-ports (gateway.launcher.EtcdServer), with a fresh data folder per module.
+ports (gateway.tools.launcher.EtcdServer), with a fresh data folder per module.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from gateway.launcher import EtcdServer, free_port
-from gateway.store import Change, EmbeddedStore, Store, StoreUnavailable, open_store
-from gateway.sync import KeptLease, Mirror
+from gateway.tools.launcher import EtcdServer, free_port
+from gateway.store import Change, EmbeddedStore, Store, open_store
+from gateway.core.errors import StoreUnavailable
+from gateway.store.sync import KeptLease, Mirror
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from gateway.domain import ModelSpec
-from gateway.errors import LoadFailed, ModelFormatError, PodFull
-from gateway.placement import PodStatus
+from gateway.core.domain import ModelSpec
+from gateway.core.errors import LoadFailed, ModelFormatError, PodFull
+from gateway.core.placement import PodStatus
 
 
 @dataclass

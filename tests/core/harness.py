@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.placement import Coordinator, Placement
-from gateway.registry import Registry, RegistrySettings
-from gateway.router import Router
-from gateway.storage import StorageRoots
+from gateway.core.placement import Coordinator, Placement
+from gateway.control.registry import Registry, RegistrySettings
+from gateway.control.router import Router
+from gateway.kserve.storage import StorageRoots
 from gateway.store import EmbeddedStore
 
 from .fakes import FakePod, FakePods

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.load_queue import LoadQueue
+from gateway.core.load_queue import LoadQueue
 
 
 async def hold(queue: LoadQueue, model: str, urgent: bool, order: list[str], release: asyncio.Event) -> None:

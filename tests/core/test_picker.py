@@ -5,8 +5,8 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.domain import Copy, CopyState, PodView
-from gateway.picker import (
+from gateway.core.domain import Copy, CopyState, PodView
+from gateway.core.picker import (
     cache_age,
     decayed_count,
     effective_last_use,

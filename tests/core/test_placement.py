@@ -4,10 +4,10 @@ import asyncio
 
 import pytest
 
-from gateway.domain import ModelState
-from gateway.errors import LoadFailed, ModelFormatError, ModelNotFound, NoCapacity, Unavailable
-from gateway.placement import Placement, PlacementSettings, Solo
-from gateway.store import StoreUnavailable
+from gateway.core.domain import ModelState
+from gateway.core.errors import LoadFailed, ModelFormatError, ModelNotFound, NoCapacity, Unavailable
+from gateway.core.placement import Placement, PlacementSettings, Solo
+from gateway.core.errors import StoreUnavailable
 
 from .fakes import FakePod, FakePods, spec
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import InvalidSpec, ModelNotFound
-from gateway.placement import Placement, Solo
-from gateway.registry import Registry
-from gateway.storage import StorageRoots
+from gateway.core.errors import InvalidSpec, ModelNotFound
+from gateway.core.placement import Placement, Solo
+from gateway.control.registry import Registry
+from gateway.kserve.storage import StorageRoots
 
 from .fakes import FakePod, FakePods
 from .harness import harness, isvc, settle

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 from envoy.config.core.v3.base_pb2 import HeaderValue
 
-from gateway import route_key
+from gateway.core import route_key
 from gateway._proto import grpc_predict_v2_pb2 as v2
-from gateway.errors import InvalidInput, UnknownRoute
-from gateway.route_key import NEED_BODY, RouteKey
+from gateway.core.errors import InvalidInput, UnknownRoute
+from gateway.core.route_key import NEED_BODY, RouteKey
 
 
 def headers(**values: str) -> list[HeaderValue]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ModelNotFound
-from gateway.route_key import RouteKey
+from gateway.core.errors import ModelNotFound
+from gateway.core.route_key import RouteKey
 
 from .fakes import FakePod, FakePods
 from .harness import harness, isvc, settle

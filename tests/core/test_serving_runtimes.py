@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.api import build_api
-from gateway.errors import InvalidSpec, ModelNotFound, Unavailable
-from gateway.resources import parse_inference_service, parse_serving_runtime
-from gateway.route_key import RouteKey
-from gateway.serving_runtimes import RuntimeRecord, select
+from gateway.adapters.api import build_api
+from gateway.core.errors import InvalidSpec, ModelNotFound, Unavailable
+from gateway.kserve.resources import parse_inference_service, parse_serving_runtime
+from gateway.core.route_key import RouteKey
+from gateway.kserve.serving_runtimes import RuntimeRecord, select
 
 from .fakes import FakePod, FakePods
 from .harness import harness, isvc

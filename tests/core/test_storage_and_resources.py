@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import InvalidSpec, StorageError
-from gateway.resources import parse_inference_service
-from gateway.storage import StorageRoots, size_on_disk
+from gateway.core.errors import InvalidSpec, StorageError
+from gateway.kserve.resources import parse_inference_service
+from gateway.kserve.storage import StorageRoots, size_on_disk
 
 SEED: dict[str, Any] = {
     "apiVersion": "serving.kserve.io/v1beta1",

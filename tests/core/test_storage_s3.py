@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.errors import ModelNotInStorage, StorageAccessDenied, StorageError, StorageFailure
-from gateway.placement import Placement
-from gateway.registry import Registry
-from gateway.resources import parse_inference_service
-from gateway.storage import S3Location, StorageRoots, load_storage_config
+from gateway.core.errors import ModelNotInStorage, StorageAccessDenied, StorageError, StorageFailure
+from gateway.core.placement import Placement
+from gateway.control.registry import Registry
+from gateway.kserve.resources import parse_inference_service
+from gateway.kserve.locations import S3Location
+from gateway.kserve.storage import StorageRoots, load_storage_config
 from gateway.store import EmbeddedStore
 from tests.s3server import S3Server
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from gateway.envoy_config import HCM, ROUTER
-from gateway.manifests import GATEWAY_PORT, ISTIO_PODS_CLUSTER
+from gateway.tools.envoy_config import HCM, ROUTER
+from gateway.tools.manifests import GATEWAY_PORT, ISTIO_PODS_CLUSTER
 
 _HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from gateway import cli, launcher
+from gateway.tools import cli, launcher
 from gateway.settings import GatewaySettings
 
 TOKEN = "s3cret-token"
@@ -40,7 +40,7 @@ def test_the_gateway_refuses_to_start_on_0_0_0_0_without_a_token(tmp_path: Path)
     env = {k: v for k, v in os.environ.items() if k != "MMGW_API_TOKEN"}
     for args, extra in ((["--api-host", "0.0.0.0"], {}), ([], {"MMGW_API_HOST": "0.0.0.0"})):
         result = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(tmp_path), *args],
+            [sys.executable, "-m", "gateway.tools.cli", "serve", "--data-dir", str(tmp_path), *args],
             env={**env, **extra}, capture_output=True, text=True, timeout=60,
         )
         assert result.returncode == 1, result.stderr

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from gateway import envoy_config, launcher, samples
-from gateway.launcher import EtcdServer
+from gateway.tools import envoy_config, launcher, samples
+from gateway.tools.launcher import EtcdServer
 
 ROOT = Path(__file__).resolve().parents[2]
 ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/modelmesh-serving/inferenceservices"
@@ -51,11 +51,11 @@ def test_the_compose_settings_answer_the_seed_request(tmp_path: Path) -> None:
             assert json.loads(env["MMGW_PVCS"]) == {"my-models-pvc": "/models"}
             env.update(MMGW_API_TOKEN=TOKEN, MMGW_API_PORT=str(api), MMGW_EXTPROC_PORT=str(extproc),
                        MMGW_DATA_DIR=str(tmp_path / "gateway"), MMGW_PVCS=json.dumps({"my-models-pvc": str(models)}))
-            start("gateway", [sys.executable, "-m", "gateway.cli", *gateway["command"]], env)
+            start("gateway", [sys.executable, "-m", "gateway.tools.cli", *gateway["command"]], env)
 
             args = _replace(services["pod-1"]["command"], "--host", "127.0.0.1")
             args = _replace(_replace(args, "--port", str(pod)), "--store", etcd.url)
-            start("pod-1", [sys.executable, "-m", "gateway.cli", *args, "--advertise", f"127.0.0.1:{pod}"])
+            start("pod-1", [sys.executable, "-m", "gateway.tools.cli", *args, "--advertise", f"127.0.0.1:{pod}"])
 
             config = envoy_config.render(envoy_config.EnvoyPorts(
                 listen_host="127.0.0.1", listen_port=envoy, admin_port=admin, extproc_port=extproc,
@@ -73,7 +73,7 @@ def test_the_compose_settings_answer_the_seed_request(tmp_path: Path) -> None:
                     time.sleep(0.1)
                 apply = _replace(services["apply"]["command"], "--server", f"http://127.0.0.1:{api}")
                 apply = _replace(apply, "-f", str(ROOT / "examples" / "sklearn-mnist.yaml"))
-                result = subprocess.run([sys.executable, "-m", "gateway.cli", *apply], env={
+                result = subprocess.run([sys.executable, "-m", "gateway.tools.cli", *apply], env={
                     **os.environ, "MMGW_TOKEN": TOKEN}, capture_output=True, text=True, timeout=60)
                 assert result.stdout == "inferenceservice.serving.kserve.io/sklearn-mnist created\n", result.stderr
 

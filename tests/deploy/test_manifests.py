@@ -18,8 +18,8 @@ from check_jsonschema.builtin_schemas import get_builtin_schema
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from gateway import cli, launcher, manifests
-from gateway.envoy_config import EXT_PROC_CLUSTER, PODS_CLUSTER, ROUTER, TRANSCODER, FilterConfig
+from gateway.tools import cli, launcher, manifests
+from gateway.tools.envoy_config import EXT_PROC_CLUSTER, PODS_CLUSTER, ROUTER, TRANSCODER, FilterConfig
 from tests.deploy import istio_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,7 +193,7 @@ def test_the_names_the_envoy_filters_use_are_the_manifests_names() -> None:
 
 
 def test_the_samples_are_the_seeds_and_parse() -> None:
-    from gateway.resources import parse_inference_service, parse_serving_runtime
+    from gateway.kserve.resources import parse_inference_service, parse_serving_runtime
 
     isvc = documents(ISTIO / "samples" / "sklearn-mnist.yaml")[0]
     assert isvc == documents(ROOT / "examples" / "sklearn-mnist.yaml")[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.errors import LoadFailed
+from gateway.core.errors import LoadFailed
 from gateway.pod.model import InferenceRequest, Model, ModelMetadata, Tensor
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway import launcher, samples
+from gateway.tools import launcher, samples
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from gateway import launcher
+from gateway.tools import launcher
 from gateway.pod.runtimes.synthetic import write_synthetic
 
 from .conftest import ISVCS, wait_ready

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import launcher, samples
+from gateway.tools import launcher, samples
 
 from .conftest import ISVCS, ROOT, seed_body
 
@@ -51,7 +51,7 @@ spec:
 
 def mmgw(*args: str, server: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args, "--server", server],
+        [sys.executable, "-m", "gateway.tools.cli", *args, "--server", server],
         input=stdin, capture_output=True, text=True, timeout=60, cwd=ROOT,
     )
 

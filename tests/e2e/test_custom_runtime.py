@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from examples.custom_runtime import train
-from gateway import launcher
+from gateway.tools import launcher
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway.pod import tensors
 from gateway.pod.model import Tensor

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import cli, launcher
+from gateway.tools import cli, launcher
 
 from .conftest import seed_body
 
@@ -89,7 +89,7 @@ class Demo:
         self.data_dir = data_dir
         self.ports = ports
         argv = [
-            sys.executable, "-m", "gateway.cli", "demo", "--data-dir", str(data_dir),
+            sys.executable, "-m", "gateway.tools.cli", "demo", "--data-dir", str(data_dir),
             "--port", str(ports.envoy), "--admin-port", str(ports.envoy_admin),
             "--api-port", str(ports.api), "--extproc-port", str(ports.extproc),
             "--pod-ports", *map(str, ports.pods), *options,

@@ -8,7 +8,7 @@ import grpc
 import httpx
 import pytest
 
-from gateway import launcher
+from gateway.tools import launcher
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 

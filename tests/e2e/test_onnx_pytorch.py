@@ -15,7 +15,7 @@ import onnxruntime
 import pytest
 import torch
 
-from gateway import launcher
+from gateway.tools import launcher
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway.pod import tensors
 from gateway.pod.model import Tensor

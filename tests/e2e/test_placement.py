@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import launcher
-from gateway.launcher import metric
+from gateway.tools import launcher
+from gateway.tools.launcher import metric
 from gateway.pod.runtimes.synthetic import write_synthetic
 
 from .conftest import ISVCS, wait_ready

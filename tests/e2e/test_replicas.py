@@ -22,8 +22,8 @@ import httpx
 import pytest
 import yaml
 
-from gateway import launcher, samples
-from gateway.launcher import Deployment, EtcdServer, metric
+from gateway.tools import launcher, samples
+from gateway.tools.launcher import Deployment, EtcdServer, metric
 from gateway.pod.runtimes.synthetic import write_synthetic
 from gateway.store import open_store
 

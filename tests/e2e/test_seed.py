@@ -9,10 +9,10 @@ import grpc
 import httpx
 import pytest
 
-from gateway import samples
+from gateway.tools import samples
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
-from gateway.launcher import Deployment
+from gateway.tools.launcher import Deployment
 
 from .conftest import ISVCS, seed_body
 

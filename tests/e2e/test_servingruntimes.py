@@ -11,7 +11,7 @@ import re
 
 import httpx
 
-from gateway import launcher
+from gateway.tools import launcher
 
 from .conftest import ISVCS, seed_body
 from .test_cli import isvc_yaml, mmgw

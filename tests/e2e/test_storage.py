@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import launcher, samples
+from gateway.tools import launcher, samples
 from tests.s3server import S3Server, storage_config_file
 
 from .conftest import ISVCS, inference_service, seed_body, wait_ready

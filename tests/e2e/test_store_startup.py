@@ -8,8 +8,8 @@ import threading
 import time
 from pathlib import Path
 
-from gateway import launcher
-from gateway.launcher import Deployment, EtcdServer, free_port
+from gateway.tools import launcher
+from gateway.tools.launcher import Deployment, EtcdServer, free_port
 
 
 def test_a_gateway_started_before_etcd_serves_once_etcd_is_up(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_a_gateway_gives_up_on_an_unreachable_store_naming_it(tmp_path: Path) ->
     port = free_port()
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(tmp_path),
+        [sys.executable, "-m", "gateway.tools.cli", "serve", "--data-dir", str(tmp_path),
          "--api-port", str(free_port()), "--extproc-port", str(free_port()),
          "--store", f"etcd://127.0.0.1:{port}", "--store-wait", "1.5"],
         capture_output=True, text=True, timeout=120,

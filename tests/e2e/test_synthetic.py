@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway import launcher
+from gateway.tools import launcher
 from gateway.pod.runtimes.synthetic import write_synthetic
 
 from .conftest import ISVCS, wait_ready

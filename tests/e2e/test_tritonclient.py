@@ -24,7 +24,7 @@ import pytest
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
-from gateway import launcher, samples
+from gateway.tools import launcher, samples
 from gateway._proto import grpc_predict_v2_pb2 as v2
 
 from ..pod import graphs

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from gateway.errors import ModelFormatError
+from gateway.core.errors import ModelFormatError
 from gateway.pod.model import InferenceRequest, Model, ModelMetadata, Tensor, TensorSpec
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.errors import InvalidInput
+from gateway.core.errors import InvalidInput
 from gateway.pod.decode import decode_args
 from gateway.pod.model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor
 

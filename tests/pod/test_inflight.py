@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.errors import InvalidInput, ModelNotFound
+from gateway.core.errors import InvalidInput, ModelNotFound
 from gateway.pod.model import InferenceRequest, ModelConfig, Tensor
 from gateway.pod.repository import LoadedModel, ModelRepository
 from gateway.pod.runtimes import RuntimeRegistry

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes, load_iris
 
-from gateway.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage
+from gateway.core.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage
 from gateway.pod.model import InferenceRequest, ModelConfig, Tensor, TensorSpec
 from gateway.pod.runtimes import RuntimeRegistry
 from gateway.pod.runtimes.lightgbm import LightGBMModel

@@ -13,7 +13,7 @@ import onnx
 import onnxruntime
 import pytest
 
-from gateway.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage
+from gateway.core.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage
 from gateway.pod import tensors
 from gateway.pod.model import InferenceRequest, ModelConfig, Tensor, TensorSpec
 from gateway.pod.runtimes.onnx import ONNXModel

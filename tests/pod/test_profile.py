@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import InvalidSpec
+from gateway.core.errors import InvalidSpec
 from gateway.pod import profile
 from gateway.pod.runtimes import BUILTIN_RUNTIMES
 from gateway.pod.settings import PodSettings
-from gateway.resources import parse_serving_runtime
+from gateway.kserve.resources import parse_serving_runtime
 from gateway.store import EmbeddedStore
 
 GiB, MiB = 1 << 30, 1 << 20

@@ -18,13 +18,13 @@ import joblib
 import numpy as np
 import pytest
 
-from gateway import s3 as s3_module
+from gateway.kserve import s3 as s3_module
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import model_runtime_pb2 as rt
-from gateway.errors import StorageFailure
+from gateway.core.errors import StorageFailure
 from gateway.pod.model import ModelConfig
 from gateway.pod.puller import Puller
-from gateway.storage import S3Location
+from gateway.kserve.locations import S3Location
 from tests.s3server import S3Server
 
 from .fakes import key

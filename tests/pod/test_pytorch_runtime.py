@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gateway.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage, PredictFailed
+from gateway.core.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage, PredictFailed
 from gateway.pod import tensors
 from gateway.pod.model import InferenceRequest, ModelConfig, Tensor, TensorSpec
 from gateway.pod.runtimes.pytorch import TorchScriptModel

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.errors import (
+from gateway.core.errors import (
     InvalidInput,
     InvalidSpec,
     LoadFailed,

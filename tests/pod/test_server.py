@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 
 import gateway
-from gateway import cli, launcher
+from gateway.tools import cli, launcher
 from gateway.pod.runtimes import BUILTIN_RUNTIMES
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway._proto import model_runtime_pb2 as rt
-from gateway.errors import LoadFailed, LoadTimeout, ModelFormatError, ModelNotFound
+from gateway.core.errors import LoadFailed, LoadTimeout, ModelFormatError, ModelNotFound
 from gateway.pod import tensors
 from gateway.pod.model import Tensor
 from gateway.pod.server import PodServer, PodSettings, serve
 from gateway.pod.servicer import grpc_status
-from gateway.protocol import MODEL_ID_HEADER
+from gateway.core.protocol import MODEL_ID_HEADER
 
 from .fakes import key
 from .harness import Pod, StartPod

@@ -12,14 +12,14 @@ import pytest
 
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import model_runtime_pb2 as rt
-from gateway.domain import ModelSpec
-from gateway.errors import PodFull
+from gateway.core.domain import ModelSpec
+from gateway.core.errors import PodFull
 from gateway.pod import tensors
 from gateway.pod.model import Tensor
 from gateway.pod.runtimes.synthetic import write_synthetic
 from gateway.pod.server import PodSettings
-from gateway.podclient import GrpcPodClient
-from gateway.protocol import MODEL_ID_HEADER
+from gateway.adapters.podclient import GrpcPodClient
+from gateway.core.protocol import MODEL_ID_HEADER
 
 from .fakes import key, until
 from .harness import Pod, StartPod

@@ -16,7 +16,7 @@ from sklearn.naive_bayes import GaussianNB
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 
-from gateway.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage
+from gateway.core.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage
 from gateway.pod.model import InferenceRequest, ModelConfig, Tensor, TensorSpec
 from gateway.pod.runtimes.sklearn import SKLearnModel
 

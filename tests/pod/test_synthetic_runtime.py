@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.errors import InvalidInput, LoadFailed, ModelFormatError, PredictFailed
+from gateway.core.errors import InvalidInput, LoadFailed, ModelFormatError, PredictFailed
 from gateway.pod.model import InferenceRequest, ModelConfig, Tensor, TensorSpec
 from gateway.pod.repository import ModelRepository
 from gateway.pod.runtimes import RuntimeRegistry

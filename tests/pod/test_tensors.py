@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gateway._proto import grpc_predict_v2_pb2 as pb
-from gateway.errors import InvalidInput
+from gateway.core.errors import InvalidInput
 from gateway.pod import tensors
 from gateway.pod.model import Tensor
 

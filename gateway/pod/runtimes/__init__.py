@@ -19,7 +19,7 @@ import importlib
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from gateway.errors import InvalidSpec, LoadFailed
+from gateway.core.errors import InvalidSpec, LoadFailed
 
 from ..model import Model
 

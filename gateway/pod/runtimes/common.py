@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from gateway.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage, StorageAccessDenied
+from gateway.core.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage, StorageAccessDenied
 
 from ..model import InferenceRequest, Tensor, TensorSpec
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import ModelFormatError
+from gateway.core.errors import ModelFormatError
 
 from ..model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor, TensorSpec
 from .common import model_file, read_model_bytes, requested_outputs, single_input

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import InvalidInput, ModelFormatError
+from gateway.core.errors import InvalidInput, ModelFormatError
 
 from .. import datatypes
 from ..model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor, TensorSpec

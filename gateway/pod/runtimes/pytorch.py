@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import InvalidInput, ModelFormatError, PredictFailed
+from gateway.core.errors import InvalidInput, ModelFormatError, PredictFailed
 
 from .. import datatypes
 from ..model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor, TensorSpec

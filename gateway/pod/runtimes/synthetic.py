@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import InvalidInput, LoadFailed, ModelFormatError
+from gateway.core.errors import InvalidInput, LoadFailed, ModelFormatError
 
 from .. import datatypes
 from ..model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor, TensorSpec

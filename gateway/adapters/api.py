@@ -1,0 +1,204 @@
+"""The management API: InferenceServices in Kubernetes' REST shape, and the placement.
+
+    PUT    /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}
+    GET    /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices[/{name}]
+    DELETE /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}
+    PUT/GET/DELETE /apis/serving.kserve.io/v1alpha1/namespaces/{ns}/servingruntimes[/{name}]
+    PUT/GET/DELETE /apis/serving.kserve.io/v1alpha1/clusterservingruntimes[/{name}]
+    GET    /v1/placement
+    GET    /metrics                     Prometheus
+    GET    /healthz
+
+With a token (MMGW_API_TOKEN, required off loopback), every request but
+/healthz (probes) and /metrics (Prometheus scrapes, read-only figures) needs
+``Authorization: Bearer <token>``, else 401. Errors are Kubernetes Status objects; the table below maps core errors to
+HTTP statuses. The apply result (created, configured, unchanged) is in the
+``mmgw-apply-result`` response header, for the CLI to print as kubectl does.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from gateway.core.errors import GatewayError, InvalidSpec, ModelNotFound, Unavailable
+from gateway.core.placement import Placement
+from gateway.control.registry import Record, Registry
+from gateway.kserve.resources import API_VERSION, CLUSTER_RUNTIME_KIND, RUNTIME_API_VERSION, RUNTIME_KIND
+from gateway.kserve.serving_runtimes import RuntimeRecord
+
+log = logging.getLogger(__name__)
+
+ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices"
+SR_PATH = "/apis/serving.kserve.io/v1alpha1/namespaces/{namespace}/servingruntimes"
+CSR_PATH = "/apis/serving.kserve.io/v1alpha1/clusterservingruntimes"
+APPLY_RESULT_HEADER = "mmgw-apply-result"
+
+# core error -> (HTTP status, Kubernetes Status reason)
+ERROR_TABLE: tuple[tuple[type[GatewayError], int, str], ...] = (
+    (InvalidSpec, 400, "BadRequest"),
+    (ModelNotFound, 404, "NotFound"),
+    (Unavailable, 503, "ServiceUnavailable"),
+)
+
+
+# Open without the token: probes, and Prometheus (read-only figures; nothing there deploys code).
+OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+
+
+def _status(code: int, reason: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+    return JSONResponse(body, status_code=code, headers=headers)
+
+
+def build_api(registry: Registry, placement: Placement, *, namespace: str, metrics: Callable[[], bytes] | None = None,
+              token: str | None = None) -> FastAPI:
+    app = FastAPI(title="ModelMesh Gateway management API", docs_url="/docs", redoc_url=None)
+
+    if token is not None:
+        expected = f"Bearer {token}".encode()
+
+        @app.middleware("http")
+        async def _bearer_token(request: Request, call_next: Any) -> Response:
+            if request.url.path in OPEN_PATHS:
+                return await call_next(request)
+            given = request.headers.get("authorization")
+            if given is not None and hmac.compare_digest(given.encode(), expected):
+                return await call_next(request)
+            problem = "the bearer token is not valid" if given else "the management API needs a bearer token"
+            return _status(401, "Unauthorized",
+                           f"{problem}: send 'Authorization: Bearer <token>' (mmgw --token or MMGW_TOKEN)",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        for kind, code, reason in ERROR_TABLE:
+            if isinstance(exc, kind):
+                return _status(code, reason, exc.message)
+        return _status(500, "InternalError", exc.message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("management API: unexpected error", exc_info=exc)
+        return _status(500, "InternalError", "internal error in the gateway")
+
+    def check_namespace(ns: str) -> None:
+        if ns != namespace:
+            raise InvalidSpec(f"namespace '{ns}': this gateway serves namespace '{namespace}'")
+
+    def timestamp(created: float) -> str:
+        return datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    def item(record: Record) -> dict[str, Any]:
+        metadata = {**record.manifest["metadata"], "creationTimestamp": timestamp(record.created)}
+        return {**record.manifest, "metadata": metadata, "status": registry.status(record)}
+
+    def runtime_item(record: RuntimeRecord) -> dict[str, Any]:
+        return {**record.manifest, "metadata": {**record.manifest["metadata"],
+                                                "creationTimestamp": timestamp(record.created)}}
+
+    async def body_of(request: Request, name: str, namespace: str | None) -> dict[str, Any]:
+        try:
+            document = json.loads(await request.body())
+        except ValueError as exc:
+            raise InvalidSpec(f"the request body is not JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise InvalidSpec("the request body must be one resource (a JSON object)")
+        metadata = document.setdefault("metadata", {})
+        if not isinstance(metadata, dict) or metadata.get("name", name) != name:
+            raise InvalidSpec(f"metadata.name must be '{name}', the name in the path")
+        metadata["name"] = name
+        if namespace is not None:
+            metadata.setdefault("namespace", namespace)
+        return document
+
+    def runtime_routes(path: str, kind: str, namespaced: bool) -> None:
+        plural = f"{kind.lower()}s"
+
+        def check(request: Request) -> str | None:
+            namespace = request.path_params.get("namespace")
+            if namespaced:
+                check_namespace(namespace or "")
+            return namespace
+
+        async def list_runtimes(request: Request) -> dict[str, Any]:
+            check(request)
+            return {"apiVersion": RUNTIME_API_VERSION, "kind": f"{kind}List",
+                    "items": [runtime_item(r) for r in registry.runtimes.list(kind)]}
+
+        async def get_runtime(request: Request, name: str) -> dict[str, Any]:
+            check(request)
+            return runtime_item(registry.runtimes.get(kind, name))
+
+        async def apply_runtime(request: Request, name: str) -> JSONResponse:
+            document = await body_of(request, name, check(request))
+            if document.get("kind") != kind:
+                raise InvalidSpec(f"kind must be {kind} at this path, not {document.get('kind')!r}")
+            record, action = await registry.apply_runtime(document)
+            return JSONResponse(runtime_item(record), status_code=201 if action == "created" else 200,
+                                headers={APPLY_RESULT_HEADER: action})
+
+        async def delete_runtime(request: Request, name: str) -> dict[str, Any]:
+            check(request)
+            await registry.delete_runtime(kind, name)
+            return {"kind": "Status", "apiVersion": "v1", "status": "Success",
+                    "details": {"name": name, "kind": plural}}
+
+        app.add_api_route(path, list_runtimes, methods=["GET"])
+        app.add_api_route(path + "/{name}", get_runtime, methods=["GET"])
+        app.add_api_route(path + "/{name}", apply_runtime, methods=["PUT"])
+        app.add_api_route(path + "/{name}", delete_runtime, methods=["DELETE"])
+
+    runtime_routes(SR_PATH, RUNTIME_KIND, namespaced=True)
+    runtime_routes(CSR_PATH, CLUSTER_RUNTIME_KIND, namespaced=False)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(ISVC_PATH)
+    async def list_isvcs(namespace: str) -> dict[str, Any]:
+        check_namespace(namespace)
+        return {"apiVersion": API_VERSION, "kind": "InferenceServiceList",
+                "items": [item(r) for r in registry.list()]}
+
+    @app.get(ISVC_PATH + "/{name}")
+    async def get_isvc(namespace: str, name: str) -> dict[str, Any]:
+        check_namespace(namespace)
+        return item(registry.get(name))
+
+    @app.put(ISVC_PATH + "/{name}")
+    async def apply_isvc(namespace: str, name: str, request: Request) -> JSONResponse:
+        check_namespace(namespace)
+        document = await body_of(request, name, namespace)
+        record, action = await registry.apply(document)
+        return JSONResponse(item(record), status_code=201 if action == "created" else 200,
+                            headers={APPLY_RESULT_HEADER: action})
+
+    @app.delete(ISVC_PATH + "/{name}")
+    async def delete_isvc(namespace: str, name: str) -> dict[str, Any]:
+        check_namespace(namespace)
+        await registry.delete(name)
+        return {"kind": "Status", "apiVersion": "v1", "status": "Success",
+                "details": {"name": name, "kind": "inferenceservices"}}
+
+    @app.get("/v1/placement")
+    async def get_placement() -> dict[str, Any]:
+        return placement.snapshot()
+
+    if metrics is not None:
+
+        @app.get("/metrics")
+        async def get_metrics() -> Response:
+            return Response(metrics(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,228 @@
+"""Envoy's external processor: tells Envoy which pod serves each request.
+
+Each HTTP request is one ext_proc stream. Its request headers are answered with
+two header mutations, x-mmgw-upstream (the chosen pod, then the model's other
+copies for a retry; read by the override_host policy of Envoy's cluster
+"pods") and mm-model-id (the concrete model), or with an immediate error
+response. Only a native gRPC call that names its model in the body alone makes
+it ask for the body. Answers are serialized once per route and reused:
+on a hit on a model with one loaded copy the processor parses the headers,
+finds the Answer it keeps for the name (one dict lookup), records that Answer
+in the engine's hit buffer (Router.hit_buffer) and hands the Answer, the bytes
+to send, to the transport (gateway.adapters.extproc.server). The kept answers are
+dropped, after the buffer is counted, whenever the router's generation
+changes (a route or a copy came or went).
+
+Error table (core error -> REST status / gRPC code), used for immediate
+responses. Their body is the plain message; envoy.yaml's local_reply_config
+turns it into google.rpc.Status JSON for REST, like the transcoder's errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import duration_pb2
+
+from gateway.core import protocol, route_key
+from gateway.core.errors import (
+    GatewayError,
+    InvalidInput,
+    LoadFailed,
+    ModelFormatError,
+    ModelNotFound,
+    NoCapacity,
+    Unavailable,
+    UnknownRoute,
+)
+from gateway.core.route_key import NEED_BODY, RouteKey
+from gateway.control.router import Route, Router
+
+log = logging.getLogger(__name__)
+
+
+# core error -> (HTTP status, gRPC status code); most specific class first.
+ERROR_TABLE: tuple[tuple[type[GatewayError], int, grpc.StatusCode], ...] = (
+    (ModelNotFound, 404, grpc.StatusCode.NOT_FOUND),
+    (UnknownRoute, 404, grpc.StatusCode.UNIMPLEMENTED),
+    (InvalidInput, 400, grpc.StatusCode.INVALID_ARGUMENT),
+    (NoCapacity, 429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ModelFormatError, 500, grpc.StatusCode.INTERNAL),
+    (LoadFailed, 503, grpc.StatusCode.UNAVAILABLE),
+    (Unavailable, 503, grpc.StatusCode.UNAVAILABLE),
+)
+_INTERNAL = (500, grpc.StatusCode.INTERNAL)
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_MAX_CACHED = 100_000
+
+
+def status_for(error: BaseException) -> tuple[int, grpc.StatusCode]:
+    for kind, http, code in ERROR_TABLE:
+        if isinstance(error, kind):
+            return http, code
+    return _INTERNAL
+
+
+class Answer(bytes):
+    """One serialized ProcessingResponse, the bytes to send as they are (so the hot path
+    hands the transport one object); ``final``: Envoy needs nothing more on this stream."""
+
+    __slots__ = ()
+    final = True
+
+
+class PartialAnswer(Answer):
+    """An answer after which Envoy sends more on the stream (the request body)."""
+
+    __slots__ = ()
+    final = False
+
+
+class ExternalProcessor:
+    """The decisions of the ext_proc service, free of any transport.
+
+    ``answer`` takes each ProcessingRequest of a stream in turn. On a hit or an
+    error it returns the Answer at once; on a miss it returns an awaitable, and
+    the transport first sends ``extend_timeout`` (the load may take longer
+    than Envoy's message_timeout) and then the awaited Answer.
+    """
+
+    def __init__(self, router: Router, *, miss_timeout: float) -> None:
+        self._router = router
+        # The hot path: per model name, the answer forwarding to its only loaded copy, for
+        # request headers and for a gRPC body, and that copy; valid while the router's
+        # generation holds. Each request answered so is recorded in the hit buffer.
+        self._kept: dict[str, Answer] = {}
+        self._kept_for_body: dict[str, Answer] = {}
+        self._kept_copies: dict[Answer, object] = {}  # kept answer -> the copy it forwards to
+        self._hits = router.hit_buffer(self._kept_copies.__getitem__)
+        self._record_hit = self._hits.add
+        self._generation = router.generation
+        # Forwards, serialized once: (address, model id, fallbacks, body) -> Answer.
+        self._forwards: dict[tuple[str, str | None, tuple[str, ...], bool], Answer] = {}
+        self._ask_for_body = PartialAnswer(
+            pb.ProcessingResponse(
+                request_headers=pb.HeadersResponse(),
+                mode_override=ProcessingMode(request_body_mode=ProcessingMode.BUFFERED),
+            ).SerializeToString()
+        )
+        self.extend_timeout = pb.ProcessingResponse(
+            override_message_timeout=duration_pb2.Duration(seconds=int(miss_timeout))
+        ).SerializeToString()
+
+    def answer(self, request: pb.ProcessingRequest) -> Answer | Awaitable[Answer]:
+        kind = request.WhichOneof("request")
+        in_body = kind == "request_body"
+        try:
+            if kind == "request_headers":
+                key = route_key.from_headers(request.request_headers.headers.headers)
+                if key is NEED_BODY:
+                    return self._ask_for_body
+            elif in_body:
+                key = route_key.from_grpc_frame(request.request_body.body)
+            else:  # not enabled in envoy.yaml; let it pass unchanged
+                log.warning("ext_proc: unexpected %s message", kind)
+                return PartialAnswer(_passthrough(kind))
+        except UnknownRoute as exc:
+            return self._reject(exc, grpc_call=exc.grpc)
+        except InvalidInput as exc:  # only a gRPC body can be malformed
+            return self._reject(exc, grpc_call=True)
+        assert isinstance(key, RouteKey)
+        name = key.model
+        if name is not None:
+            generation = self._router.generation
+            if generation != self._generation:
+                self._forget_kept(generation)
+            kept = (self._kept_for_body if in_body else self._kept).get(name)
+            if kept is not None:
+                self._record_hit(kept)  # not the name: a fresh string per request, the answer lives on
+                return kept
+        try:
+            route = self._router.hit(key)
+        except Exception as exc:
+            return self._reject(exc, grpc_call=key.grpc)
+        if route is None:
+            return self._load_then_forward(key, in_body)
+        answer = self._forward(route, in_body)
+        if route.copy is not None and name is not None:
+            (self._kept_for_body if in_body else self._kept)[name] = answer
+            self._kept_copies[answer] = route.copy
+        return answer
+
+    def _forget_kept(self, generation: int) -> None:
+        self._hits.drain()  # while the kept copies still say where those hits went
+        self._kept.clear()
+        self._kept_for_body.clear()
+        self._kept_copies.clear()
+        self._generation = generation
+
+    async def _load_then_forward(self, key: RouteKey, in_body: bool) -> Answer:
+        try:
+            return self._forward(await self._router.route(key), in_body)
+        except Exception as exc:
+            return self._reject(exc, grpc_call=key.grpc)
+
+    def _forward(self, route: Route, in_body: bool) -> Answer:
+        cache_key = (route.address, route.model_id, route.fallbacks, in_body)
+        answer = self._forwards.get(cache_key)
+        if answer is None:
+            if len(self._forwards) >= _MAX_CACHED:
+                self._forwards.clear()
+            answer = self._forwards[cache_key] = Answer(_forward_response(route, in_body))
+        return answer
+
+    def _reject(self, error: BaseException, *, grpc_call: bool) -> Answer:
+        http, code = status_for(error)
+        if isinstance(error, GatewayError):
+            message = error.message
+        else:
+            log.error("ext_proc: unexpected error", exc_info=error)
+            message = "internal error in the gateway"
+        return Answer(_immediate(http, code, message, grpc_call).SerializeToString())
+
+
+def _set(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, raw_value=value.encode()), append_action=_OVERWRITE
+    )
+
+
+def _forward_response(route: Route, body: bool) -> bytes:
+    headers = [_set(protocol.UPSTREAM_HEADER, ",".join((route.address, *route.fallbacks)))]
+    if route.model_id is not None:
+        headers.append(_set(protocol.MODEL_ID_HEADER, route.model_id))
+    common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=headers))
+    if body:
+        response = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
+    else:
+        response = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))
+    return response.SerializeToString()
+
+
+def _immediate(http: int, code: grpc.StatusCode, message: str, grpc_call: bool) -> pb.ProcessingResponse:
+    # A plain message: Envoy's local_reply_config shapes it as google.rpc.Status
+    # JSON for REST clients, and sends it as grpc-message to gRPC clients.
+    immediate = pb.ImmediateResponse(
+        status=http_status_pb2.HttpStatus(code=200 if grpc_call else http),
+        body=message.encode(),
+        details=f"mmgw_{code.name.lower()}",
+    )
+    if grpc_call:
+        immediate.grpc_status.status = code.value[0]
+    return pb.ProcessingResponse(immediate_response=immediate)
+
+
+def _passthrough(kind: str) -> bytes:
+    empty = {
+        "response_headers": pb.HeadersResponse(),
+        "response_body": pb.BodyResponse(),
+        "request_trailers": pb.TrailersResponse(),
+        "response_trailers": pb.TrailersResponse(),
+    }
+    return pb.ProcessingResponse(**{kind: empty[kind]}).SerializeToString()

@@ -1,0 +1,519 @@
+"""The registry of InferenceServices: what users applied, and where names route.
+
+Each InferenceService is a virtual model (its name) pointing at a concrete
+model (``<name>__isvc-<hash>``). Re-applying a changed spec registers a new
+concrete model and loads it while the old one keeps serving; the name moves to
+the new id only once it is loaded, and then the old one is unloaded, as
+ModelMesh rolls out a changed InferenceService. Records are kept in the store,
+so a restarted gateway has them all.
+
+One gateway replica rolls each new version out: the one that claims
+``rollout/<new id>`` (Coordinator.claim, under its lease). Every replica looks
+for unfinished rollouts every ``rollout_check`` seconds, so when the replica
+that was rolling one out dies, its claim expires with its lease and another
+takes the rollout over. A rollout that cannot load the new version keeps its
+claim (nobody else retries it) until the InferenceService is applied again.
+
+Each InferenceService is served by the runtime gateway.kserve.serving_runtimes selects
+for it, chosen again whenever a runtime is applied or deleted. One with no
+runtime is stored but never registered with the placement: it is not ready,
+and a request for it gets ModelNotFound saying why.
+
+So is one whose storage reference cannot be used (an unknown PVC or storage
+key, a path that leaves its PVC, no bucket: gateway.kserve.storage): READY False,
+``InvalidPredictorSpec``, as ModelMesh reports an invalid predictor spec.
+Whether the files are there is the pods' to find out when they load (a missing
+file or object, denied access: ModelLoadFailed with the pods' messages); the
+registry only lists them, to predict the model's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from gateway.core.domain import ModelSpec, ModelState
+from gateway.core.errors import GatewayError, InvalidSpec, ModelNotFound, StorageError, StorageFailure
+from gateway.core.placement import Coordinator, Placement, Solo
+from gateway.kserve.resources import InferenceService, parse_inference_service
+from gateway.kserve.serving_runtimes import PREFIXES as RUNTIME_PREFIXES
+from gateway.kserve.serving_runtimes import RUNTIME_UNHEALTHY, RuntimeCatalog, RuntimeRecord, Selection
+from gateway.kserve.storage import StorageRoots
+from gateway.store import Store
+from gateway.core.errors import StoreUnavailable
+from gateway.store.sync import Mirror
+
+log = logging.getLogger(__name__)
+
+_PREFIX = "inferenceservices/"
+# Set by the server, ignored on apply (as Kubernetes does): `get -o yaml | apply` is a no-op.
+_SERVER_METADATA = (
+    "creationTimestamp", "resourceVersion", "uid", "generation", "managedFields", "selfLink",
+)
+_ROLLOUT = "rollout/"  # a rollout's claim: rollout/<new model id>
+INVALID_STORAGE = "InvalidPredictorSpec"  # KServe's failure reason for a spec that cannot be served
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    namespace: str = "modelmesh-serving"
+    size_multiplier: float = 1.25  # predicted size = bytes on disk x this
+    default_model_size: int = 1 << 20  # when the file is not there yet
+    url_base: str = "http://127.0.0.1:8008"
+    # After a rollout moves the name, requests routed to the old version a
+    # moment before may still be on their way to its pod: unload it after this.
+    rollout_grace: float = 2.0
+    rollout_check: float = 2.0  # seconds between looks for unfinished rollouts nobody is doing
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    name: str
+    manifest: dict[str, Any]
+    created: float  # unix time
+    serving: ModelSpec  # the concrete model the name routes to
+    target: ModelSpec  # the concrete model of the latest spec
+
+    def to_json(self) -> dict[str, Any]:
+        return {"manifest": self.manifest, "created": self.created,
+                "serving": asdict(self.serving), "target": asdict(self.target)}
+
+    @classmethod
+    def from_json(cls, name: str, data: dict[str, Any]) -> Record:
+        return cls(name, data["manifest"], data["created"],
+                   ModelSpec(**data["serving"]), ModelSpec(**data["target"]))
+
+
+class Registry:
+    def __init__(self, store: Store, placement: Placement, roots: StorageRoots,
+                 settings: RegistrySettings = RegistrySettings(), *, coordinator: Coordinator | None = None) -> None:
+        self._store = store
+        self._placement = placement
+        self._coordinator: Coordinator = coordinator or Solo()
+        self._roots = roots
+        self._settings = settings
+        self._records: dict[str, Record] = {}
+        self.runtimes = RuntimeCatalog(store, settings.namespace)
+        self._selections: dict[str, Selection] = {}  # InferenceService name -> its runtime
+        self._storage_problems: dict[str, str] = {}  # InferenceService name -> why its storage is unusable
+        # name or concrete id -> concrete id to route to; read on every request.
+        self._routes: dict[str, str] = {}
+        self.generation = 0  # bumped on every change of _routes: what resolve said before may be stale
+        self._rollouts: set[asyncio.Task[None]] = set()
+        self._rolling: dict[str, asyncio.Task[None]] = {}  # new model id -> its rollout on this replica
+        self._blocked: dict[str, str] = {}  # name -> new model id of a blocked rollout whose claim is kept
+        # apply and delete read, then write: one at a time, whatever the store awaits.
+        self._writing = asyncio.Lock()
+
+    async def restore(self) -> None:
+        """Load every runtime and record from the store and register the models that have a runtime."""
+        await self.runtimes.restore()
+        for key, data in (await self._store.items(_PREFIX)).items():
+            record = Record.from_json(key.removeprefix(_PREFIX), data)
+            self._records[record.name] = record
+            isvc = self._isvc(record)
+            self._selections[record.name] = self.runtimes.select(isvc.model)
+            if not record.target.path:  # stored while its storage was unusable: try again
+                spec, problem = await self._model_spec(isvc)
+                self._set_storage_problem(record.name, problem)
+                if not problem:
+                    record = replace(record, serving=spec, target=spec)
+                    await self._save(record)
+            if not self._servable(record.name):
+                continue
+            for spec in {record.serving, record.target}:
+                self._register(record.name, spec, standby=True)
+            self._index(record)
+            if record.target != record.serving:
+                self._start_rollout(record)
+        log.info("restored %d InferenceServices", len(self._records))
+
+    def followers(self) -> list[Mirror]:
+        """Mirrors of the registry's prefixes: run them to see other replicas' applies and deletes."""
+        mirrors = [
+            Mirror(self._store, prefix, functools.partial(self._absorb_runtime, kind))
+            for kind, prefix in RUNTIME_PREFIXES.items()
+        ]
+        return [*mirrors, Mirror(self._store, _PREFIX, self._absorb)]
+
+    def _absorb(self, name: str, _: Any, data: dict[str, Any] | None) -> None:
+        """An InferenceService written by any replica (this one's own writes come back too:
+        while one is in progress, the change is taken in after it, when it is no news)."""
+        if self._writing.locked():
+            self._background(self._absorb_locked(name, data))
+            return
+        old = self._records.get(name)
+        if data is None:
+            if old is not None:
+                log.info("%s was deleted on another gateway replica", name)
+                del self._records[name]
+                self._selections.pop(name, None)
+                self._unroute(name, old.serving.model_id, old.target.model_id)
+                for spec in {old.serving, old.target}:
+                    self._placement.forget(spec.model_id)
+            return
+        record = Record.from_json(name, data)
+        if record == old:
+            return
+        self._records[name] = record
+        self._selections[name] = self.runtimes.select(self._isvc(record).model)
+        # Stored with an unusable storage reference (no path): the replica that applied it said why.
+        self._set_storage_problem(name, "" if record.target.path else "its storage reference cannot be used "
+                                  "(the apply's answer, or the status on the replica that took it, says why)")
+        if not self._servable(name):
+            return
+        for spec in {record.serving, record.target}:
+            self._register(name, spec, standby=True)
+        if old is not None:
+            self._unroute(old.serving.model_id)
+            for spec in {old.serving, old.target} - {record.serving, record.target}:
+                self._placement.forget(spec.model_id)
+        self._index(record)
+
+    async def _absorb_locked(self, name: str, data: dict[str, Any] | None) -> None:
+        async with self._writing:
+            current = self._records.get(name)
+            if data is not None and current is not None and Record.from_json(name, data) == current:
+                return
+            if data is None and current is None:
+                return
+        self._absorb(name, None, data)
+
+    def _absorb_runtime(self, kind: str, name: str, _: Any, data: dict[str, Any] | None) -> None:
+        if self.runtimes.absorb(kind, name, data):
+            self._background(self._reselect_locked())
+
+    async def _reselect_locked(self) -> None:
+        async with self._writing:
+            await self._reselect()
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._rollouts.add(task)
+        task.add_done_callback(self._rollouts.discard)
+
+    def resolve(self, name: str) -> str:
+        """The concrete model id a request for ``name`` goes to."""
+        try:
+            return self._routes[name]
+        except KeyError:
+            selection = self._selections.get(name)
+            if selection is not None and selection.runtime is None:
+                raise ModelNotFound(name, f"model '{name}' has no serving runtime "
+                                          f"({selection.reason}): {selection.message}") from None
+            if name in self._storage_problems:
+                raise ModelNotFound(name, f"model '{name}' cannot be served ({INVALID_STORAGE}): "
+                                          f"{self._storage_problems[name]}") from None
+            raise ModelNotFound(name) from None
+
+    def get(self, name: str) -> Record:
+        try:
+            return self._records[name]
+        except KeyError:
+            raise ModelNotFound(name) from None
+
+    def list(self) -> list[Record]:
+        return sorted(self._records.values(), key=lambda r: r.name)
+
+    async def apply(self, document: Any) -> tuple[Record, str]:
+        """Create or update from a document; returns the record and what happened."""
+        async with self._writing:
+            return await self._apply(document)
+
+    async def _apply(self, document: Any) -> tuple[Record, str]:
+        isvc = parse_inference_service(document)
+        namespace = isvc.metadata.namespace or self._settings.namespace
+        if namespace != self._settings.namespace:
+            raise InvalidSpec(
+                f"namespace '{namespace}': this gateway serves namespace '{self._settings.namespace}'"
+            )
+        spec, problem = await self._model_spec(isvc)
+        selection = self.runtimes.select(isvc.model)
+        manifest = isvc.model_dump(mode="json", exclude_unset=True, exclude={"status"})
+        manifest["metadata"]["namespace"] = namespace
+        for key in _SERVER_METADATA:
+            manifest["metadata"].pop(key, None)
+        old = self._records.get(isvc.name)
+        if old is not None and old.target == spec and old.manifest == manifest:
+            return old, "unchanged"
+        was_servable = old is not None and self._servable(old.name)
+        # The store first: if it cannot be written (etcd down), nothing has changed here.
+        if old is None or not was_servable or selection.runtime is None or problem:
+            # No copy serves it now, or none may: start over with the new spec.
+            record = Record(isvc.name, manifest, old.created if old else time.time(), spec, spec)
+            await self._store.put(_PREFIX + record.name, record.to_json())
+            self._selections[isvc.name] = selection
+            self._set_storage_problem(isvc.name, problem)
+            servable = self._servable(isvc.name)
+            if old is not None:
+                await self._withdraw(old)
+            if servable:
+                self._register(isvc.name, spec)
+            self._remember(record)
+            if servable:
+                self._placement.load_in_background(spec.model_id)
+            return record, "created" if old is None else "configured"
+        record = replace(old, manifest=manifest, target=spec)
+        await self._store.put(_PREFIX + record.name, record.to_json())
+        self._selections[isvc.name] = selection
+        self._set_storage_problem(isvc.name, problem)
+        self._register(isvc.name, spec)
+        self._remember(record)
+        if old.target not in (old.serving, spec):  # an unfinished rollout is superseded
+            self._unroute(old.target.model_id)
+            await self._placement.unregister(old.target.model_id)
+        if spec != record.serving and spec != old.target:
+            self._start_rollout(record)
+        return record, "configured"
+
+    async def delete(self, name: str) -> None:
+        async with self._writing:
+            await self._delete(name)
+
+    async def _delete(self, name: str) -> None:
+        record = self.get(name)
+        await self._store.delete(_PREFIX + name)
+        del self._records[name]
+        await self._withdraw(record)
+        self._selections.pop(name, None)
+        self._storage_problems.pop(name, None)
+
+    async def _withdraw(self, record: Record) -> None:
+        """Stop routing to the record's models and take them off the placement."""
+        self._unroute(record.name, record.serving.model_id, record.target.model_id)
+        for spec in {record.serving, record.target}:
+            if self._placement.is_registered(spec.model_id):
+                await self._placement.unregister(spec.model_id)
+
+    def runtime_of(self, name: str) -> Selection:
+        return self._selections[name]
+
+    async def apply_runtime(self, document: Any) -> tuple[RuntimeRecord, str]:
+        """Create or update a (Cluster)ServingRuntime, then choose every InferenceService's runtime again."""
+        async with self._writing:
+            result = await self.runtimes.apply(document)
+            await self._reselect()
+            return result
+
+    async def delete_runtime(self, kind: str, name: str) -> None:
+        async with self._writing:
+            await self.runtimes.delete(kind, name)
+            await self._reselect()
+
+    async def _reselect(self) -> None:
+        for name, record in self._records.items():
+            was_servable = self._servable(name)
+            self._selections[name] = self.runtimes.select(self._isvc(record).model)
+            if was_servable and not self._servable(name):
+                await self._withdraw(record)
+                await self._save(replace(record, serving=record.target))
+                log.info("%s has no runtime now: %s", name, self._selections[name].message)
+            elif self._servable(name) and not was_servable:
+                self._register(name, record.target)
+                self._index(record)
+                self._placement.load_in_background(record.target.model_id)
+            elif self._servable(name):  # its runtime may be another one now
+                for spec in {record.serving, record.target}:
+                    self._register(name, spec)
+
+    def _register(self, name: str, spec: ModelSpec, *, standby: bool = False) -> None:
+        runtime = self._selections[name].runtime
+        self._placement.register(spec, standby=standby, runtime=runtime.name if runtime is not None else "")
+
+    def status(self, record: Record) -> dict[str, Any]:
+        """The record's status in KServe's shape (conditions, modelStatus, url), and status.runtime."""
+        selection = self._selections[record.name]
+        if selection.runtime is None:
+            return self._invalid_status(record, selection.reason, selection.message)
+        if record.name in self._storage_problems:
+            return self._invalid_status(record, INVALID_STORAGE, self._storage_problems[record.name])
+        serving = self._placement.status(record.serving.model_id)
+        target = self._placement.status(record.target.model_id)
+        if record.target == record.serving:
+            transition = "UpToDate"
+        elif target.state is ModelState.FAILED_TO_LOAD:
+            transition = "BlockedByFailedLoad"
+        else:
+            transition = "InProgress"
+        failed = next((s for s in (target, serving) if s.state is ModelState.FAILED_TO_LOAD), None)
+        condition: dict[str, Any] = {"type": "Ready", "status": "True" if serving.ready else "False"}
+        if not serving.ready:
+            if serving.state is ModelState.FAILED_TO_LOAD:
+                condition.update(reason="ModelLoadFailed", message=serving.message)
+            elif not self._placement.serves(selection.runtime.name, record.serving.model_type):
+                condition.update(reason=RUNTIME_UNHEALTHY, message=(
+                    f"no pod of runtime '{selection.runtime.name}' that serves format "
+                    f"'{record.serving.model_type}' is up (start one: mmgw pod --runtime-name "
+                    f"{selection.runtime.name})"))
+            else:
+                condition.update(reason="ModelNotReady", message=f"model is {serving.state.value}")
+        status: dict[str, Any] = {
+            "conditions": [condition],
+            "url": f"{self._settings.url_base}/v2/models/{record.name}",
+            "runtime": {"kind": selection.runtime.kind, "name": selection.runtime.name},
+            "modelStatus": {
+                "states": {
+                    "activeModelState": serving.state.value,
+                    "targetModelState": "" if record.target == record.serving else target.state.value,
+                },
+                "transitionStatus": transition,
+                "copies": {"totalCopies": serving.copies},
+            },
+        }
+        if failed is not None:
+            status["modelStatus"]["lastFailureInfo"] = {"reason": "ModelLoadFailed", "message": failed.message}
+        return status
+
+    def _invalid_status(self, record: Record, reason: str, message: str) -> dict[str, Any]:
+        """The status of an InferenceService that cannot be served as specified."""
+        return {
+            "conditions": [{"type": "Ready", "status": "False", "reason": reason, "message": message}],
+            "url": f"{self._settings.url_base}/v2/models/{record.name}",
+            "modelStatus": {
+                "states": {"activeModelState": "", "targetModelState": ModelState.FAILED_TO_LOAD.value},
+                "transitionStatus": "InvalidSpec",
+                "copies": {"totalCopies": 0},
+                "lastFailureInfo": {"reason": reason, "message": message},
+            },
+        }
+
+    async def _model_spec(self, isvc: InferenceService) -> tuple[ModelSpec, str]:
+        """The model the spec names, and why its storage cannot be used ("" when it can).
+
+        An unusable one gets a spec with an empty path, never registered.
+        """
+        model_id, model_type = isvc.concrete_id(), isvc.model.modelFormat.name.lower()
+        default = self._settings.default_model_size
+        try:
+            location = self._roots.resolve(isvc.model)
+        except StorageError as exc:
+            return ModelSpec(model_id, model_type, "", default), exc.message
+        try:
+            size = await self._roots.measure(location)
+        except StorageFailure as exc:  # the pods will say so when they load it
+            log.warning("%s: cannot measure the model: %s", isvc.name, exc.message)
+            size = None
+        predicted = int(size * self._settings.size_multiplier) if size else default
+        if isinstance(location, Path):
+            return ModelSpec(model_id, model_type, str(location), predicted), ""
+        return ModelSpec(model_id, model_type, location.path, predicted, location.to_key()), ""
+
+    def _set_storage_problem(self, name: str, problem: str) -> None:
+        if problem:
+            self._storage_problems[name] = problem
+        else:
+            self._storage_problems.pop(name, None)
+
+    async def _save(self, record: Record) -> None:
+        await self._store.put(_PREFIX + record.name, record.to_json())
+        self._remember(record)
+
+    def _remember(self, record: Record) -> None:
+        self._records[record.name] = record
+        self._index(record)
+
+    def _isvc(self, record: Record) -> InferenceService:
+        return parse_inference_service(record.manifest)
+
+    def _servable(self, name: str) -> bool:
+        selection = self._selections.get(name)
+        return selection is not None and selection.runtime is not None and name not in self._storage_problems
+
+    def _index(self, record: Record) -> None:
+        if not self._servable(record.name):
+            return
+        self._routes[record.name] = record.serving.model_id
+        self._routes[record.serving.model_id] = record.serving.model_id
+        self._routes[record.target.model_id] = record.target.model_id
+        self.generation += 1
+
+    def _unroute(self, *keys: str) -> None:
+        for key in keys:
+            self._routes.pop(key, None)
+        self.generation += 1
+
+    def _start_rollout(self, record: Record) -> None:
+        target = record.target
+        if target.model_id in self._rolling:
+            return
+        task = asyncio.create_task(self._roll_out_claimed(record.name, target), name=f"rollout {record.name}")
+        self._rolling[target.model_id] = task
+        self._rollouts.add(task)
+        task.add_done_callback(self._rollouts.discard)
+        task.add_done_callback(lambda _: self._rolling.pop(target.model_id, None))
+
+    async def watch_rollouts(self) -> None:
+        """Take over unfinished rollouts that no replica is doing, every ``rollout_check`` seconds."""
+        while True:
+            await asyncio.sleep(self._settings.rollout_check)
+            self.check_rollouts()
+
+    def check_rollouts(self) -> None:
+        for name, model_id in list(self._blocked.items()):
+            record = self._records.get(name)
+            if record is None or record.target.model_id != model_id or record.target == record.serving:
+                del self._blocked[name]  # applied again or deleted: the claim is no longer needed
+                self._background(self._release(model_id))
+        for record in list(self._records.values()):
+            if (record.target != record.serving and self._servable(record.name)
+                    and self._blocked.get(record.name) != record.target.model_id):
+                self._start_rollout(record)
+
+    async def _roll_out_claimed(self, name: str, target: ModelSpec) -> None:
+        try:
+            if not await self._coordinator.claim(_ROLLOUT + target.model_id):
+                return  # another replica is rolling it out; its claim ends with its lease
+        except StoreUnavailable:
+            return  # check_rollouts tries again
+        blocked = False
+        try:
+            blocked = not await self._roll_out(name, target)
+        except StoreUnavailable as exc:
+            log.warning("rollout of %s to %s paused: %s", name, target.model_id, exc.message)
+        finally:
+            if blocked:
+                self._blocked[name] = target.model_id
+            else:
+                await self._release(target.model_id)
+
+    async def _release(self, model_id: str) -> None:
+        with contextlib.suppress(StoreUnavailable):  # the claim's lease ends it anyway
+            await self._coordinator.release(_ROLLOUT + model_id)
+
+    async def _roll_out(self, name: str, target: ModelSpec) -> bool:
+        """Load the new version with as many copies as the old has, then move the name to it.
+        False if the new version cannot be loaded: the rollout waits for the next apply."""
+        record = self._records.get(name)
+        if record is None or record.target != target:
+            return True  # finished by another replica, superseded or deleted meanwhile
+        copies = self._placement.status(record.serving.model_id).copies
+        try:
+            await self._placement.ensure_copies(target.model_id, max(1, copies))
+        except GatewayError as exc:
+            log.warning("rollout of %s to %s is blocked: %s", name, target.model_id, exc.message)
+            return False
+        async with self._writing:
+            record = self._records.get(name)
+            if record is None or record.target != target or not self._servable(name):
+                return True  # deleted, superseded or left without a runtime meanwhile
+            old = record.serving
+            if old == target:
+                return True  # another replica finished it
+            await self._save(replace(record, serving=target))
+            self._unroute(old.model_id)
+        log.info("rolled out %s: traffic moved from %s to %s", name, old.model_id, target.model_id)
+        await asyncio.sleep(self._settings.rollout_grace)
+        await self._placement.unregister(old.model_id)
+        return True
+
+    async def close(self) -> None:
+        for task in list(self._rollouts):
+            task.cancel()
+        await asyncio.gather(*self._rollouts, return_exceptions=True)

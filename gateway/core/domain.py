@@ -1,0 +1,83 @@
+"""Domain types of the core: what a model is, where its copies live.
+
+Frozen dataclasses only: the decision functions in gateway.core.picker take these
+as a snapshot of the placement table and return a decision, nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class CopyState(enum.StrEnum):
+    LOADING = "LOADING"
+    LOADED = "LOADED"
+    FAILED = "FAILED"
+
+
+class ModelState(enum.StrEnum):
+    """A concrete model's state, as KServe ModelMesh reports activeModelState."""
+
+    PENDING = "Pending"  # registered, first load not finished
+    LOADING = "Loading"
+    LOADED = "Loaded"
+    STANDBY = "Standby"  # loaded before, evicted since: loads again on demand
+    FAILED_TO_LOAD = "FailedToLoad"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What a pod needs to load one concrete model."""
+
+    model_id: str  # concrete id, e.g. "sklearn-mnist__isvc-3f2a9c01b4"
+    model_type: str  # format name, e.g. "sklearn"
+    # PVC: the local path, already checked against its PVC's folder. S3: the
+    # object path in the bucket, and ``key`` says where (S3Location.to_key()).
+    path: str
+    predicted_size: int  # bytes, before the pod reports the real size
+    key: str = ""  # JSON for the pod: ModelMesh's storage_key and storage_params
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """One copy of a model on one pod."""
+
+    model_id: str
+    pod: str
+    state: CopyState
+    size: int
+    last_used: float
+    loaded_at: float
+    # The model's request count as of last_used, decayed with the engine's
+    # eviction half-life (picker.effective_last_use orders by it); 0: not counted.
+    demand: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    """A pod as placement decisions see it."""
+
+    pod: str
+    capacity: int
+    used: int
+    model_count: int
+    healthy: bool = True
+    # last_used of the least recently used copy on the pod (ModelMesh's cache
+    # age); None when the pod holds nothing.
+    oldest_use: float | None = None
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.used
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    state: ModelState
+    copies: int
+    message: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.state in (ModelState.LOADED, ModelState.STANDBY)

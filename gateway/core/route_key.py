@@ -1,0 +1,122 @@
+"""What a request asks for: the model name, read from where the client put it.
+
+- REST: the path, /v2/models/<name>[/versions/<v>][/infer|/ready];
+- native gRPC: the mm-vmodel-id or mm-model-id header, or else field 1 of the
+  request message (model_name / name), read from the raw gRPC frame.
+
+Server-level calls (/v2, /v2/health/*, ServerLive/Ready/Metadata) name no
+model. Anything else is an UnknownRoute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import unquote
+
+from gateway.core import protocol
+from gateway.core.errors import InvalidInput, UnknownRoute
+
+
+class Header(Protocol):
+    key: str
+    value: str
+    raw_value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RouteKey:
+    model: str | None  # None: a server-level call
+    grpc: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NeedBody:
+    """A native gRPC call naming its model only in the message body."""
+
+
+NEED_BODY = NeedBody()
+_SERVER_PATHS = frozenset({"/v2", "/v2/", "/v2/health/live", "/v2/health/ready"})
+_MODEL_SUFFIXES = frozenset({"infer", "ready"})
+
+
+def from_headers(headers: Iterable[Header]) -> RouteKey | NeedBody:
+    path = ""
+    vmodel = model = ""
+    for header in headers:
+        key = header.key
+        if key == ":path":
+            path = _text(header)
+        elif key == protocol.VMODEL_ID_HEADER:
+            vmodel = _text(header)
+        elif key == protocol.MODEL_ID_HEADER:
+            model = _text(header)
+    if path.startswith(protocol.GRPC_PREFIX):
+        method = path[len(protocol.GRPC_PREFIX):]
+        if method in protocol.SERVER_METHODS:
+            return RouteKey(None, grpc=True)
+        if method not in protocol.MODEL_METHODS:
+            raise UnknownRoute(f"unknown method {protocol.GRPC_SERVICE}/{method}", grpc=True)
+        name = vmodel or model
+        return RouteKey(name, grpc=True) if name else NEED_BODY
+    return RouteKey(rest_model(path), grpc=False)
+
+
+def _text(header: Header) -> str:
+    # Envoy 1.40 sends header values in raw_value, older versions in value.
+    return header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
+
+
+def rest_model(path: str) -> str | None:
+    """The model a REST path names, None for server-level paths."""
+    path = path.split("?", 1)[0]
+    if path in _SERVER_PATHS:
+        return None
+    parts = path.split("/")  # "", "v2", "models", name, ...
+    if len(parts) >= 4 and parts[1] == "v2" and parts[2] == "models" and parts[3]:
+        rest = parts[4:]
+        if rest[:1] == ["versions"] and len(rest) >= 2 and rest[1]:
+            rest = rest[2:]
+        if not rest or (len(rest) == 1 and rest[0] in _MODEL_SUFFIXES):
+            return unquote(parts[3])
+    raise UnknownRoute(f"unknown path {path!r}")
+
+
+def from_grpc_frame(body: bytes) -> RouteKey:
+    """The model named in field 1 of a gRPC request message (after the 5-byte frame header)."""
+    if len(body) < 5:
+        raise InvalidInput("the gRPC request has no message")
+    if body[0] != 0:
+        raise InvalidInput(
+            f"compressed gRPC messages need the {protocol.VMODEL_ID_HEADER} header to name the model"
+        )
+    end = 5 + int.from_bytes(body[1:5], "big")
+    pos = 5
+    while pos < end:
+        tag, pos = _varint(body, pos)
+        field, wire = tag >> 3, tag & 7
+        if wire == 2:
+            length, pos = _varint(body, pos)
+            if field == 1:
+                return RouteKey(body[pos:pos + length].decode("utf-8", "replace"), grpc=True)
+            pos += length
+        elif wire == 0:
+            _, pos = _varint(body, pos)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            break
+    raise InvalidInput("the request names no model: set model_name (or the mm-vmodel-id header)")
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while pos < len(data):
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+    raise InvalidInput("the gRPC request message is truncated")

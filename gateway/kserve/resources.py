@@ -1,0 +1,193 @@
+"""KServe-shaped resources as users write them: InferenceService, ServingRuntime
+and ClusterServingRuntime documents.
+
+Pydantic at the edge: a document is validated here and turned into the core's
+plain types. The concrete model id follows ModelMesh: ``<name>__isvc-<hash>``,
+the hash taken over the predictor spec, so a changed spec gives a new id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.core.errors import InvalidSpec
+from gateway.core.protocol import CONCRETE_ID_SEPARATOR
+
+_Resource = TypeVar("_Resource", bound=BaseModel)
+
+API_VERSION = "serving.kserve.io/v1beta1"
+KIND = "InferenceService"
+RUNTIME_API_VERSION = "serving.kserve.io/v1alpha1"
+RUNTIME_KIND = "ServingRuntime"
+CLUSTER_RUNTIME_KIND = "ClusterServingRuntime"
+RUNTIME_KINDS = (RUNTIME_KIND, CLUSTER_RUNTIME_KIND)
+# DNS-1123 label, as Kubernetes requires of an InferenceService name.
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# DNS-1123 subdomain, as Kubernetes requires of most other names ("mlserver-1.x").
+SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class ObjectMeta(_Open):
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+    namespace: str | None = None
+    annotations: dict[str, str] = {}
+    labels: dict[str, str] = {}
+
+
+class RuntimeMeta(ObjectMeta):
+    name: str = Field(pattern=SUBDOMAIN_PATTERN, max_length=253)
+
+
+class ModelFormat(_Strict):
+    name: str = Field(min_length=1)
+    version: str | None = None
+
+
+class Storage(_Strict):
+    parameters: dict[str, str] = {}
+    path: str | None = None
+    key: str | None = None
+    schemaPath: str | None = None
+
+
+class PredictorModel(_Open):
+    modelFormat: ModelFormat
+    runtime: str | None = None
+    storage: Storage | None = None
+    storageUri: str | None = None
+
+
+class Predictor(_Open):
+    model: PredictorModel
+
+
+class InferenceServiceSpec(_Open):
+    predictor: Predictor
+
+
+class InferenceService(_Open):
+    apiVersion: Literal["serving.kserve.io/v1beta1"]
+    kind: Literal["InferenceService"]
+    metadata: ObjectMeta
+    spec: InferenceServiceSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def model(self) -> PredictorModel:
+        return self.spec.predictor.model
+
+    def concrete_id(self) -> str:
+        predictor = self.spec.predictor.model_dump(mode="json", exclude_none=True)
+        canonical = json.dumps(predictor, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
+        return f"{self.name}{CONCRETE_ID_SEPARATOR}{digest}"
+
+
+class SupportedModelFormat(_Strict):
+    name: str = Field(min_length=1)
+    version: str | None = None
+    autoSelect: bool = False
+    priority: int | None = Field(default=None, ge=1)
+
+    def supports(self, model: ModelFormat) -> bool:
+        """KServe's match: the name (case-insensitive), and the version when the model gives one."""
+        if self.name.lower() != model.name.lower():
+            return False
+        return model.version is None or self.version == model.version
+
+
+_QUANTITY_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 10**3, "M": 10**6, "G": 10**9,
+                   "T": 10**12}
+
+
+def parse_quantity(text: str) -> int:
+    """Bytes from a Kubernetes quantity: 1073741824, 512Mi, 1Gi, 2G. ValueError otherwise."""
+    for suffix, factor in _QUANTITY_UNITS.items():
+        if text.endswith(suffix) and text[: -len(suffix)].isdigit():
+            return int(text[: -len(suffix)]) * factor
+    if text.isdigit():
+        return int(text)
+    raise ValueError(f"not a byte quantity: {text!r} (e.g. 1073741824, 512Mi, 1Gi)")
+
+
+class Container(_Open):
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+    image: str | None = None
+
+
+class BuiltInAdapter(_Open):
+    serverType: str | None = None
+    runtimeManagementPort: int | None = Field(default=None, ge=1, le=65535)
+    memBufferBytes: int | None = Field(default=None, ge=0)
+    modelLoadingTimeoutMillis: int | None = Field(default=None, ge=1)
+
+
+class ServingRuntimeSpec(_Open):
+    supportedModelFormats: tuple[SupportedModelFormat, ...] = ()
+    multiModel: bool = False
+    disabled: bool = False
+    containers: tuple[Container, ...] = Field(min_length=1)
+    builtInAdapter: BuiltInAdapter | None = None
+
+
+class ServingRuntime(_Open):
+    """A ServingRuntime or a ClusterServingRuntime (same spec; the kind says which)."""
+
+    apiVersion: Literal["serving.kserve.io/v1alpha1"]
+    kind: Literal["ServingRuntime", "ClusterServingRuntime"]
+    metadata: RuntimeMeta
+    spec: ServingRuntimeSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def format_for(self, model: ModelFormat) -> SupportedModelFormat | None:
+        return next((f for f in self.spec.supportedModelFormats if f.supports(model)), None)
+
+
+def parse_serving_runtime(document: Any) -> ServingRuntime:
+    """Validate a ServingRuntime or ClusterServingRuntime document."""
+    return _parse(document, ServingRuntime, RUNTIME_KINDS, RUNTIME_API_VERSION)
+
+
+def parse_inference_service(document: Any) -> InferenceService:
+    """Validate one document; InvalidSpec says which field is wrong and why."""
+    return _parse(document, InferenceService, (KIND,), API_VERSION)
+
+
+def _parse(document: Any, model: type[_Resource], kinds: tuple[str, ...], api_version: str) -> _Resource:
+    if not isinstance(document, dict):
+        raise InvalidSpec("a resource must be a mapping with apiVersion, kind, metadata and spec")
+    kind = document.get("kind")
+    if kind not in kinds:
+        raise InvalidSpec(f"unsupported kind {kind!r}: expected {' or '.join(kinds)} ({api_version})")
+    if document.get("apiVersion") != api_version:
+        raise InvalidSpec(f"unsupported apiVersion {document.get('apiVersion')!r} for {kind}: use {api_version}")
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidSpec(f"invalid {kind}: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "document"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,192 @@
+"""envoy/envoy.yaml as data: its shared parts, and the bootstrap rendered for one deployment.
+
+envoy/envoy.yaml is the one readable source of the front proxy's
+configuration. This module is the one reader of it. ``FilterConfig`` names
+the parts every deployment shares (the HTTP filters, ext_proc and transcoder
+settings, local_reply_config, the routes with their retry policy, the pods
+cluster's override_host policy); ``render`` builds a local Envoy's bootstrap
+from them with the values that differ between deployments (the demo, each
+test, the benchmark, docker-compose), and gateway.tools.manifests builds Istio's
+EnvoyFilters from the same parts.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.core import protocol
+
+ENVOY_DIR = Path(__file__).resolve().parents[2] / "envoy"
+TEMPLATE = ENVOY_DIR / "envoy.yaml"
+DESCRIPTOR = ENVOY_DIR / "kserve_v2.pb"
+
+EXT_PROC = "envoy.filters.http.ext_proc"
+TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
+BUFFER = "envoy.filters.http.buffer"
+ROUTER = "envoy.filters.http.router"
+HCM = "envoy.filters.network.http_connection_manager"
+PODS_CLUSTER = "pods"
+EXT_PROC_CLUSTER = "ext_proc"
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyPorts:
+    """Where a local Envoy listens and what it talks to. Host names (not IP
+    literals) make the cluster STRICT_DNS, as in docker-compose."""
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 8008
+    admin_port: int = 9901
+    extproc_host: str = "127.0.0.1"
+    extproc_port: int = 9000
+    max_request_bytes: int = 16 * 1024 * 1024
+    pods: tuple[str, ...] = ("127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103")
+
+
+def _find(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(item for item in items if item.get("name") == name)
+
+
+def _socket(address: dict[str, Any]) -> dict[str, Any]:
+    return address["socket_address"]
+
+
+class FilterConfig:
+    """One copy of envoy.yaml, with accessors for the parts deployments share.
+
+    Accessors return the live objects of this copy: ``render`` edits them in
+    place, gateway.tools.manifests copies them into EnvoyFilter patches.
+    """
+
+    def __init__(self, bootstrap: dict[str, Any] | None = None) -> None:
+        """envoy.yaml, or a copy of ``bootstrap``."""
+        self.bootstrap: dict[str, Any] = (
+            yaml.safe_load(TEMPLATE.read_text()) if bootstrap is None else copy.deepcopy(bootstrap))
+        override = self.override_host_policy["typed_config"]
+        assert override["override_host_sources"] == [{"header": protocol.UPSTREAM_HEADER}]
+
+    @property
+    def listener(self) -> dict[str, Any]:
+        return _find(self.bootstrap["static_resources"]["listeners"], "ingress")
+
+    @property
+    def hcm(self) -> dict[str, Any]:
+        """The HttpConnectionManager's typed_config."""
+        return _find(self.listener["filter_chains"][0]["filters"], HCM)["typed_config"]
+
+    @property
+    def http_filters(self) -> list[dict[str, Any]]:
+        """Every HTTP filter in order, the router last."""
+        return self.hcm["http_filters"]
+
+    def http_filter(self, name: str) -> dict[str, Any]:
+        return _find(self.http_filters, name)
+
+    @property
+    def routes(self) -> list[dict[str, Any]]:
+        return self.hcm["route_config"]["virtual_hosts"][0]["routes"]
+
+    @property
+    def clusters(self) -> list[dict[str, Any]]:
+        return self.bootstrap["static_resources"]["clusters"]
+
+    def cluster(self, name: str) -> dict[str, Any]:
+        return _find(self.clusters, name)
+
+    @property
+    def override_host_policy(self) -> dict[str, Any]:
+        """The pods cluster's load-balancing extension: the pod ext_proc names in x-mmgw-upstream."""
+        return self.cluster(PODS_CLUSTER)["load_balancing_policy"]["policies"][0]["typed_extension_config"]
+
+    def embed_descriptor(self, descriptor: bytes) -> None:
+        """The transcoder carries the descriptor set itself (proto_descriptor_bin), no file needed."""
+        transcoder = self.http_filter(TRANSCODER)["typed_config"]
+        transcoder.pop("proto_descriptor", None)
+        transcoder["proto_descriptor_bin"] = base64.b64encode(descriptor).decode("ascii")
+
+
+def render(
+    ports: EnvoyPorts,
+    *,
+    descriptor: Path | bytes = DESCRIPTOR,
+    static_upstream: str | None = None,
+) -> dict[str, Any]:
+    """The Envoy bootstrap for ``ports``.
+
+    ``descriptor`` is the descriptor set's path, or its bytes to embed.
+    ``static_upstream`` ("host:port") builds the benchmark's baseline instead:
+    the same listener and transcoder with no ext_proc, every request sent to
+    that one pod.
+    """
+    source = FilterConfig()
+    config = source.bootstrap
+    _socket(config["admin"]["address"])["port_value"] = ports.admin_port
+    listener = source.listener
+    _socket(listener["address"]).update(address=ports.listen_host, port_value=ports.listen_port)
+    listener["per_connection_buffer_limit_bytes"] = ports.max_request_bytes
+
+    transcoder = source.http_filter(TRANSCODER)["typed_config"]
+    if isinstance(descriptor, bytes):
+        source.embed_descriptor(descriptor)
+    else:
+        transcoder["proto_descriptor"] = str(descriptor)
+    transcoder["max_request_body_size"] = ports.max_request_bytes
+    source.http_filter(BUFFER)["typed_config"]["max_request_bytes"] = ports.max_request_bytes
+
+    extproc_cluster = source.cluster(EXT_PROC_CLUSTER)
+    extproc_cluster.update(_members(EXT_PROC_CLUSTER, (f"{ports.extproc_host}:{ports.extproc_port}",)))
+    pods = source.cluster(PODS_CLUSTER)
+    pods["per_connection_buffer_limit_bytes"] = ports.max_request_bytes
+    pods.update(_members(PODS_CLUSTER, ports.pods))
+
+    if static_upstream is not None:
+        _make_static(source, static_upstream)
+    return config
+
+
+def _members(cluster: str, addresses: tuple[str, ...]) -> dict[str, Any]:
+    """A cluster's type and load_assignment: STATIC for IP literals, STRICT_DNS for host names."""
+
+    def endpoint(address: str) -> dict[str, Any]:
+        host, port = address.rsplit(":", 1)
+        return {"endpoint": {"address": {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}}}
+
+    members: dict[str, Any] = {
+        "type": "STATIC",
+        "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [endpoint(a) for a in addresses]}]},
+    }
+    if not all(_is_ip(a.rsplit(":", 1)[0].strip("[]")) for a in addresses):
+        # Pods advertise their IPv4 address; override_host compares it with the resolved one.
+        members.update(type="STRICT_DNS", dns_lookup_family="V4_ONLY")
+    return members
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _make_static(source: FilterConfig, upstream: str) -> None:
+    source.hcm["http_filters"] = [f for f in source.http_filters if f["name"] != EXT_PROC]
+    for route in source.routes:
+        route.get("typed_per_filter_config", {}).pop(EXT_PROC, None)
+    source.clusters[:] = [c for c in source.clusters if c["name"] != EXT_PROC_CLUSTER]
+    pods = source.cluster(PODS_CLUSTER)
+    pods.pop("load_balancing_policy")
+    pods.update(lb_policy="ROUND_ROBIN", **_members(PODS_CLUSTER, (upstream,)))
+
+
+def write(config: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
