@@ -276,7 +276,9 @@ def simulate(trace: Sequence[int], setup: Setup, policy: str = "lru") -> Outcome
 
     key: Callable[[Copy], float]
     if policy == "popularity":
-        total = dict(zip(ids, np.bincount(np.asarray(trace), minlength=setup.models).tolist()))
+        total = dict(
+            zip(ids, np.bincount(np.asarray(trace), minlength=setup.models).tolist(), strict=True)
+        )
         horizon = len(trace) * setup.interval + 1.0
 
         def key(copy: Copy) -> float:
@@ -326,8 +328,13 @@ def simulate(trace: Sequence[int], setup: Setup, policy: str = "lru") -> Outcome
                 failed += 1
                 break
             evict = picker.plan_evictions(
-                target, list(table[target.pod].values()), SIZE,
-                now=now, churn_guard=setup.churn_guard, inflight=inflight(target.pod, now), key=key,
+                target,
+                list(table[target.pod].values()),
+                SIZE,
+                now=now,
+                churn_guard=setup.churn_guard,
+                inflight=inflight(target.pod, now),
+                key=key,
             )
             if evict is None:
                 full.add(target.pod)
@@ -372,15 +379,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=default.requests)
     parser.add_argument("--seed", type=int, default=default.seed)
-    parser.add_argument("--interval", type=float, default=default.interval,
-                        help="simulated seconds between requests")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=default.interval,
+        help="simulated seconds between requests",
+    )
     parser.add_argument("--churn-guard", type=float, default=default.churn_guard)
     parser.add_argument("--half-life", type=float, default=default.half_life)
     parser.add_argument("--no-sweeps", action="store_true", help="only the main table")
     args = parser.parse_args(argv)
     setup = Setup(
-        requests=args.requests, seed=args.seed, interval=args.interval,
-        churn_guard=args.churn_guard, half_life=args.half_life,
+        requests=args.requests,
+        seed=args.seed,
+        interval=args.interval,
+        churn_guard=args.churn_guard,
+        half_life=args.half_life,
     )
     logging.getLogger("gateway").setLevel(logging.CRITICAL)  # "no room" warnings would flood
     started = time.perf_counter()

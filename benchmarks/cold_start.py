@@ -38,11 +38,15 @@ from typing import Any
 import httpx
 
 from benchmarks.scale import ISVCS, MiB, isvc, percentile, pods_healthy, wait_until, write_model
-from gateway.tools.launcher import metric
 from gateway.tools import launcher
+from gateway.tools.launcher import metric
 
 ROW = [1.0, 2.0, 3.0]
-BODY = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "contents": {"fp64_contents": ROW}}]}
+BODY = {
+    "inputs": [
+        {"name": "x", "shape": [1, 3], "datatype": "FP64", "contents": {"fp64_contents": ROW}}
+    ]
+}
 
 
 @dataclass(frozen=True)
@@ -103,27 +107,43 @@ def first_requests(rest: httpx.Client, api: httpx.Client, names: Sequence[str]) 
 def report(label: str, samples: list[Sample], declared: float) -> None:
     def ms(values: list[float]) -> str:
         ordered = sorted(values)
-        return (f"{1000 * percentile(ordered, 50):8.1f} {1000 * percentile(ordered, 99):8.1f} "
-                f"{1000 * ordered[-1]:8.1f}")
+        return (
+            f"{1000 * percentile(ordered, 50):8.1f} {1000 * percentile(ordered, 99):8.1f} "
+            f"{1000 * ordered[-1]:8.1f}"
+        )
 
     odd = [s for s in samples if s.loads != 1]
-    print(f"\n{label}: {len(samples)} models, one first request each"
-          + (f" ({len(odd)} requests saw {sorted({s.loads for s in odd})} loads instead of 1)" if odd else ""))
+    print(
+        f"\n{label}: {len(samples)} models, one first request each"
+        + (
+            f" ({len(odd)} requests saw {sorted({s.loads for s in odd})} loads instead of 1)"
+            if odd
+            else ""
+        )
+    )
     print(f"{'ms':<30} {'p50':>8} {'p99':>8} {'max':>8}")
     print(f"{'first answer (wall)':<30} {ms([s.wall for s in samples])}")
     print(f"{'load, as the gateway timed it':<30} {ms([s.load for s in samples])}")
-    print(f"{'overhead: wall - load':<30} {ms([s.wall - s.load for s in samples])}   (target < 20 ms)")
-    print(f"{'overhead: wall - declared':<30} {ms([s.wall - declared for s in samples])}   "
-          f"(declared load {declared:g} s)")
+    print(
+        f"{'overhead: wall - load':<30} {ms([s.wall - s.load for s in samples])}   (target < 20 ms)"
+    )
+    print(
+        f"{'overhead: wall - declared':<30} {ms([s.wall - declared for s in samples])}   "
+        f"(declared load {declared:g} s)"
+    )
     print(f"{'warm request, same model':<30} {ms([s.warm for s in samples])}")
-    beyond = statistics.median(s.wall - s.load for s in samples) - statistics.median(s.warm for s in samples)
+    beyond = statistics.median(s.wall - s.load for s in samples) - statistics.median(
+        s.warm for s in samples
+    )
     print(f"overhead beyond a warm request (p50 - p50): {1000 * beyond:.1f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=100, help="target models per phase (K)")
-    parser.add_argument("--load-seconds", type=float, default=0.2, help="each target's declared load time")
+    parser.add_argument(
+        "--load-seconds", type=float, default=0.2, help="each target's declared load time"
+    )
     parser.add_argument("--pod-capacity-mib", type=int, default=64)
     args = parser.parse_args(argv)
 
@@ -132,16 +152,22 @@ def main(argv: list[str] | None = None) -> int:
     free_targets = [write_model(pvc, f"a{i}", MiB, args.load_seconds) for i in range(args.models)]
     evict_targets = [write_model(pvc, f"b{i}", MiB, args.load_seconds) for i in range(args.models)]
     deployment = launcher.Deployment(
-        data_dir=work, ports=launcher.Ports.free(pods=2), pod_capacity=args.pod_capacity_mib * MiB,
+        data_dir=work,
+        ports=launcher.Ports.free(pods=2),
+        pod_capacity=args.pod_capacity_mib * MiB,
         # A copy loaded 1 s ago may be evicted (5 s by default): phase two's victims are older anyway.
         gateway_env={"MMGW_CHURN_GUARD_SECONDS": "1"},
     )
     try:
-        with deployment as running, \
-                httpx.Client(base_url=running.api_url, timeout=60) as api, \
-                httpx.Client(base_url=running.url, timeout=60) as rest:
+        with (
+            deployment as running,
+            httpx.Client(base_url=running.api_url, timeout=60) as api,
+            httpx.Client(base_url=running.url, timeout=60) as rest,
+        ):
             wait_until(lambda: pods_healthy(api), "the pods did not become healthy", 30)
-            rest.get("/v2/health/ready").raise_for_status()  # the client's connection to Envoy is open
+            rest.get(
+                "/v2/health/ready"
+            ).raise_for_status()  # the client's connection to Envoy is open
 
             # Free space: register the targets behind fillers (deferred: Standby), then delete the fillers.
             fillers = fill(api, pvc, "fill-a", 0.0)
@@ -149,23 +175,35 @@ def main(argv: list[str] | None = None) -> int:
                 register(api, name, until="Standby")
             for name in fillers:
                 api.delete(f"{ISVCS}/{name}").raise_for_status()
-            wait_until(lambda: all(p["used_bytes"] == 0 for p in placement(api)), "the fillers were not unloaded", 30)
+            wait_until(
+                lambda: all(p["used_bytes"] == 0 for p in placement(api)),
+                "the fillers were not unloaded",
+                30,
+            )
             free = first_requests(rest, api, free_targets)
 
             # Evicting: fill what the targets left free, register new targets (Standby), request them.
             fill(api, pvc, "fill-b", 0.0)
             for name in evict_targets:
                 register(api, name, until="Standby")
-            time.sleep(1.2)  # past the churn guard (1 s) and the recent-use guard (1 s) for every old copy
+            time.sleep(
+                1.2
+            )  # past the churn guard (1 s) and the recent-use guard (1 s) for every old copy
             evictions = metric(api, "mmgw_model_evictions_total")
             evicting = first_requests(rest, api, evict_targets)
             evictions = int(metric(api, "mmgw_model_evictions_total") - evictions)
 
-        print(f"cold start: 2 pods of {args.pod_capacity_mib} MiB, synthetic models of 1 MiB loading in "
-              f"{args.load_seconds:g} s, each registered while the pods were full (Standby, never loaded);")
+        print(
+            f"cold start: 2 pods of {args.pod_capacity_mib} MiB, synthetic models of 1 MiB loading in "
+            f"{args.load_seconds:g} s, each registered while the pods were full (Standby, never loaded);"
+        )
         print("one REST request through Envoy per model, in sequence")
         report("free space (no eviction needed)", free, args.load_seconds)
-        report(f"evicting (pods full: {evictions} least recently used copies evicted)", evicting, args.load_seconds)
+        report(
+            f"evicting (pods full: {evictions} least recently used copies evicted)",
+            evicting,
+            args.load_seconds,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

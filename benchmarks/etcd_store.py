@@ -34,7 +34,10 @@ def deploy(work: Path, store: str) -> launcher.Deployment:
     deployment = launcher.Deployment(data_dir=work, ports=launcher.Ports.free(pods=1), store=store)
     deployment.start()
     with httpx.Client(base_url=deployment.api_url, timeout=30) as api:
-        api.put(f"{ISVCS}/sklearn-mnist", json=yaml.safe_load((ROOT / "examples/sklearn-mnist.yaml").read_text()))
+        api.put(
+            f"{ISVCS}/sklearn-mnist",
+            json=yaml.safe_load((ROOT / "examples/sklearn-mnist.yaml").read_text()),
+        )
     return deployment
 
 
@@ -42,46 +45,75 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=3, help="runs per store; the median is reported")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs per store; the median is reported"
+    )
     args = parser.parse_args(argv)
     if shutil.which("h2load") is None:
         print("h2load not found: apt-get install nghttp2-client (make bench does)", file=sys.stderr)
         return 1
     work = Path(tempfile.mkdtemp(prefix="mmgw-bench-etcd-"))
     body = work / "rest.json"
-    body.write_text(json.dumps({"inputs": [{"name": "predict", "shape": [1, 64], "datatype": "FP32",
-                                            "contents": {"fp32_contents": samples.sample_input()}}]}))
+    body.write_text(
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "predict",
+                        "shape": [1, 64],
+                        "datatype": "FP32",
+                        "contents": {"fp32_contents": samples.sample_input()},
+                    }
+                ]
+            }
+        )
+    )
     with launcher.EtcdServer(work / "etcd") as etcd:
         embedded = deploy(work / "embedded", "embedded")
         on_etcd = deploy(work / "on-etcd", etcd.url)
         try:
             targets = {
-                name: Target(name, f"{d.url}{INFER}", body, ("content-type: application/json",), True)
+                name: Target(
+                    name, f"{d.url}{INFER}", body, ("content-type: application/json",), True
+                )
                 for name, d in (("embedded", embedded), ("etcd", on_etcd))
             }
             pids = {
-                name: {"pod": d.process("pod-0").popen.pid, "gateway": d.process("gateway").popen.pid}
+                name: {
+                    "pod": d.process("pod-0").popen.pid,
+                    "gateway": d.process("gateway").popen.pid,
+                }
                 for name, d in (("embedded", embedded), ("etcd", on_etcd))
             }
             for target in targets.values():
                 _wait_answers(target)
-            print(f"gateway path, embedded store vs etcd: 1 pod each, sklearn-mnist, "
-                  f"{args.rounds} x {args.seconds:g} s per run, h2load -t1, median of rounds")
+            print(
+                f"gateway path, embedded store vs etcd: 1 pod each, sklearn-mnist, "
+                f"{args.rounds} x {args.seconds:g} s per run, h2load -t1, median of rounds"
+            )
             for concurrency in (1, 16):
                 runs: dict[str, list[Result]] = {name: [] for name in targets}
                 for _ in range(args.rounds):
                     for name, target in targets.items():
-                        runs[name].append(h2load(target, concurrency, args.seconds, args.warmup, work, pids[name]))
+                        runs[name].append(
+                            h2load(target, concurrency, args.seconds, args.warmup, work, pids[name])
+                        )
                 median = {name: _median(r) for name, r in runs.items()}
                 print(f"\nconcurrency {concurrency}")
-                print(f"{'store':<9} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6}  gateway CPU us/request")
+                print(
+                    f"{'store':<9} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6}  gateway CPU us/request"
+                )
                 for name, r in median.items():
-                    print(f"{name:<9} {r.rps:7.0f} {r.p50_ms:7.3f} {r.p99_ms:7.3f} {r.failed:6d}  "
-                          f"{r.cpu_us['gateway']:8.0f}")
+                    print(
+                        f"{name:<9} {r.rps:7.0f} {r.p50_ms:7.3f} {r.p99_ms:7.3f} {r.failed:6d}  "
+                        f"{r.cpu_us['gateway']:8.0f}"
+                    )
                 ratio = median["etcd"].rps / median["embedded"].rps
                 spread = statistics.pstdev(r.rps for r in runs["embedded"]) / median["embedded"].rps
-                print(f"etcd / embedded: {ratio:.3f}x throughput (embedded's own run-to-run spread "
-                      f"{100 * spread:.1f}%; target: within 5%)")
+                print(
+                    f"etcd / embedded: {ratio:.3f}x throughput (embedded's own run-to-run spread "
+                    f"{100 * spread:.1f}%; target: within 5%)"
+                )
         finally:
             on_etcd.stop()
             embedded.stop()

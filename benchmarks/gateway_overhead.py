@@ -32,8 +32,8 @@ import grpc
 import httpx
 import yaml
 
-from gateway.tools import launcher, samples
 from gateway._proto import grpc_predict_v2_pb2 as v2
+from gateway.tools import launcher, samples
 
 ROOT = Path(__file__).resolve().parent.parent
 ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/modelmesh-serving/inferenceservices"
@@ -66,17 +66,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def h2load(target: Target, concurrency: int, seconds: float, warmup: float, work: Path,
-           pids: dict[str, int]) -> Result:
+def h2load(
+    target: Target,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    work: Path,
+    pids: dict[str, int],
+) -> Result:
     log = Path(tempfile.mktemp(prefix=f"{target.name}-c{concurrency}-", suffix=".log", dir=work))
-    args = ["h2load", "-t", "1", "-c", str(concurrency), "-m", "1", "-D", f"{seconds * 1000:.0f}ms",
-            "--warm-up-time", f"{warmup * 1000:.0f}ms", "-d", str(target.body), f"--log-file={log}"]
+    args = [
+        "h2load",
+        "-t",
+        "1",
+        "-c",
+        str(concurrency),
+        "-m",
+        "1",
+        "-D",
+        f"{seconds * 1000:.0f}ms",
+        "--warm-up-time",
+        f"{warmup * 1000:.0f}ms",
+        "-d",
+        str(target.body),
+        f"--log-file={log}",
+    ]
     if target.http1:
         args.append("--h1")
     for header in target.headers:
         args += ["-H", header]
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    out = subprocess.run([*args, target.url], capture_output=True, text=True, timeout=seconds + warmup + 60).stdout
+    out = subprocess.run(
+        [*args, target.url], capture_output=True, text=True, timeout=seconds + warmup + 60
+    ).stdout
     used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     # log lines (h2load appends, hence one file per run): start time, status, microseconds
     rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()]
@@ -89,7 +111,9 @@ def h2load(target: Target, concurrency: int, seconds: float, warmup: float, work
     rps = len(latencies) / seconds
     # CPU was counted over warm-up and measurement alike; so are the requests here.
     requests = rps * (seconds + warmup)
-    return Result(rps, q[49], q[98], failed, {name: 1e6 * sec / requests for name, sec in used.items()})
+    return Result(
+        rps, q[49], q[98], failed, {name: 1e6 * sec / requests for name, sec in used.items()}
+    )
 
 
 def check(target: Target, expect: bytes) -> None:
@@ -104,8 +128,10 @@ def check(target: Target, expect: bytes) -> None:
         target = target.url.removeprefix("http://").split("/", 1)[0]
         metadata = tuple((k, v) for k, v in headers.items() if k.startswith("mm-"))
         with grpc.insecure_channel(target) as channel:
-            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
-                                       response_deserializer=v2.ModelInferResponse.FromString)
+            call = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelInfer",
+                response_deserializer=v2.ModelInferResponse.FromString,
+            )
             reply = call(body[5:], metadata=metadata, timeout=30)
         ok = list(reply.outputs[0].contents.int64_contents) == [8]
         detail = str(reply)
@@ -117,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=2, help="runs per path; the median is reported")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="runs per path; the median is reported"
+    )
     args = parser.parse_args(argv)
     if shutil.which("h2load") is None:
         print("h2load not found: apt-get install nghttp2-client (make bench does)", file=sys.stderr)
@@ -129,16 +157,23 @@ def main(argv: list[str] | None = None) -> int:
     static_port, static_admin = launcher.free_port(), launcher.free_port()
     with launcher.Deployment(data_dir=work, ports=ports) as deployment:
         with httpx.Client(base_url=deployment.api_url, timeout=30) as api:
-            api.put(f"{ISVCS}/sklearn-mnist", json=yaml.safe_load((ROOT / "examples/sklearn-mnist.yaml").read_text()))
+            api.put(
+                f"{ISVCS}/sklearn-mnist",
+                json=yaml.safe_load((ROOT / "examples/sklearn-mnist.yaml").read_text()),
+            )
             deadline = time.monotonic() + 60
-            while api.get(f"{ISVCS}/sklearn-mnist").json()["status"]["conditions"][0]["status"] != "True":
+            while (
+                api.get(f"{ISVCS}/sklearn-mnist").json()["status"]["conditions"][0]["status"]
+                != "True"
+            ):
                 if time.monotonic() > deadline:
                     raise TimeoutError("sklearn-mnist did not become ready")
                 time.sleep(0.1)
         model_id = httpx.get(f"{deployment.url}/v2/models/sklearn-mnist", timeout=30).json()["name"]
         pod = ports.pod_addresses[0]
         static = launcher.Deployment(
-            data_dir=work / "static", ports=launcher.Ports(static_port, static_admin, 0, 0, ()),
+            data_dir=work / "static",
+            ports=launcher.Ports(static_port, static_admin, 0, 0, ()),
         )
         static.start_envoy(static_upstream=pod)
         static.wait_for_envoy()
@@ -154,11 +189,30 @@ def main(argv: list[str] | None = None) -> int:
             static.stop()
 
 
-def run(args: argparse.Namespace, work: Path, pids: dict[str, int], deployment: launcher.Deployment,
-        static: launcher.Deployment, pod: str, model_id: str) -> int:
+def run(
+    args: argparse.Namespace,
+    work: Path,
+    pids: dict[str, int],
+    deployment: launcher.Deployment,
+    static: launcher.Deployment,
+    pod: str,
+    model_id: str,
+) -> int:
     rest_body = work / "rest.json"
-    rest_body.write_text(json.dumps({"inputs": [{"name": "predict", "shape": [1, 64], "datatype": "FP32",
-                                                 "contents": {"fp32_contents": samples.sample_input()}}]}))
+    rest_body.write_text(
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "predict",
+                        "shape": [1, 64],
+                        "datatype": "FP32",
+                        "contents": {"fp32_contents": samples.sample_input()},
+                    }
+                ]
+            }
+        )
+    )
     request = v2.ModelInferRequest(model_name="sklearn-mnist")
     tensor = request.inputs.add(name="predict", datatype="FP32", shape=[1, 64])
     tensor.contents.fp32_contents.extend(samples.sample_input())
@@ -168,35 +222,72 @@ def run(args: argparse.Namespace, work: Path, pids: dict[str, int], deployment: 
     infer = "/v2/models/sklearn-mnist/infer"
     method = "/inference.GRPCInferenceService/ModelInfer"
     targets = [
-        Target("direct", f"http://{pod}{method}", grpc_body, (*grpc_headers, f"mm-model-id: {model_id}"), False),
-        Target("static", f"{static.url}{infer}", rest_body,
-              ("content-type: application/json", f"mm-model-id: {model_id}"), True),
-        Target("gateway", f"{deployment.url}{infer}", rest_body, ("content-type: application/json",), True),
-        Target("grpc", f"{deployment.url}{method}", grpc_body, (*grpc_headers, "mm-vmodel-id: sklearn-mnist"), False),
+        Target(
+            "direct",
+            f"http://{pod}{method}",
+            grpc_body,
+            (*grpc_headers, f"mm-model-id: {model_id}"),
+            False,
+        ),
+        Target(
+            "static",
+            f"{static.url}{infer}",
+            rest_body,
+            ("content-type: application/json", f"mm-model-id: {model_id}"),
+            True,
+        ),
+        Target(
+            "gateway",
+            f"{deployment.url}{infer}",
+            rest_body,
+            ("content-type: application/json",),
+            True,
+        ),
+        Target(
+            "grpc",
+            f"{deployment.url}{method}",
+            grpc_body,
+            (*grpc_headers, "mm-vmodel-id: sklearn-mnist"),
+            False,
+        ),
         Target("grpc-body", f"{deployment.url}{method}", grpc_body, grpc_headers, False),
     ]
     for target in targets:
         check(target, b'"8"')
 
-    print(f"gateway overhead: 1 pod, sklearn-mnist (SVC), {args.rounds} x {args.seconds:g} s per run, "
-          f"h2load -t1, median of rounds")
+    print(
+        f"gateway overhead: 1 pod, sklearn-mnist (SVC), {args.rounds} x {args.seconds:g} s per run, "
+        f"h2load -t1, median of rounds"
+    )
     for concurrency in (1, 16):
         results: dict[str, list[Result]] = {p.name: [] for p in targets}
         for _ in range(args.rounds):
             for target in targets:  # interleaved, so drift hits every target alike
-                results[target.name].append(h2load(target, concurrency, args.seconds, args.warmup, work, pids))
+                results[target.name].append(
+                    h2load(target, concurrency, args.seconds, args.warmup, work, pids)
+                )
         median = {name: _median(runs) for name, runs in results.items()}
         print(f"\nconcurrency {concurrency}")
-        print(f"{'path':<10} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'x direct':>8} {'x static':>8} {'failed':>6}"
-              f"   CPU us/request: {'pod':>5} {'envoy':>6} {'gateway':>8}")
+        print(
+            f"{'path':<10} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'x direct':>8} {'x static':>8} {'failed':>6}"
+            f"   CPU us/request: {'pod':>5} {'envoy':>6} {'gateway':>8}"
+        )
         for name, r in median.items():
-            envoy = r.cpu_us["static envoy" if name == "static" else "envoy"] if name != "direct" else 0.0
-            print(f"{name:<10} {r.rps:7.0f} {r.p50_ms:7.3f} {r.p99_ms:7.3f} {r.rps / median['direct'].rps:8.2f} "
-                  f"{r.rps / median['static'].rps:8.2f} {r.failed:6d}   {'':16}{r.cpu_us['pod']:5.0f} "
-                  f"{envoy:6.0f} {r.cpu_us['gateway']:8.0f}")
+            envoy = (
+                r.cpu_us["static envoy" if name == "static" else "envoy"]
+                if name != "direct"
+                else 0.0
+            )
+            print(
+                f"{name:<10} {r.rps:7.0f} {r.p50_ms:7.3f} {r.p99_ms:7.3f} {r.rps / median['direct'].rps:8.2f} "
+                f"{r.rps / median['static'].rps:8.2f} {r.failed:6d}   {'':16}{r.cpu_us['pod']:5.0f} "
+                f"{envoy:6.0f} {r.cpu_us['gateway']:8.0f}"
+            )
         added = median["gateway"].p50_ms - median["static"].p50_ms
-        print(f"gateway REST vs static: {median['gateway'].rps / median['static'].rps:.2f}x throughput, "
-              f"{added * 1000:+.0f} us p50")
+        print(
+            f"gateway REST vs static: {median['gateway'].rps / median['static'].rps:.2f}x throughput, "
+            f"{added * 1000:+.0f} us p50"
+        )
     return 0
 
 

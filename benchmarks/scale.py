@@ -49,16 +49,15 @@ import httpx
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from gateway.tools import launcher
-from gateway.core.domain import ModelSpec
 from gateway.adapters.extproc.processor import Answer, ExternalProcessor
-from gateway.tools.launcher import metric
-from gateway.core.placement import Placement, PodStatus
-from gateway.pod.runtimes.synthetic import write_synthetic
 from gateway.control.registry import Registry, RegistrySettings
 from gateway.control.router import Router
+from gateway.core.domain import ModelSpec
+from gateway.core.placement import Placement, PodStatus
 from gateway.kserve.storage import StorageRoots
+from gateway.pod.runtimes.synthetic import write_synthetic
 from gateway.store import EmbeddedStore
+from gateway.tools import launcher
 
 MiB = 1 << 20
 PVC = "my-models-pvc"
@@ -68,6 +67,7 @@ SETTLE_EVERY = 1024  # as gateway.core.placement asks for a drain (_DRAIN_AT)
 
 
 # -- helpers shared with benchmarks.cold_start and benchmarks.load_queue -------------------
+
 
 def write_model(pvc: Path, name: str, size_bytes: int, load_seconds: float = 0.0) -> str:
     """A synthetic model folder ``<pvc>/<name>``; its path inside the PVC.
@@ -91,14 +91,20 @@ def isvc(name: str, path: str) -> dict[str, Any]:
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
         "metadata": {"name": name},
-        "spec": {"predictor": {"model": {
-            "modelFormat": {"name": "synthetic"},
-            "storage": {"parameters": {"type": "pvc", "name": PVC}, "path": path},
-        }}},
+        "spec": {
+            "predictor": {
+                "model": {
+                    "modelFormat": {"name": "synthetic"},
+                    "storage": {"parameters": {"type": "pvc", "name": PVC}, "path": path},
+                }
+            }
+        },
     }
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float, interval: float = 0.05) -> None:
+def wait_until(
+    condition: Callable[[], bool], what: str, timeout: float, interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -116,7 +122,9 @@ def pods_healthy(api: httpx.Client) -> bool:
 
 def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list (q in 0..100)."""
-    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q / 100 * len(sorted_values)) - 1))]
+    return sorted_values[
+        min(len(sorted_values) - 1, max(0, math.ceil(q / 100 * len(sorted_values)) - 1))
+    ]
 
 
 def vm_rss(pid: int) -> int:
@@ -127,6 +135,7 @@ def vm_rss(pid: int) -> int:
 
 
 # -- routing decision time, in process ------------------------------------------------------
+
 
 class MemoryPods:
     """A PodClient in memory: every load finishes at once with the predicted size."""
@@ -148,7 +157,11 @@ class MemoryPods:
 
 def rest_headers(name: str) -> pb.ProcessingRequest:
     """What Envoy sends ext_proc for a REST inference request (tests/adapters/test_extproc.py)."""
-    values = [(":path", f"/v2/models/{name}/infer"), (":method", "POST"), ("content-type", "application/json")]
+    values = [
+        (":path", f"/v2/models/{name}/infer"),
+        (":method", "POST"),
+        ("content-type", "application/json"),
+    ]
     return pb.ProcessingRequest(
         request_headers=pb.HttpHeaders(
             headers=base_pb2.HeaderMap(
@@ -208,7 +221,9 @@ class Case:
     names: list[int]  # indices of the names requested
     ns: list[int]
     weights: list[float] | None = None  # None: uniformly
-    batches: list[tuple[float, float]] = field(default_factory=list)  # each batch's (p50, p99) in us
+    batches: list[tuple[float, float]] = field(
+        default_factory=list
+    )  # each batch's (p50, p99) in us
 
     def draw(self, rng: random.Random, k: int) -> list[int]:
         return rng.choices(self.names, weights=self.weights, k=k)
@@ -243,8 +258,9 @@ async def time_calls(case: Case, order: list[int], settle_every: int) -> None:
             await asyncio.sleep(0)
 
 
-async def routing(work: Path, pvc: Path, small: int, large: int, calls: int, warmup: int, batch: int,
-                  seed: int) -> None:
+async def routing(
+    work: Path, pvc: Path, small: int, large: int, calls: int, warmup: int, batch: int, seed: int
+) -> None:
     rng = random.Random(seed)
     few, many = [await build_world(work / f"world-{n}", pvc, n) for n in (small, large)]
     hot = rng.sample(range(large), small)
@@ -253,7 +269,9 @@ async def routing(work: Path, pvc: Path, small: int, large: int, calls: int, war
     cases = [
         Case(f"{small}", few, list(range(small)), []),
         Case(f"{large}", many, list(range(large)), []),
-        Case(f"{large}, Zipf(1.0)", many, popularity, [], [1 / rank for rank in range(1, large + 1)]),
+        Case(
+            f"{large}, Zipf(1.0)", many, popularity, [], [1 / rank for rank in range(1, large + 1)]
+        ),
         Case(f"{large}, {small} hot", many, hot, []),
     ]
     for case in cases:  # warm-up, same distribution, not recorded
@@ -274,45 +292,70 @@ async def routing(work: Path, pvc: Path, small: int, large: int, calls: int, war
     for world in (few, many):
         await world.store.close()
 
-    print("routing decision: ExternalProcessor.answer on REST request headers (/v2/models/<name>/infer), "
-          "in process,")
-    print(f"4 in-memory pods, every model loaded, names drawn uniformly unless said; {rounds} rotating batches of "
-          f"{batch} calls per case after {warmup} warm-up calls; perf_counter_ns around each call")
+    print(
+        "routing decision: ExternalProcessor.answer on REST request headers (/v2/models/<name>/infer), "
+        "in process,"
+    )
+    print(
+        f"4 in-memory pods, every model loaded, names drawn uniformly unless said; {rounds} rotating batches of "
+        f"{batch} calls per case after {warmup} warm-up calls; perf_counter_ns around each call"
+    )
     print(f"{'':<20} {'':>8} {'all calls pooled':^35}  {'median over batches':^17}")
-    print(f"{'registered models':<20} {'calls':>8} {'p50 us':>8} {'p99 us':>8} {'mean us':>8} {'max us':>9}  "
-          f"{'p50 us':>8} {'p99 us':>8}")
+    print(
+        f"{'registered models':<20} {'calls':>8} {'p50 us':>8} {'p99 us':>8} {'mean us':>8} {'max us':>9}  "
+        f"{'p50 us':>8} {'p99 us':>8}"
+    )
     pooled: dict[str, tuple[float, float]] = {}
     batched: dict[str, tuple[float, float]] = {}
     for case in cases:
         ns = sorted(case.ns)
         p50, p99 = percentile(ns, 50) / 1000, percentile(ns, 99) / 1000
         pooled[case.label] = (p50, p99)
-        batched[case.label] = (statistics.median(b[0] for b in case.batches),
-                               statistics.median(b[1] for b in case.batches))
-        print(f"{case.label:<20} {len(ns):8d} {p50:8.2f} {p99:8.2f} {statistics.fmean(ns) / 1000:8.2f} "
-              f"{ns[-1] / 1000:9.1f}  {batched[case.label][0]:8.2f} {batched[case.label][1]:8.2f}")
+        batched[case.label] = (
+            statistics.median(b[0] for b in case.batches),
+            statistics.median(b[1] for b in case.batches),
+        )
+        print(
+            f"{case.label:<20} {len(ns):8d} {p50:8.2f} {p99:8.2f} {statistics.fmean(ns) / 1000:8.2f} "
+            f"{ns[-1] / 1000:9.1f}  {batched[case.label][0]:8.2f} {batched[case.label][1]:8.2f}"
+        )
     for case in cases[1:]:
         ratios = []
         for stats in (pooled, batched):
             (p50, p99), (base50, base99) = stats[case.label], stats[cases[0].label]
             ratios.append(f"p50 x{p50 / base50:.3f}, p99 x{p99 / base99:.3f}")
-        print(f"{case.label} vs {cases[0].label}: pooled {ratios[0]}; median over batches {ratios[1]}"
-              + ("   (target: within 10%)" if case is cases[1] else ""))
-    print("(pooled: every call of the case; median over batches: each batch's p50 and p99, then their median,\n"
-          " which a burst of noise on the machine moves less)")
-    print(f"('{large}, Zipf(1.0)': request popularity as in benchmarks/cache_quality; '{large}, {small} hot': "
-          f"requests for {small} of them only, the table's size with a small working set)")
-    print(f"buffered hits counted by Placement.settle every {SETTLE_EVERY} calls, as the server drains them between "
-          f"requests, timed apart: " + ", ".join(
-              f"{world.settle_ns / max(1, world.settled) / 1000:.2f} us per hit with {world.models} models"
-              for world in (few, many)))
-    print(f"setup, in process (register through Registry.apply, then load, loads taking no time): "
-          f"{few.setup_seconds:.2f} s for {small}, {many.setup_seconds:.1f} s for {large}")
+        print(
+            f"{case.label} vs {cases[0].label}: pooled {ratios[0]}; median over batches {ratios[1]}"
+            + ("   (target: within 10%)" if case is cases[1] else "")
+        )
+    print(
+        "(pooled: every call of the case; median over batches: each batch's p50 and p99, then their median,\n"
+        " which a burst of noise on the machine moves less)"
+    )
+    print(
+        f"('{large}, Zipf(1.0)': request popularity as in benchmarks/cache_quality; '{large}, {small} hot': "
+        f"requests for {small} of them only, the table's size with a small working set)"
+    )
+    print(
+        f"buffered hits counted by Placement.settle every {SETTLE_EVERY} calls, as the server drains them between "
+        f"requests, timed apart: "
+        + ", ".join(
+            f"{world.settle_ns / max(1, world.settled) / 1000:.2f} us per hit with {world.models} models"
+            for world in (few, many)
+        )
+    )
+    print(
+        f"setup, in process (register through Registry.apply, then load, loads taking no time): "
+        f"{few.setup_seconds:.2f} s for {small}, {many.setup_seconds:.1f} s for {large}"
+    )
 
 
 # -- registration through a real deployment -------------------------------------------------
 
-async def register_all(api_url: str, names: list[str], clients: int) -> tuple[float, list[float], list[str]]:
+
+async def register_all(
+    api_url: str, names: list[str], clients: int
+) -> tuple[float, list[float], list[str]]:
     """PUT every InferenceService with ``clients`` concurrent connections.
 
     Returns the total seconds, each PUT's seconds, and the failures.
@@ -335,9 +378,13 @@ async def register_all(api_url: str, names: list[str], clients: int) -> tuple[fl
     return time.perf_counter() - started, latencies, failures
 
 
-def registration(data: Path, models: int, pods: int, capacity: int, clients: int, settle: float) -> None:
+def registration(
+    data: Path, models: int, pods: int, capacity: int, clients: int, settle: float
+) -> None:
     names = [f"m{i}" for i in range(models)]  # written by main into data/models
-    with launcher.Deployment(data_dir=data, ports=launcher.Ports.free(pods=pods), pod_capacity=capacity) as running:
+    with launcher.Deployment(
+        data_dir=data, ports=launcher.Ports.free(pods=pods), pod_capacity=capacity
+    ) as running:
         gateway_pid = running.process("gateway").popen.pid
         with httpx.Client(base_url=running.api_url, timeout=120) as api:
             wait_until(lambda: pods_healthy(api), "the pods did not become healthy", 30)
@@ -348,11 +395,15 @@ def registration(data: Path, models: int, pods: int, capacity: int, clients: int
             time.sleep(settle)
             rss_before = vm_rss(gateway_pid)
 
-            seconds, latencies, failures = asyncio.run(register_all(running.api_url, names, clients))
+            seconds, latencies, failures = asyncio.run(
+                register_all(running.api_url, names, clients)
+            )
 
             def loads_done() -> bool:
-                return all(p["load_queue"]["running"] == 0 and p["load_queue"]["waiting"] == 0
-                           for p in api.get("/v1/placement").json()["pods"])
+                return all(
+                    p["load_queue"]["running"] == 0 and p["load_queue"]["waiting"] == 0
+                    for p in api.get("/v1/placement").json()["pods"]
+                )
 
             wait_until(loads_done, "the proactive loads did not finish", 120, interval=0.5)
             time.sleep(settle)
@@ -371,38 +422,58 @@ def registration(data: Path, models: int, pods: int, capacity: int, clients: int
     for item in items:
         state = item["status"]["modelStatus"]["states"]["activeModelState"]
         states[state] = states.get(state, 0) + 1
-    print(f"\nregistration: {models} InferenceServices PUT through the management API, "
-          f"{clients} concurrent clients; {pods} pods of {capacity // MiB} MiB, models of 1 MiB")
+    print(
+        f"\nregistration: {models} InferenceServices PUT through the management API, "
+        f"{clients} concurrent clients; {pods} pods of {capacity // MiB} MiB, models of 1 MiB"
+    )
     put = sorted(latencies)
-    print(f"  registered {registered} in {seconds:.1f} s: {registered / seconds:.0f} registrations/s; "
-          f"PUT latency p50 {1000 * percentile(put, 50):.1f} ms, p99 {1000 * percentile(put, 99):.1f} ms; "
-          f"{len(failures)} failed")
+    print(
+        f"  registered {registered} in {seconds:.1f} s: {registered / seconds:.0f} registrations/s; "
+        f"PUT latency p50 {1000 * percentile(put, 50):.1f} ms, p99 {1000 * percentile(put, 99):.1f} ms; "
+        f"{len(failures)} failed"
+    )
     for failure in failures[:5]:
         print(f"    {failure}")
-    print(f"  gateway VmRSS {rss_before / MiB:.1f} MiB before, {rss_after / MiB:.1f} MiB after "
-          f"({settle:g} s settle): {(rss_after - rss_before) / max(1, registered):.0f} bytes per registered model")
-    print("  (the RSS includes the embedded SQLite store's page cache, which lives in the gateway process)")
-    print(f"  loaded copies: {loaded} ({', '.join(str(len(p['models'])) for p in table['pods'])} per pod); "
-          f"states: {', '.join(f'{k} {v}' for k, v in sorted(states.items()))}")
-    print(f"  (registering triggers a proactive load that uses free space only: about {pods} x "
-          f"{capacity // MiB} models are loaded, the rest stay Standby until a request asks for them)")
-    print(f"  GET the list of {len(items)} InferenceServices: {list_seconds * 1000:.0f} ms; "
-          f"GET /metrics: {scrape_seconds * 1000:.0f} ms")
+    print(
+        f"  gateway VmRSS {rss_before / MiB:.1f} MiB before, {rss_after / MiB:.1f} MiB after "
+        f"({settle:g} s settle): {(rss_after - rss_before) / max(1, registered):.0f} bytes per registered model"
+    )
+    print(
+        "  (the RSS includes the embedded SQLite store's page cache, which lives in the gateway process)"
+    )
+    print(
+        f"  loaded copies: {loaded} ({', '.join(str(len(p['models'])) for p in table['pods'])} per pod); "
+        f"states: {', '.join(f'{k} {v}' for k, v in sorted(states.items()))}"
+    )
+    print(
+        f"  (registering triggers a proactive load that uses free space only: about {pods} x "
+        f"{capacity // MiB} models are loaded, the rest stay Standby until a request asks for them)"
+    )
+    print(
+        f"  GET the list of {len(items)} InferenceServices: {list_seconds * 1000:.0f} ms; "
+        f"GET /metrics: {scrape_seconds * 1000:.0f} ms"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=int, default=10_000, help="registered models in the large case")
+    parser.add_argument(
+        "--models", type=int, default=10_000, help="registered models in the large case"
+    )
     parser.add_argument("--small", type=int, default=10, help="registered models in the small case")
     parser.add_argument("--calls", type=int, default=200_000, help="timed answer() calls per case")
     parser.add_argument("--warmup", type=int, default=20_000)
-    parser.add_argument("--batch", type=int, default=5_000, help="calls per batch; the cases take turns")
+    parser.add_argument(
+        "--batch", type=int, default=5_000, help="calls per batch; the cases take turns"
+    )
     parser.add_argument("--clients", type=int, default=8, help="concurrent registering clients")
     parser.add_argument("--pods", type=int, default=4)
     parser.add_argument("--pod-capacity-mib", type=int, default=32)
     parser.add_argument("--settle", type=float, default=2.0, help="seconds before each RSS reading")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--skip-deployment", action="store_true", help="only the in-process routing figures")
+    parser.add_argument(
+        "--skip-deployment", action="store_true", help="only the in-process routing figures"
+    )
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="mmgw-scale-"))
@@ -411,12 +482,26 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         for i in range(args.models):  # one set of files: the deployment's PVC, also read in process
             write_model(data / "models", f"m{i}", MiB)
-        print(f"scale: {args.models} registered synthetic models (1 MiB, loaded in 0 s) over {args.pods} pods; "
-              f"model files written in {time.perf_counter() - started:.1f} s\n")
-        asyncio.run(routing(work, data / "models", args.small, args.models, args.calls, args.warmup,
-                            args.batch, args.seed))
+        print(
+            f"scale: {args.models} registered synthetic models (1 MiB, loaded in 0 s) over {args.pods} pods; "
+            f"model files written in {time.perf_counter() - started:.1f} s\n"
+        )
+        asyncio.run(
+            routing(
+                work,
+                data / "models",
+                args.small,
+                args.models,
+                args.calls,
+                args.warmup,
+                args.batch,
+                args.seed,
+            )
+        )
         if not args.skip_deployment:
-            registration(data, args.models, args.pods, args.pod_capacity_mib * MiB, args.clients, args.settle)
+            registration(
+                data, args.models, args.pods, args.pod_capacity_mib * MiB, args.clients, args.settle
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

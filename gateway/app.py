@@ -20,14 +20,14 @@ from gateway.adapters.api import build_api
 from gateway.adapters.extproc.processor import ExternalProcessor
 from gateway.adapters.extproc.server import ExtProcServer
 from gateway.adapters.metrics import Metrics
-from gateway.core.placement import Placement, PlacementSettings
 from gateway.adapters.podclient import GrpcPodClient
 from gateway.control.registry import Registry, RegistrySettings
-from gateway.control.router import Router
-from gateway.settings import GatewaySettings
 from gateway.control.replicas import FailureBook, PodPool, StoreCoordinator
-from gateway.kserve.storage import StorageRoots, load_storage_config
+from gateway.control.router import Router
 from gateway.core.errors import StoreUnavailable
+from gateway.core.placement import Placement, PlacementSettings
+from gateway.kserve.storage import StorageRoots, load_storage_config
+from gateway.settings import GatewaySettings
 from gateway.store import open_store
 
 log = logging.getLogger("gateway")
@@ -67,7 +67,10 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     registry = Registry(
         store,
         placement,
-        StorageRoots(settings.pvcs, load_storage_config(settings.storage_config) if settings.storage_config else {}),
+        StorageRoots(
+            settings.pvcs,
+            load_storage_config(settings.storage_config) if settings.storage_config else {},
+        ),
         RegistrySettings(
             namespace=settings.namespace,
             size_multiplier=settings.size_multiplier,
@@ -84,14 +87,21 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     await placement.check_pods()
     pool.wake()
 
-    processor = ExternalProcessor(Router(registry, placement), miss_timeout=settings.load_timeout_seconds + 10)
+    processor = ExternalProcessor(
+        Router(registry, placement), miss_timeout=settings.load_timeout_seconds + 10
+    )
     extproc = ExtProcServer(processor, settings.extproc_host, settings.extproc_port)
     await extproc.start()
 
     api = _ApiServer(
         uvicorn.Config(
-            build_api(registry, placement, namespace=settings.namespace, metrics=metrics.exposition,
-                      token=settings.api_token.get_secret_value() if settings.api_token else None),
+            build_api(
+                registry,
+                placement,
+                namespace=settings.namespace,
+                metrics=metrics.exposition,
+                token=settings.api_token.get_secret_value() if settings.api_token else None,
+            ),
             host=settings.api_host,
             port=settings.api_port,
             log_level="warning",
@@ -104,16 +114,24 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
         asyncio.create_task(placement.watch_pods(), name="pod health"),
         asyncio.create_task(coordinator.run(), name="replica coordination"),
         asyncio.create_task(registry.watch_rollouts(), name="rollouts"),
-        *(asyncio.create_task(m.run(), name=f"mirror {m.prefix}") for m in [*followers, pool.mirror, failures.mirror]),
+        *(
+            asyncio.create_task(m.run(), name=f"mirror {m.prefix}")
+            for m in [*followers, pool.mirror, failures.mirror]
+        ),
     ]
     log.info(
         "gateway ready: ext_proc on %s:%d, management API on http://%s:%d, store %s, %d pods registered",
-        settings.extproc_host, settings.extproc_port, settings.api_host, settings.api_port,
-        store.description, len(pool.mirror.items),
+        settings.extproc_host,
+        settings.extproc_port,
+        settings.api_host,
+        settings.api_port,
+        store.description,
+        len(pool.mirror.items),
     )
     try:
         done, _ = await asyncio.wait(
-            [asyncio.create_task(stop.wait(), name="stop"), *tasks], return_when=asyncio.FIRST_COMPLETED
+            [asyncio.create_task(stop.wait(), name="stop"), *tasks],
+            return_when=asyncio.FIRST_COMPLETED,
         )
         for task in done:
             if task.get_name() != "stop" and task.exception() is not None:

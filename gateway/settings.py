@@ -13,7 +13,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_PODS = ("127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103")  # where `mmgw demo` runs its pods
+DEFAULT_PODS = (
+    "127.0.0.1:9101",
+    "127.0.0.1:9102",
+    "127.0.0.1:9103",
+)  # where `mmgw demo` runs its pods
 
 
 class GatewaySettings(BaseSettings):

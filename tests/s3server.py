@@ -20,8 +20,9 @@ from moto.server import ThreadedMotoServer
 
 from gateway.tools import launcher
 
-_ALLOW_S3 = json.dumps({"Version": "2012-10-17",
-                        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]})
+_ALLOW_S3 = json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+)
 
 
 class S3Server:
@@ -39,8 +40,13 @@ class S3Server:
             # moto's state belongs to the process: start from none, whatever a server before left
             httpx.post(f"{self.endpoint}/moto-api/reset-auth", content=b"inf").raise_for_status()
             httpx.post(f"{self.endpoint}/moto-api/reset").raise_for_status()
-            iam = boto3.client("iam", endpoint_url=self.endpoint, region_name="us-east-1",
-                               aws_access_key_id="setup", aws_secret_access_key="setup")
+            iam = boto3.client(
+                "iam",
+                endpoint_url=self.endpoint,
+                region_name="us-east-1",
+                aws_access_key_id="setup",
+                aws_secret_access_key="setup",
+            )
             iam.create_user(UserName="models")
             iam.put_user_policy(UserName="models", PolicyName="s3", PolicyDocument=_ALLOW_S3)
             key = iam.create_access_key(UserName="models")["AccessKey"]
@@ -58,12 +64,24 @@ class S3Server:
 
     def entry(self, bucket: str = "models", **overrides: str) -> dict[str, str]:
         """A storage-config entry for this server, in ModelMesh's format."""
-        return {"type": "s3", "access_key_id": self.access_key_id, "secret_access_key": self.secret_access_key,
-                "endpoint_url": self.endpoint, "region": "us-east-1", "default_bucket": bucket, **overrides}
+        return {
+            "type": "s3",
+            "access_key_id": self.access_key_id,
+            "secret_access_key": self.secret_access_key,
+            "endpoint_url": self.endpoint,
+            "region": "us-east-1",
+            "default_bucket": bucket,
+            **overrides,
+        }
 
     def client(self) -> Any:
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=self.access_key_id, aws_secret_access_key=self.secret_access_key)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
 
     def upload(self, bucket: str, key: str, file: Path) -> None:
         client = self.client()

@@ -22,17 +22,22 @@ import hmac
 import json
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.control.registry import Record, Registry
 from gateway.core.errors import GatewayError, InvalidSpec, ModelNotFound, Unavailable
 from gateway.core.placement import Placement
-from gateway.control.registry import Record, Registry
-from gateway.kserve.resources import API_VERSION, CLUSTER_RUNTIME_KIND, RUNTIME_API_VERSION, RUNTIME_KIND
+from gateway.kserve.resources import (
+    API_VERSION,
+    CLUSTER_RUNTIME_KIND,
+    RUNTIME_API_VERSION,
+    RUNTIME_KIND,
+)
 from gateway.kserve.serving_runtimes import RuntimeRecord
 
 log = logging.getLogger(__name__)
@@ -54,14 +59,28 @@ ERROR_TABLE: tuple[tuple[type[GatewayError], int, str], ...] = (
 OPEN_PATHS = frozenset({"/healthz", "/metrics"})
 
 
-def _status(code: int, reason: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+def _status(
+    code: int, reason: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
     return JSONResponse(body, status_code=code, headers=headers)
 
 
-def build_api(registry: Registry, placement: Placement, *, namespace: str, metrics: Callable[[], bytes] | None = None,
-              token: str | None = None) -> FastAPI:
+def build_api(
+    registry: Registry,
+    placement: Placement,
+    *,
+    namespace: str,
+    metrics: Callable[[], bytes] | None = None,
+    token: str | None = None,
+) -> FastAPI:
     app = FastAPI(title="ModelMesh Gateway management API", docs_url="/docs", redoc_url=None)
 
     if token is not None:
@@ -74,10 +93,17 @@ def build_api(registry: Registry, placement: Placement, *, namespace: str, metri
             given = request.headers.get("authorization")
             if given is not None and hmac.compare_digest(given.encode(), expected):
                 return await call_next(request)
-            problem = "the bearer token is not valid" if given else "the management API needs a bearer token"
-            return _status(401, "Unauthorized",
-                           f"{problem}: send 'Authorization: Bearer <token>' (mmgw --token or MMGW_TOKEN)",
-                           headers={"WWW-Authenticate": "Bearer"})
+            problem = (
+                "the bearer token is not valid"
+                if given
+                else "the management API needs a bearer token"
+            )
+            return _status(
+                401,
+                "Unauthorized",
+                f"{problem}: send 'Authorization: Bearer <token>' (mmgw --token or MMGW_TOKEN)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
@@ -96,15 +122,24 @@ def build_api(registry: Registry, placement: Placement, *, namespace: str, metri
             raise InvalidSpec(f"namespace '{ns}': this gateway serves namespace '{namespace}'")
 
     def timestamp(created: float) -> str:
-        return datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return (
+            datetime.fromtimestamp(created, UTC)
+            .isoformat(timespec="seconds")
+            .replace("+00:00", "Z")
+        )
 
     def item(record: Record) -> dict[str, Any]:
         metadata = {**record.manifest["metadata"], "creationTimestamp": timestamp(record.created)}
         return {**record.manifest, "metadata": metadata, "status": registry.status(record)}
 
     def runtime_item(record: RuntimeRecord) -> dict[str, Any]:
-        return {**record.manifest, "metadata": {**record.manifest["metadata"],
-                                                "creationTimestamp": timestamp(record.created)}}
+        return {
+            **record.manifest,
+            "metadata": {
+                **record.manifest["metadata"],
+                "creationTimestamp": timestamp(record.created),
+            },
+        }
 
     async def body_of(request: Request, name: str, namespace: str | None) -> dict[str, Any]:
         try:
@@ -132,8 +167,11 @@ def build_api(registry: Registry, placement: Placement, *, namespace: str, metri
 
         async def list_runtimes(request: Request) -> dict[str, Any]:
             check(request)
-            return {"apiVersion": RUNTIME_API_VERSION, "kind": f"{kind}List",
-                    "items": [runtime_item(r) for r in registry.runtimes.list(kind)]}
+            return {
+                "apiVersion": RUNTIME_API_VERSION,
+                "kind": f"{kind}List",
+                "items": [runtime_item(r) for r in registry.runtimes.list(kind)],
+            }
 
         async def get_runtime(request: Request, name: str) -> dict[str, Any]:
             check(request)
@@ -144,14 +182,21 @@ def build_api(registry: Registry, placement: Placement, *, namespace: str, metri
             if document.get("kind") != kind:
                 raise InvalidSpec(f"kind must be {kind} at this path, not {document.get('kind')!r}")
             record, action = await registry.apply_runtime(document)
-            return JSONResponse(runtime_item(record), status_code=201 if action == "created" else 200,
-                                headers={APPLY_RESULT_HEADER: action})
+            return JSONResponse(
+                runtime_item(record),
+                status_code=201 if action == "created" else 200,
+                headers={APPLY_RESULT_HEADER: action},
+            )
 
         async def delete_runtime(request: Request, name: str) -> dict[str, Any]:
             check(request)
             await registry.delete_runtime(kind, name)
-            return {"kind": "Status", "apiVersion": "v1", "status": "Success",
-                    "details": {"name": name, "kind": plural}}
+            return {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Success",
+                "details": {"name": name, "kind": plural},
+            }
 
         app.add_api_route(path, list_runtimes, methods=["GET"])
         app.add_api_route(path + "/{name}", get_runtime, methods=["GET"])
@@ -168,8 +213,11 @@ def build_api(registry: Registry, placement: Placement, *, namespace: str, metri
     @app.get(ISVC_PATH)
     async def list_isvcs(namespace: str) -> dict[str, Any]:
         check_namespace(namespace)
-        return {"apiVersion": API_VERSION, "kind": "InferenceServiceList",
-                "items": [item(r) for r in registry.list()]}
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "InferenceServiceList",
+            "items": [item(r) for r in registry.list()],
+        }
 
     @app.get(ISVC_PATH + "/{name}")
     async def get_isvc(namespace: str, name: str) -> dict[str, Any]:
@@ -181,15 +229,22 @@ def build_api(registry: Registry, placement: Placement, *, namespace: str, metri
         check_namespace(namespace)
         document = await body_of(request, name, namespace)
         record, action = await registry.apply(document)
-        return JSONResponse(item(record), status_code=201 if action == "created" else 200,
-                            headers={APPLY_RESULT_HEADER: action})
+        return JSONResponse(
+            item(record),
+            status_code=201 if action == "created" else 200,
+            headers={APPLY_RESULT_HEADER: action},
+        )
 
     @app.delete(ISVC_PATH + "/{name}")
     async def delete_isvc(namespace: str, name: str) -> dict[str, Any]:
         check_namespace(namespace)
         await registry.delete(name)
-        return {"kind": "Status", "apiVersion": "v1", "status": "Success",
-                "details": {"name": name, "kind": "inferenceservices"}}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Success",
+            "details": {"name": name, "kind": "inferenceservices"},
+        }
 
     @app.get("/v1/placement")
     async def get_placement() -> dict[str, Any]:

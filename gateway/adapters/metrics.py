@@ -25,18 +25,27 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._load_seconds = Histogram(
-            "mmgw_model_load_seconds", "Time a pod took to load a model", buckets=_LOAD_BUCKETS,
+            "mmgw_model_load_seconds",
+            "Time a pod took to load a model",
+            buckets=_LOAD_BUCKETS,
             registry=self.registry,
         )
         self._queue_seconds = Histogram(
-            "mmgw_model_load_queue_seconds", "Time a load waited in its pod's load queue",
-            buckets=_LOAD_BUCKETS, registry=self.registry,
+            "mmgw_model_load_queue_seconds",
+            "Time a load waited in its pod's load queue",
+            buckets=_LOAD_BUCKETS,
+            registry=self.registry,
         )
         self._failures = Counter(
-            "mmgw_model_load_failures", "Loads that failed, per pod", ["pod"], registry=self.registry
+            "mmgw_model_load_failures",
+            "Loads that failed, per pod",
+            ["pod"],
+            registry=self.registry,
         )
         self._evictions = Counter(
-            "mmgw_model_evictions", "Copies removed from pods, by reason (room: to make room for a load; pod lost)", ["reason"],
+            "mmgw_model_evictions",
+            "Copies removed from pods, by reason (room: to make room for a load; pod lost)",
+            ["reason"],
             registry=self.registry,
         )
 
@@ -63,17 +72,29 @@ class _PlacementCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         placement = self._placement
-        requests = CounterMetricFamily("mmgw_requests", "Inference requests routed, per model", labels=["model"])
-        copies = GaugeMetricFamily("mmgw_model_copies", "Loaded copies, per model", labels=["model"])
+        requests = CounterMetricFamily(
+            "mmgw_requests", "Inference requests routed, per model", labels=["model"]
+        )
+        copies = GaugeMetricFamily(
+            "mmgw_model_copies", "Loaded copies, per model", labels=["model"]
+        )
         for model_id, count in sorted(placement.model_requests().items()):
             requests.add_metric([model_id], count)
             copies.add_metric([model_id], placement.status(model_id).copies)
         yield requests
         yield copies
-        yield CounterMetricFamily("mmgw_cache_hits", "Requests whose model was loaded", value=placement.hits)
-        yield CounterMetricFamily("mmgw_cache_misses", "Requests that had to wait for a load", value=placement.misses)
-        used = GaugeMetricFamily("mmgw_pod_used_bytes", "Bytes of models on each pod", labels=["pod"])
-        capacity = GaugeMetricFamily("mmgw_pod_capacity_bytes", "Model memory of each pod", labels=["pod"])
+        yield CounterMetricFamily(
+            "mmgw_cache_hits", "Requests whose model was loaded", value=placement.hits
+        )
+        yield CounterMetricFamily(
+            "mmgw_cache_misses", "Requests that had to wait for a load", value=placement.misses
+        )
+        used = GaugeMetricFamily(
+            "mmgw_pod_used_bytes", "Bytes of models on each pod", labels=["pod"]
+        )
+        capacity = GaugeMetricFamily(
+            "mmgw_pod_capacity_bytes", "Model memory of each pod", labels=["pod"]
+        )
         held = GaugeMetricFamily("mmgw_pod_models", "Copies on each pod", labels=["pod"])
         for pod, (cap, in_use, count) in sorted(placement.pod_usage().items()):
             used.add_metric([pod], in_use)

@@ -45,7 +45,10 @@ class GrpcPodClient:
 
     async def load(self, address: str, spec: ModelSpec, timeout: float, expected: int) -> int:
         request = rt.LoadModelRequest(
-            model_id=spec.model_id, model_type=spec.model_type, model_path=spec.path, model_key=spec.key,
+            model_id=spec.model_id,
+            model_type=spec.model_type,
+            model_path=spec.path,
+            model_key=spec.key,
             expected_size_in_bytes=expected,
         )
         try:
@@ -56,7 +59,11 @@ class GrpcPodClient:
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise PodFull(message) from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise LoadTimeout(message if exc.details() else f"pod {address}: load timed out after {timeout:g} s") from None
+                raise LoadTimeout(
+                    message
+                    if exc.details()
+                    else f"pod {address}: load timed out after {timeout:g} s"
+                ) from None
             raise (ModelFormatError if code in _FORMAT_CODES else LoadFailed)(message) from None
         return response.size_in_bytes
 
@@ -66,7 +73,9 @@ class GrpcPodClient:
         )
 
     async def status(self, address: str, timeout: float) -> PodStatus:
-        response = await self._stub(address).RuntimeStatus(rt.RuntimeStatusRequest(), timeout=timeout)
+        response = await self._stub(address).RuntimeStatus(
+            rt.RuntimeStatusRequest(), timeout=timeout
+        )
         if response.status != rt.RuntimeStatusResponse.READY:
             raise LoadFailed(f"pod {address} is not ready")
         return PodStatus(
@@ -79,4 +88,4 @@ class GrpcPodClient:
 
     async def close(self) -> None:
         for channel in self._channels:
-            await channel.close()
+            await channel.close(grace=None)

@@ -40,14 +40,25 @@ from pathlib import Path
 from typing import Any
 
 from gateway.core.domain import ModelSpec, ModelState
-from gateway.core.errors import GatewayError, InvalidSpec, ModelNotFound, StorageError, StorageFailure
+from gateway.core.errors import (
+    GatewayError,
+    InvalidSpec,
+    ModelNotFound,
+    StorageError,
+    StorageFailure,
+    StoreUnavailable,
+)
 from gateway.core.placement import Coordinator, Placement, Solo
 from gateway.kserve.resources import InferenceService, parse_inference_service
 from gateway.kserve.serving_runtimes import PREFIXES as RUNTIME_PREFIXES
-from gateway.kserve.serving_runtimes import RUNTIME_UNHEALTHY, RuntimeCatalog, RuntimeRecord, Selection
+from gateway.kserve.serving_runtimes import (
+    RUNTIME_UNHEALTHY,
+    RuntimeCatalog,
+    RuntimeRecord,
+    Selection,
+)
 from gateway.kserve.storage import StorageRoots
 from gateway.store import Store
-from gateway.core.errors import StoreUnavailable
 from gateway.store.sync import Mirror
 
 log = logging.getLogger(__name__)
@@ -55,7 +66,12 @@ log = logging.getLogger(__name__)
 _PREFIX = "inferenceservices/"
 # Set by the server, ignored on apply (as Kubernetes does): `get -o yaml | apply` is a no-op.
 _SERVER_METADATA = (
-    "creationTimestamp", "resourceVersion", "uid", "generation", "managedFields", "selfLink",
+    "creationTimestamp",
+    "resourceVersion",
+    "uid",
+    "generation",
+    "managedFields",
+    "selfLink",
 )
 _ROLLOUT = "rollout/"  # a rollout's claim: rollout/<new model id>
 INVALID_STORAGE = "InvalidPredictorSpec"  # KServe's failure reason for a spec that cannot be served
@@ -82,18 +98,34 @@ class Record:
     target: ModelSpec  # the concrete model of the latest spec
 
     def to_json(self) -> dict[str, Any]:
-        return {"manifest": self.manifest, "created": self.created,
-                "serving": asdict(self.serving), "target": asdict(self.target)}
+        return {
+            "manifest": self.manifest,
+            "created": self.created,
+            "serving": asdict(self.serving),
+            "target": asdict(self.target),
+        }
 
     @classmethod
     def from_json(cls, name: str, data: dict[str, Any]) -> Record:
-        return cls(name, data["manifest"], data["created"],
-                   ModelSpec(**data["serving"]), ModelSpec(**data["target"]))
+        return cls(
+            name,
+            data["manifest"],
+            data["created"],
+            ModelSpec(**data["serving"]),
+            ModelSpec(**data["target"]),
+        )
 
 
 class Registry:
-    def __init__(self, store: Store, placement: Placement, roots: StorageRoots,
-                 settings: RegistrySettings = RegistrySettings(), *, coordinator: Coordinator | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        placement: Placement,
+        roots: StorageRoots,
+        settings: RegistrySettings = RegistrySettings(),
+        *,
+        coordinator: Coordinator | None = None,
+    ) -> None:
         self._store = store
         self._placement = placement
         self._coordinator: Coordinator = coordinator or Solo()
@@ -102,13 +134,21 @@ class Registry:
         self._records: dict[str, Record] = {}
         self.runtimes = RuntimeCatalog(store, settings.namespace)
         self._selections: dict[str, Selection] = {}  # InferenceService name -> its runtime
-        self._storage_problems: dict[str, str] = {}  # InferenceService name -> why its storage is unusable
+        self._storage_problems: dict[
+            str, str
+        ] = {}  # InferenceService name -> why its storage is unusable
         # name or concrete id -> concrete id to route to; read on every request.
         self._routes: dict[str, str] = {}
-        self.generation = 0  # bumped on every change of _routes: what resolve said before may be stale
+        self.generation = (
+            0  # bumped on every change of _routes: what resolve said before may be stale
+        )
         self._rollouts: set[asyncio.Task[None]] = set()
-        self._rolling: dict[str, asyncio.Task[None]] = {}  # new model id -> its rollout on this replica
-        self._blocked: dict[str, str] = {}  # name -> new model id of a blocked rollout whose claim is kept
+        self._rolling: dict[
+            str, asyncio.Task[None]
+        ] = {}  # new model id -> its rollout on this replica
+        self._blocked: dict[
+            str, str
+        ] = {}  # name -> new model id of a blocked rollout whose claim is kept
         # apply and delete read, then write: one at a time, whatever the store awaits.
         self._writing = asyncio.Lock()
 
@@ -165,8 +205,13 @@ class Registry:
         self._records[name] = record
         self._selections[name] = self.runtimes.select(self._isvc(record).model)
         # Stored with an unusable storage reference (no path): the replica that applied it said why.
-        self._set_storage_problem(name, "" if record.target.path else "its storage reference cannot be used "
-                                  "(the apply's answer, or the status on the replica that took it, says why)")
+        self._set_storage_problem(
+            name,
+            ""
+            if record.target.path
+            else "its storage reference cannot be used "
+            "(the apply's answer, or the status on the replica that took it, says why)",
+        )
         if not self._servable(name):
             return
         for spec in {record.serving, record.target}:
@@ -206,11 +251,17 @@ class Registry:
         except KeyError:
             selection = self._selections.get(name)
             if selection is not None and selection.runtime is None:
-                raise ModelNotFound(name, f"model '{name}' has no serving runtime "
-                                          f"({selection.reason}): {selection.message}") from None
+                raise ModelNotFound(
+                    name,
+                    f"model '{name}' has no serving runtime "
+                    f"({selection.reason}): {selection.message}",
+                ) from None
             if name in self._storage_problems:
-                raise ModelNotFound(name, f"model '{name}' cannot be served ({INVALID_STORAGE}): "
-                                          f"{self._storage_problems[name]}") from None
+                raise ModelNotFound(
+                    name,
+                    f"model '{name}' cannot be served ({INVALID_STORAGE}): "
+                    f"{self._storage_problems[name]}",
+                ) from None
             raise ModelNotFound(name) from None
 
     def get(self, name: str) -> Record:
@@ -325,7 +376,9 @@ class Registry:
 
     def _register(self, name: str, spec: ModelSpec, *, standby: bool = False) -> None:
         runtime = self._selections[name].runtime
-        self._placement.register(spec, standby=standby, runtime=runtime.name if runtime is not None else "")
+        self._placement.register(
+            spec, standby=standby, runtime=runtime.name if runtime is not None else ""
+        )
 
     def status(self, record: Record) -> dict[str, Any]:
         """The record's status in KServe's shape (conditions, modelStatus, url), and status.runtime."""
@@ -333,7 +386,9 @@ class Registry:
         if selection.runtime is None:
             return self._invalid_status(record, selection.reason, selection.message)
         if record.name in self._storage_problems:
-            return self._invalid_status(record, INVALID_STORAGE, self._storage_problems[record.name])
+            return self._invalid_status(
+                record, INVALID_STORAGE, self._storage_problems[record.name]
+            )
         serving = self._placement.status(record.serving.model_id)
         target = self._placement.status(record.target.model_id)
         if record.target == record.serving:
@@ -343,15 +398,22 @@ class Registry:
         else:
             transition = "InProgress"
         failed = next((s for s in (target, serving) if s.state is ModelState.FAILED_TO_LOAD), None)
-        condition: dict[str, Any] = {"type": "Ready", "status": "True" if serving.ready else "False"}
+        condition: dict[str, Any] = {
+            "type": "Ready",
+            "status": "True" if serving.ready else "False",
+        }
         if not serving.ready:
             if serving.state is ModelState.FAILED_TO_LOAD:
                 condition.update(reason="ModelLoadFailed", message=serving.message)
             elif not self._placement.serves(selection.runtime.name, record.serving.model_type):
-                condition.update(reason=RUNTIME_UNHEALTHY, message=(
-                    f"no pod of runtime '{selection.runtime.name}' that serves format "
-                    f"'{record.serving.model_type}' is up (start one: mmgw pod --runtime-name "
-                    f"{selection.runtime.name})"))
+                condition.update(
+                    reason=RUNTIME_UNHEALTHY,
+                    message=(
+                        f"no pod of runtime '{selection.runtime.name}' that serves format "
+                        f"'{record.serving.model_type}' is up (start one: mmgw pod --runtime-name "
+                        f"{selection.runtime.name})"
+                    ),
+                )
             else:
                 condition.update(reason="ModelNotReady", message=f"model is {serving.state.value}")
         status: dict[str, Any] = {
@@ -361,23 +423,33 @@ class Registry:
             "modelStatus": {
                 "states": {
                     "activeModelState": serving.state.value,
-                    "targetModelState": "" if record.target == record.serving else target.state.value,
+                    "targetModelState": ""
+                    if record.target == record.serving
+                    else target.state.value,
                 },
                 "transitionStatus": transition,
                 "copies": {"totalCopies": serving.copies},
             },
         }
         if failed is not None:
-            status["modelStatus"]["lastFailureInfo"] = {"reason": "ModelLoadFailed", "message": failed.message}
+            status["modelStatus"]["lastFailureInfo"] = {
+                "reason": "ModelLoadFailed",
+                "message": failed.message,
+            }
         return status
 
     def _invalid_status(self, record: Record, reason: str, message: str) -> dict[str, Any]:
         """The status of an InferenceService that cannot be served as specified."""
         return {
-            "conditions": [{"type": "Ready", "status": "False", "reason": reason, "message": message}],
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": reason, "message": message}
+            ],
             "url": f"{self._settings.url_base}/v2/models/{record.name}",
             "modelStatus": {
-                "states": {"activeModelState": "", "targetModelState": ModelState.FAILED_TO_LOAD.value},
+                "states": {
+                    "activeModelState": "",
+                    "targetModelState": ModelState.FAILED_TO_LOAD.value,
+                },
                 "transitionStatus": "InvalidSpec",
                 "copies": {"totalCopies": 0},
                 "lastFailureInfo": {"reason": reason, "message": message},
@@ -424,7 +496,11 @@ class Registry:
 
     def _servable(self, name: str) -> bool:
         selection = self._selections.get(name)
-        return selection is not None and selection.runtime is not None and name not in self._storage_problems
+        return (
+            selection is not None
+            and selection.runtime is not None
+            and name not in self._storage_problems
+        )
 
     def _index(self, record: Record) -> None:
         if not self._servable(record.name):
@@ -443,7 +519,9 @@ class Registry:
         target = record.target
         if target.model_id in self._rolling:
             return
-        task = asyncio.create_task(self._roll_out_claimed(record.name, target), name=f"rollout {record.name}")
+        task = asyncio.create_task(
+            self._roll_out_claimed(record.name, target), name=f"rollout {record.name}"
+        )
         self._rolling[target.model_id] = task
         self._rollouts.add(task)
         task.add_done_callback(self._rollouts.discard)
@@ -458,12 +536,19 @@ class Registry:
     def check_rollouts(self) -> None:
         for name, model_id in list(self._blocked.items()):
             record = self._records.get(name)
-            if record is None or record.target.model_id != model_id or record.target == record.serving:
+            if (
+                record is None
+                or record.target.model_id != model_id
+                or record.target == record.serving
+            ):
                 del self._blocked[name]  # applied again or deleted: the claim is no longer needed
                 self._background(self._release(model_id))
         for record in list(self._records.values()):
-            if (record.target != record.serving and self._servable(record.name)
-                    and self._blocked.get(record.name) != record.target.model_id):
+            if (
+                record.target != record.serving
+                and self._servable(record.name)
+                and self._blocked.get(record.name) != record.target.model_id
+            ):
                 self._start_rollout(record)
 
     async def _roll_out_claimed(self, name: str, target: ModelSpec) -> None:

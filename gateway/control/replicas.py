@@ -21,10 +21,9 @@ import socket
 import time
 from typing import Any
 
-from gateway.core.errors import LoadFailed, ModelFormatError
+from gateway.core.errors import LoadFailed, ModelFormatError, StoreUnavailable
 from gateway.core.placement import Placement
 from gateway.store import Store
-from gateway.core.errors import StoreUnavailable
 from gateway.store.sync import KeptLease, Mirror
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,9 @@ class StoreCoordinator:
         await self.lease.revoke()
 
     async def claim(self, model_id: str) -> bool:
-        return await self._store.create(CLAIMS + model_id, {"replica": self.name}, lease=self.lease.id)
+        return await self._store.create(
+            CLAIMS + model_id, {"replica": self.name}, lease=self.lease.id
+        )
 
     async def release(self, model_id: str) -> None:
         await self._store.delete(CLAIMS + model_id)
@@ -71,9 +72,15 @@ class StoreCoordinator:
         return self._mirror.connected and self.leader_name == self.name
 
     async def failed(self, model_id: str, pod: str, error: LoadFailed) -> None:
-        await self._store.put(f"{FAILURES}{model_id}/{pod}", {
-            "at": time.time(), "message": error.message, "format": isinstance(error, ModelFormatError),
-            "replica": self.name})
+        await self._store.put(
+            f"{FAILURES}{model_id}/{pod}",
+            {
+                "at": time.time(),
+                "message": error.message,
+                "format": isinstance(error, ModelFormatError),
+                "replica": self.name,
+            },
+        )
 
     async def forgive(self, model_id: str, pod: str) -> None:
         await self._store.delete(f"{FAILURES}{model_id}/{pod}")
@@ -90,7 +97,9 @@ class StoreCoordinator:
     async def _campaign(self) -> None:
         try:
             await self._store.create(LEADER, {"replica": self.name}, lease=self.lease.id)
-        except StoreUnavailable as exc:  # the mirror syncs when the store returns, and campaigns again
+        except (
+            StoreUnavailable
+        ) as exc:  # the mirror syncs when the store returns, and campaigns again
             log.warning("campaigning for leader: %s", exc.message)
 
     async def _lease_renewed(self, lease: int) -> None:
@@ -107,11 +116,20 @@ class PodPool:
 
     def _changed(self, name: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         if old is not None and (new is None or new["address"] != old["address"]):
-            log.info("pod %s left the pool (%s)", name, "its registration expired" if new is None else "moved")
+            log.info(
+                "pod %s left the pool (%s)",
+                name,
+                "its registration expired" if new is None else "moved",
+            )
             self._placement.remove_pod(old["address"])
         if new is not None:
             if old is None or old["address"] != new["address"]:
-                log.info("pod %s joined the pool at %s (runtime %s)", name, new["address"], new.get("runtime") or "any")
+                log.info(
+                    "pod %s joined the pool at %s (runtime %s)",
+                    name,
+                    new["address"],
+                    new.get("runtime") or "any",
+                )
             self._placement.add_pod(new["address"], name, new.get("runtime", ""))
             self._placement.observe(new["address"], new.get("models", {}))
 
@@ -135,4 +153,6 @@ class FailureBook:
             self._placement.note_failure(model_id, pod, 0.0, None)
         else:
             kind = ModelFormatError if new.get("format") else LoadFailed
-            self._placement.note_failure(model_id, pod, max(0.0, time.time() - new["at"]), kind(new["message"]))
+            self._placement.note_failure(
+                model_id, pod, max(0.0, time.time() - new["at"]), kind(new["message"])
+            )

@@ -9,12 +9,12 @@ in a ``hit_buffer`` instead of asking again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from gateway.core.placement import HitBuffer, Placement
 from gateway.control.registry import Registry
+from gateway.core.placement import HitBuffer, Placement
 from gateway.core.route_key import RouteKey
 
 

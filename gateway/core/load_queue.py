@@ -21,7 +21,9 @@ class _Waiter:
     model_id: str
     urgent: bool
     seq: int
-    granted: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    granted: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class LoadQueue:

@@ -53,7 +53,7 @@ def from_headers(headers: Iterable[Header]) -> RouteKey | NeedBody:
         elif key == protocol.MODEL_ID_HEADER:
             model = _text(header)
     if path.startswith(protocol.GRPC_PREFIX):
-        method = path[len(protocol.GRPC_PREFIX):]
+        method = path[len(protocol.GRPC_PREFIX) :]
         if method in protocol.SERVER_METHODS:
             return RouteKey(None, grpc=True)
         if method not in protocol.MODEL_METHODS:
@@ -99,7 +99,7 @@ def from_grpc_frame(body: bytes) -> RouteKey:
         if wire == 2:
             length, pos = _varint(body, pos)
             if field == 1:
-                return RouteKey(body[pos:pos + length].decode("utf-8", "replace"), grpc=True)
+                return RouteKey(body[pos : pos + length].decode("utf-8", "replace"), grpc=True)
             pos += length
         elif wire == 0:
             _, pos = _varint(body, pos)

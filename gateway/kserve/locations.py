@@ -35,7 +35,9 @@ class S3Location:
 
     def to_key(self) -> str:
         """The LoadModel ``model_key`` JSON a pod's puller reads (ModelMesh's fields)."""
-        return json.dumps({"storage_key": self.storage_key, "storage_params": dict(self.params)}, sort_keys=True)
+        return json.dumps(
+            {"storage_key": self.storage_key, "storage_params": dict(self.params)}, sort_keys=True
+        )
 
     @classmethod
     def from_request(cls, path: str, key: str) -> S3Location | None:

@@ -111,8 +111,16 @@ class SupportedModelFormat(_Strict):
         return model.version is None or self.version == model.version
 
 
-_QUANTITY_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 10**3, "M": 10**6, "G": 10**9,
-                   "T": 10**12}
+_QUANTITY_UNITS = {
+    "Ki": 1 << 10,
+    "Mi": 1 << 20,
+    "Gi": 1 << 30,
+    "Ti": 1 << 40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+}
 
 
 def parse_quantity(text: str) -> int:
@@ -171,14 +179,20 @@ def parse_inference_service(document: Any) -> InferenceService:
     return _parse(document, InferenceService, (KIND,), API_VERSION)
 
 
-def _parse(document: Any, model: type[_Resource], kinds: tuple[str, ...], api_version: str) -> _Resource:
+def _parse(
+    document: Any, model: type[_Resource], kinds: tuple[str, ...], api_version: str
+) -> _Resource:
     if not isinstance(document, dict):
         raise InvalidSpec("a resource must be a mapping with apiVersion, kind, metadata and spec")
     kind = document.get("kind")
     if kind not in kinds:
-        raise InvalidSpec(f"unsupported kind {kind!r}: expected {' or '.join(kinds)} ({api_version})")
+        raise InvalidSpec(
+            f"unsupported kind {kind!r}: expected {' or '.join(kinds)} ({api_version})"
+        )
     if document.get("apiVersion") != api_version:
-        raise InvalidSpec(f"unsupported apiVersion {document.get('apiVersion')!r} for {kind}: use {api_version}")
+        raise InvalidSpec(
+            f"unsupported apiVersion {document.get('apiVersion')!r} for {kind}: use {api_version}"
+        )
     try:
         return model.model_validate(document)
     except ValidationError as exc:

@@ -25,12 +25,19 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
 
 from gateway.core.errors import ModelNotInStorage, StorageAccessDenied, StorageFailure
 from gateway.kserve.locations import S3Location
 
-_DENIED = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"})
+_DENIED = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
+)
 _MISSING = frozenset({"NoSuchBucket", "NoSuchKey", "404", "NotFound"})
 
 
@@ -69,7 +76,9 @@ def model_objects(s3: Any, location: S3Location) -> list[S3Object]:
     exact: list[S3Object] = []
     inside: list[S3Object] = []
     with _errors(location):
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=location.path):
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=location.bucket, Prefix=location.path
+        ):
             for item in page.get("Contents", ()):
                 obj = S3Object(item["Key"], int(item["Size"]))
                 if obj.key == location.path:
@@ -79,7 +88,9 @@ def model_objects(s3: Any, location: S3Location) -> list[S3Object]:
     if exact:
         return exact
     if not inside:
-        raise ModelNotInStorage(f"{location}: no such object or folder in bucket '{location.bucket}'")
+        raise ModelNotInStorage(
+            f"{location}: no such object or folder in bucket '{location.bucket}'"
+        )
     return inside
 
 
@@ -91,7 +102,11 @@ def download(s3: Any, location: S3Location, objects: list[S3Object], into: Path)
     folder = location.path.rstrip("/") + "/"
     with _errors(location):
         for obj in objects:
-            local = target if obj.key == location.path else _within(target, obj.key.removeprefix(folder))
+            local = (
+                target
+                if obj.key == location.path
+                else _within(target, obj.key.removeprefix(folder))
+            )
             local.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(location.bucket, obj.key, str(local))
     return target
@@ -121,7 +136,9 @@ def _errors(where: S3Location) -> Iterator[None]:
             raise StorageAccessDenied(f"{where}: access denied ({code}: {message})") from None
         raise StorageFailure(f"{where}: {code}: {message}") from None
     except NoCredentialsError:
-        raise StorageAccessDenied(f"{where}: no credentials: give access_key_id and secret_access_key") from None
+        raise StorageAccessDenied(
+            f"{where}: no credentials: give access_key_id and secret_access_key"
+        ) from None
     except EndpointConnectionError as exc:
         raise StorageFailure(f"{where}: cannot reach the storage: {exc}") from None
     except BotoCoreError as exc:

@@ -22,14 +22,24 @@ from typing import Any
 
 from gateway.core.errors import InvalidSpec, ModelNotFound
 from gateway.kserve.resources import (
-    CLUSTER_RUNTIME_KIND, RUNTIME_API_VERSION, RUNTIME_KIND, ModelFormat, PredictorModel, ServingRuntime,
+    CLUSTER_RUNTIME_KIND,
+    RUNTIME_API_VERSION,
+    RUNTIME_KIND,
+    ModelFormat,
+    PredictorModel,
+    ServingRuntime,
     parse_serving_runtime,
 )
 from gateway.store import Store
 
 PREFIXES = {RUNTIME_KIND: "servingruntimes/", CLUSTER_RUNTIME_KIND: "clusterservingruntimes/"}
 _SERVER_METADATA = (
-    "creationTimestamp", "resourceVersion", "uid", "generation", "managedFields", "selfLink",
+    "creationTimestamp",
+    "resourceVersion",
+    "uid",
+    "generation",
+    "managedFields",
+    "selfLink",
 )
 
 # Failure reasons, as KServe names them in status.modelStatus.lastFailureInfo.
@@ -39,17 +49,25 @@ RUNTIME_DISABLED = "RuntimeDisabled"
 RUNTIME_UNHEALTHY = "RuntimeUnhealthy"  # selected, but none of its pods is up
 
 
-def _builtin(name: str, image: str, server_type: str, formats: Iterable[tuple[str, str]]) -> dict[str, Any]:
+def _builtin(
+    name: str, image: str, server_type: str, formats: Iterable[tuple[str, str]]
+) -> dict[str, Any]:
     return {
-        "apiVersion": RUNTIME_API_VERSION, "kind": CLUSTER_RUNTIME_KIND,
+        "apiVersion": RUNTIME_API_VERSION,
+        "kind": CLUSTER_RUNTIME_KIND,
         "metadata": {"name": name, "annotations": {"mmgw.io/built-in": "true"}},
         "spec": {
-            "supportedModelFormats": [{"name": f, "version": v, "autoSelect": True, "priority": 1}
-                                      for f, v in formats],
+            "supportedModelFormats": [
+                {"name": f, "version": v, "autoSelect": True, "priority": 1} for f, v in formats
+            ],
             "multiModel": True,
             "containers": [{"name": "mmgw-pod", "image": image}],
-            "builtInAdapter": {"serverType": server_type, "runtimeManagementPort": 8001,
-                               "memBufferBytes": 134217728, "modelLoadingTimeoutMillis": 90000},
+            "builtInAdapter": {
+                "serverType": server_type,
+                "runtimeManagementPort": 8001,
+                "memBufferBytes": 134217728,
+                "modelLoadingTimeoutMillis": 90000,
+            },
         },
     }
 
@@ -57,9 +75,15 @@ def _builtin(name: str, image: str, server_type: str, formats: Iterable[tuple[st
 # The formats the gateway's pods serve (gateway.pod.runtimes), named after
 # ModelMesh's own runtimes. The image is descriptive: every pod serves them all.
 BUILTIN_RUNTIMES: tuple[dict[str, Any], ...] = (
-    _builtin("mlserver-1.x", "modelmesh-gateway/pod:local", "mlserver",
-             (("sklearn", "0"), ("xgboost", "1"), ("lightgbm", "3"))),
-    _builtin("triton-2.x", "modelmesh-gateway/pod:local", "triton", (("onnx", "1"), ("pytorch", "1"))),
+    _builtin(
+        "mlserver-1.x",
+        "modelmesh-gateway/pod:local",
+        "mlserver",
+        (("sklearn", "0"), ("xgboost", "1"), ("lightgbm", "3")),
+    ),
+    _builtin(
+        "triton-2.x", "modelmesh-gateway/pod:local", "triton", (("onnx", "1"), ("pytorch", "1"))
+    ),
     _builtin("mmgw-synthetic", "modelmesh-gateway/pod:local", "mlserver", (("synthetic", "1"),)),
 )
 
@@ -89,25 +113,37 @@ class Selection:
     message: str = ""
 
 
-def select(model: PredictorModel, namespaced: Iterable[RuntimeRecord], cluster: Iterable[RuntimeRecord]) -> Selection:
+def select(
+    model: PredictorModel, namespaced: Iterable[RuntimeRecord], cluster: Iterable[RuntimeRecord]
+) -> Selection:
     """KServe's runtime selection for one InferenceService's predictor model."""
     fmt: ModelFormat = model.modelFormat
     wanted = f"model format '{fmt.name}'" + (f" version '{fmt.version}'" if fmt.version else "")
     if model.runtime is not None:
         found = next((r for r in namespaced if r.name == model.runtime), None) or next(
-            (r for r in cluster if r.name == model.runtime), None)
+            (r for r in cluster if r.name == model.runtime), None
+        )
         if found is None:
-            return Selection(None, RUNTIME_NOT_RECOGNIZED,
-                             f"runtime '{model.runtime}' is neither a ServingRuntime of the namespace "
-                             "nor a ClusterServingRuntime")
+            return Selection(
+                None,
+                RUNTIME_NOT_RECOGNIZED,
+                f"runtime '{model.runtime}' is neither a ServingRuntime of the namespace "
+                "nor a ClusterServingRuntime",
+            )
         if found.runtime.spec.disabled:
             return Selection(None, RUNTIME_DISABLED, f"{found.kind} '{found.name}' is disabled")
         if not found.runtime.spec.multiModel:
-            return Selection(None, NO_SUPPORTING_RUNTIME,
-                             f"{found.kind} '{found.name}' is not multiModel: ModelMesh serves only multi-model runtimes")
+            return Selection(
+                None,
+                NO_SUPPORTING_RUNTIME,
+                f"{found.kind} '{found.name}' is not multiModel: ModelMesh serves only multi-model runtimes",
+            )
         if found.runtime.format_for(fmt) is None:
-            return Selection(None, NO_SUPPORTING_RUNTIME,
-                             f"{found.kind} '{found.name}' does not support {wanted}")
+            return Selection(
+                None,
+                NO_SUPPORTING_RUNTIME,
+                f"{found.kind} '{found.name}' does not support {wanted}",
+            )
         return Selection(found)
     candidates = []
     for rank, records in enumerate((namespaced, cluster)):
@@ -117,7 +153,9 @@ def select(model: PredictorModel, namespaced: Iterable[RuntimeRecord], cluster: 
             if entry is not None and entry.autoSelect and spec.multiModel and not spec.disabled:
                 candidates.append((-(entry.priority or 0), rank, record.name, record))
     if not candidates:
-        return Selection(None, NO_SUPPORTING_RUNTIME, f"no runtime supports {wanted} with autoSelect")
+        return Selection(
+            None, NO_SUPPORTING_RUNTIME, f"no runtime supports {wanted} with autoSelect"
+        )
     return Selection(min(candidates, key=lambda c: c[:3])[3])
 
 
@@ -128,7 +166,9 @@ class RuntimeCatalog:
         self._store = store
         self._namespace = namespace
         self._builtin = {
-            doc["metadata"]["name"]: RuntimeRecord(parse_serving_runtime(doc), doc, time.time(), builtin=True)
+            doc["metadata"]["name"]: RuntimeRecord(
+                parse_serving_runtime(doc), doc, time.time(), builtin=True
+            )
             for doc in BUILTIN_RUNTIMES
         }
         self._stored: dict[str, dict[str, RuntimeRecord]] = {kind: {} for kind in PREFIXES}
@@ -136,7 +176,9 @@ class RuntimeCatalog:
     async def restore(self) -> None:
         for kind, prefix in PREFIXES.items():
             for key, data in (await self._store.items(prefix)).items():
-                record = RuntimeRecord(parse_serving_runtime(data["manifest"]), data["manifest"], data["created"])
+                record = RuntimeRecord(
+                    parse_serving_runtime(data["manifest"]), data["manifest"], data["created"]
+                )
                 self._stored[kind][key.removeprefix(prefix)] = record
 
     def absorb(self, kind: str, name: str, data: dict[str, Any] | None) -> bool:
@@ -146,8 +188,9 @@ class RuntimeCatalog:
             return self._stored[kind].pop(name, None) is not None
         if old is not None and old.manifest == data["manifest"]:
             return False
-        self._stored[kind][name] = RuntimeRecord(parse_serving_runtime(data["manifest"]), data["manifest"],
-                                                 data["created"])
+        self._stored[kind][name] = RuntimeRecord(
+            parse_serving_runtime(data["manifest"]), data["manifest"], data["created"]
+        )
         return True
 
     def list(self, kind: str) -> list[RuntimeRecord]:
@@ -156,7 +199,9 @@ class RuntimeCatalog:
         return sorted(records.values(), key=lambda r: r.name)
 
     def get(self, kind: str, name: str) -> RuntimeRecord:
-        found = self._stored[kind].get(name) or (self._builtin.get(name) if kind == CLUSTER_RUNTIME_KIND else None)
+        found = self._stored[kind].get(name) or (
+            self._builtin.get(name) if kind == CLUSTER_RUNTIME_KIND else None
+        )
         if found is None:
             raise ModelNotFound(name, f"{kind.lower()}s.serving.kserve.io '{name}' not found")
         return found
@@ -173,23 +218,28 @@ class RuntimeCatalog:
         if runtime.kind == RUNTIME_KIND:
             namespace = metadata.setdefault("namespace", self._namespace)
             if namespace != self._namespace:
-                raise InvalidSpec(f"namespace '{namespace}': this gateway serves namespace '{self._namespace}'")
+                raise InvalidSpec(
+                    f"namespace '{namespace}': this gateway serves namespace '{self._namespace}'"
+                )
         else:
             metadata.pop("namespace", None)  # cluster-scoped
         old = self._stored[runtime.kind].get(runtime.name)
         if old is not None and old.manifest == manifest:
             return old, "unchanged"
         record = RuntimeRecord(runtime, manifest, old.created if old else time.time())
-        await self._store.put(PREFIXES[runtime.kind] + runtime.name,
-                              {"manifest": manifest, "created": record.created})
+        await self._store.put(
+            PREFIXES[runtime.kind] + runtime.name, {"manifest": manifest, "created": record.created}
+        )
         self._stored[runtime.kind][runtime.name] = record
         return record, "created" if old is None else "configured"
 
     async def delete(self, kind: str, name: str) -> None:
         if name not in self._stored[kind]:
             if kind == CLUSTER_RUNTIME_KIND and name in self._builtin:
-                raise InvalidSpec(f"clusterservingruntime '{name}' is built in: applying one of that name "
-                                  "replaces it, deleting that brings the built-in one back")
+                raise InvalidSpec(
+                    f"clusterservingruntime '{name}' is built in: applying one of that name "
+                    "replaces it, deleting that brings the built-in one back"
+                )
             raise ModelNotFound(name, f"{kind.lower()}s.serving.kserve.io '{name}' not found")
         del self._stored[kind][name]
         await self._store.delete(PREFIXES[kind] + name)

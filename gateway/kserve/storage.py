@@ -40,6 +40,7 @@ from gateway.kserve import s3
 from gateway.kserve.locations import DEFAULT_KEY, Location, S3Location, StorageConfig, unknown_key
 from gateway.kserve.resources import PredictorModel
 
+
 @dataclass(frozen=True, slots=True)
 class StorageRoots:
     pvcs: Mapping[str, Path]
@@ -67,13 +68,17 @@ class StorageRoots:
             bucket = merged.get("bucket") or merged.get("default_bucket")
             if not bucket:
                 source = f"storage key '{key}'" if key else "the storage parameters"
-                raise StorageError(f"no bucket: give storage.parameters.bucket, or a bucket in {source}")
+                raise StorageError(
+                    f"no bucket: give storage.parameters.bucket, or a bucket in {source}"
+                )
             object_path = path.lstrip("/")
             if not object_path:
                 raise StorageError("storage.path must give the model's object path in the bucket")
             return S3Location(key, bucket, object_path, {**params, "type": "s3", "bucket": bucket})
         if kind is None:
-            raise StorageError("the storage has no type: give storage.parameters.type (pvc or s3) or a storage.key")
+            raise StorageError(
+                "the storage has no type: give storage.parameters.type (pvc or s3) or a storage.key"
+            )
         raise StorageError(f"storage type {kind!r} is not supported: use 'pvc' or 's3'")
 
     def _pvc(self, merged: Mapping[str, str], path: str) -> Path:
@@ -95,7 +100,9 @@ class StorageRoots:
         if isinstance(location, Path):
             return await asyncio.to_thread(size_on_disk, location)
         settings = location.settings(self.config)
-        objects = await asyncio.to_thread(s3.model_objects, s3.client(settings, quick=True), location)
+        objects = await asyncio.to_thread(
+            s3.model_objects, s3.client(settings, quick=True), location
+        )
         return sum(obj.size for obj in objects)
 
 
@@ -113,8 +120,12 @@ def _reference(model: PredictorModel) -> tuple[str | None, dict[str, str], str]:
             return None, {"type": "pvc", "name": name}, path
         if sep and name and path and scheme == "s3":
             return None, {"type": "s3", "bucket": name}, path
-        raise StorageError(f"storageUri {model.storageUri!r}: use pvc://<pvc-name>/<path> or s3://<bucket>/<path>")
-    raise StorageError("the model has no storage: give storage (key or parameters, and path), or storageUri")
+        raise StorageError(
+            f"storageUri {model.storageUri!r}: use pvc://<pvc-name>/<path> or s3://<bucket>/<path>"
+        )
+    raise StorageError(
+        "the model has no storage: give storage (key or parameters, and path), or storageUri"
+    )
 
 
 def _inside(root: Path, path: str, pvc: str) -> Path:
@@ -150,8 +161,11 @@ def load_storage_config(source: Path) -> dict[str, dict[str, str]]:
     StorageError names the file and what is wrong with it.
     """
     if source.is_dir():
-        raw: dict[str, Any] = {p.name: _read_text(p) for p in sorted(source.iterdir())
-                               if p.is_file() and not p.name.startswith(".")}
+        raw: dict[str, Any] = {
+            p.name: _read_text(p)
+            for p in sorted(source.iterdir())
+            if p.is_file() and not p.name.startswith(".")
+        }
     else:
         try:
             document = yaml.safe_load(_read_text(source))
@@ -160,7 +174,10 @@ def load_storage_config(source: Path) -> dict[str, dict[str, str]]:
         if not isinstance(document, dict):
             raise StorageError(f"storage config {source}: must map storage keys to their entries")
         raw = _secret_data(document, source) if document.get("kind") == "Secret" else document
-    return {str(key): _entry(value, f"storage config {source}, key '{key}'") for key, value in raw.items()}
+    return {
+        str(key): _entry(value, f"storage config {source}, key '{key}'")
+        for key, value in raw.items()
+    }
 
 
 def _read_text(path: Path) -> str:
@@ -176,7 +193,9 @@ def _secret_data(secret: Mapping[str, Any], source: Path) -> dict[str, Any]:
         try:
             data[key] = base64.b64decode(str(value), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
-            raise StorageError(f"storage config {source}: data['{key}'] is not base64 of UTF-8 text") from None
+            raise StorageError(
+                f"storage config {source}: data['{key}'] is not base64 of UTF-8 text"
+            ) from None
     data.update(secret.get("stringData") or {})
     return data
 
@@ -188,5 +207,5 @@ def _entry(value: Any, where: str) -> dict[str, str]:
         except json.JSONDecodeError as exc:
             raise StorageError(f"{where}: not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise StorageError(f"{where}: must be a JSON object such as {{\"type\": \"s3\", ...}}")
+        raise StorageError(f'{where}: must be a JSON object such as {{"type": "s3", ...}}')
     return {str(k): str(v) for k, v in value.items() if v is not None}

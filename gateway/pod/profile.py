@@ -32,11 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.core.errors import InvalidSpec
+from gateway.core.errors import InvalidSpec, StoreUnavailable
 from gateway.kserve.resources import ServingRuntime, parse_quantity, parse_serving_runtime
-from gateway.kserve.serving_runtimes import BUILTIN_RUNTIMES, CLUSTER_RUNTIME_KIND, PREFIXES, RUNTIME_KIND
+from gateway.kserve.serving_runtimes import (
+    BUILTIN_RUNTIMES,
+    CLUSTER_RUNTIME_KIND,
+    PREFIXES,
+    RUNTIME_KIND,
+)
 from gateway.store import Store
-from gateway.core.errors import StoreUnavailable
 
 from .runtimes import RuntimeRef
 from .settings import PodSettings
@@ -67,14 +71,18 @@ def profile(runtime: ServingRuntime) -> RuntimeProfile:
     if limit is not None:
         capacity = parse_quantity(str(limit)) - ((adapter.memBufferBytes or 0) if adapter else 0)
         if capacity <= 0:
-            raise InvalidSpec(f"servingruntime '{runtime.name}': memory limit {limit} leaves no room for models "
-                              f"after memBufferBytes {adapter.memBufferBytes if adapter else 0}")
+            raise InvalidSpec(
+                f"servingruntime '{runtime.name}': memory limit {limit} leaves no room for models "
+                f"after memBufferBytes {adapter.memBufferBytes if adapter else 0}"
+            )
     model_class = None
     if implementation := env.get(MODEL_IMPLEMENTATION):
         module, _, cls = str(implementation).rpartition(".")
         if not module or not cls:
-            raise InvalidSpec(f"servingruntime '{runtime.name}': {MODEL_IMPLEMENTATION} must be "
-                              f"package.module.Class, got {implementation!r}")
+            raise InvalidSpec(
+                f"servingruntime '{runtime.name}': {MODEL_IMPLEMENTATION} must be "
+                f"package.module.Class, got {implementation!r}"
+            )
         model_class = f"{module}:{cls}"
     return RuntimeProfile(
         name=runtime.name,
@@ -86,8 +94,9 @@ def profile(runtime: ServingRuntime) -> RuntimeProfile:
     )
 
 
-def configure(settings: PodSettings, runtime: RuntimeProfile, *, explicit: frozenset[str] = frozenset()
-              ) -> PodSettings:
+def configure(
+    settings: PodSettings, runtime: RuntimeProfile, *, explicit: frozenset[str] = frozenset()
+) -> PodSettings:
     """``settings`` for a pod of ``runtime``; fields named in ``explicit`` keep their values."""
     changes: dict[str, Any] = {}
     if runtime.capacity_bytes is not None and "capacity_bytes" not in explicit:

@@ -99,8 +99,13 @@ class Puller:
                 partial.rename(final)
         finally:
             _remove(partial)
-        log.info("pulled %s: %d object(s), %d bytes, into %s",
-                 location, len(objects), sum(o.size for o in objects), final)
+        log.info(
+            "pulled %s: %d object(s), %d bytes, into %s",
+            location,
+            len(objects),
+            sum(o.size for o in objects),
+            final,
+        )
         return final / local.relative_to(partial)
 
 

@@ -17,8 +17,8 @@ import asyncio
 import logging
 from typing import Any
 
-from gateway.store import Store
 from gateway.core.errors import StoreUnavailable
+from gateway.store import Store
 from gateway.store.sync import KeptLease
 
 from .repository import ModelRepository
@@ -29,8 +29,16 @@ PODS = "pods/"
 
 
 class Registration:
-    def __init__(self, store: Store, pod_id: str, info: dict[str, Any], models: ModelRepository,
-                 *, ttl: int = 5, retry: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: Store,
+        pod_id: str,
+        info: dict[str, Any],
+        models: ModelRepository,
+        *,
+        ttl: int = 5,
+        retry: float = 0.5,
+    ) -> None:
         self._store = store
         self._key = PODS + pod_id
         self._info = info

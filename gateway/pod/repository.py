@@ -44,7 +44,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.core.errors import GatewayError, LoadFailed, LoadTimeout, ModelNotFound, NoCapacity, PredictFailed
+from gateway.core.errors import (
+    GatewayError,
+    LoadFailed,
+    LoadTimeout,
+    ModelNotFound,
+    NoCapacity,
+    PredictFailed,
+)
 
 from .model import InferenceRequest, Model, ModelConfig, Tensor
 from .puller import Puller
@@ -239,7 +246,9 @@ class ModelRepository:
             except TimeoutError:
                 log.warning(
                     "unloading model %s with %d requests still in flight after %g s",
-                    model_id, held.in_flight, self._drain_s,
+                    model_id,
+                    held.in_flight,
+                    self._drain_s,
                 )
         if self._models.get(model_id) is held:
             del self._models[model_id]

@@ -27,7 +27,6 @@ import grpc
 
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway._proto import model_runtime_pb2_grpc as rt_grpc
-
 from gateway.store import open_store
 
 from . import profile
@@ -152,9 +151,14 @@ async def serve(settings: PodSettings, *, ready: asyncio.Event | None = None) ->
         if store is not None and settings.runtime_name:
             runtime = profile.profile(await profile.fetch(store, settings.runtime_name))
             settings = profile.configure(settings, runtime, explicit=settings.explicit)
-            log.info("pod %s of servingruntime '%s': %d bytes for models, formats %s, loads bounded by %d ms",
-                     settings.pod_id, runtime.name, settings.capacity_bytes, ", ".join(sorted(settings.runtimes)),
-                     settings.model_loading_timeout_ms)
+            log.info(
+                "pod %s of servingruntime '%s': %d bytes for models, formats %s, loads bounded by %d ms",
+                settings.pod_id,
+                runtime.name,
+                settings.capacity_bytes,
+                ", ".join(sorted(settings.runtimes)),
+                settings.model_loading_timeout_ms,
+            )
         pod = PodServer(settings)
         await pod.start()
         if store is not None:

@@ -132,7 +132,7 @@ def _rpc(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
 
 def _model_id(context: grpc.aio.ServicerContext, name: str) -> str:
     for key, value in context.invocation_metadata() or ():
-        if key == MODEL_ID_HEADER and value:
+        if key == MODEL_ID_HEADER and isinstance(value, str) and value:
             return value
     if not name:
         raise InvalidInput(f"no model named: set the {MODEL_ID_HEADER} header or the model name")

@@ -61,7 +61,9 @@ class PodSettings:
     data_dir: Path = Path(".mmgw")
     advertise: str = ""
     runtime_name: str = ""
-    explicit: frozenset[str] = frozenset()  # fields given on the command line: the runtime's YAML leaves them
+    explicit: frozenset[str] = (
+        frozenset()
+    )  # fields given on the command line: the runtime's YAML leaves them
     storage_config: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     model_cache: Path | None = None
 

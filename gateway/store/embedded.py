@@ -12,17 +12,15 @@ import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from gateway.core.errors import StoreUnavailable
 from gateway.store.base import Change, Compacted
-
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, lease INTEGER NOT NULL DEFAULT 0)",
-    "CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, ttl REAL NOT NULL, expires REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS leases"
+    " (id INTEGER PRIMARY KEY AUTOINCREMENT, ttl REAL NOT NULL, expires REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, value TEXT)",
 )
 _KEEP_LOG = 10_000  # changes kept for watchers; a watcher further behind reads a new snapshot
@@ -35,7 +33,9 @@ class EmbeddedStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.description = f"the embedded store {path}"
         self._poll = poll_interval
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        self._db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=10.0
+        )
         self._enter_wal(deadline=time.monotonic() + 10.0)
         self._db.execute("PRAGMA synchronous=NORMAL")
         # Pods and gateways open one folder at once: schema and migration in one write transaction.
@@ -65,7 +65,8 @@ class EmbeddedStore:
         with self._transaction():
             self._expire()
             rows = self._db.execute(
-                "SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key", (prefix, prefix + "\uffff")
+                "SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+                (prefix, prefix + "\uffff"),
             ).fetchall()
             revision = self._revision()
         return {key: json.loads(value) for key, value in rows}, revision
@@ -105,13 +106,17 @@ class EmbeddedStore:
 
     async def grant(self, ttl: int) -> int:
         with self._transaction():
-            cursor = self._db.execute("INSERT INTO leases (ttl, expires) VALUES (?, ?)", (ttl, time.time() + ttl))
+            cursor = self._db.execute(
+                "INSERT INTO leases (ttl, expires) VALUES (?, ?)", (ttl, time.time() + ttl)
+            )
             return int(cursor.lastrowid or 0)
 
     async def keepalive(self, lease: int) -> bool:
         with self._transaction():
             self._expire()
-            cursor = self._db.execute("UPDATE leases SET expires = ? + ttl WHERE id = ?", (time.time(), lease))
+            cursor = self._db.execute(
+                "UPDATE leases SET expires = ? + ttl WHERE id = ?", (time.time(), lease)
+            )
             return cursor.rowcount == 1
 
     async def revoke(self, lease: int) -> None:
@@ -142,18 +147,26 @@ class EmbeddedStore:
             self._log(key, None)
 
     def _log(self, key: str, text: str | None) -> None:
-        seq = self._db.execute("INSERT INTO log (key, value) VALUES (?, ?)", (key, text)).lastrowid or 0
+        seq = (
+            self._db.execute("INSERT INTO log (key, value) VALUES (?, ?)", (key, text)).lastrowid
+            or 0
+        )
         if seq % 1000 == 0:
             self._db.execute("DELETE FROM log WHERE seq <= ?", (seq - _KEEP_LOG,))
 
     def _expire(self) -> None:
-        expired = [row[0] for row in self._db.execute("SELECT id FROM leases WHERE expires < ?", (time.time(),))]
+        expired = [
+            row[0]
+            for row in self._db.execute("SELECT id FROM leases WHERE expires < ?", (time.time(),))
+        ]
         if expired:
             self._drop_leases(expired)
 
     def _drop_leases(self, leases: list[int]) -> None:
         marks = ",".join("?" * len(leases))
-        for (key,) in self._db.execute(f"SELECT key FROM kv WHERE lease IN ({marks})", leases).fetchall():
+        for (key,) in self._db.execute(
+            f"SELECT key FROM kv WHERE lease IN ({marks})", leases
+        ).fetchall():
             self._delete(key)
         self._db.execute(f"DELETE FROM leases WHERE id IN ({marks})", leases)
 

@@ -15,8 +15,8 @@ from typing import Any
 import aetcd
 import grpc
 
-from gateway.store.base import Change, Compacted
 from gateway.core.errors import StoreUnavailable
+from gateway.store.base import Change, Compacted
 
 _ROOT = "/mmgw/"
 
@@ -40,7 +40,7 @@ class EtcdStore:
     async def snapshot(self, prefix: str) -> tuple[dict[str, Any], int]:
         with self._errors():
             found = await self._client.get_prefix(_key(prefix))
-        items = {kv.key.decode()[len(_ROOT):]: json.loads(kv.value) for kv in found}
+        items = {kv.key.decode()[len(_ROOT) :]: json.loads(kv.value) for kv in found}
         return items, found.header.revision
 
     async def watch(self, prefix: str, revision: int) -> AsyncIterator[Change]:
@@ -49,8 +49,10 @@ class EtcdStore:
         try:
             with self._errors():
                 async for event in watch:
-                    key = event.kv.key.decode()[len(_ROOT):]
-                    value = json.loads(event.kv.value) if event.kind == aetcd.EventKind.PUT else None
+                    key = event.kv.key.decode()[len(_ROOT) :]
+                    value = (
+                        json.loads(event.kv.value) if event.kind == aetcd.EventKind.PUT else None
+                    )
                     yield Change(key, value, event.kv.mod_revision)
         finally:
             with contextlib.suppress(Exception):
@@ -111,5 +113,5 @@ def _value(value: Any) -> bytes:
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "details"):
-        return f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+        return f"{exc.code().name}: {exc.details()}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -18,16 +18,20 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.store.base import Store
 from gateway.core.errors import StoreUnavailable
+from gateway.store.base import Store
 
 log = logging.getLogger(__name__)
 
-OnChange = Callable[[str, Any, Any], None]  # key without the prefix, old value, new value (None: absent)
+OnChange = Callable[
+    [str, Any, Any], None
+]  # key without the prefix, old value, new value (None: absent)
 
 
 class Mirror:
-    def __init__(self, store: Store, prefix: str, on_change: OnChange, *, retry: float = 0.5) -> None:
+    def __init__(
+        self, store: Store, prefix: str, on_change: OnChange, *, retry: float = 0.5
+    ) -> None:
         self._store = store
         self.prefix = prefix
         self._on_change = on_change
@@ -73,7 +77,9 @@ class Mirror:
 class KeptLease:
     """A lease of ``ttl`` seconds renewed every third of it while ``run`` runs."""
 
-    def __init__(self, store: Store, ttl: int, on_new: Callable[[int], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self, store: Store, ttl: int, on_new: Callable[[int], Awaitable[None]] | None = None
+    ) -> None:
         self._store = store
         self.ttl = ttl
         self._on_new = on_new
@@ -88,8 +94,10 @@ class KeptLease:
             await asyncio.sleep(self.ttl / 3)
             try:
                 if not self.id or not await self._store.keepalive(self.id):
-                    log.warning("lease expired (%s was unreachable too long): taking a new one",
-                                self._store.description)
+                    log.warning(
+                        "lease expired (%s was unreachable too long): taking a new one",
+                        self._store.description,
+                    )
                     await self.grant()
                     if self._on_new is not None:
                         await self._on_new(self.id)

@@ -1,11 +1,11 @@
 """mmgw: run the gateway's processes and manage its resources, kubectl-style.
 
-    mmgw demo                          Envoy + gateway + 3 pods + the sample model
-    mmgw apply -f FILE                 create or update InferenceServices, (Cluster)ServingRuntimes
-    mmgw get isvc|sr|csr [NAME]        list resources
-    mmgw get placement                 the placement table
-    mmgw delete isvc|sr|csr NAME
-    mmgw serve | pod | envoy           run one process of a deployment
+mmgw demo                          Envoy + gateway + 3 pods + the sample model
+mmgw apply -f FILE                 create or update InferenceServices, (Cluster)ServingRuntimes
+mmgw get isvc|sr|csr [NAME]        list resources
+mmgw get placement                 the placement table
+mmgw delete isvc|sr|csr NAME
+mmgw serve | pod | envoy           run one process of a deployment
 """
 
 from __future__ import annotations
@@ -31,13 +31,18 @@ from gateway.kserve.resources import parse_quantity
 from gateway.settings import DEFAULT_PODS
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+RUNTIMES_API = "/apis/serving.kserve.io/v1alpha1"  # ServingRuntime and ClusterServingRuntime
 ISVC_NAMES = ("isvc", "inferenceservice", "inferenceservices")
 SR_NAMES = ("sr", "servingruntime", "servingruntimes")
 CSR_NAMES = ("csr", "clusterservingruntime", "clusterservingruntimes")
 # kind -> (the kubectl-style type printed, the order apply sends it in)
-KINDS = {"ClusterServingRuntime": ("clusterservingruntime.serving.kserve.io", 0),
-         "ServingRuntime": ("servingruntime.serving.kserve.io", 1),
-         "InferenceService": ("inferenceservice.serving.kserve.io", 2)}
+KINDS = {
+    "ClusterServingRuntime": ("clusterservingruntime.serving.kserve.io", 0),
+    "ServingRuntime": ("servingruntime.serving.kserve.io", 1),
+    "InferenceService": ("inferenceservice.serving.kserve.io", 2),
+}
+
+
 class CliError(Exception):
     """Printed as 'error: ...' with exit status 1."""
 
@@ -86,8 +91,8 @@ class Client:
         self.isvcs = f"{namespaces}/{quote(namespace, safe='')}/inferenceservices"
         self.collections = {
             "InferenceService": self.isvcs,
-            "ServingRuntime": f"/apis/serving.kserve.io/v1alpha1/namespaces/{quote(namespace, safe='')}/servingruntimes",
-            "ClusterServingRuntime": "/apis/serving.kserve.io/v1alpha1/clusterservingruntimes",
+            "ServingRuntime": f"{RUNTIMES_API}/namespaces/{quote(namespace, safe='')}/servingruntimes",
+            "ClusterServingRuntime": f"{RUNTIMES_API}/clusterservingruntimes",
         }
 
     def isvc(self, name: str) -> str:
@@ -122,11 +127,15 @@ def check_name(name: object, kind: str = "InferenceService") -> str:
 
     if kind == "InferenceService":
         if not isinstance(name, str) or len(name) > 63 or not re.fullmatch(NAME_PATTERN, name):
-            raise CliError(f"invalid name {name!r}: lowercase letters, digits and '-', "
-                           "starting and ending with a letter or digit, at most 63 characters")
+            raise CliError(
+                f"invalid name {name!r}: lowercase letters, digits and '-', "
+                "starting and ending with a letter or digit, at most 63 characters"
+            )
     elif not isinstance(name, str) or len(name) > 253 or not re.fullmatch(SUBDOMAIN_PATTERN, name):
-        raise CliError(f"invalid name {name!r}: lowercase letters, digits, '-' and '.', "
-                       "each part starting and ending with a letter or digit, at most 253 characters")
+        raise CliError(
+            f"invalid name {name!r}: lowercase letters, digits, '-' and '.', "
+            "each part starting and ending with a letter or digit, at most 253 characters"
+        )
     return name
 
 
@@ -166,16 +175,22 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise CliError("no objects passed to apply")
     failed = 0
     # Runtimes first, so that the InferenceServices of the same files find them.
-    docs.sort(key=lambda d: KINDS[d[1]["kind"]][1] if isinstance(d[1], dict) and d[1].get("kind") in KINDS else 9)
+    docs.sort(
+        key=lambda d: (
+            KINDS[d[1]["kind"]][1] if isinstance(d[1], dict) and d[1].get("kind") in KINDS else 9
+        )
+    )
     for path, doc in docs:
         metadata = doc.get("metadata") if isinstance(doc, dict) else None
         name = metadata.get("name") if isinstance(metadata, dict) else None
         kind = doc.get("kind") if isinstance(doc, dict) else None
         if kind not in KINDS or name is None:
             what = " ".join(str(part) for part in (kind or "a document", name) if part is not None)
-            print(f"error: {path}: {what}: only InferenceService (serving.kserve.io/v1beta1), ServingRuntime "
-                  "and ClusterServingRuntime (serving.kserve.io/v1alpha1) with metadata.name can be applied",
-                  file=sys.stderr)
+            print(
+                f"error: {path}: {what}: only InferenceService (serving.kserve.io/v1beta1), ServingRuntime "
+                "and ClusterServingRuntime (serving.kserve.io/v1alpha1) with metadata.name can be applied",
+                file=sys.stderr,
+            )
             failed += 1
             continue
         printed = KINDS[kind][0]
@@ -206,7 +221,10 @@ def age(seconds: float) -> str:
 
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join(
+        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
 
 
 def _mib(n: int) -> str:
@@ -219,16 +237,43 @@ def placement_table(data: dict[str, Any]) -> str:
     for pod in data["pods"]:
         health = "healthy" if pod["healthy"] else "UNREACHABLE"
         queue = pod["load_queue"]
-        rows.append([pod["pod"], f"({health}, {_mib(pod['used_bytes'])} of {_mib(pod['capacity_bytes'])}, "
-                     f"loading {queue['running']}, queued {queue['waiting']})", "", "", "", "", ""])
+        rows.append(
+            [
+                pod["pod"],
+                f"({health}, {_mib(pod['used_bytes'])} of {_mib(pod['capacity_bytes'])}, "
+                f"loading {queue['running']}, queued {queue['waiting']})",
+                "",
+                "",
+                "",
+                "",
+                "",
+            ]
+        )
         for m in pod["models"]:
             if m["state"] == "FAILED":
-                rows.append(["", m["model_id"], "FAILED", "", f"{m['failed_seconds_ago']:.0f}s ago", "",
-                             m["reason"]])
+                rows.append(
+                    [
+                        "",
+                        m["model_id"],
+                        "FAILED",
+                        "",
+                        f"{m['failed_seconds_ago']:.0f}s ago",
+                        "",
+                        m["reason"],
+                    ]
+                )
             else:
-                rows.append(["", m["model_id"], m["state"], _mib(m["size_bytes"]),
-                             f"{m['last_used_seconds_ago']:.0f}s ago", str(m["in_flight"]),
-                             f"{m['requests_per_second']:.1f}"])
+                rows.append(
+                    [
+                        "",
+                        m["model_id"],
+                        m["state"],
+                        _mib(m["size_bytes"]),
+                        f"{m['last_used_seconds_ago']:.0f}s ago",
+                        str(m["in_flight"]),
+                        f"{m['requests_per_second']:.1f}",
+                    ]
+                )
     return table(rows)
 
 
@@ -270,8 +315,15 @@ def cmd_get(args: argparse.Namespace) -> int:
         ready, reason = _ready(item)
         created = item.get("metadata", {}).get("creationTimestamp")
         since = now - datetime.fromisoformat(created).timestamp() if created else None
-        rows.append([item["metadata"]["name"], item.get("status", {}).get("url", ""), ready, reason,
-                     age(since) if since is not None else "-"])
+        rows.append(
+            [
+                item["metadata"]["name"],
+                item.get("status", {}).get("url", ""),
+                ready,
+                reason,
+                age(since) if since is not None else "-",
+            ]
+        )
     print(table(rows))
     return 0
 
@@ -287,9 +339,15 @@ def runtime_table(items: list[dict[str, Any]]) -> str:
     for item in items:
         spec = item.get("spec", {})
         formats = spec.get("supportedModelFormats") or [{}]
-        rows.append([item["metadata"]["name"], "true" if spec.get("disabled") else "",
-                     formats[0].get("name", ""), ",".join(c.get("name", "") for c in spec.get("containers", [])),
-                     _age_of(item)])
+        rows.append(
+            [
+                item["metadata"]["name"],
+                "true" if spec.get("disabled") else "",
+                formats[0].get("name", ""),
+                ",".join(c.get("name", "") for c in spec.get("containers", [])),
+                _age_of(item),
+            ]
+        )
     return table(rows)
 
 
@@ -311,37 +369,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.settings import GatewaySettings
 
     given = {
-        "data_dir": args.data_dir, "api_host": args.api_host, "api_port": args.api_port,
-        "extproc_host": args.extproc_host, "extproc_port": args.extproc_port,
-        "store": args.store, "store_wait_seconds": args.store_wait, "pvcs": dict(args.pvc) if args.pvc else None,
-        "public_url": args.public_url, "namespace": args.namespace, "log_level": args.log_level,
+        "data_dir": args.data_dir,
+        "api_host": args.api_host,
+        "api_port": args.api_port,
+        "extproc_host": args.extproc_host,
+        "extproc_port": args.extproc_port,
+        "store": args.store,
+        "store_wait_seconds": args.store_wait,
+        "pvcs": dict(args.pvc) if args.pvc else None,
+        "public_url": args.public_url,
+        "namespace": args.namespace,
+        "log_level": args.log_level,
         "storage_config": args.storage_config,
     }
     try:
         settings = GatewaySettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
-        raise CliError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+        raise CliError(
+            "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        ) from None
     app.main(settings)
     return 0
 
 
 def cmd_pod(args: argparse.Namespace) -> int:
+    from gateway.kserve.storage import load_storage_config
     from gateway.pod import server
     from gateway.pod.runtimes import BUILTIN_RUNTIMES
-    from gateway.kserve.storage import load_storage_config
 
-    given = {"capacity_bytes": args.capacity, "model_loading_timeout_ms": args.model_loading_timeout_ms}
+    given = {
+        "capacity_bytes": args.capacity,
+        "model_loading_timeout_ms": args.model_loading_timeout_ms,
+    }
     server.main(
         server.PodSettings(
-            host=args.host, port=args.port, capacity_bytes=args.capacity or 1 << 30,
+            host=args.host,
+            port=args.port,
+            capacity_bytes=args.capacity or 1 << 30,
             pod_id=args.id or f"{socket.gethostname()}-{args.port}",
             max_loading_concurrency=args.max_loading_concurrency,
             model_loading_timeout_ms=args.model_loading_timeout_ms or 90_000,
             explicit=frozenset(k for k, v in given.items() if v is not None),
             unload_drain_seconds=args.unload_drain_seconds,
-            size_multiplier=args.size_multiplier, max_message_bytes=args.max_message_bytes,
+            size_multiplier=args.size_multiplier,
+            max_message_bytes=args.max_message_bytes,
             runtimes={**BUILTIN_RUNTIMES, **dict(args.runtime or ())},
-            store=args.store, data_dir=args.data_dir, advertise=args.advertise, runtime_name=args.runtime_name,
+            store=args.store,
+            data_dir=args.data_dir,
+            advertise=args.advertise,
+            runtime_name=args.runtime_name,
             storage_config=load_storage_config(args.storage_config) if args.storage_config else {},
             model_cache=args.model_cache,
         )
@@ -355,8 +431,12 @@ def cmd_envoy(args: argparse.Namespace) -> int:
     host, _, port = args.extproc.rpartition(":")
     config = envoy_config.render(
         envoy_config.EnvoyPorts(
-            listen_host=args.listen_host, listen_port=args.port, admin_port=args.admin_port,
-            extproc_host=host, extproc_port=int(port), max_request_bytes=args.max_request_bytes,
+            listen_host=args.listen_host,
+            listen_port=args.port,
+            admin_port=args.admin_port,
+            extproc_host=host,
+            extproc_port=int(port),
+            max_request_bytes=args.max_request_bytes,
             pods=tuple(args.pods),
         )
     )
@@ -368,8 +448,13 @@ def cmd_envoy(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.tools import demo, launcher
 
-    ports = launcher.Ports(envoy=args.port, envoy_admin=args.admin_port, api=args.api_port,
-                           extproc=args.extproc_port, pods=tuple(args.pod_ports))
+    ports = launcher.Ports(
+        envoy=args.port,
+        envoy_admin=args.admin_port,
+        api=args.api_port,
+        extproc=args.extproc_port,
+        pods=tuple(args.pod_ports),
+    )
     return demo.run(args.data_dir, ports, store=args.store)
 
 
@@ -377,23 +462,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="mmgw", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = argparse.ArgumentParser(
+        prog="mmgw", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = top.add_subparsers(dest="command", required=True)
 
     def client_command(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
-        p.add_argument("--server", "-s", default=os.environ.get("MMGW_SERVER", DEFAULT_SERVER),
-                       help="management API URL (env MMGW_SERVER; default %(default)s)")
+        p.add_argument(
+            "--server",
+            "-s",
+            default=os.environ.get("MMGW_SERVER", DEFAULT_SERVER),
+            help="management API URL (env MMGW_SERVER; default %(default)s)",
+        )
         p.add_argument("--namespace", "-n", default="modelmesh-serving")
-        p.add_argument("--token", default=os.environ.get("MMGW_TOKEN"),
-                       help="the management API's bearer token (env MMGW_TOKEN)")
+        p.add_argument(
+            "--token",
+            default=os.environ.get("MMGW_TOKEN"),
+            help="the management API's bearer token (env MMGW_TOKEN)",
+        )
         return p
 
     p = client_command("apply", "create or update resources from YAML files")
-    p.add_argument("-f", "--filename", action="append", required=True, help="YAML file, or - for stdin")
+    p.add_argument(
+        "-f", "--filename", action="append", required=True, help="YAML file, or - for stdin"
+    )
     p.set_defaults(func=cmd_apply)
 
-    p = client_command("get", "show InferenceServices, (Cluster)ServingRuntimes or the placement table")
+    p = client_command(
+        "get", "show InferenceServices, (Cluster)ServingRuntimes or the placement table"
+    )
     p.add_argument("resource", choices=(*ISVC_NAMES, *SR_NAMES, *CSR_NAMES, "placement"))
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
@@ -410,14 +508,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--api-port", type=int)
     p.add_argument("--extproc-host")
     p.add_argument("--extproc-port", type=int)
-    p.add_argument("--store", metavar="URL",
-                   help="embedded (default: SQLite under --data-dir) or etcd://HOST:PORT; env MMGW_STORE")
-    p.add_argument("--store-wait", type=float, metavar="SECONDS",
-                   help="how long to wait at start for the store to answer (default 60); env MMGW_STORE_WAIT_SECONDS")
-    p.add_argument("--pvc", action="append", type=_pvc, metavar="NAME=DIR", help="map a PVC name to a folder")
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="embedded (default: SQLite under --data-dir) or etcd://HOST:PORT; env MMGW_STORE",
+    )
+    p.add_argument(
+        "--store-wait",
+        type=float,
+        metavar="SECONDS",
+        help="how long to wait at start for the store to answer (default 60); env MMGW_STORE_WAIT_SECONDS",
+    )
+    p.add_argument(
+        "--pvc", action="append", type=_pvc, metavar="NAME=DIR", help="map a PVC name to a folder"
+    )
     p.add_argument("--public-url", help="Envoy's URL, shown in InferenceService status")
-    p.add_argument("--storage-config", type=Path, metavar="FILE|DIR",
-                   help="ModelMesh's storage-config: S3 storage keys (or MMGW_STORAGE_CONFIG)")
+    p.add_argument(
+        "--storage-config",
+        type=Path,
+        metavar="FILE|DIR",
+        help="ModelMesh's storage-config: S3 storage keys (or MMGW_STORAGE_CONFIG)",
+    )
     p.add_argument("--namespace")
     p.add_argument("--log-level")
     p.set_defaults(func=cmd_serve)
@@ -425,35 +536,81 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pod", help="run one runtime pod")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--capacity", type=quantity,
-                   help="model memory in bytes (512Mi, 1Gi, ...; default: the runtime's memory limit minus "
-                        "memBufferBytes with --runtime-name, else 1Gi)")
+    p.add_argument(
+        "--capacity",
+        type=quantity,
+        help="model memory in bytes (512Mi, 1Gi, ...; default: the runtime's memory limit minus "
+        "memBufferBytes with --runtime-name, else 1Gi)",
+    )
     p.add_argument("--id")
     p.add_argument("--max-loading-concurrency", type=int, default=1)
-    p.add_argument("--model-loading-timeout-ms", type=int,
-                   help="bound on each load (default: the runtime's modelLoadingTimeoutMillis, else 90000)")
-    p.add_argument("--runtime", action="append", type=_runtime, metavar="TYPE=module:Class",
-                   help="serve model type TYPE with this Model class (adds to or replaces the built-in ones)")
-    p.add_argument("--unload-drain-seconds", type=float, default=30.0,
-                   help="how long an unload waits for the model's requests in flight")
-    p.add_argument("--size-multiplier", type=float, default=1.25,
-                   help="PredictModelSize = bytes on disk x this (default %(default)s)")
-    p.add_argument("--max-message-bytes", type=quantity, default=64 << 20,
-                   help="gRPC send and receive limit (64Mi, ...; default %(default)s)")
-    p.add_argument("--store", default=os.environ.get("MMGW_STORE", ""), metavar="URL",
-                   help="register in this store: embedded (under --data-dir) or etcd://HOST:PORT; env MMGW_STORE")
-    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MMGW_DATA_DIR", ".mmgw")),
-                   help="the gateway's data folder, for --store embedded")
-    p.add_argument("--advertise", default="", metavar="HOST:PORT",
-                   help="the address gateways and Envoy reach this pod at (default: this host's IP and --port)")
-    p.add_argument("--runtime-name", default="",
-                   help="the ServingRuntime this pod is one of: its YAML gives the pod's capacity, load timeout "
-                        "and model class (MLSERVER_MODEL_IMPLEMENTATION); default: any runtime, built-in classes")
-    p.add_argument("--storage-config", type=Path, metavar="FILE|DIR",
-                   help="ModelMesh's storage-config: the S3 storage keys the puller may download from")
-    p.add_argument("--model-cache", type=Path, metavar="DIR",
-                   help="the pod's own folder for downloaded models, emptied at start and stop "
-                        "(default: a temporary folder)")
+    p.add_argument(
+        "--model-loading-timeout-ms",
+        type=int,
+        help="bound on each load (default: the runtime's modelLoadingTimeoutMillis, else 90000)",
+    )
+    p.add_argument(
+        "--runtime",
+        action="append",
+        type=_runtime,
+        metavar="TYPE=module:Class",
+        help="serve model type TYPE with this Model class (adds to or replaces the built-in ones)",
+    )
+    p.add_argument(
+        "--unload-drain-seconds",
+        type=float,
+        default=30.0,
+        help="how long an unload waits for the model's requests in flight",
+    )
+    p.add_argument(
+        "--size-multiplier",
+        type=float,
+        default=1.25,
+        help="PredictModelSize = bytes on disk x this (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=quantity,
+        default=64 << 20,
+        help="gRPC send and receive limit (64Mi, ...; default %(default)s)",
+    )
+    p.add_argument(
+        "--store",
+        default=os.environ.get("MMGW_STORE", ""),
+        metavar="URL",
+        help="register in this store: embedded (under --data-dir) or etcd://HOST:PORT; env MMGW_STORE",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("MMGW_DATA_DIR", ".mmgw")),
+        help="the gateway's data folder, for --store embedded",
+    )
+    p.add_argument(
+        "--advertise",
+        default="",
+        metavar="HOST:PORT",
+        help="the address gateways and Envoy reach this pod at (default: this host's IP and --port)",
+    )
+    p.add_argument(
+        "--runtime-name",
+        default="",
+        help="the ServingRuntime this pod is one of: its YAML gives the pod's capacity, load timeout "
+        "and model class (MLSERVER_MODEL_IMPLEMENTATION); default: any runtime, built-in classes",
+    )
+    p.add_argument(
+        "--storage-config",
+        type=Path,
+        metavar="FILE|DIR",
+        help="ModelMesh's storage-config: the S3 storage keys the puller may download from",
+    )
+    p.add_argument(
+        "--model-cache",
+        type=Path,
+        metavar="DIR",
+        help="the pod's own folder for downloaded models, emptied at start and stop "
+        "(default: a temporary folder)",
+    )
     p.set_defaults(func=cmd_pod)
 
     p = sub.add_parser("envoy", help="run Envoy with envoy/envoy.yaml rendered for these ports")
@@ -462,21 +619,44 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-port", type=int, default=9901)
     p.add_argument("--extproc", default="127.0.0.1:9000", metavar="HOST:PORT")
     p.add_argument("--max-request-bytes", type=quantity, default=16 << 20)
-    p.add_argument("--pods", nargs="+", metavar="HOST:PORT", default=list(DEFAULT_PODS),
-                   help="the runtime pods' addresses (Envoy's endpoints; the pods register them in the store)")
+    p.add_argument(
+        "--pods",
+        nargs="+",
+        metavar="HOST:PORT",
+        default=list(DEFAULT_PODS),
+        help="the runtime pods' addresses (Envoy's endpoints; the pods register them in the store)",
+    )
     p.add_argument("--data-dir", type=Path, default=Path(".mmgw"))
     p.set_defaults(func=cmd_envoy)
 
-    p = sub.add_parser("demo", help="run Envoy, the gateway, 3 pods and the sample model in the foreground")
+    p = sub.add_parser(
+        "demo", help="run Envoy, the gateway, 3 pods and the sample model in the foreground"
+    )
     p.add_argument("--data-dir", type=Path, default=Path(".mmgw"))
     p.add_argument("--port", type=port, default=8008, help="Envoy's listener (default %(default)s)")
-    p.add_argument("--admin-port", type=port, default=9901, help="Envoy's admin (default %(default)s)")
-    p.add_argument("--api-port", type=port, default=8080, help="management API (default %(default)s)")
-    p.add_argument("--extproc-port", type=port, default=9000, help="ext_proc server (default %(default)s)")
-    p.add_argument("--store", default=os.environ.get("MMGW_STORE", "embedded"), metavar="URL",
-                   help="embedded (default) or etcd://HOST:PORT, an etcd you run; env MMGW_STORE")
-    p.add_argument("--pod-ports", type=port, nargs="+", default=[9101, 9102, 9103], metavar="PORT",
-                   help="one runtime pod per port (default %(default)s)")
+    p.add_argument(
+        "--admin-port", type=port, default=9901, help="Envoy's admin (default %(default)s)"
+    )
+    p.add_argument(
+        "--api-port", type=port, default=8080, help="management API (default %(default)s)"
+    )
+    p.add_argument(
+        "--extproc-port", type=port, default=9000, help="ext_proc server (default %(default)s)"
+    )
+    p.add_argument(
+        "--store",
+        default=os.environ.get("MMGW_STORE", "embedded"),
+        metavar="URL",
+        help="embedded (default) or etcd://HOST:PORT, an etcd you run; env MMGW_STORE",
+    )
+    p.add_argument(
+        "--pod-ports",
+        type=port,
+        nargs="+",
+        default=[9101, 9102, 9103],
+        metavar="PORT",
+        help="one runtime pod per port (default %(default)s)",
+    )
     p.set_defaults(func=cmd_demo)
     return top
 
@@ -487,7 +667,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except CliError as exc:
         message = str(exc)
-        print(message if message.startswith("Error from server") else f"error: {message}", file=sys.stderr)
+        print(
+            message if message.startswith("Error from server") else f"error: {message}",
+            file=sys.stderr,
+        )
         return 1
     except GatewayError as exc:  # a configuration a process cannot use (a storage config, ...)
         print(f"error: {exc.message}", file=sys.stderr)

@@ -60,9 +60,13 @@ def _stop_on_signals() -> Iterator[None]:
 
 def check_ports(ports: launcher.Ports) -> str | None:
     """Why the demo cannot run on ``ports`` (repeated or taken ports), or None."""
-    named = [("Envoy", ports.envoy, LISTEN_HOST), ("Envoy admin", ports.envoy_admin, "127.0.0.1"),
-             ("API", ports.api, "127.0.0.1"), ("ext_proc", ports.extproc, "127.0.0.1"),
-             *((f"pod {i}", port, "127.0.0.1") for i, port in enumerate(ports.pods))]
+    named = [
+        ("Envoy", ports.envoy, LISTEN_HOST),
+        ("Envoy admin", ports.envoy_admin, "127.0.0.1"),
+        ("API", ports.api, "127.0.0.1"),
+        ("ext_proc", ports.extproc, "127.0.0.1"),
+        *((f"pod {i}", port, "127.0.0.1") for i, port in enumerate(ports.pods)),
+    ]
     seen: dict[int, str] = {}
     for name, port, _ in named:
         if port in seen:
@@ -70,12 +74,15 @@ def check_ports(ports: launcher.Ports) -> str | None:
         seen[port] = name
     taken = [f"{port} ({name})" for name, port, host in named if launcher.port_taken(port, host)]
     if taken:
-        return (f"port(s) {', '.join(taken)} already in use; another demo running? "
-                "(mmgw demo --help shows how to choose ports)")
+        return (
+            f"port(s) {', '.join(taken)} already in use; another demo running? "
+            "(mmgw demo --help shows how to choose ports)"
+        )
     return None
 
 
-def run(data_dir: Path, ports: launcher.Ports = launcher.Ports(), *, store: str = "embedded") -> int:
+def run(data_dir: Path, ports: launcher.Ports | None = None, *, store: str = "embedded") -> int:
+    ports = ports or launcher.Ports()
     data_dir = data_dir.resolve()
     with _stop_on_signals():
         try:
@@ -92,11 +99,15 @@ def _run(data_dir: Path, ports: launcher.Ports, store: str) -> int:
         return 1
     model = samples.train_mnist_svm(data_dir / "models" / samples.SAMPLE_FILE)
     say(f"sample model: {model}")
-    deployment = launcher.Deployment(data_dir=data_dir, ports=ports, listen_host=LISTEN_HOST, store=store)
+    deployment = launcher.Deployment(
+        data_dir=data_dir, ports=ports, listen_host=LISTEN_HOST, store=store
+    )
     try:
         with deployment:
             pods = ", :".join(map(str, ports.pods))
-            say(f"started Envoy :{ports.envoy}, gateway (API :{ports.api}, store {store}), pods :{pods}")
+            say(
+                f"started Envoy :{ports.envoy}, gateway (API :{ports.api}, store {store}), pods :{pods}"
+            )
             say(f"logs: {data_dir / 'logs'}")
             _apply_and_wait(deployment.api_url)
             _print_help(ports)
@@ -132,8 +143,10 @@ def _apply_and_wait(api_url: str, timeout: float = 120.0) -> None:
 def curl_command(envoy_port: int) -> str:
     """The seed's curl, pointed at this demo's Envoy."""
     pixels = ", ".join(f"{v:.1f}" for v in samples.sample_input())
-    body = ('{"inputs": [{"name": "predict", "shape": [1, 64], "datatype": "FP32", '
-            '"contents": {"fp32_contents": [' + pixels + "]}}]}")
+    body = (
+        '{"inputs": [{"name": "predict", "shape": [1, 64], "datatype": "FP32", '
+        '"contents": {"fp32_contents": [' + pixels + "]}}]}"
+    )
     url = f"http://127.0.0.1:{envoy_port}/v2/models/sklearn-mnist/infer"
     return f"""curl -X POST -k "{url}" -d '{body}'"""
 

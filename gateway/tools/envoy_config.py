@@ -68,7 +68,8 @@ class FilterConfig:
     def __init__(self, bootstrap: dict[str, Any] | None = None) -> None:
         """envoy.yaml, or a copy of ``bootstrap``."""
         self.bootstrap: dict[str, Any] = (
-            yaml.safe_load(TEMPLATE.read_text()) if bootstrap is None else copy.deepcopy(bootstrap))
+            yaml.safe_load(TEMPLATE.read_text()) if bootstrap is None else copy.deepcopy(bootstrap)
+        )
         override = self.override_host_policy["typed_config"]
         assert override["override_host_sources"] == [{"header": protocol.UPSTREAM_HEADER}]
 
@@ -103,7 +104,9 @@ class FilterConfig:
     @property
     def override_host_policy(self) -> dict[str, Any]:
         """The pods cluster's load-balancing extension: the pod ext_proc names in x-mmgw-upstream."""
-        return self.cluster(PODS_CLUSTER)["load_balancing_policy"]["policies"][0]["typed_extension_config"]
+        return self.cluster(PODS_CLUSTER)["load_balancing_policy"]["policies"][0][
+            "typed_extension_config"
+        ]
 
     def embed_descriptor(self, descriptor: bytes) -> None:
         """The transcoder carries the descriptor set itself (proto_descriptor_bin), no file needed."""
@@ -141,7 +144,9 @@ def render(
     source.http_filter(BUFFER)["typed_config"]["max_request_bytes"] = ports.max_request_bytes
 
     extproc_cluster = source.cluster(EXT_PROC_CLUSTER)
-    extproc_cluster.update(_members(EXT_PROC_CLUSTER, (f"{ports.extproc_host}:{ports.extproc_port}",)))
+    extproc_cluster.update(
+        _members(EXT_PROC_CLUSTER, (f"{ports.extproc_host}:{ports.extproc_port}",))
+    )
     pods = source.cluster(PODS_CLUSTER)
     pods["per_connection_buffer_limit_bytes"] = ports.max_request_bytes
     pods.update(_members(PODS_CLUSTER, ports.pods))
@@ -156,11 +161,20 @@ def _members(cluster: str, addresses: tuple[str, ...]) -> dict[str, Any]:
 
     def endpoint(address: str) -> dict[str, Any]:
         host, port = address.rsplit(":", 1)
-        return {"endpoint": {"address": {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}}}
+        return {
+            "endpoint": {
+                "address": {
+                    "socket_address": {"address": host.strip("[]"), "port_value": int(port)}
+                }
+            }
+        }
 
     members: dict[str, Any] = {
         "type": "STATIC",
-        "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [endpoint(a) for a in addresses]}]},
+        "load_assignment": {
+            "cluster_name": cluster,
+            "endpoints": [{"lb_endpoints": [endpoint(a) for a in addresses]}],
+        },
     }
     if not all(_is_ip(a.rsplit(":", 1)[0].strip("[]")) for a in addresses):
         # Pods advertise their IPv4 address; override_host compares it with the resolved one.

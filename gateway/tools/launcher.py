@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import random
 import shutil
@@ -75,7 +76,13 @@ class Ports:
 
     @classmethod
     def free(cls, pods: int = 3) -> Ports:
-        return cls(free_port(), free_port(), free_port(), free_port(), tuple(free_port() for _ in range(pods)))
+        return cls(
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            tuple(free_port() for _ in range(pods)),
+        )
 
     @property
     def pod_addresses(self) -> tuple[str, ...]:
@@ -98,7 +105,9 @@ class Deployment:
     pod_capacity: int = 1 << 30
     listen_host: str = "127.0.0.1"
     gateway_env: dict[str, str] = field(default_factory=dict)
-    pod_args: dict[int, list[str]] = field(default_factory=dict)  # extra `mmgw pod` arguments per pod index
+    pod_args: dict[int, list[str]] = field(
+        default_factory=dict
+    )  # extra `mmgw pod` arguments per pod index
     log_to: IO[str] | None = None  # None: each process logs to <data_dir>/logs/<name>.log
     store: str = "embedded"  # or etcd://HOST:PORT; pods register there, the gateway reads it
     own_pods: bool = True  # False: another Deployment's pods (a second gateway replica on one etcd)
@@ -135,7 +144,7 @@ class Deployment:
         if self.own_pods:
             for i, port in enumerate(self.ports.pods):
                 if i not in self.later_pods:
-                    self._wait(f"pod-{i}", lambda port=port: listening(port), deadline)
+                    self._wait(f"pod-{i}", functools.partial(listening, port), deadline)
         self._wait("gateway", self._gateway_sees_every_pod, deadline)
         self.wait_for_envoy(deadline - time.monotonic())
 
@@ -156,18 +165,40 @@ class Deployment:
         capacity = [] if "--runtime-name" in extra else ["--capacity", str(self.pod_capacity)]
         return self._spawn(
             f"pod-{index}",
-            [sys.executable, "-m", "gateway.tools.cli", "pod", "--port", str(port), *capacity, "--id", f"pod-{index}",
-             "--store", self.store, "--data-dir", str(self.data_dir), *extra],
+            [
+                sys.executable,
+                "-m",
+                "gateway.tools.cli",
+                "pod",
+                "--port",
+                str(port),
+                *capacity,
+                "--id",
+                f"pod-{index}",
+                "--store",
+                self.store,
+                "--data-dir",
+                str(self.data_dir),
+                *extra,
+            ],
         )
 
     def start_gateway(self) -> Process:
         args = [
-            sys.executable, "-m", "gateway.tools.cli", "serve",
-            "--data-dir", str(self.data_dir),
-            "--api-port", str(self.ports.api),
-            "--extproc-port", str(self.ports.extproc),
-            "--public-url", self.url,
-            "--store", self.store,
+            sys.executable,
+            "-m",
+            "gateway.tools.cli",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--api-port",
+            str(self.ports.api),
+            "--extproc-port",
+            str(self.ports.extproc),
+            "--public-url",
+            self.url,
+            "--store",
+            self.store,
         ]
         return self._spawn("gateway", args, env=self.gateway_env)
 
@@ -185,7 +216,14 @@ class Deployment:
         path = envoy_config.write(config, self.data_dir / "envoy.yaml")
         return self._spawn(
             "envoy",
-            [str(envoy_binary()), "-c", str(path), "--disable-hot-restart", "--log-level", "warning"],
+            [
+                str(envoy_binary()),
+                "-c",
+                str(path),
+                "--disable-hot-restart",
+                "--log-level",
+                "warning",
+            ],
         )
 
     def process(self, name: str) -> Process:
@@ -214,8 +252,10 @@ class Deployment:
         process = self.process(name)
         while not ready():
             if process.popen.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.popen.returncode}; see {process.log}"
-                                   f"{_tail(process.log)}")
+                raise RuntimeError(
+                    f"{name} exited with {process.popen.returncode}; see {process.log}"
+                    f"{_tail(process.log)}"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} did not become ready; see {process.log}")
             time.sleep(0.05)
@@ -251,23 +291,45 @@ class EtcdServer:
     def start(self, timeout: float = 30.0) -> None:
         binary = shutil.which("etcd")
         if binary is None:
-            raise FileNotFoundError("etcd is not installed: `apt-get install etcd-server` (.ci/run does it)")
+            raise FileNotFoundError(
+                "etcd is not installed: `apt-get install etcd-server` (.ci/run does it)"
+            )
         client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir.with_suffix(".log"), "ab")
         self.popen = subprocess.Popen(
-            [binary, "--name", "mmgw", "--data-dir", str(self.data_dir / "data"),
-             "--listen-client-urls", client, "--advertise-client-urls", client,
-             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"mmgw={peer}", "--log-level", "warn"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            [
+                binary,
+                "--name",
+                "mmgw",
+                "--data-dir",
+                str(self.data_dir / "data"),
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"mmgw={peer}",
+                "--log-level",
+                "warn",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         deadline = time.monotonic() + timeout
         while not _http_ok(f"{client}/health"):
             if self.popen.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.popen.returncode}; see {self.data_dir.with_suffix('.log')}")
+                raise RuntimeError(
+                    f"etcd exited with {self.popen.returncode}; see {self.data_dir.with_suffix('.log')}"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError("etcd did not become healthy")
             time.sleep(0.05)

@@ -27,7 +27,15 @@ from typing import Any
 import yaml
 
 from gateway.tools import codegen, envoy_config
-from gateway.tools.envoy_config import EXT_PROC, EXT_PROC_CLUSTER, HCM, PODS_CLUSTER, ROUTER, EnvoyPorts, FilterConfig
+from gateway.tools.envoy_config import (
+    EXT_PROC,
+    EXT_PROC_CLUSTER,
+    HCM,
+    PODS_CLUSTER,
+    ROUTER,
+    EnvoyPorts,
+    FilterConfig,
+)
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 ISTIO_FILTERS = ROOT / "istio" / "envoyfilters.yaml"
@@ -39,7 +47,10 @@ ISTIO_NAMESPACE = "istio-system"  # EnvoyFilters for the ingress gateway live in
 CLUSTER_DOMAIN = "cluster.local"
 GATEWAY_PORT = 8008
 GATEWAY_SELECTOR = {"istio": "ingressgateway"}
-SERVING_SERVICE, SERVING_PORT = "modelmesh-serving", 8033  # the runtime pods (the seed's VirtualService)
+SERVING_SERVICE, SERVING_PORT = (
+    "modelmesh-serving",
+    8033,
+)  # the runtime pods (the seed's VirtualService)
 EXTPROC_SERVICE, EXTPROC_PORT = "mmgw-extproc", 9000  # the gateways' ext_proc (headless Service)
 # The cluster Istio makes for the VirtualService's destination; the pods it holds
 # (EDS: pod IP and port) are what override_host matches x-mmgw-upstream against.
@@ -47,7 +58,9 @@ ISTIO_PODS_CLUSTER = f"outbound|{SERVING_PORT}||{SERVING_SERVICE}.{NAMESPACE}.sv
 
 # docker-compose.yml's service names and ports.
 COMPOSE_PORTS = EnvoyPorts(
-    extproc_host="gateway", extproc_port=9000, pods=("pod-1:8085", "pod-2:8085", "pod-3:8085"),
+    extproc_host="gateway",
+    extproc_port=9000,
+    pods=("pod-1:8085", "pod-2:8085", "pod-3:8085"),
 )
 
 _ENVOY_FILTER = "networking.istio.io/v1alpha3"
@@ -62,16 +75,23 @@ def descriptor_bytes() -> bytes:
         return path.read_bytes()
 
 
-def _envoy_filter(name: str, priority: int | None, patches: list[dict[str, Any]],
-                  namespace: str = ISTIO_NAMESPACE) -> dict[str, Any]:
+def _envoy_filter(
+    name: str, priority: int | None, patches: list[dict[str, Any]], namespace: str = ISTIO_NAMESPACE
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"workloadSelector": {"labels": dict(GATEWAY_SELECTOR)}}
     if priority is not None:
         spec["priority"] = priority
     spec["configPatches"] = patches
-    return {"apiVersion": _ENVOY_FILTER, "kind": "EnvoyFilter",
-            "metadata": {"name": name, "namespace": namespace,
-                         "labels": {"app.kubernetes.io/part-of": "modelmesh-gateway"}},
-            "spec": spec}
+    return {
+        "apiVersion": _ENVOY_FILTER,
+        "kind": "EnvoyFilter",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "modelmesh-gateway"},
+        },
+        "spec": spec,
+    }
 
 
 def _on_listener(extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -82,9 +102,13 @@ def _on_listener(extra: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def _before_router(http_filter: dict[str, Any]) -> dict[str, Any]:
-    return {"applyTo": "HTTP_FILTER",
-            "match": _on_listener({"filterChain": {"filter": {"name": HCM, "subFilter": {"name": ROUTER}}}}),
-            "patch": {"operation": "INSERT_BEFORE", "value": http_filter}}
+    return {
+        "applyTo": "HTTP_FILTER",
+        "match": _on_listener(
+            {"filterChain": {"filter": {"name": HCM, "subFilter": {"name": ROUTER}}}}
+        ),
+        "patch": {"operation": "INSERT_BEFORE", "value": http_filter},
+    }
 
 
 def istio_envoy_filters(source: FilterConfig, descriptor: bytes) -> list[dict[str, Any]]:
@@ -98,45 +122,92 @@ def istio_envoy_filters(source: FilterConfig, descriptor: bytes) -> list[dict[st
     filters = [f for f in source.http_filters if f["name"] != ROUTER]
     ext_proc = [f for f in filters if f["name"] == EXT_PROC]
     transcoding = [f for f in filters if f["name"] != EXT_PROC]
-    hcm_fields = {key: source.hcm[key] for key in ("normalize_path", "merge_slashes", "local_reply_config")}
+    hcm_fields = {
+        key: source.hcm[key] for key in ("normalize_path", "merge_slashes", "local_reply_config")
+    }
 
     extproc_cluster = copy.deepcopy(source.cluster(EXT_PROC_CLUSTER))
-    extproc_cluster.update(envoy_config._members(  # noqa: SLF001 - the same endpoint builder as render
-        EXT_PROC_CLUSTER, (f"{EXTPROC_SERVICE}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}:{EXTPROC_PORT}",)))
+    extproc_cluster.update(
+        envoy_config._members(  # noqa: SLF001 - the same endpoint builder as render
+            EXT_PROC_CLUSTER,
+            (f"{EXTPROC_SERVICE}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}:{EXTPROC_PORT}",),
+        )
+    )
     pods = source.cluster(PODS_CLUSTER)
-    pods_patch = {key: pods[key] for key in ("connect_timeout", "per_connection_buffer_limit_bytes",
-                                             "load_balancing_policy")}
+    pods_patch = {
+        key: pods[key]
+        for key in ("connect_timeout", "per_connection_buffer_limit_bytes", "load_balancing_policy")
+    }
     routes = copy.deepcopy(source.routes)
     for route in routes:
         if route.get("route", {}).get("cluster") == PODS_CLUSTER:
             route["route"]["cluster"] = ISTIO_PODS_CLUSTER
 
-    buffer_limit = _envoy_filter("grpcjsontranscoder-increasebufferlimit", None, [{
-        "applyTo": "LISTENER",
-        "match": {**_on_listener(), "proxy": {"proxyVersion": "^1.*"}},
-        "patch": {"operation": "MERGE", "value": {"per_connection_buffer_limit_bytes": 100000000}},
-    }])
-    extproc = _envoy_filter("mmgw-ext-proc", 10, [
-        {"applyTo": "NETWORK_FILTER",
-         "match": _on_listener({"filterChain": {"filter": {"name": HCM}}}),
-         "patch": {"operation": "MERGE", "value": {"typed_config": {
-             "@type": source.hcm["@type"], **hcm_fields}}}},
-        *(_before_router(f) for f in ext_proc),
-        {"applyTo": "CLUSTER", "match": {"context": "GATEWAY"},
-         "patch": {"operation": "ADD", "value": extproc_cluster}},
-    ])
-    transcoder = _envoy_filter("mmgw-grpc-json-transcoder", 20, [_before_router(f) for f in transcoding])
+    buffer_limit = _envoy_filter(
+        "grpcjsontranscoder-increasebufferlimit",
+        None,
+        [
+            {
+                "applyTo": "LISTENER",
+                "match": {**_on_listener(), "proxy": {"proxyVersion": "^1.*"}},
+                "patch": {
+                    "operation": "MERGE",
+                    "value": {"per_connection_buffer_limit_bytes": 100000000},
+                },
+            }
+        ],
+    )
+    extproc = _envoy_filter(
+        "mmgw-ext-proc",
+        10,
+        [
+            {
+                "applyTo": "NETWORK_FILTER",
+                "match": _on_listener({"filterChain": {"filter": {"name": HCM}}}),
+                "patch": {
+                    "operation": "MERGE",
+                    "value": {"typed_config": {"@type": source.hcm["@type"], **hcm_fields}},
+                },
+            },
+            *(_before_router(f) for f in ext_proc),
+            {
+                "applyTo": "CLUSTER",
+                "match": {"context": "GATEWAY"},
+                "patch": {"operation": "ADD", "value": extproc_cluster},
+            },
+        ],
+    )
+    transcoder = _envoy_filter(
+        "mmgw-grpc-json-transcoder", 20, [_before_router(f) for f in transcoding]
+    )
     vhost = {"portNumber": GATEWAY_PORT, "vhost": {"name": f"*:{GATEWAY_PORT}"}}
-    routing = _envoy_filter("mmgw-routes", 30, [
-        # INSERT_FIRST puts each route at the top: reversed, they end in envoy.yaml's order,
-        # ahead of the VirtualService's own route.
-        *({"applyTo": "HTTP_ROUTE", "match": {"context": "GATEWAY", "routeConfiguration": vhost},
-           "patch": {"operation": "INSERT_FIRST", "value": route}} for route in reversed(routes)),
-        {"applyTo": "CLUSTER",
-         "match": {"context": "GATEWAY", "cluster": {
-             "service": f"{SERVING_SERVICE}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}", "portNumber": SERVING_PORT}},
-         "patch": {"operation": "MERGE", "value": pods_patch}},
-    ])
+    routing = _envoy_filter(
+        "mmgw-routes",
+        30,
+        [
+            # INSERT_FIRST puts each route at the top: reversed, they end in envoy.yaml's order,
+            # ahead of the VirtualService's own route.
+            *(
+                {
+                    "applyTo": "HTTP_ROUTE",
+                    "match": {"context": "GATEWAY", "routeConfiguration": vhost},
+                    "patch": {"operation": "INSERT_FIRST", "value": route},
+                }
+                for route in reversed(routes)
+            ),
+            {
+                "applyTo": "CLUSTER",
+                "match": {
+                    "context": "GATEWAY",
+                    "cluster": {
+                        "service": f"{SERVING_SERVICE}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}",
+                        "portNumber": SERVING_PORT,
+                    },
+                },
+                "patch": {"operation": "MERGE", "value": pods_patch},
+            },
+        ],
+    )
     return [buffer_limit, extproc, transcoder, routing]
 
 
@@ -154,7 +225,9 @@ class _Dumper(yaml.SafeDumper):
 
 
 def _dump_all(documents: list[dict[str, Any]]) -> str:
-    return yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
+    return yaml.dump_all(
+        documents, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120
+    )
 
 
 def generate() -> dict[Path, str]:
@@ -163,8 +236,10 @@ def generate() -> dict[Path, str]:
     descriptor = descriptor_bytes()
     sources = "envoy/envoy.yaml and proto/"
     return {
-        ISTIO_FILTERS: _HEADER.format(sources=sources) + _dump_all(istio_envoy_filters(source, descriptor)),
-        COMPOSE_ENVOY: _HEADER.format(sources=sources) + _dump_all([compose_envoy(source, descriptor)]),
+        ISTIO_FILTERS: _HEADER.format(sources=sources)
+        + _dump_all(istio_envoy_filters(source, descriptor)),
+        COMPOSE_ENVOY: _HEADER.format(sources=sources)
+        + _dump_all([compose_envoy(source, descriptor)]),
     }
 
 
@@ -175,7 +250,9 @@ def stale(files: dict[Path, str]) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a file is out of date"
+    )
     args = parser.parse_args(argv)
     files = generate()
     if args.check:

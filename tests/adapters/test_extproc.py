@@ -23,10 +23,16 @@ OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
 def headers(path: str, **extra: str) -> pb.ProcessingRequest:
-    values = [(":path", path), (":method", "POST"), *((k.replace("_", "-"), v) for k, v in extra.items())]
+    values = [
+        (":path", path),
+        (":method", "POST"),
+        *((k.replace("_", "-"), v) for k, v in extra.items()),
+    ]
     return pb.ProcessingRequest(
         request_headers=pb.HttpHeaders(
-            headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in values])
+            headers=base_pb2.HeaderMap(
+                headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in values]
+            )
         )
     )
 
@@ -37,7 +43,9 @@ def body(message: bytes) -> pb.ProcessingRequest:
 
 
 def setting(key: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, raw_value=value.encode()), append_action=OVERWRITE)
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, raw_value=value.encode()), append_action=OVERWRITE
+    )
 
 
 def forward(address: str, model_id: str | None, *, in_body: bool = False) -> pb.ProcessingResponse:
@@ -50,7 +58,9 @@ def forward(address: str, model_id: str | None, *, in_body: bool = False) -> pb.
     return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))
 
 
-async def run(processor: ExternalProcessor, *messages: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+async def run(
+    processor: ExternalProcessor, *messages: pb.ProcessingRequest
+) -> list[pb.ProcessingResponse]:
     """Feed one stream's messages; collect every response as the transport would send it."""
     sent: list[bytes] = []
     for message in messages:
@@ -70,40 +80,62 @@ async def loaded(tmp_path: Path) -> tuple[Harness, ExternalProcessor, str]:
     return h, ExternalProcessor(h.router, miss_timeout=100), record.serving.model_id
 
 
-async def test_rest_hit_sets_the_pod_and_the_concrete_id(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+async def test_rest_hit_sets_the_pod_and_the_concrete_id(
+    loaded: tuple[Harness, ExternalProcessor, str],
+) -> None:
     _, processor, model_id = loaded
-    assert await run(processor, headers("/v2/models/sklearn-mnist/infer")) == [forward(POD, model_id)]
+    assert await run(processor, headers("/v2/models/sklearn-mnist/infer")) == [
+        forward(POD, model_id)
+    ]
 
 
-async def test_client_sent_routing_headers_are_overwritten(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+async def test_client_sent_routing_headers_are_overwritten(
+    loaded: tuple[Harness, ExternalProcessor, str],
+) -> None:
     _, processor, model_id = loaded
     sneaky = headers("/v2/models/sklearn-mnist/infer", x_mmgw_upstream="169.254.169.254:80")
     [response] = await run(processor, sneaky)
     assert response == forward(POD, model_id)
-    assert all(o.append_action == OVERWRITE for o in response.request_headers.response.header_mutation.set_headers)
+    assert all(
+        o.append_action == OVERWRITE
+        for o in response.request_headers.response.header_mutation.set_headers
+    )
 
 
-async def test_grpc_with_header_needs_no_body(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+async def test_grpc_with_header_needs_no_body(
+    loaded: tuple[Harness, ExternalProcessor, str],
+) -> None:
     _, processor, model_id = loaded
-    call = headers("/inference.GRPCInferenceService/ModelInfer", mm_vmodel_id="sklearn-mnist",
-                   content_type="application/grpc")
+    call = headers(
+        "/inference.GRPCInferenceService/ModelInfer",
+        mm_vmodel_id="sklearn-mnist",
+        content_type="application/grpc",
+    )
     assert await run(processor, call) == [forward(POD, model_id)]
 
 
-async def test_grpc_without_header_asks_for_the_body(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+async def test_grpc_without_header_asks_for_the_body(
+    loaded: tuple[Harness, ExternalProcessor, str],
+) -> None:
     _, processor, model_id = loaded
     call = headers("/inference.GRPCInferenceService/ModelInfer", content_type="application/grpc")
     message = v2.ModelInferRequest(model_name="sklearn-mnist").SerializeToString()
     responses = await run(processor, call, body(message))
-    ask = pb.ProcessingResponse(request_headers=pb.HeadersResponse(),
-                                mode_override=ProcessingMode(request_body_mode=ProcessingMode.BUFFERED))
+    ask = pb.ProcessingResponse(
+        request_headers=pb.HeadersResponse(),
+        mode_override=ProcessingMode(request_body_mode=ProcessingMode.BUFFERED),
+    )
     assert responses == [ask, forward(POD, model_id, in_body=True)]
 
 
-async def test_server_calls_go_to_a_healthy_pod(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+async def test_server_calls_go_to_a_healthy_pod(
+    loaded: tuple[Harness, ExternalProcessor, str],
+) -> None:
     _, processor, _ = loaded
     assert await run(processor, headers("/v2/health/ready")) == [forward(POD, None)]
-    grpc_live = headers("/inference.GRPCInferenceService/ServerLive", content_type="application/grpc")
+    grpc_live = headers(
+        "/inference.GRPCInferenceService/ServerLive", content_type="application/grpc"
+    )
     assert await run(processor, grpc_live) == [forward(POD, None)]
 
 
@@ -133,8 +165,10 @@ def rest_error(status: int, code: grpc.StatusCode, message: str) -> pb.Processin
 def grpc_error(code: grpc.StatusCode, message: str) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
-            status={"code": 200}, grpc_status=pb.GrpcStatus(status=code.value[0]),
-            body=message.encode(), details=f"mmgw_{code.name.lower()}",
+            status={"code": 200},
+            grpc_status=pb.GrpcStatus(status=code.value[0]),
+            body=message.encode(),
+            details=f"mmgw_{code.name.lower()}",
         )
     )
 
@@ -144,8 +178,14 @@ async def test_unknown_model_rest_and_grpc(loaded: tuple[Harness, ExternalProces
     assert await run(processor, headers("/v2/models/nope/infer")) == [
         rest_error(404, grpc.StatusCode.NOT_FOUND, "model 'nope' is not registered")
     ]
-    call = headers("/inference.GRPCInferenceService/ModelInfer", mm_vmodel_id="nope", content_type="application/grpc")
-    assert await run(processor, call) == [grpc_error(grpc.StatusCode.NOT_FOUND, "model 'nope' is not registered")]
+    call = headers(
+        "/inference.GRPCInferenceService/ModelInfer",
+        mm_vmodel_id="nope",
+        content_type="application/grpc",
+    )
+    assert await run(processor, call) == [
+        grpc_error(grpc.StatusCode.NOT_FOUND, "model 'nope' is not registered")
+    ]
 
 
 async def test_unknown_paths_and_methods(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
@@ -153,9 +193,14 @@ async def test_unknown_paths_and_methods(loaded: tuple[Harness, ExternalProcesso
     assert await run(processor, headers("/v2/models/m/explain")) == [
         rest_error(404, grpc.StatusCode.UNIMPLEMENTED, "unknown path '/v2/models/m/explain'")
     ]
-    call = headers("/inference.GRPCInferenceService/ModelStreamInfer", content_type="application/grpc")
+    call = headers(
+        "/inference.GRPCInferenceService/ModelStreamInfer", content_type="application/grpc"
+    )
     assert await run(processor, call) == [
-        grpc_error(grpc.StatusCode.UNIMPLEMENTED, "unknown method inference.GRPCInferenceService/ModelStreamInfer")
+        grpc_error(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "unknown method inference.GRPCInferenceService/ModelStreamInfer",
+        )
     ]
 
 
@@ -164,7 +209,8 @@ async def test_body_without_a_model_name(loaded: tuple[Harness, ExternalProcesso
     call = headers("/inference.GRPCInferenceService/ModelInfer", content_type="application/grpc")
     responses = await run(processor, call, body(v2.ModelInferRequest(id="1").SerializeToString()))
     assert responses[1] == grpc_error(
-        grpc.StatusCode.INVALID_ARGUMENT, "the request names no model: set model_name (or the mm-vmodel-id header)"
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the request names no model: set model_name (or the mm-vmodel-id header)",
     )
 
 
@@ -178,9 +224,13 @@ async def test_failed_load_is_503_with_the_reason(tmp_path: Path) -> None:
     assert "disk on fire" in immediate.body.decode()
 
 
-async def test_one_stream_serves_many_requests_in_sequence(loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+async def test_one_stream_serves_many_requests_in_sequence(
+    loaded: tuple[Harness, ExternalProcessor, str],
+) -> None:
     _, processor, model_id = loaded
-    responses = await run(processor, headers("/v2/models/sklearn-mnist/infer"), headers("/v2/models/nope/ready"))
+    responses = await run(
+        processor, headers("/v2/models/sklearn-mnist/infer"), headers("/v2/models/nope/ready")
+    )
     assert responses[0] == forward(POD, model_id)
     assert responses[1].immediate_response.status.code == 404
 
@@ -202,20 +252,27 @@ async def test_a_kept_answer_counts_each_request_and_follows_the_copies(tmp_path
     # A second copy: the kept answer goes; the forward now names the other copy for a retry.
     assert await h.placement.ensure_copies(model_id, 2) == 2
     [both] = await run(processor, headers("/v2/models/sklearn-mnist/infer"))
-    upstream = both.request_headers.response.header_mutation.set_headers[0].header.raw_value.decode()
+    upstream = both.request_headers.response.header_mutation.set_headers[
+        0
+    ].header.raw_value.decode()
     assert sorted(upstream.split(",")) == sorted([POD, other])
 
     # The copy that served first is lost: forwards go to the one left, with no fallback.
     h.pods.pods[only["pod"]].down = True
     await h.placement.check_pods()
     left = other if only["pod"] == POD else POD
-    assert await run(processor, headers("/v2/models/sklearn-mnist/infer")) == [forward(left, model_id)]
-    assert await run(processor, headers("/v2/models/sklearn-mnist/infer")) == [forward(left, model_id)]
+    assert await run(processor, headers("/v2/models/sklearn-mnist/infer")) == [
+        forward(left, model_id)
+    ]
+    assert await run(processor, headers("/v2/models/sklearn-mnist/infer")) == [
+        forward(left, model_id)
+    ]
     assert h.placement.model_requests()[model_id] == before + 5
 
 
 async def test_hits_kept_before_a_route_change_are_counted_to_the_copy_that_served_them(
-        loaded: tuple[Harness, ExternalProcessor, str]) -> None:
+    loaded: tuple[Harness, ExternalProcessor, str],
+) -> None:
     h, processor, model_id = loaded
     before = h.placement.model_requests()[model_id]
     request = headers("/v2/models/sklearn-mnist/infer")

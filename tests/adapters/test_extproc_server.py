@@ -12,8 +12,8 @@ import hpack
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from gateway.adapters.extproc import server as h2
 from gateway._proto import grpc_predict_v2_pb2 as v2
+from gateway.adapters.extproc import server as h2
 from gateway.adapters.extproc.processor import ExternalProcessor
 from gateway.adapters.extproc.server import ExtProcServer
 
@@ -39,12 +39,15 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Harness, str, str]]:
 
 def process(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamMultiCallable:
     return channel.stream_stream(
-        METHOD, request_serializer=pb.ProcessingRequest.SerializeToString,
+        METHOD,
+        request_serializer=pb.ProcessingRequest.SerializeToString,
         response_deserializer=pb.ProcessingResponse.FromString,
     )
 
 
-async def exchange(target: str, *messages: pb.ProcessingRequest) -> tuple[list[pb.ProcessingResponse], grpc.StatusCode]:
+async def exchange(
+    target: str, *messages: pb.ProcessingRequest
+) -> tuple[list[pb.ProcessingResponse], grpc.StatusCode]:
     async with grpc.aio.insecure_channel(target) as channel:
         call = process(channel)(iter(messages))
         responses = [r async for r in call]
@@ -61,7 +64,9 @@ async def test_header_then_body_on_one_stream(served: tuple[Harness, str, str]) 
     _, target, model_id = served
     async with grpc.aio.insecure_channel(target) as channel:
         call = process(channel)()
-        await call.write(headers("/inference.GRPCInferenceService/ModelInfer", content_type="application/grpc"))
+        await call.write(
+            headers("/inference.GRPCInferenceService/ModelInfer", content_type="application/grpc")
+        )
         ask = await call.read()
         assert ask.mode_override.request_body_mode  # asked for the body
         await call.write(body(v2.ModelInferRequest(model_name="sklearn-mnist").SerializeToString()))
@@ -70,7 +75,9 @@ async def test_header_then_body_on_one_stream(served: tuple[Harness, str, str]) 
         assert await call.code() == grpc.StatusCode.OK
 
 
-async def test_a_miss_sends_the_timeout_extension_then_the_route(served: tuple[Harness, str, str]) -> None:
+async def test_a_miss_sends_the_timeout_extension_then_the_route(
+    served: tuple[Harness, str, str],
+) -> None:
     h, target, _ = served
     h.pods.gate = asyncio.Event()  # loads wait until the test lets them finish
     record, _ = await h.registry.apply(isvc("other", "v2.joblib"))
@@ -83,7 +90,9 @@ async def test_a_miss_sends_the_timeout_extension_then_the_route(served: tuple[H
         assert await call.code() == grpc.StatusCode.OK
 
 
-async def test_a_client_that_goes_away_mid_load_leaves_no_trouble(served: tuple[Harness, str, str]) -> None:
+async def test_a_client_that_goes_away_mid_load_leaves_no_trouble(
+    served: tuple[Harness, str, str],
+) -> None:
     h, target, _ = served
     h.pods.gate = asyncio.Event()
     await h.registry.apply(isvc("other", "v2.joblib"))
@@ -114,7 +123,9 @@ async def test_malformed_message_is_invalid_argument(served: tuple[Harness, str,
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_a_large_body_crosses_many_frames_and_windows(served: tuple[Harness, str, str]) -> None:
+async def test_a_large_body_crosses_many_frames_and_windows(
+    served: tuple[Harness, str, str],
+) -> None:
     _, target, model_id = served
     request = v2.ModelInferRequest(model_name="sklearn-mnist")
     request.raw_input_contents.append(b"\x00" * (5 << 20))
@@ -158,11 +169,20 @@ class Wire:
         self.writer.write(h2.frame(kind, flags, stream_id, payload))
 
     def request(self, stream_id: int, message: pb.ProcessingRequest, *, end: bool = True) -> None:
-        block = self.encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", METHOD),
-                                     (":authority", "ext_proc"), ("content-type", "application/grpc")])
+        block = self.encoder.encode(
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", METHOD),
+                (":authority", "ext_proc"),
+                ("content-type", "application/grpc"),
+            ]
+        )
         self.send(h2.HEADERS, h2.END_HEADERS, stream_id, block)
         data = message.SerializeToString()
-        self.send(h2.DATA, h2.END_STREAM if end else 0, stream_id, len(data).to_bytes(5, "big") + data)
+        self.send(
+            h2.DATA, h2.END_STREAM if end else 0, stream_id, len(data).to_bytes(5, "big") + data
+        )
 
     async def frame(self, timeout: float = 2.0) -> tuple[int, int, int, bytes]:
         head = await asyncio.wait_for(self.reader.readexactly(9), timeout)
@@ -183,7 +203,12 @@ async def wire(served: tuple[Harness, str, str]) -> AsyncIterator[Wire]:
     writer.write(h2.PREFACE)
     client = Wire(reader, writer)
     # A peer that grants only 10 bytes per stream.
-    client.send(h2.SETTINGS, 0, 0, h2.SETTINGS_INITIAL_WINDOW_SIZE.to_bytes(2, "big") + (10).to_bytes(4, "big"))
+    client.send(
+        h2.SETTINGS,
+        0,
+        0,
+        h2.SETTINGS_INITIAL_WINDOW_SIZE.to_bytes(2, "big") + (10).to_bytes(4, "big"),
+    )
     try:
         yield client
     finally:
@@ -199,7 +224,9 @@ async def test_server_settings_ack_and_ping(wire: Wire) -> None:
     assert flags & h2.ACK and payload == b"12345678"
 
 
-async def test_data_waits_for_the_peers_window(wire: Wire, served: tuple[Harness, str, str]) -> None:
+async def test_data_waits_for_the_peers_window(
+    wire: Wire, served: tuple[Harness, str, str]
+) -> None:
     model_id = served[2]
     await wire.until(h2.SETTINGS)
     await wire.until(h2.SETTINGS)  # our 10-byte window is in force

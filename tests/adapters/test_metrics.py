@@ -20,7 +20,9 @@ def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 async def test_the_exposition_tells_requests_hits_misses_loads_evictions_and_pods() -> None:
     metrics = Metrics()
     pods = FakePods(a=FakePod(capacity=10), b=FakePod(capacity=10, fail_loads="broken"))
-    placement = Placement(pods, PlacementSettings(churn_guard=0, recent_use_guard=0), events=metrics)
+    placement = Placement(
+        pods, PlacementSettings(churn_guard=0, recent_use_guard=0), events=metrics
+    )
     metrics.watch(placement)
     for p in ("a", "b"):
         placement.add_pod(p)

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from gateway.tools.launcher import EtcdServer, free_port
-from gateway.store import Change, EmbeddedStore, Store, open_store
 from gateway.core.errors import StoreUnavailable
+from gateway.store import Change, EmbeddedStore, Store, open_store
 from gateway.store.sync import KeptLease, Mirror
+from gateway.tools.launcher import EtcdServer, free_port
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,10 @@ class _Prefixed:
         self.description = store.description
 
     async def items(self, prefix: str) -> dict[str, Any]:
-        return {k.removeprefix(self.prefix): v for k, v in (await self.inner.items(self.prefix + prefix)).items()}
+        return {
+            k.removeprefix(self.prefix): v
+            for k, v in (await self.inner.items(self.prefix + prefix)).items()
+        }
 
     async def snapshot(self, prefix: str) -> tuple[dict[str, Any], int]:
         items, revision = await self.inner.snapshot(self.prefix + prefix)
@@ -125,7 +128,9 @@ async def test_keys_under_a_revoked_lease_are_deleted(store: Store) -> None:
 async def test_keys_under_an_expired_lease_are_deleted(store: Store) -> None:
     lease = await store.grant(1)
     await store.put("pods/p", {"address": "a"}, lease=lease)
-    async with asyncio.timeout(10):  # etcd checks expiry on its own schedule: a little after the TTL
+    async with asyncio.timeout(
+        10
+    ):  # etcd checks expiry on its own schedule: a little after the TTL
         while await store.items("pods/"):
             await asyncio.sleep(0.1)
 
@@ -197,7 +202,9 @@ def test_processes_opening_one_new_folder_at_once_all_start(tmp_path: Path) -> N
     context = multiprocessing.get_context("spawn")
     for attempt in range(5):
         target, go = f"{path}.{attempt}", context.Event()
-        workers = [context.Process(target=_open_and_put, args=(target, f"k{i}", go)) for i in range(6)]
+        workers = [
+            context.Process(target=_open_and_put, args=(target, f"k{i}", go)) for i in range(6)
+        ]
         for worker in workers:
             worker.start()
         time.sleep(1.0)  # all six started (spawned and imported) and waiting

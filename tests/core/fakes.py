@@ -33,7 +33,9 @@ class FakePods:
         self.loads.append((address, spec.model_id))
         held = sum(pod.loaded.values()) + sum(pod.loading.values())
         if held + expected > pod.capacity:  # as the real pod: gateway.pod.repository
-            raise PodFull(f"pod {address}: no room for {expected} bytes, {held} of {pod.capacity} taken")
+            raise PodFull(
+                f"pod {address}: no room for {expected} bytes, {held} of {pod.capacity} taken"
+            )
         pod.loading[spec.model_id] = expected
         try:
             if self.gate is not None:
@@ -57,7 +59,9 @@ class FakePods:
         pod = self.pods[address]
         if pod.down:
             raise ConnectionError("down")
-        return PodStatus(pod.capacity, ("sklearn",), dict(pod.loaded), self.inflight.get(address, {}))
+        return PodStatus(
+            pod.capacity, ("sklearn",), dict(pod.loaded), self.inflight.get(address, {})
+        )
 
 
 def spec(model_id: str, size: int = 10) -> ModelSpec:

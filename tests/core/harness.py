@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.core.placement import Coordinator, Placement
 from gateway.control.registry import Registry, RegistrySettings
 from gateway.control.router import Router
+from gateway.core.placement import Coordinator, Placement
 from gateway.kserve.storage import StorageRoots
 from gateway.store import EmbeddedStore
 
@@ -22,9 +22,17 @@ SEED: dict[str, Any] = {
     "apiVersion": "serving.kserve.io/v1beta1",
     "kind": "InferenceService",
     "metadata": {"name": "sklearn-mnist", "namespace": "modelmesh-serving"},
-    "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"},
-                                     "storage": {"parameters": {"type": "pvc", "name": "my-models-pvc"},
-                                                 "path": "mnist-svm.joblib"}}}},
+    "spec": {
+        "predictor": {
+            "model": {
+                "modelFormat": {"name": "sklearn"},
+                "storage": {
+                    "parameters": {"type": "pvc", "name": "my-models-pvc"},
+                    "path": "mnist-svm.joblib",
+                },
+            }
+        }
+    },
 }
 
 
@@ -44,8 +52,14 @@ class Harness:
     store: EmbeddedStore
 
 
-async def harness(tmp_path: Path, pods: FakePods | None = None, *, grace: float = 0.0,
-                  clock: Callable[[], float] = time.monotonic, coordinator: Coordinator | None = None) -> Harness:
+async def harness(
+    tmp_path: Path,
+    pods: FakePods | None = None,
+    *,
+    grace: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
+    coordinator: Coordinator | None = None,
+) -> Harness:
     pvc = tmp_path / "pvc"
     pvc.mkdir(exist_ok=True)
     for name in ("mnist-svm.joblib", "v2.joblib"):
@@ -55,8 +69,13 @@ async def harness(tmp_path: Path, pods: FakePods | None = None, *, grace: float 
     for address in pods.pods:
         placement.add_pod(address)
     store = EmbeddedStore(tmp_path / "registry.db")
-    registry = Registry(store, placement, StorageRoots({"my-models-pvc": pvc}), RegistrySettings(rollout_grace=grace),
-                        coordinator=coordinator)
+    registry = Registry(
+        store,
+        placement,
+        StorageRoots({"my-models-pvc": pvc}),
+        RegistrySettings(rollout_grace=grace),
+        coordinator=coordinator,
+    )
     await registry.restore()
     await placement.check_pods()
     return Harness(pods, placement, registry, Router(registry, placement), store)

@@ -114,8 +114,16 @@ async def test_engine_and_simulation_fail_alike_when_the_churn_guard_protects_ev
 
 
 def test_the_candidate_keeps_a_popular_model_that_lru_evicts() -> None:
-    two_slots = Setup(models=10, requests=0, pods=1, slots=2, interval=1.0, churn_guard=0.0,
-                          recent_use_guard=0.0, half_life=100.0)
+    two_slots = Setup(
+        models=10,
+        requests=0,
+        pods=1,
+        slots=2,
+        interval=1.0,
+        churn_guard=0.0,
+        recent_use_guard=0.0,
+        half_life=100.0,
+    )
     # Model 0 is requested often; 1..6 once each, two of them between its uses.
     trace = [0, 0, 0, 0, 1, 2, 0, 3, 4, 0, 5, 6, 0]
     assert simulate(trace, two_slots, "lru").hits == 3  # the first three repeats only
@@ -123,8 +131,9 @@ def test_the_candidate_keeps_a_popular_model_that_lru_evicts() -> None:
 
 
 def test_the_popularity_reference_orders_by_counts_known_in_advance() -> None:
-    setup = Setup(models=10, requests=0, pods=1, slots=2, interval=1.0, churn_guard=0.0,
-                  recent_use_guard=0.0)
+    setup = Setup(
+        models=10, requests=0, pods=1, slots=2, interval=1.0, churn_guard=0.0, recent_use_guard=0.0
+    )
     trace = [0, 0, 1, 2, 0]
     assert simulate(trace, setup, "lru").hits == 1  # LRU evicts 0 for 2
     assert simulate(trace, setup, "popularity").hits == 2  # 0 is requested most

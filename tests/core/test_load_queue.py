@@ -5,7 +5,9 @@ import asyncio
 from gateway.core.load_queue import LoadQueue
 
 
-async def hold(queue: LoadQueue, model: str, urgent: bool, order: list[str], release: asyncio.Event) -> None:
+async def hold(
+    queue: LoadQueue, model: str, urgent: bool, order: list[str], release: asyncio.Event
+) -> None:
     async with queue.slot(model, urgent=urgent):
         order.append(model)
         await release.wait()

@@ -16,13 +16,27 @@ from gateway.core.picker import (
 )
 
 
-def copy(model: str, pod: str, *, size: int = 10, used: float = 0.0, loaded: float = 0.0,
-         state: CopyState = CopyState.LOADED) -> Copy:
+def copy(
+    model: str,
+    pod: str,
+    *,
+    size: int = 10,
+    used: float = 0.0,
+    loaded: float = 0.0,
+    state: CopyState = CopyState.LOADED,
+) -> Copy:
     return Copy(model, pod, state, size, used, loaded)
 
 
-def pod(name: str, *, capacity: int = 100, used: int = 0, models: int = 0, healthy: bool = True,
-        oldest: float | None = None) -> PodView:
+def pod(
+    name: str,
+    *,
+    capacity: int = 100,
+    used: int = 0,
+    models: int = 0,
+    healthy: bool = True,
+    oldest: float | None = None,
+) -> PodView:
     return PodView(name, capacity, used, models, healthy, oldest)
 
 
@@ -42,7 +56,10 @@ def test_pick_pod_prefers_room_then_most_free_then_fewest_models() -> None:
 
 
 def test_pick_pod_when_all_full_takes_the_oldest_cache() -> None:
-    pods = [pod("new", used=100, models=2, oldest=50.0), pod("old", used=100, models=2, oldest=10.0)]
+    pods = [
+        pod("new", used=100, models=2, oldest=50.0),
+        pod("old", used=100, models=2, oldest=10.0),
+    ]
     assert pick_pod(pods, 20).pod == "old"
 
 
@@ -54,7 +71,11 @@ def test_pick_pod_skips_unhealthy_excluded_and_too_small() -> None:
 
 def test_plan_evictions_lru_first_until_it_fits() -> None:
     view = pod("p", capacity=100, used=90, models=3)
-    copies = [copy("new", "p", size=30, used=9), copy("old", "p", size=30, used=1), copy("mid", "p", size=30, used=5)]
+    copies = [
+        copy("new", "p", size=30, used=9),
+        copy("old", "p", size=30, used=1),
+        copy("mid", "p", size=30, used=5),
+    ]
     evicted = plan_evictions(view, copies, 50, now=100, churn_guard=5, inflight={})
     assert [c.model_id for c in evicted] == ["old", "mid"]
 
@@ -71,7 +92,9 @@ def test_plan_evictions_never_busy_loading_or_fresh_copies() -> None:
         copy("loading", "p", size=30, used=0, state=CopyState.LOADING),
     ]
     assert plan_evictions(view, copies, 40, now=100, churn_guard=5, inflight={"busy": 1}) is None
-    assert [c.model_id for c in plan_evictions(view, copies, 40, now=100, churn_guard=5, inflight={})] == ["busy"]
+    assert [
+        c.model_id for c in plan_evictions(view, copies, 40, now=100, churn_guard=5, inflight={})
+    ] == ["busy"]
 
 
 # -- eviction order other than LRU (the key parameter) ---------------------------------
@@ -105,12 +128,17 @@ def lrfu(counts: dict[str, float], half_life: float = 60.0) -> Callable[[Copy], 
 
 def test_plan_evictions_in_key_order_keeps_a_popular_copy_over_a_newer_one_off() -> None:
     view = pod("p", capacity=100, used=90, models=3)
-    copies = [copy("popular", "p", size=30, used=50), copy("once", "p", size=30, used=80),
-              copy("twice", "p", size=30, used=70)]
+    copies = [
+        copy("popular", "p", size=30, used=50),
+        copy("once", "p", size=30, used=80),
+        copy("twice", "p", size=30, used=70),
+    ]
     counts = {"popular": 16.0, "once": 1.0, "twice": 2.0}  # keys 290, 80, 130
     lru_first = plan_evictions(view, copies, 20, now=100, churn_guard=5, inflight={})
     assert [c.model_id for c in lru_first] == ["popular"]  # the default, LRU
-    evicted = plan_evictions(view, copies, 50, now=100, churn_guard=5, inflight={}, key=lrfu(counts))
+    evicted = plan_evictions(
+        view, copies, 50, now=100, churn_guard=5, inflight={}, key=lrfu(counts)
+    )
     assert [c.model_id for c in evicted] == ["once", "twice"]
 
 
@@ -124,9 +152,16 @@ def test_plan_evictions_never_busy_loading_or_fresh_copies_whatever_the_key() ->
     ]
     # A key that ranks the protected copies first: they are still never chosen.
     counts = {"busy": 1.0, "fresh": 1.0, "loading": 1.0, "popular": 1000.0}
-    evicted = plan_evictions(view, copies, 25, now=100, churn_guard=5, inflight={"busy": 1}, key=lrfu(counts))
+    evicted = plan_evictions(
+        view, copies, 25, now=100, churn_guard=5, inflight={"busy": 1}, key=lrfu(counts)
+    )
     assert [c.model_id for c in evicted] == ["popular"]
-    assert plan_evictions(view, copies, 50, now=100, churn_guard=5, inflight={"busy": 1}, key=lrfu(counts)) is None
+    assert (
+        plan_evictions(
+            view, copies, 50, now=100, churn_guard=5, inflight={"busy": 1}, key=lrfu(counts)
+        )
+        is None
+    )
 
 
 def test_cache_age_is_the_lowest_key_among_evictable_copies() -> None:
@@ -148,6 +183,8 @@ def test_pick_pod_with_cache_age_avoids_a_pod_whose_copies_cannot_go() -> None:
     protected = [copy("fresh", "a", size=50, used=1, loaded=99), copy("busy", "a", size=50, used=2)]
     evictable_copies = [copy("x", "b", size=50, used=50), copy("y", "b", size=50, used=60)]
     args = {"now": 100.0, "churn_guard": 5.0, "inflight": {"busy": 1}}
-    views = [pod("a", used=100, models=2, oldest=cache_age(protected, **args)),
-             pod("b", used=100, models=2, oldest=cache_age(evictable_copies, **args))]
+    views = [
+        pod("a", used=100, models=2, oldest=cache_age(protected, **args)),
+        pod("b", used=100, models=2, oldest=cache_age(evictable_copies, **args)),
+    ]
     assert pick_pod(views, 50).pod == "b"

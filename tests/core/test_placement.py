@@ -5,9 +5,15 @@ import asyncio
 import pytest
 
 from gateway.core.domain import ModelState
-from gateway.core.errors import LoadFailed, ModelFormatError, ModelNotFound, NoCapacity, Unavailable
+from gateway.core.errors import (
+    LoadFailed,
+    ModelFormatError,
+    ModelNotFound,
+    NoCapacity,
+    StoreUnavailable,
+    Unavailable,
+)
 from gateway.core.placement import Placement, PlacementSettings, Solo
-from gateway.core.errors import StoreUnavailable
 
 from .fakes import FakePod, FakePods, spec
 
@@ -110,7 +116,9 @@ async def test_failure_records_expire() -> None:
     placement.register(spec("m"))
     with pytest.raises(LoadFailed):
         await placement.ensure_loaded("m")
-    with pytest.raises(LoadFailed, match="flaky"):  # the only pod is still marked failed, and says why
+    with pytest.raises(
+        LoadFailed, match="flaky"
+    ):  # the only pod is still marked failed, and says why
         await placement.ensure_loaded("m")
     assert len(pods.loads) == 1  # without trying it again
     pods.pods["a"].fail_loads = None
@@ -148,7 +156,9 @@ async def test_eviction_of_the_least_recently_used_when_full() -> None:
 
 
 @pytest.mark.parametrize(("half_life", "evicted"), [(600.0, "once"), (0.0, "busy")])
-async def test_eviction_keeps_a_much_used_model_over_a_newer_once_used_one(half_life: float, evicted: str) -> None:
+async def test_eviction_keeps_a_much_used_model_over_a_newer_once_used_one(
+    half_life: float, evicted: str
+) -> None:
     clock = Clock()
     pods = FakePods(a=FakePod(capacity=20))
     placement = await engine(pods, clock, churn_guard=5, eviction_half_life=half_life)
@@ -217,7 +227,9 @@ async def test_a_replica_that_is_not_the_leader_leaves_strays_and_scaling_to_the
 
     pods = FakePods(a=FakePod(loaded={"stray": 10}))
     clock = Clock()
-    placement = Placement(pods, PlacementSettings(stranger_grace=0), clock=clock, coordinator=Follower())
+    placement = Placement(
+        pods, PlacementSettings(stranger_grace=0), clock=clock, coordinator=Follower()
+    )
     placement.add_pod("a")
     await placement.check_pods()
     clock.now += 1
@@ -261,7 +273,9 @@ async def test_a_load_another_replica_claimed_waits_for_its_copy_instead_of_load
     assert pods.loads == []
 
 
-async def test_room_two_replicas_planned_at_once_goes_to_one_and_the_other_loads_elsewhere() -> None:
+async def test_room_two_replicas_planned_at_once_goes_to_one_and_the_other_loads_elsewhere() -> (
+    None
+):
     # Replicas a and b share the pods but learn of each other's loads only when they finish.
     pods = FakePods(p=FakePod(capacity=100), q=FakePod(capacity=80))
     pods.gate = asyncio.Event()
@@ -276,7 +290,9 @@ async def test_room_two_replicas_planned_at_once_goes_to_one_and_the_other_loads
     assert await first == "p" and await second == "q"
     assert pods.loads == [("p", "m1"), ("p", "m2"), ("q", "m2")]  # p refused m2: 60 + 60 > 100
     assert pods.pods["p"].loaded == {"m1": 60} and pods.pods["q"].loaded == {"m2": 60}
-    assert b.status("m2").state is ModelState.LOADED and not b.status("m2").message  # no failure recorded
+    assert (
+        b.status("m2").state is ModelState.LOADED and not b.status("m2").message
+    )  # no failure recorded
 
 
 async def test_unregister_unloads_every_copy() -> None:
@@ -476,7 +492,9 @@ async def test_events_report_loads_failures_and_evictions() -> None:
     clock = Clock()
     recorder = Recorder()
     pods = FakePods(a=FakePod(capacity=10), b=FakePod(capacity=10, fail_loads="broken"))
-    placement = Placement(pods, PlacementSettings(churn_guard=0, recent_use_guard=0), clock=clock, events=recorder)
+    placement = Placement(
+        pods, PlacementSettings(churn_guard=0, recent_use_guard=0), clock=clock, events=recorder
+    )
     for p in ("a", "b"):
         placement.add_pod(p)
     await placement.check_pods()
@@ -539,7 +557,9 @@ async def test_a_fresh_registration_loads_into_free_space_only() -> None:
 async def test_an_extra_copy_of_a_model_gone_quiet_is_the_first_to_go() -> None:
     clock = Clock()
     pods = FakePods(a=FakePod(capacity=20), b=FakePod(capacity=20))
-    placement = await engine(pods, clock, churn_guard=0, recent_use_guard=0, quiet_rate=1, eviction_half_life=0)
+    placement = await engine(
+        pods, clock, churn_guard=0, recent_use_guard=0, quiet_rate=1, eviction_half_life=0
+    )
     for m in ("was-hot", "steady", "other", "new"):
         placement.register(spec(m))
     assert await placement.ensure_copies("was-hot", 2) == 2  # a copy on a and on b
@@ -569,7 +589,9 @@ async def test_failure_records_are_shared_with_other_replicas_and_expired_by_the
     pods = FakePods(a=FakePod(), b=FakePod())
     clock = Clock()
     coordinator = Recording()
-    placement = Placement(pods, PlacementSettings(failure_expiry=60), clock=clock, coordinator=coordinator)
+    placement = Placement(
+        pods, PlacementSettings(failure_expiry=60), clock=clock, coordinator=coordinator
+    )
     placement.register(spec("m"))
     placement.add_pod("a")
     placement.add_pod("b")

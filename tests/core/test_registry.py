@@ -6,9 +6,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.errors import InvalidSpec, ModelNotFound
-from gateway.core.placement import Placement, Solo
-from gateway.control.registry import Registry
-from gateway.kserve.storage import StorageRoots
+from gateway.core.placement import Solo
 
 from .fakes import FakePod, FakePods
 from .harness import harness, isvc, settle
@@ -31,7 +29,9 @@ async def test_apply_ignores_the_metadata_the_server_sets(tmp_path: Path) -> Non
     h = await harness(tmp_path)
     record, _ = await h.registry.apply(isvc())
     printed = isvc()  # as `mmgw get -o yaml` prints it, fed back to apply
-    printed["metadata"].update(creationTimestamp="2020-01-01T00:00:00Z", resourceVersion="7", uid="u")
+    printed["metadata"].update(
+        creationTimestamp="2020-01-01T00:00:00Z", resourceVersion="7", uid="u"
+    )
     printed["status"] = {"conditions": []}
     again, action = await h.registry.apply(printed)
     assert action == "unchanged" and again == record
@@ -75,7 +75,9 @@ async def test_bad_documents_leave_nothing_registered(tmp_path: Path) -> None:
         h.registry.resolve("sklearn-mnist")
 
 
-async def test_rolling_update_moves_traffic_once_loaded_then_unloads_the_old(tmp_path: Path) -> None:
+async def test_rolling_update_moves_traffic_once_loaded_then_unloads_the_old(
+    tmp_path: Path,
+) -> None:
     h = await harness(tmp_path)
     old, _ = await h.registry.apply(isvc())
     await settle()
@@ -91,7 +93,10 @@ async def test_rolling_update_moves_traffic_once_loaded_then_unloads_the_old(tmp
     await settle()
     assert h.registry.resolve("sklearn-mnist") == new.target.model_id
     assert h.pods.unloads == [("10.0.0.1:9000", old.serving.model_id)]
-    assert h.registry.status(h.registry.get("sklearn-mnist"))["modelStatus"]["transitionStatus"] == "UpToDate"
+    assert (
+        h.registry.status(h.registry.get("sklearn-mnist"))["modelStatus"]["transitionStatus"]
+        == "UpToDate"
+    )
 
 
 async def test_blocked_rollout_keeps_the_old_version_serving(tmp_path: Path) -> None:
@@ -164,7 +169,9 @@ async def test_models_registered_before_any_pod_is_up_load_when_one_comes(tmp_pa
     record, _ = await h.registry.apply(isvc())
     await settle()
     ready = h.registry.status(record)["conditions"][0]
-    assert ready["status"] == "False" and ready.get("reason") != "ModelLoadFailed"  # pending, not failed
+    assert (
+        ready["status"] == "False" and ready.get("reason") != "ModelLoadFailed"
+    )  # pending, not failed
     pods.pods["a"].down = False
     await h.placement.check_pods()
     await settle()
@@ -223,10 +230,13 @@ async def test_a_rollout_left_by_a_replica_that_died_is_finished_by_another(tmp_
         await settle()
     assert b.registry.resolve("sklearn-mnist") == new.target.model_id
     assert b.registry.get("sklearn-mnist").serving == new.target
-    assert (await b.store.items("inferenceservices/"))["inferenceservices/sklearn-mnist"]["serving"]["model_id"] \
-        == new.target.model_id
+    assert (await b.store.items("inferenceservices/"))["inferenceservices/sklearn-mnist"][
+        "serving"
+    ]["model_id"] == new.target.model_id
     assert claims.held == {}
-    assert (a.pods.pods["10.0.0.1:9000"].loaded.keys()) == {new.target.model_id}  # the old version unloaded
+    assert (a.pods.pods["10.0.0.1:9000"].loaded.keys()) == {
+        new.target.model_id
+    }  # the old version unloaded
 
 
 async def test_a_blocked_rollout_keeps_its_claim_until_the_next_apply(tmp_path: Path) -> None:

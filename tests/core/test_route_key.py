@@ -3,15 +3,17 @@ from __future__ import annotations
 import pytest
 from envoy.config.core.v3.base_pb2 import HeaderValue
 
-from gateway.core import route_key
 from gateway._proto import grpc_predict_v2_pb2 as v2
+from gateway.core import route_key
 from gateway.core.errors import InvalidInput, UnknownRoute
 from gateway.core.route_key import NEED_BODY, RouteKey
 
 
 def headers(**values: str) -> list[HeaderValue]:
-    return [HeaderValue(key=k.replace("_", "-") if not k.startswith(":") else k, raw_value=v.encode())
-            for k, v in values.items()]
+    return [
+        HeaderValue(key=k.replace("_", "-") if not k.startswith(":") else k, raw_value=v.encode())
+        for k, v in values.items()
+    ]
 
 
 def path(p: str, **more: str) -> list[HeaderValue]:
@@ -37,8 +39,18 @@ def test_rest_paths(p: str, model: str | None) -> None:
     assert route_key.from_headers(path(p)) == RouteKey(model, grpc=False)
 
 
-@pytest.mark.parametrize("p", ["/v2/models", "/v2/models/", "/v2/models/m/explain", "/v2/foo", "/v1/models/m:predict",
-                               "/v2/models/m/versions/", "/v2/models/m/infer/more"])
+@pytest.mark.parametrize(
+    "p",
+    [
+        "/v2/models",
+        "/v2/models/",
+        "/v2/models/m/explain",
+        "/v2/foo",
+        "/v1/models/m:predict",
+        "/v2/models/m/versions/",
+        "/v2/models/m/infer/more",
+    ],
+)
 def test_unknown_rest_paths(p: str) -> None:
     with pytest.raises(UnknownRoute):
         route_key.from_headers(path(p))
@@ -46,10 +58,16 @@ def test_unknown_rest_paths(p: str) -> None:
 
 def test_grpc_headers_name_the_model_vmodel_first() -> None:
     infer = "/inference.GRPCInferenceService/ModelInfer"
-    assert route_key.from_headers(path(infer, mm_model_id="c__isvc-1")) == RouteKey("c__isvc-1", grpc=True)
-    assert route_key.from_headers(path(infer, mm_vmodel_id="v", mm_model_id="c")) == RouteKey("v", grpc=True)
+    assert route_key.from_headers(path(infer, mm_model_id="c__isvc-1")) == RouteKey(
+        "c__isvc-1", grpc=True
+    )
+    assert route_key.from_headers(path(infer, mm_vmodel_id="v", mm_model_id="c")) == RouteKey(
+        "v", grpc=True
+    )
     assert route_key.from_headers(path(infer)) is NEED_BODY
-    assert route_key.from_headers(path("/inference.GRPCInferenceService/ServerLive")) == RouteKey(None, grpc=True)
+    assert route_key.from_headers(path("/inference.GRPCInferenceService/ServerLive")) == RouteKey(
+        None, grpc=True
+    )
     with pytest.raises(UnknownRoute, match="RepositoryIndex"):
         route_key.from_headers(path("/inference.GRPCInferenceService/RepositoryIndex"))
 
@@ -65,15 +83,22 @@ def frame(message: bytes, flag: int = 0) -> bytes:
 
 def test_grpc_frame_field_one() -> None:
     request = v2.ModelInferRequest(model_name="sklearn-mnist", id="42")
-    request.inputs.add(name="x", datatype="FP32", shape=[1, 64]).contents.fp32_contents.extend([1.0] * 64)
-    assert route_key.from_grpc_frame(frame(request.SerializeToString())) == RouteKey("sklearn-mnist", grpc=True)
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 64]).contents.fp32_contents.extend(
+        [1.0] * 64
+    )
+    assert route_key.from_grpc_frame(frame(request.SerializeToString())) == RouteKey(
+        "sklearn-mnist", grpc=True
+    )
     ready = v2.ModelReadyRequest(name="m", version="1")
     assert route_key.from_grpc_frame(frame(ready.SerializeToString())).model == "m"
 
 
 def test_grpc_frame_field_one_after_other_fields() -> None:
     # Protobuf allows any field order on the wire: id (3) before model_name (1).
-    body = v2.ModelInferRequest(id="abc").SerializeToString() + v2.ModelInferRequest(model_name="late").SerializeToString()
+    body = (
+        v2.ModelInferRequest(id="abc").SerializeToString()
+        + v2.ModelInferRequest(model_name="late").SerializeToString()
+    )
     assert route_key.from_grpc_frame(frame(body)).model == "late"
 
 

@@ -22,12 +22,18 @@ async def test_a_hit_on_one_copy_carries_the_copy_and_counts_each_request(tmp_pa
     await settle()
     first, second = h.router.hit(NAME), h.router.hit(NAME)
     assert first == second and first.copy is not None and first.copy is second.copy
-    assert (first.address, first.model_id, first.fallbacks) == ("10.0.0.1:9000", record.serving.model_id, ())
+    assert (first.address, first.model_id, first.fallbacks) == (
+        "10.0.0.1:9000",
+        record.serving.model_id,
+        (),
+    )
     assert h.placement.model_requests()[record.serving.model_id] == 2
     assert h.placement.hits == 2
 
 
-async def test_buffered_hits_are_counted_before_anyone_reads_them_each_at_its_time(tmp_path: Path) -> None:
+async def test_buffered_hits_are_counted_before_anyone_reads_them_each_at_its_time(
+    tmp_path: Path,
+) -> None:
     clock = [100.0]
     h = await harness(tmp_path, clock=lambda: clock[0])
     record, _ = await h.registry.apply(isvc())
@@ -44,7 +50,9 @@ async def test_buffered_hits_are_counted_before_anyone_reads_them_each_at_its_ti
     requests = h.placement.model_requests()[record.serving.model_id]  # a reader: counted first
     (copy,) = h.placement.snapshot()["pods"][0]["models"]
     assert (requests, copy["requests"], route.copy.routed) == (4, 4, 4)
-    assert copy["last_used_seconds_ago"] == pytest.approx(10.0)  # the last hit's own time, not the reading's
+    assert copy["last_used_seconds_ago"] == pytest.approx(
+        10.0
+    )  # the last hit's own time, not the reading's
     assert h.placement.hits == 4
 
 
@@ -71,7 +79,9 @@ async def test_hits_follow_a_rollout_a_delete_and_a_new_record(tmp_path: Path) -
     assert h.router.hit(NAME).model_id == old.serving.model_id
     new, _ = await h.registry.apply(isvc(path="v2.joblib"))
     await settle()
-    assert h.router.hit(NAME).model_id == new.target.model_id  # the name moved: not the cached old model
+    assert (
+        h.router.hit(NAME).model_id == new.target.model_id
+    )  # the name moved: not the cached old model
     await h.registry.delete("sklearn-mnist")
     with pytest.raises(ModelNotFound):
         h.router.hit(NAME)
@@ -81,8 +91,12 @@ async def test_hits_follow_a_rollout_a_delete_and_a_new_record(tmp_path: Path) -
     assert route is not None and route.model_id == again.serving.model_id
 
 
-async def test_a_second_copy_adds_fallbacks_and_losing_it_brings_the_cached_route_back(tmp_path: Path) -> None:
-    h = await harness(tmp_path, FakePods(**{"10.0.0.1:9000": FakePod(), "10.0.0.2:9000": FakePod()}))
+async def test_a_second_copy_adds_fallbacks_and_losing_it_brings_the_cached_route_back(
+    tmp_path: Path,
+) -> None:
+    h = await harness(
+        tmp_path, FakePods(**{"10.0.0.1:9000": FakePod(), "10.0.0.2:9000": FakePod()})
+    )
     record, _ = await h.registry.apply(isvc())
     await settle()
     sole = h.router.hit(NAME)

@@ -12,8 +12,8 @@ import pytest
 
 from gateway.adapters.api import build_api
 from gateway.core.errors import InvalidSpec, ModelNotFound, Unavailable
-from gateway.kserve.resources import parse_inference_service, parse_serving_runtime
 from gateway.core.route_key import RouteKey
+from gateway.kserve.resources import parse_inference_service, parse_serving_runtime
 from gateway.kserve.serving_runtimes import RuntimeRecord, select
 
 from .fakes import FakePod, FakePods
@@ -28,22 +28,46 @@ SEED_RUNTIME: dict[str, Any] = {
         "multiModel": True,
         "grpcDataEndpoint": "port:8001",
         "grpcEndpoint": "port:8085",
-        "containers": [{
-            "name": "mlserver",
-            "image": "registry.example/peft-model-server:latest",
-            "env": [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": "peft_model_server.PeftModelServer"}],
-            "resources": {"requests": {"cpu": "500m", "memory": "4Gi"}, "limits": {"cpu": "5", "memory": "5Gi"}},
-        }],
-        "builtInAdapter": {"serverType": "mlserver", "runtimeManagementPort": 8001,
-                           "memBufferBytes": 134217728, "modelLoadingTimeoutMillis": 90000},
+        "containers": [
+            {
+                "name": "mlserver",
+                "image": "registry.example/peft-model-server:latest",
+                "env": [
+                    {
+                        "name": "MLSERVER_MODEL_IMPLEMENTATION",
+                        "value": "peft_model_server.PeftModelServer",
+                    }
+                ],
+                "resources": {
+                    "requests": {"cpu": "500m", "memory": "4Gi"},
+                    "limits": {"cpu": "5", "memory": "5Gi"},
+                },
+            }
+        ],
+        "builtInAdapter": {
+            "serverType": "mlserver",
+            "runtimeManagementPort": 8001,
+            "memBufferBytes": 134217728,
+            "modelLoadingTimeoutMillis": 90000,
+        },
     },
 }
 
 
-def runtime(name: str, *formats: dict[str, Any], kind: str = "ServingRuntime", **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "serving.kserve.io/v1alpha1", "kind": kind, "metadata": {"name": name},
-            "spec": {"supportedModelFormats": list(formats), "multiModel": True,
-                     "containers": [{"name": "server", "image": "x"}], **spec}}
+def runtime(
+    name: str, *formats: dict[str, Any], kind: str = "ServingRuntime", **spec: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.kserve.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": {
+            "supportedModelFormats": list(formats),
+            "multiModel": True,
+            "containers": [{"name": "server", "image": "x"}],
+            **spec,
+        },
+    }
 
 
 def record(doc: dict[str, Any]) -> RuntimeRecord:
@@ -52,7 +76,10 @@ def record(doc: dict[str, Any]) -> RuntimeRecord:
 
 def model(fmt: str = "sklearn", version: str | None = None, named: str | None = None) -> Any:
     doc = isvc()
-    doc["spec"]["predictor"]["model"]["modelFormat"] = {"name": fmt, **({"version": version} if version else {})}
+    doc["spec"]["predictor"]["model"]["modelFormat"] = {
+        "name": fmt,
+        **({"version": version} if version else {}),
+    }
     if named:
         doc["spec"]["predictor"]["model"]["runtime"] = named
     return parse_inference_service(doc).model
@@ -78,21 +105,51 @@ def test_the_seed_runtime_parses_unchanged_and_keeps_every_field() -> None:
     parsed = parse_serving_runtime(copy.deepcopy(SEED_RUNTIME))
     assert parsed.name == "peft-model-server" and parsed.spec.multiModel
     assert parsed.model_dump(mode="json", exclude_unset=True) == SEED_RUNTIME
-    assert parsed.spec.builtInAdapter is not None and parsed.spec.builtInAdapter.memBufferBytes == 134217728
+    assert (
+        parsed.spec.builtInAdapter is not None
+        and parsed.spec.builtInAdapter.memBufferBytes == 134217728
+    )
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda d: d.update(kind="ServingGadget"), "unsupported kind 'ServingGadget'"),
-    (lambda d: d.update(apiVersion="serving.kserve.io/v1beta1"), "use serving.kserve.io/v1alpha1"),
-    (lambda d: d["metadata"].update(name="Bad_Name"), "metadata.name: String should match pattern"),
-    (lambda d: d["spec"].pop("containers"), "spec.containers: Field required"),
-    (lambda d: d["spec"].update(containers=[]), "spec.containers: Tuple should have at least 1 item"),
-    (lambda d: d["spec"]["containers"][0].pop("name"), "spec.containers.0.name: Field required"),
-    (lambda d: d["spec"]["supportedModelFormats"][0].pop("name"), "supportedModelFormats.0.name: Field required"),
-    (lambda d: d["spec"]["supportedModelFormats"][0].update(priority=0), "priority: Input should be greater"),
-    (lambda d: d["spec"]["builtInAdapter"].update(runtimeManagementPort=70000), "runtimeManagementPort"),
-    (lambda d: d["spec"].update(multiModel="perhaps"), "spec.multiModel: Input should be a valid boolean"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(kind="ServingGadget"), "unsupported kind 'ServingGadget'"),
+        (
+            lambda d: d.update(apiVersion="serving.kserve.io/v1beta1"),
+            "use serving.kserve.io/v1alpha1",
+        ),
+        (
+            lambda d: d["metadata"].update(name="Bad_Name"),
+            "metadata.name: String should match pattern",
+        ),
+        (lambda d: d["spec"].pop("containers"), "spec.containers: Field required"),
+        (
+            lambda d: d["spec"].update(containers=[]),
+            "spec.containers: Tuple should have at least 1 item",
+        ),
+        (
+            lambda d: d["spec"]["containers"][0].pop("name"),
+            "spec.containers.0.name: Field required",
+        ),
+        (
+            lambda d: d["spec"]["supportedModelFormats"][0].pop("name"),
+            "supportedModelFormats.0.name: Field required",
+        ),
+        (
+            lambda d: d["spec"]["supportedModelFormats"][0].update(priority=0),
+            "priority: Input should be greater",
+        ),
+        (
+            lambda d: d["spec"]["builtInAdapter"].update(runtimeManagementPort=70000),
+            "runtimeManagementPort",
+        ),
+        (
+            lambda d: d["spec"].update(multiModel="perhaps"),
+            "spec.multiModel: Input should be a valid boolean",
+        ),
+    ],
+)
 def test_bad_runtimes_are_refused_with_the_field(change: Any, message: str) -> None:
     doc = copy.deepcopy(SEED_RUNTIME)
     change(doc)
@@ -103,7 +160,10 @@ def test_bad_runtimes_are_refused_with_the_field(change: Any, message: str) -> N
 
 
 def test_a_dotted_name_is_a_valid_runtime_name() -> None:
-    assert parse_serving_runtime(runtime("mlserver-1.x", kind="ClusterServingRuntime")).name == "mlserver-1.x"
+    assert (
+        parse_serving_runtime(runtime("mlserver-1.x", kind="ClusterServingRuntime")).name
+        == "mlserver-1.x"
+    )
 
 
 # -- selection ------------------------------------------------------------
@@ -120,13 +180,18 @@ def test_auto_selection_takes_the_highest_priority_then_namespaced_then_name() -
     b, a = record(runtime("b", SK)), record(runtime("a", SK))
     assert select(model(), [b, a], []).runtime is a
     cluster_a = record(runtime("a", SK, kind="ClusterServingRuntime"))
-    assert select(model(), [b], [cluster_a]).runtime.name == "b"  # namespaced first at equal priority
+    assert (
+        select(model(), [b], [cluster_a]).runtime.name == "b"
+    )  # namespaced first at equal priority
     assert select(model("SKLearn"), [a], []).runtime is a  # format names compare case-insensitively
 
 
 def test_auto_selection_skips_disabled_single_model_and_not_auto_selected_runtimes() -> None:
-    runtimes = [record(runtime("off", SK, disabled=True)), record(runtime("single", SK, multiModel=False)),
-                record(runtime("manual", {"name": "sklearn"}))]
+    runtimes = [
+        record(runtime("off", SK, disabled=True)),
+        record(runtime("single", SK, multiModel=False)),
+        record(runtime("manual", {"name": "sklearn"})),
+    ]
     chosen = select(model(), runtimes, [])
     assert chosen.runtime is None and chosen.reason == "NoSupportingRuntime"
     assert chosen.message == "no runtime supports model format 'sklearn' with autoSelect"
@@ -147,12 +212,18 @@ def test_a_named_runtime() -> None:
     assert select(model(named="mine"), [ns], [cluster]).runtime is ns  # namespaced first
     assert select(model(named="mine"), [], [cluster]).runtime is cluster
     missing = select(model(named="nowhere"), [ns], [cluster])
-    assert (missing.runtime, missing.reason) == (None, "RuntimeNotRecognized") and "'nowhere'" in missing.message
+    assert (missing.runtime, missing.reason) == (
+        None,
+        "RuntimeNotRecognized",
+    ) and "'nowhere'" in missing.message
     wrong = select(model("onnx", named="mine"), [ns], [])
     assert wrong.reason == "NoSupportingRuntime"
     assert wrong.message == "ServingRuntime 'mine' does not support model format 'onnx'"
     disabled = select(model(named="off"), [record(runtime("off", SK, disabled=True))], [])
-    assert disabled.reason == "RuntimeDisabled" and disabled.message == "ServingRuntime 'off' is disabled"
+    assert (
+        disabled.reason == "RuntimeDisabled"
+        and disabled.message == "ServingRuntime 'off' is disabled"
+    )
     single = select(model(named="one"), [record(runtime("one", SK, multiModel=False))], [])
     assert single.reason == "NoSupportingRuntime" and "is not multiModel" in single.message
 
@@ -166,11 +237,20 @@ async def test_built_in_runtimes_serve_every_pod_format(tmp_path: Path) -> None:
     assert names == ["mlserver-1.x", "mmgw-synthetic", "triton-2.x"]
     assert h.registry.runtimes.list("ServingRuntime") == []
     assert await h.store.items("") == {}  # present, not stored
-    for fmt, expected in [("sklearn", "mlserver-1.x"), ("xgboost", "mlserver-1.x"), ("lightgbm", "mlserver-1.x"),
-                          ("onnx", "triton-2.x"), ("pytorch", "triton-2.x"), ("synthetic", "mmgw-synthetic")]:
+    for fmt, expected in [
+        ("sklearn", "mlserver-1.x"),
+        ("xgboost", "mlserver-1.x"),
+        ("lightgbm", "mlserver-1.x"),
+        ("onnx", "triton-2.x"),
+        ("pytorch", "triton-2.x"),
+        ("synthetic", "mmgw-synthetic"),
+    ]:
         assert h.registry.runtimes.select(model(fmt)).runtime.name == expected
     record_, _ = await h.registry.apply(isvc())
-    assert h.registry.status(record_)["runtime"] == {"kind": "ClusterServingRuntime", "name": "mlserver-1.x"}
+    assert h.registry.status(record_)["runtime"] == {
+        "kind": "ClusterServingRuntime",
+        "name": "mlserver-1.x",
+    }
 
 
 async def test_runtimes_are_stored_restored_applied_and_deleted(tmp_path: Path) -> None:
@@ -186,14 +266,19 @@ async def test_runtimes_are_stored_restored_applied_and_deleted(tmp_path: Path) 
     assert (await h.registry.apply_runtime(changed))[1] == "configured"
     cluster, _ = await h.registry.apply_runtime(runtime("shared", SK, kind="ClusterServingRuntime"))
     assert "namespace" not in cluster.manifest["metadata"]
-    assert set(await h.store.items("")) == {"servingruntimes/peft-model-server", "clusterservingruntimes/shared"}
+    assert set(await h.store.items("")) == {
+        "servingruntimes/peft-model-server",
+        "clusterservingruntimes/shared",
+    }
     await h.store.close()
 
     again = await harness(tmp_path, h.pods)
     assert again.registry.runtimes.get("ServingRuntime", "peft-model-server").runtime.spec.disabled
     assert "shared" in [r.name for r in again.registry.runtimes.list("ClusterServingRuntime")]
     await again.registry.delete_runtime("ServingRuntime", "peft-model-server")
-    with pytest.raises(ModelNotFound, match="servingruntimes.serving.kserve.io 'peft-model-server' not found"):
+    with pytest.raises(
+        ModelNotFound, match="servingruntimes.serving.kserve.io 'peft-model-server' not found"
+    ):
         again.registry.runtimes.get("ServingRuntime", "peft-model-server")
     with pytest.raises(ModelNotFound):
         await again.registry.delete_runtime("ServingRuntime", "peft-model-server")
@@ -205,15 +290,22 @@ async def test_runtimes_are_stored_restored_applied_and_deleted(tmp_path: Path) 
         await again.registry.apply_runtime(other_ns)
 
 
-async def test_a_built_in_runtime_can_be_replaced_and_comes_back_when_deleted(tmp_path: Path) -> None:
+async def test_a_built_in_runtime_can_be_replaced_and_comes_back_when_deleted(
+    tmp_path: Path,
+) -> None:
     h = await harness(tmp_path)
     rec, _ = await h.registry.apply(isvc())
     await settle()
-    await h.registry.apply_runtime(runtime("mlserver-1.x", {"name": "xgboost", "autoSelect": True},
-                                           kind="ClusterServingRuntime"))
+    await h.registry.apply_runtime(
+        runtime(
+            "mlserver-1.x", {"name": "xgboost", "autoSelect": True}, kind="ClusterServingRuntime"
+        )
+    )
     status = h.registry.status(h.registry.get("sklearn-mnist"))
     assert status["conditions"][0]["reason"] == "NoSupportingRuntime"
-    assert h.pods.unloads == [("10.0.0.1:9000", rec.serving.model_id)]  # withdrawn: unloaded, unrouted
+    assert h.pods.unloads == [
+        ("10.0.0.1:9000", rec.serving.model_id)
+    ]  # withdrawn: unloaded, unrouted
     with pytest.raises(ModelNotFound, match="no serving runtime"):
         h.registry.resolve("sklearn-mnist")
     await h.registry.delete_runtime("ClusterServingRuntime", "mlserver-1.x")
@@ -229,12 +321,20 @@ async def test_no_supporting_runtime_is_stored_not_ready_and_never_loaded(tmp_pa
     assert h.pods.loads == [] and not h.placement.is_registered(rec.serving.model_id)
     assert "inferenceservices/peft" in await h.store.items("")
     status = h.registry.status(rec)
-    assert status["conditions"] == [{"type": "Ready", "status": "False", "reason": "NoSupportingRuntime",
-                                     "message": "no runtime supports model format 'peft-model' with autoSelect"}]
+    assert status["conditions"] == [
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "NoSupportingRuntime",
+            "message": "no runtime supports model format 'peft-model' with autoSelect",
+        }
+    ]
     assert status["modelStatus"]["transitionStatus"] == "InvalidSpec"
     assert status["modelStatus"]["lastFailureInfo"]["reason"] == "NoSupportingRuntime"
     assert "runtime" not in status
-    with pytest.raises(ModelNotFound, match=r"model 'peft' has no serving runtime \(NoSupportingRuntime\)"):
+    with pytest.raises(
+        ModelNotFound, match=r"model 'peft' has no serving runtime \(NoSupportingRuntime\)"
+    ):
         h.registry.resolve("peft")
     with pytest.raises(ModelNotFound, match="is not registered"):
         h.registry.resolve(rec.serving.model_id)
@@ -269,7 +369,10 @@ async def test_a_named_runtime_that_is_missing_or_wrong(tmp_path: Path) -> None:
     assert action == "configured"
     ready = h.registry.status(wrong)["conditions"][0]
     assert ready["reason"] == "NoSupportingRuntime"
-    assert ready["message"] == "ClusterServingRuntime 'triton-2.x' does not support model format 'sklearn'"
+    assert (
+        ready["message"]
+        == "ClusterServingRuntime 'triton-2.x' does not support model format 'sklearn'"
+    )
     right, _ = await h.registry.apply(isvc_of("named", named="mlserver-1.x"))
     await settle()
     assert h.registry.status(right)["conditions"][0]["status"] == "True"
@@ -287,7 +390,10 @@ async def test_a_model_without_runtime_stays_unregistered_after_a_restart(tmp_pa
     await h.store.close()
     again = await harness(tmp_path, h.pods)
     assert not again.placement.is_registered(rec.serving.model_id)
-    assert again.registry.status(again.registry.get("peft"))["conditions"][0]["reason"] == "NoSupportingRuntime"
+    assert (
+        again.registry.status(again.registry.get("peft"))["conditions"][0]["reason"]
+        == "NoSupportingRuntime"
+    )
 
 
 # -- API ------------------------------------------------------------------
@@ -299,30 +405,47 @@ CSRS = "/apis/serving.kserve.io/v1alpha1/clusterservingruntimes"
 async def test_the_api_in_kubernetes_shape(tmp_path: Path) -> None:
     h = await harness(tmp_path)
     app = build_api(h.registry, h.placement, namespace="modelmesh-serving")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api"
+    ) as api:
         response = await api.put(f"{SRS}/peft-model-server", json=SEED_RUNTIME)
         assert response.status_code == 201 and response.headers["mmgw-apply-result"] == "created"
-        assert (await api.put(f"{SRS}/peft-model-server", json=SEED_RUNTIME)).headers["mmgw-apply-result"] == \
-            "unchanged"
+        assert (await api.put(f"{SRS}/peft-model-server", json=SEED_RUNTIME)).headers[
+            "mmgw-apply-result"
+        ] == "unchanged"
         item = (await api.get(f"{SRS}/peft-model-server")).json()
-        assert item["spec"] == SEED_RUNTIME["spec"] and item["metadata"]["creationTimestamp"].endswith("Z")
+        assert item["spec"] == SEED_RUNTIME["spec"] and item["metadata"][
+            "creationTimestamp"
+        ].endswith("Z")
         listed = (await api.get(SRS)).json()
-        assert listed["kind"] == "ServingRuntimeList" and [i["metadata"]["name"] for i in listed["items"]] == [
-            "peft-model-server"]
+        assert listed["kind"] == "ServingRuntimeList" and [
+            i["metadata"]["name"] for i in listed["items"]
+        ] == ["peft-model-server"]
         cluster = (await api.get(CSRS)).json()
-        assert [i["metadata"]["name"] for i in cluster["items"]] == ["mlserver-1.x", "mmgw-synthetic", "triton-2.x"]
+        assert [i["metadata"]["name"] for i in cluster["items"]] == [
+            "mlserver-1.x",
+            "mmgw-synthetic",
+            "triton-2.x",
+        ]
 
         wrong_kind = await api.put(f"{CSRS}/peft-model-server", json=SEED_RUNTIME)
-        assert wrong_kind.status_code == 400 and "kind must be ClusterServingRuntime" in wrong_kind.json()["message"]
+        assert (
+            wrong_kind.status_code == 400
+            and "kind must be ClusterServingRuntime" in wrong_kind.json()["message"]
+        )
         bad = copy.deepcopy(SEED_RUNTIME)
         del bad["spec"]["containers"]
         refused = await api.put(f"{SRS}/peft-model-server", json=bad)
         assert refused.status_code == 400 and refused.json()["reason"] == "BadRequest"
         assert "spec.containers: Field required" in refused.json()["message"]
-        assert (await api.get("/apis/serving.kserve.io/v1alpha1/namespaces/default/servingruntimes")).status_code \
-            == 400
+        assert (
+            await api.get("/apis/serving.kserve.io/v1alpha1/namespaces/default/servingruntimes")
+        ).status_code == 400
         renamed = await api.put(f"{SRS}/other", json=SEED_RUNTIME)
-        assert renamed.status_code == 400 and "metadata.name must be 'other'" in renamed.json()["message"]
+        assert (
+            renamed.status_code == 400
+            and "metadata.name must be 'other'" in renamed.json()["message"]
+        )
 
         deleted = await api.delete(f"{SRS}/peft-model-server")
         assert deleted.json()["details"] == {"name": "peft-model-server", "kind": "servingruntimes"}
@@ -330,30 +453,44 @@ async def test_the_api_in_kubernetes_shape(tmp_path: Path) -> None:
         assert gone.status_code == 404 and gone.json()["reason"] == "NotFound"
         assert (await api.delete(f"{CSRS}/mlserver-1.x")).status_code == 400
 
-        await api.put("/apis/serving.kserve.io/v1beta1/namespaces/modelmesh-serving/inferenceservices/peft",
-                      json=isvc_of("peft", "peft-model"))
-        isvc_item = (await api.get(
-            "/apis/serving.kserve.io/v1beta1/namespaces/modelmesh-serving/inferenceservices/peft")).json()
+        await api.put(
+            "/apis/serving.kserve.io/v1beta1/namespaces/modelmesh-serving/inferenceservices/peft",
+            json=isvc_of("peft", "peft-model"),
+        )
+        isvc_item = (
+            await api.get(
+                "/apis/serving.kserve.io/v1beta1/namespaces/modelmesh-serving/inferenceservices/peft"
+            )
+        ).json()
         assert isvc_item["status"]["conditions"][0]["reason"] == "NoSupportingRuntime"
 
 
-async def test_a_model_goes_only_to_pods_of_its_runtime_and_is_runtime_unhealthy_without_one(tmp_path: Path) -> None:
+async def test_a_model_goes_only_to_pods_of_its_runtime_and_is_runtime_unhealthy_without_one(
+    tmp_path: Path,
+) -> None:
     pods = FakePods(**{"10.0.0.1:9000": FakePod(), "10.0.0.2:9000": FakePod()})
     h = await harness(tmp_path, pods)
     h.placement.add_pod("10.0.0.1:9000", "pod-a", runtime="mlserver-1.x")
     h.placement.add_pod("10.0.0.2:9000", "pod-b", runtime="other-runtime")
-    await h.registry.apply_runtime(runtime("my-sklearn", {"name": "sklearn", "autoSelect": True, "priority": 9},
-                                           multiModel=True))
+    await h.registry.apply_runtime(
+        runtime(
+            "my-sklearn", {"name": "sklearn", "autoSelect": True, "priority": 9}, multiModel=True
+        )
+    )
     record_, _ = await h.registry.apply(isvc())  # selects my-sklearn: no pod of it is up
     await settle()
     assert pods.loads == []
     condition = h.registry.status(record_)["conditions"][0]
     assert (condition["status"], condition["reason"]) == ("False", "RuntimeUnhealthy")
-    assert "no pod of runtime 'my-sklearn' that serves format 'sklearn' is up" in condition["message"]
+    assert (
+        "no pod of runtime 'my-sklearn' that serves format 'sklearn' is up" in condition["message"]
+    )
     with pytest.raises(Unavailable, match="no runtime pod of runtime 'my-sklearn'"):
         await h.router.route(RouteKey("sklearn-mnist", grpc=False))
 
-    await h.registry.delete_runtime("ServingRuntime", "my-sklearn")  # back to mlserver-1.x: pod-a only
+    await h.registry.delete_runtime(
+        "ServingRuntime", "my-sklearn"
+    )  # back to mlserver-1.x: pod-a only
     await settle()
     assert await h.router.route(RouteKey("sklearn-mnist", grpc=False)) is not None
     assert {pod for pod, _ in pods.loads} == {"10.0.0.1:9000"}

@@ -13,11 +13,22 @@ from gateway.kserve.storage import StorageRoots, size_on_disk
 SEED: dict[str, Any] = {
     "apiVersion": "serving.kserve.io/v1beta1",
     "kind": "InferenceService",
-    "metadata": {"name": "sklearn-mnist", "namespace": "modelmesh-serving",
-                 "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh"}},
-    "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"},
-                                     "storage": {"parameters": {"type": "pvc", "name": "my-models-pvc"},
-                                                 "path": "mnist-svm.joblib"}}}},
+    "metadata": {
+        "name": "sklearn-mnist",
+        "namespace": "modelmesh-serving",
+        "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh"},
+    },
+    "spec": {
+        "predictor": {
+            "model": {
+                "modelFormat": {"name": "sklearn"},
+                "storage": {
+                    "parameters": {"type": "pvc", "name": "my-models-pvc"},
+                    "path": "mnist-svm.joblib",
+                },
+            }
+        }
+    },
 }
 
 
@@ -29,7 +40,9 @@ def seed(**storage: Any) -> dict[str, Any]:
 
 def test_concrete_id_follows_the_spec() -> None:
     first = parse_inference_service(SEED).concrete_id()
-    assert first.startswith("sklearn-mnist__isvc-") and len(first) == len("sklearn-mnist__isvc-") + 10
+    assert (
+        first.startswith("sklearn-mnist__isvc-") and len(first) == len("sklearn-mnist__isvc-") + 10
+    )
     assert parse_inference_service(copy.deepcopy(SEED)).concrete_id() == first
     relabelled = copy.deepcopy(SEED)
     relabelled["metadata"]["labels"] = {"team": "a"}
@@ -91,7 +104,8 @@ def test_pvc_paths_resolve_inside_the_root(roots: StorageRoots) -> None:
         ({"path": None}, "storage.path"),
     ],
 )
-def test_storage_that_leaves_its_root_or_is_unknown_is_refused(roots: StorageRoots, storage: dict[str, Any],
-                                                               message: str) -> None:
+def test_storage_that_leaves_its_root_or_is_unknown_is_refused(
+    roots: StorageRoots, storage: dict[str, Any], message: str
+) -> None:
     with pytest.raises(StorageError, match=message):
         roots.resolve(parse_inference_service(seed(**storage)).model)

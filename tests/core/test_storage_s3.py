@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.control.registry import Registry
 from gateway.core.errors import ModelNotInStorage, StorageAccessDenied, StorageError, StorageFailure
 from gateway.core.placement import Placement
-from gateway.control.registry import Registry
-from gateway.kserve.resources import parse_inference_service
 from gateway.kserve.locations import S3Location
+from gateway.kserve.resources import parse_inference_service
 from gateway.kserve.storage import StorageRoots, load_storage_config
 from gateway.store import EmbeddedStore
 from tests.s3server import S3Server
@@ -29,8 +29,14 @@ ISVC: dict[str, Any] = {
     "apiVersion": "serving.kserve.io/v1beta1",
     "kind": "InferenceService",
     "metadata": {"name": "from-s3", "namespace": "modelmesh-serving"},
-    "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"},
-                                     "storage": {"key": "localMinIO", "path": "sklearn/mnist-svm.joblib"}}}},
+    "spec": {
+        "predictor": {
+            "model": {
+                "modelFormat": {"name": "sklearn"},
+                "storage": {"key": "localMinIO", "path": "sklearn/mnist-svm.joblib"},
+            }
+        }
+    },
 }
 
 
@@ -61,30 +67,58 @@ def uploaded(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> S3Server
     (data / "model.joblib").write_bytes(b"m" * 1000)
     (data / "part").write_bytes(b"p" * 24)
     s3.upload("models", "sklearn/mnist-svm.joblib", data / "model.joblib")
-    s3.upload("models", "sklearn/mnist-svm.joblib.bak", data / "part")  # same prefix, another object
+    s3.upload(
+        "models", "sklearn/mnist-svm.joblib.bak", data / "part"
+    )  # same prefix, another object
     s3.upload("models", "folder/a/weights.bin", data / "model.joblib")
     s3.upload("models", "folder/config.json", data / "part")
     return s3
 
 
-CONFIG = {"localMinIO": {"type": "s3", "endpoint_url": "http://127.0.0.1:1", "default_bucket": "models"},
-          "default": {"type": "s3", "bucket": "fallback"},
-          "pvc-key": {"type": "pvc", "name": "my-models-pvc"}}
+CONFIG = {
+    "localMinIO": {"type": "s3", "endpoint_url": "http://127.0.0.1:1", "default_bucket": "models"},
+    "default": {"type": "s3", "bucket": "fallback"},
+    "pvc-key": {"type": "pvc", "name": "my-models-pvc"},
+}
 
 
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
-        ({}, S3Location("localMinIO", "models", "sklearn/mnist-svm.joblib", {"type": "s3", "bucket": "models"})),
-        ({"storage": {"key": "localMinIO", "path": "/x.joblib", "parameters": {"bucket": "other"}}},
-         S3Location("localMinIO", "other", "x.joblib", {"type": "s3", "bucket": "other"})),
-        ({"storage": None, "storageUri": "s3://uri-bucket/a/b.joblib"},
-         S3Location("default", "uri-bucket", "a/b.joblib", {"type": "s3", "bucket": "uri-bucket"})),
-        ({"storage": {"parameters": {"type": "s3"}, "path": "p.joblib"}},
-         S3Location("default", "fallback", "p.joblib", {"type": "s3", "bucket": "fallback"})),
+        (
+            {},
+            S3Location(
+                "localMinIO",
+                "models",
+                "sklearn/mnist-svm.joblib",
+                {"type": "s3", "bucket": "models"},
+            ),
+        ),
+        (
+            {
+                "storage": {
+                    "key": "localMinIO",
+                    "path": "/x.joblib",
+                    "parameters": {"bucket": "other"},
+                }
+            },
+            S3Location("localMinIO", "other", "x.joblib", {"type": "s3", "bucket": "other"}),
+        ),
+        (
+            {"storage": None, "storageUri": "s3://uri-bucket/a/b.joblib"},
+            S3Location(
+                "default", "uri-bucket", "a/b.joblib", {"type": "s3", "bucket": "uri-bucket"}
+            ),
+        ),
+        (
+            {"storage": {"parameters": {"type": "s3"}, "path": "p.joblib"}},
+            S3Location("default", "fallback", "p.joblib", {"type": "s3", "bucket": "fallback"}),
+        ),
     ],
 )
-def test_s3_references_resolve_to_a_key_a_bucket_and_a_path(model: dict[str, Any], expected: S3Location) -> None:
+def test_s3_references_resolve_to_a_key_a_bucket_and_a_path(
+    model: dict[str, Any], expected: S3Location
+) -> None:
     assert StorageRoots({}, CONFIG).resolve(model_of(isvc(**model))) == expected
 
 
@@ -97,23 +131,48 @@ def test_a_storage_key_may_name_a_pvc(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("model", "config", "message"),
     [
-        ({"storage": {"key": "nope", "path": "x"}}, CONFIG,
-         "unknown storage key 'nope' (the storage config has: default, localMinIO, pvc-key)"),
-        ({"storage": None, "storageUri": "s3://b/x"}, {}, None),  # no default entry: parameters only
-        ({"storage": {"key": "localMinIO", "path": "x"}}, {"localMinIO": {"type": "s3"}},
-         "no bucket: give storage.parameters.bucket, or a bucket in storage key 'localMinIO'"),
-        ({"storage": {"key": "localMinIO", "path": "/"}}, CONFIG, "storage.path must give the model's object path"),
-        ({"storage": {"key": "localMinIO", "path": "x"}}, {"localMinIO": {"type": "gcs"}},
-         "storage type 'gcs' is not supported"),
+        (
+            {"storage": {"key": "nope", "path": "x"}},
+            CONFIG,
+            "unknown storage key 'nope' (the storage config has: default, localMinIO, pvc-key)",
+        ),
+        (
+            {"storage": None, "storageUri": "s3://b/x"},
+            {},
+            None,
+        ),  # no default entry: parameters only
+        (
+            {"storage": {"key": "localMinIO", "path": "x"}},
+            {"localMinIO": {"type": "s3"}},
+            "no bucket: give storage.parameters.bucket, or a bucket in storage key 'localMinIO'",
+        ),
+        (
+            {"storage": {"key": "localMinIO", "path": "/"}},
+            CONFIG,
+            "storage.path must give the model's object path",
+        ),
+        (
+            {"storage": {"key": "localMinIO", "path": "x"}},
+            {"localMinIO": {"type": "gcs"}},
+            "storage type 'gcs' is not supported",
+        ),
         ({"storage": {"key": "localMinIO"}}, CONFIG, "storage.path must give"),
-        ({"storage": None, "storageUri": "gs://b/x"}, CONFIG, "use pvc://<pvc-name>/<path> or s3://<bucket>/<path>"),
+        (
+            {"storage": None, "storageUri": "gs://b/x"},
+            CONFIG,
+            "use pvc://<pvc-name>/<path> or s3://<bucket>/<path>",
+        ),
         ({"storage": None}, CONFIG, "the model has no storage"),
     ],
 )
-def test_unusable_references_say_why(model: dict[str, Any], config: dict[str, Any], message: str | None) -> None:
+def test_unusable_references_say_why(
+    model: dict[str, Any], config: dict[str, Any], message: str | None
+) -> None:
     roots = StorageRoots({}, config)
     if message is None:
-        assert roots.resolve(model_of(isvc(**model))) == S3Location(None, "b", "x", {"type": "s3", "bucket": "b"})
+        assert roots.resolve(model_of(isvc(**model))) == S3Location(
+            None, "b", "x", {"type": "s3", "bucket": "b"}
+        )
         return
     with pytest.raises(StorageError) as err:
         roots.resolve(model_of(isvc(**model)))
@@ -122,8 +181,10 @@ def test_unusable_references_say_why(model: dict[str, Any], config: dict[str, An
 
 def test_the_location_travels_to_the_pod_as_modelmesh_storage_fields() -> None:
     location = S3Location("localMinIO", "models", "a/b.joblib", {"type": "s3", "bucket": "models"})
-    assert json.loads(location.to_key()) == {"storage_key": "localMinIO",
-                                            "storage_params": {"type": "s3", "bucket": "models"}}
+    assert json.loads(location.to_key()) == {
+        "storage_key": "localMinIO",
+        "storage_params": {"type": "s3", "bucket": "models"},
+    }
     assert S3Location.from_request("a/b.joblib", location.to_key()) == location
     assert S3Location.from_request("/pvc/model.joblib", "") is None
     assert S3Location.from_request("/pvc/model.joblib", '{"format": "v1"}') is None
@@ -133,16 +194,29 @@ def test_the_location_travels_to_the_pod_as_modelmesh_storage_fields() -> None:
 
 
 def test_the_storage_config_forms(tmp_path: Path) -> None:
-    entry = {"type": "s3", "access_key_id": "k", "secret_access_key": "s", "endpoint_url": "http://h:9000"}
+    entry = {
+        "type": "s3",
+        "access_key_id": "k",
+        "secret_access_key": "s",
+        "endpoint_url": "http://h:9000",
+    }
     expected = {"localMinIO": entry}
     as_strings = tmp_path / "config.yaml"
     as_strings.write_text(yaml.safe_dump({"localMinIO": json.dumps(entry)}))
     as_mappings = tmp_path / "config.json"
     as_mappings.write_text(json.dumps(expected))
     secret = tmp_path / "secret.yaml"
-    secret.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "storage-config"}, "type": "Opaque",
-        "data": {"localMinIO": base64.b64encode(json.dumps(entry).encode()).decode()}}))
+    secret.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "storage-config"},
+                "type": "Opaque",
+                "data": {"localMinIO": base64.b64encode(json.dumps(entry).encode()).decode()},
+            }
+        )
+    )
     mounted = tmp_path / "mounted"  # the secret as ModelMesh mounts it: a file per key
     mounted.mkdir()
     (mounted / "localMinIO").write_text(json.dumps(entry))
@@ -179,26 +253,54 @@ async def test_measure_lists_one_object_or_a_folder(uploaded: S3Server) -> None:
 @pytest.mark.parametrize(
     ("entry", "location", "error", "message"),
     [
-        ({}, S3Location("k", "models", "sklearn/absent.joblib"), ModelNotInStorage,
-         "s3://models/sklearn/absent.joblib (storage key 'k'): no such object or folder in bucket 'models'"),
-        ({}, S3Location("k", "nobucket", "x"), ModelNotInStorage, "bucket 'nobucket' does not exist"),
-        ({"access_key_id": "AKIAUNKNOWN"}, S3Location("k", "models", "folder"), StorageAccessDenied,
-         "access denied (InvalidAccessKeyId"),
-        ({"secret_access_key": "wrong"}, S3Location("k", "models", "folder"), StorageAccessDenied,
-         "access denied (SignatureDoesNotMatch"),
-        ({"endpoint_url": "http://127.0.0.1:1"}, S3Location("k", "models", "folder"), StorageFailure,
-         "cannot reach the storage"),
+        (
+            {},
+            S3Location("k", "models", "sklearn/absent.joblib"),
+            ModelNotInStorage,
+            "s3://models/sklearn/absent.joblib (storage key 'k'): no such object or folder in bucket 'models'",
+        ),
+        (
+            {},
+            S3Location("k", "nobucket", "x"),
+            ModelNotInStorage,
+            "bucket 'nobucket' does not exist",
+        ),
+        (
+            {"access_key_id": "AKIAUNKNOWN"},
+            S3Location("k", "models", "folder"),
+            StorageAccessDenied,
+            "access denied (InvalidAccessKeyId",
+        ),
+        (
+            {"secret_access_key": "wrong"},
+            S3Location("k", "models", "folder"),
+            StorageAccessDenied,
+            "access denied (SignatureDoesNotMatch",
+        ),
+        (
+            {"endpoint_url": "http://127.0.0.1:1"},
+            S3Location("k", "models", "folder"),
+            StorageFailure,
+            "cannot reach the storage",
+        ),
     ],
 )
-async def test_measure_failures_say_which(uploaded: S3Server, entry: dict[str, str], location: S3Location,
-                                          error: type[StorageFailure], message: str) -> None:
+async def test_measure_failures_say_which(
+    uploaded: S3Server,
+    entry: dict[str, str],
+    location: S3Location,
+    error: type[StorageFailure],
+    message: str,
+) -> None:
     roots = StorageRoots({}, {"k": uploaded.entry(**entry)})
     with pytest.raises(error) as err:
         await roots.measure(location)
     assert message in err.value.message
 
 
-async def registry(tmp_path: Path, config: dict[str, Any], pods: FakePods | None = None) -> Registry:
+async def registry(
+    tmp_path: Path, config: dict[str, Any], pods: FakePods | None = None
+) -> Registry:
     pvc = tmp_path / "pvc"
     pvc.mkdir(exist_ok=True)
     pods = pods or FakePods(a=FakePod(capacity=1 << 20))
@@ -212,19 +314,26 @@ async def registry(tmp_path: Path, config: dict[str, Any], pods: FakePods | None
     return reg
 
 
-async def test_an_s3_model_is_registered_with_its_listed_size_and_location(tmp_path: Path,
-                                                                           uploaded: S3Server) -> None:
+async def test_an_s3_model_is_registered_with_its_listed_size_and_location(
+    tmp_path: Path, uploaded: S3Server
+) -> None:
     reg = await registry(tmp_path, {"localMinIO": uploaded.entry()})
     record, action = await reg.apply(isvc())
     assert action == "created"
     assert record.target.path == "sklearn/mnist-svm.joblib"
     assert record.target.predicted_size == 1250  # 1000 bytes listed x 1.25
-    assert json.loads(record.target.key) == {"storage_key": "localMinIO",
-                                             "storage_params": {"type": "s3", "bucket": "models"}}
+    assert json.loads(record.target.key) == {
+        "storage_key": "localMinIO",
+        "storage_params": {"type": "s3", "bucket": "models"},
+    }
 
 
-async def test_an_object_the_gateway_cannot_list_is_left_to_the_pods(tmp_path: Path, uploaded: S3Server) -> None:
-    pods = FakePods(a=FakePod(capacity=1 << 30, fail_loads="s3://models/absent.joblib: no such object"))
+async def test_an_object_the_gateway_cannot_list_is_left_to_the_pods(
+    tmp_path: Path, uploaded: S3Server
+) -> None:
+    pods = FakePods(
+        a=FakePod(capacity=1 << 30, fail_loads="s3://models/absent.joblib: no such object")
+    )
     reg = await registry(tmp_path, {"localMinIO": uploaded.entry()}, pods)
     record, _ = await reg.apply(isvc(storage={"key": "localMinIO", "path": "absent.joblib"}))
     assert record.target.predicted_size == 1 << 20  # the default: nothing listed
@@ -240,16 +349,33 @@ async def test_an_object_the_gateway_cannot_list_is_left_to_the_pods(tmp_path: P
     ("model", "message"),
     [
         ({"storage": {"key": "nope", "path": "m.joblib"}}, "unknown storage key 'nope'"),
-        ({"storage": {"parameters": {"type": "pvc", "name": "my-models-pvc"}, "path": "../outside.joblib"}},
-         "model path '../outside.joblib' leaves PVC 'my-models-pvc'"),
-        ({"storage": {"parameters": {"type": "pvc", "name": "my-models-pvc"}, "path": "link.joblib"}},
-         "model path 'link.joblib' leaves PVC 'my-models-pvc'"),
-        ({"storage": {"parameters": {"type": "pvc", "name": "other-pvc"}, "path": "m.joblib"}},
-         "unknown PVC 'other-pvc'"),
+        (
+            {
+                "storage": {
+                    "parameters": {"type": "pvc", "name": "my-models-pvc"},
+                    "path": "../outside.joblib",
+                }
+            },
+            "model path '../outside.joblib' leaves PVC 'my-models-pvc'",
+        ),
+        (
+            {
+                "storage": {
+                    "parameters": {"type": "pvc", "name": "my-models-pvc"},
+                    "path": "link.joblib",
+                }
+            },
+            "model path 'link.joblib' leaves PVC 'my-models-pvc'",
+        ),
+        (
+            {"storage": {"parameters": {"type": "pvc", "name": "other-pvc"}, "path": "m.joblib"}},
+            "unknown PVC 'other-pvc'",
+        ),
     ],
 )
-async def test_unusable_storage_is_stored_not_ready_and_never_loaded(tmp_path: Path, model: dict[str, Any],
-                                                                     message: str) -> None:
+async def test_unusable_storage_is_stored_not_ready_and_never_loaded(
+    tmp_path: Path, model: dict[str, Any], message: str
+) -> None:
     (tmp_path / "outside.joblib").write_bytes(b"secret")
     pods = FakePods(a=FakePod())
     reg = await registry(tmp_path, {}, pods)
@@ -262,7 +388,9 @@ async def test_unusable_storage_is_stored_not_ready_and_never_loaded(tmp_path: P
     assert message in ready["message"]
     assert status["modelStatus"]["transitionStatus"] == "InvalidSpec"
     assert status["modelStatus"]["lastFailureInfo"]["reason"] == "InvalidPredictorSpec"
-    with pytest.raises(Exception, match=f"model 'from-s3' cannot be served \\(InvalidPredictorSpec\\): "):
+    with pytest.raises(
+        Exception, match="model 'from-s3' cannot be served \\(InvalidPredictorSpec\\): "
+    ):
         reg.resolve("from-s3")
     assert pods.loads == []
 
@@ -270,18 +398,23 @@ async def test_unusable_storage_is_stored_not_ready_and_never_loaded(tmp_path: P
 async def test_a_fixed_storage_reference_is_served(tmp_path: Path) -> None:
     reg = await registry(tmp_path, {})
     (tmp_path / "pvc" / "m.joblib").write_bytes(b"m" * 8)
-    bad = isvc(storage={"parameters": {"type": "pvc", "name": "my-models-pvc"}, "path": "../m.joblib"})
+    bad = isvc(
+        storage={"parameters": {"type": "pvc", "name": "my-models-pvc"}, "path": "../m.joblib"}
+    )
     record, _ = await reg.apply(bad)
     assert reg.status(record)["conditions"][0]["status"] == "False"
-    good = isvc(storage={"parameters": {"type": "pvc", "name": "my-models-pvc"}, "path": "m.joblib"})
+    good = isvc(
+        storage={"parameters": {"type": "pvc", "name": "my-models-pvc"}, "path": "m.joblib"}
+    )
     record, action = await reg.apply(good)
     assert action == "configured"
     assert record.target.path == str((tmp_path / "pvc" / "m.joblib").resolve())
     assert reg.resolve("from-s3") == record.target.model_id
 
 
-async def test_a_restart_with_the_missing_storage_key_configured_serves_it(tmp_path: Path,
-                                                                          uploaded: S3Server) -> None:
+async def test_a_restart_with_the_missing_storage_key_configured_serves_it(
+    tmp_path: Path, uploaded: S3Server
+) -> None:
     reg = await registry(tmp_path, {})
     record, _ = await reg.apply(isvc())
     assert reg.status(record)["conditions"][0]["reason"] == "InvalidPredictorSpec"

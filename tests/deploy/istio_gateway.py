@@ -24,25 +24,69 @@ def bootstrap() -> dict[str, Any]:
     hcm = {
         "@type": _HCM_TYPE,
         "stat_prefix": f"outbound_0.0.0.0_{GATEWAY_PORT}",
-        "route_config": {"name": f"http.{GATEWAY_PORT}", "virtual_hosts": [{
-            "name": f"*:{GATEWAY_PORT}", "domains": ["*"],
-            "routes": [{"name": "default", "match": {"prefix": "/"},
-                        "route": {"cluster": ISTIO_PODS_CLUSTER, "timeout": "0s"}}]}]},
-        "http_filters": [{"name": ROUTER, "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        "route_config": {
+            "name": f"http.{GATEWAY_PORT}",
+            "virtual_hosts": [
+                {
+                    "name": f"*:{GATEWAY_PORT}",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "name": "default",
+                            "match": {"prefix": "/"},
+                            "route": {"cluster": ISTIO_PODS_CLUSTER, "timeout": "0s"},
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": ROUTER,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
     }
-    listener = {"name": f"0.0.0.0_{GATEWAY_PORT}",
-                "address": {"socket_address": {"address": "0.0.0.0", "port_value": GATEWAY_PORT}},
-                "filter_chains": [{"filters": [{"name": HCM, "typed_config": hcm}]}]}
+    listener = {
+        "name": f"0.0.0.0_{GATEWAY_PORT}",
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": GATEWAY_PORT}},
+        "filter_chains": [{"filters": [{"name": HCM, "typed_config": hcm}]}],
+    }
     # EDS in Istio; a static endpoint here. Istio's default policy is LEAST_REQUEST.
-    pods = {"name": ISTIO_PODS_CLUSTER, "type": "STATIC", "connect_timeout": "10s", "lb_policy": "LEAST_REQUEST",
-            "load_assignment": {"cluster_name": ISTIO_PODS_CLUSTER, "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": "10.0.0.5", "port_value": 8085}}}}]}]},
-            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    pods = {
+        "name": ISTIO_PODS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "10s",
+        "lb_policy": "LEAST_REQUEST",
+        "load_assignment": {
+            "cluster_name": ISTIO_PODS_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "10.0.0.5", "port_value": 8085}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}}}
-    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},
-            "static_resources": {"listeners": [listener], "clusters": [pods]}}
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},
+        "static_resources": {"listeners": [listener], "clusters": [pods]},
+    }
 
 
 def merge(into: dict[str, Any], value: dict[str, Any]) -> None:
@@ -57,7 +101,9 @@ def merge(into: dict[str, Any], value: dict[str, Any]) -> None:
 
 
 def hcm_of(config: dict[str, Any]) -> dict[str, Any]:
-    return config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    return config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]
 
 
 def apply(config: dict[str, Any], envoy_filters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -70,7 +116,11 @@ def apply(config: dict[str, Any], envoy_filters: list[dict[str, Any]]) -> dict[s
     for envoy_filter in sorted(envoy_filters, key=lambda f: f["spec"].get("priority", 0)):
         for patch in envoy_filter["spec"]["configPatches"]:
             assert patch["match"]["context"] == "GATEWAY"
-            where, operation, value = patch["applyTo"], patch["patch"]["operation"], patch["patch"]["value"]
+            where, operation, value = (
+                patch["applyTo"],
+                patch["patch"]["operation"],
+                patch["patch"]["value"],
+            )
             if (where, operation) == ("LISTENER", "MERGE"):
                 merge(listener, value)
             elif (where, operation) == ("NETWORK_FILTER", "MERGE"):

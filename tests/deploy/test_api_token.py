@@ -14,8 +14,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from gateway.tools import cli, launcher
 from gateway.settings import GatewaySettings
+from gateway.tools import cli, launcher
 
 TOKEN = "s3cret-token"
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,9 @@ ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/modelmesh-serving/inferences
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "gateway"])
 def test_settings_refuse_a_non_loopback_api_without_a_token(host: str) -> None:
-    with pytest.raises(ValidationError, match="not a loopback address, without a token.*MMGW_API_TOKEN"):
+    with pytest.raises(
+        ValidationError, match="not a loopback address, without a token.*MMGW_API_TOKEN"
+    ):
         GatewaySettings(api_host=host)
     with pytest.raises(ValidationError, match="MMGW_API_TOKEN"):
         GatewaySettings(api_host=host, api_token="")  # an empty MMGW_API_TOKEN is no token
@@ -40,11 +42,24 @@ def test_the_gateway_refuses_to_start_on_0_0_0_0_without_a_token(tmp_path: Path)
     env = {k: v for k, v in os.environ.items() if k != "MMGW_API_TOKEN"}
     for args, extra in ((["--api-host", "0.0.0.0"], {}), ([], {"MMGW_API_HOST": "0.0.0.0"})):
         result = subprocess.run(
-            [sys.executable, "-m", "gateway.tools.cli", "serve", "--data-dir", str(tmp_path), *args],
-            env={**env, **extra}, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "gateway.tools.cli",
+                "serve",
+                "--data-dir",
+                str(tmp_path),
+                *args,
+            ],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert result.returncode == 1, result.stderr
-        assert result.stderr.startswith("error: the management API would listen on 0.0.0.0"), result.stderr
+        assert result.stderr.startswith("error: the management API would listen on 0.0.0.0"), (
+            result.stderr
+        )
         assert "set MMGW_API_TOKEN" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -52,12 +67,16 @@ def test_the_gateway_refuses_to_start_on_0_0_0_0_without_a_token(tmp_path: Path)
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A gateway with a token (no pod needed: nothing here loads a model)."""
     data = tmp_path_factory.mktemp("token")
-    deployment = launcher.Deployment(data_dir=data, ports=launcher.Ports.free(pods=1),
-                                     gateway_env={"MMGW_API_TOKEN": TOKEN})
+    deployment = launcher.Deployment(
+        data_dir=data, ports=launcher.Ports.free(pods=1), gateway_env={"MMGW_API_TOKEN": TOKEN}
+    )
     try:
         deployment.start_gateway()
-        deployment._wait("gateway", lambda: launcher.listening(deployment.ports.api),  # noqa: SLF001
-                         time.monotonic() + 60)
+        deployment._wait(
+            "gateway",
+            lambda: launcher.listening(deployment.ports.api),  # noqa: SLF001
+            time.monotonic() + 60,
+        )
         yield deployment.api_url
     finally:
         deployment.stop()
@@ -65,18 +84,30 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_requests_without_the_token_get_401_as_a_kubernetes_status(gateway: str) -> None:
     with httpx.Client(base_url=gateway, timeout=30) as api:
-        for headers, problem in (({}, "needs a bearer token"),
-                                 ({"Authorization": "Bearer wrong"}, "not valid"),
-                                 ({"Authorization": TOKEN}, "not valid")):  # no "Bearer " scheme
-            for method, path in (("GET", ISVCS), ("PUT", f"{ISVCS}/x"), ("DELETE", f"{ISVCS}/x"),
-                                 ("GET", "/v1/placement"), ("GET", "/docs"), ("GET", "/openapi.json")):
+        for headers, problem in (
+            ({}, "needs a bearer token"),
+            ({"Authorization": "Bearer wrong"}, "not valid"),
+            ({"Authorization": TOKEN}, "not valid"),
+        ):  # no "Bearer " scheme
+            for method, path in (
+                ("GET", ISVCS),
+                ("PUT", f"{ISVCS}/x"),
+                ("DELETE", f"{ISVCS}/x"),
+                ("GET", "/v1/placement"),
+                ("GET", "/docs"),
+                ("GET", "/openapi.json"),
+            ):
                 response = api.request(method, path, headers=headers)
                 assert response.status_code == 401, (method, path, headers)
                 assert response.headers["www-authenticate"] == "Bearer"
                 body = response.json()
                 assert {k: body[k] for k in ("kind", "apiVersion", "status", "reason", "code")} == {
-                    "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Unauthorized",
-                    "code": 401}
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "reason": "Unauthorized",
+                    "code": 401,
+                }
                 assert problem in body["message"] and "MMGW_TOKEN" in body["message"]
                 assert TOKEN not in body["message"]
 
@@ -90,11 +121,17 @@ def test_probes_and_metrics_need_no_token_and_the_rest_accepts_it(gateway: str) 
         assert api.get("/v1/placement", headers=auth).status_code == 200
 
 
-def test_the_cli_sends_the_token(gateway: str, capsys: pytest.CaptureFixture[str],
-                                 monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_cli_sends_the_token(
+    gateway: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
     monkeypatch.delenv("MMGW_TOKEN", raising=False)
     assert cli.main(["get", "isvc", "--server", gateway]) == 1
-    assert capsys.readouterr().err.startswith("Error from server (Unauthorized): the management API needs a bearer")
+    assert capsys.readouterr().err.startswith(
+        "Error from server (Unauthorized): the management API needs a bearer"
+    )
     assert cli.main(["get", "isvc", "--server", gateway, "--token", "wrong"]) == 1
     assert "(Unauthorized): the bearer token is not valid" in capsys.readouterr().err
 

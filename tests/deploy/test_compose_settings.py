@@ -1,4 +1,5 @@
-"""The commands, ports, environment and paths docker-compose.yml gives the gateway and a pod are ones the program accepts.
+"""The commands, ports, environment and paths docker-compose.yml gives the gateway and a pod
+are ones the program accepts.
 
 The gateway, a runtime pod and Envoy start here with exactly the compose
 file's settings, addresses rewritten to loopback and ports to free ones, and
@@ -40,46 +41,101 @@ def test_the_compose_settings_answer_the_seed_request(tmp_path: Path) -> None:
 
     def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = open(tmp_path / f"{name}.log", "wb")
-        processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                          env={**os.environ, **(env or {})}))
+        processes.append(
+            subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
+        )
 
     with EtcdServer(tmp_path / "etcd") as etcd:
         try:
             gateway = services["gateway"]
-            env = {k: str(v).replace("etcd://etcd:2379", etcd.url).replace("0.0.0.0", "127.0.0.1")
-                   for k, v in gateway["environment"].items()}
+            env = {
+                k: str(v).replace("etcd://etcd:2379", etcd.url).replace("0.0.0.0", "127.0.0.1")
+                for k, v in gateway["environment"].items()
+            }
             assert json.loads(env["MMGW_PVCS"]) == {"my-models-pvc": "/models"}
-            env.update(MMGW_API_TOKEN=TOKEN, MMGW_API_PORT=str(api), MMGW_EXTPROC_PORT=str(extproc),
-                       MMGW_DATA_DIR=str(tmp_path / "gateway"), MMGW_PVCS=json.dumps({"my-models-pvc": str(models)}))
+            env.update(
+                MMGW_API_TOKEN=TOKEN,
+                MMGW_API_PORT=str(api),
+                MMGW_EXTPROC_PORT=str(extproc),
+                MMGW_DATA_DIR=str(tmp_path / "gateway"),
+                MMGW_PVCS=json.dumps({"my-models-pvc": str(models)}),
+            )
             start("gateway", [sys.executable, "-m", "gateway.tools.cli", *gateway["command"]], env)
 
             args = _replace(services["pod-1"]["command"], "--host", "127.0.0.1")
             args = _replace(_replace(args, "--port", str(pod)), "--store", etcd.url)
-            start("pod-1", [sys.executable, "-m", "gateway.tools.cli", *args, "--advertise", f"127.0.0.1:{pod}"])
+            start(
+                "pod-1",
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway.tools.cli",
+                    *args,
+                    "--advertise",
+                    f"127.0.0.1:{pod}",
+                ],
+            )
 
-            config = envoy_config.render(envoy_config.EnvoyPorts(
-                listen_host="127.0.0.1", listen_port=envoy, admin_port=admin, extproc_port=extproc,
-                pods=(f"127.0.0.1:{pod}",)))
+            config = envoy_config.render(
+                envoy_config.EnvoyPorts(
+                    listen_host="127.0.0.1",
+                    listen_port=envoy,
+                    admin_port=admin,
+                    extproc_port=extproc,
+                    pods=(f"127.0.0.1:{pod}",),
+                )
+            )
             path = envoy_config.write(config, tmp_path / "envoy.yaml")
             start("envoy", [str(launcher.envoy_binary()), "-c", str(path), "--disable-hot-restart"])
 
             deadline = time.monotonic() + 60
-            with httpx.Client(base_url=f"http://127.0.0.1:{api}", timeout=30,
-                              headers={"Authorization": f"Bearer {TOKEN}"}) as client:
-                while not (launcher.listening(api) and launcher.listening(envoy)
-                           and any(p["healthy"] for p in client.get("/v1/placement").json()["pods"])):
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{api}",
+                timeout=30,
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as client:
+                while not (
+                    launcher.listening(api)
+                    and launcher.listening(envoy)
+                    and any(p["healthy"] for p in client.get("/v1/placement").json()["pods"])
+                ):
                     assert all(p.poll() is None for p in processes), "a process exited; see its log"
                     assert time.monotonic() < deadline
                     time.sleep(0.1)
-                apply = _replace(services["apply"]["command"], "--server", f"http://127.0.0.1:{api}")
+                apply = _replace(
+                    services["apply"]["command"], "--server", f"http://127.0.0.1:{api}"
+                )
                 apply = _replace(apply, "-f", str(ROOT / "examples" / "sklearn-mnist.yaml"))
-                result = subprocess.run([sys.executable, "-m", "gateway.tools.cli", *apply], env={
-                    **os.environ, "MMGW_TOKEN": TOKEN}, capture_output=True, text=True, timeout=60)
-                assert result.stdout == "inferenceservice.serving.kserve.io/sklearn-mnist created\n", result.stderr
+                result = subprocess.run(
+                    [sys.executable, "-m", "gateway.tools.cli", *apply],
+                    env={**os.environ, "MMGW_TOKEN": TOKEN},
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                assert (
+                    result.stdout == "inferenceservice.serving.kserve.io/sklearn-mnist created\n"
+                ), result.stderr
 
-            body = {"inputs": [{"name": "predict", "shape": [1, 64], "datatype": "FP32",
-                                "contents": {"fp32_contents": samples.sample_input()}}]}
-            answer = httpx.post(f"http://127.0.0.1:{envoy}/v2/models/sklearn-mnist/infer", json=body, timeout=60)
+            body = {
+                "inputs": [
+                    {
+                        "name": "predict",
+                        "shape": [1, 64],
+                        "datatype": "FP32",
+                        "contents": {"fp32_contents": samples.sample_input()},
+                    }
+                ]
+            }
+            answer = httpx.post(
+                f"http://127.0.0.1:{envoy}/v2/models/sklearn-mnist/infer", json=body, timeout=60
+            )
             assert answer.status_code == 200, answer.text
             assert answer.json()["outputs"][0]["contents"]["int64Contents"] == ["8"]
         finally:

@@ -19,7 +19,13 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from gateway.tools import cli, launcher, manifests
-from gateway.tools.envoy_config import EXT_PROC_CLUSTER, PODS_CLUSTER, ROUTER, TRANSCODER, FilterConfig
+from gateway.tools.envoy_config import (
+    EXT_PROC_CLUSTER,
+    PODS_CLUSTER,
+    ROUTER,
+    TRANSCODER,
+    FilterConfig,
+)
 from tests.deploy import istio_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,12 +60,20 @@ def test_generated_files_equal_a_fresh_generation(generated: dict[Path, str]) ->
 
 def test_the_embedded_descriptor_is_the_one_generated_from_proto() -> None:
     fresh = manifests.descriptor_bytes()
-    transcoder = find(documents(manifests.ISTIO_FILTERS), "EnvoyFilter", "mmgw-grpc-json-transcoder")
-    [embedded] = [p["patch"]["value"]["typed_config"]["proto_descriptor_bin"]
-                  for p in transcoder["spec"]["configPatches"] if p["patch"]["value"]["name"] == TRANSCODER]
+    transcoder = find(
+        documents(manifests.ISTIO_FILTERS), "EnvoyFilter", "mmgw-grpc-json-transcoder"
+    )
+    [embedded] = [
+        p["patch"]["value"]["typed_config"]["proto_descriptor_bin"]
+        for p in transcoder["spec"]["configPatches"]
+        if p["patch"]["value"]["name"] == TRANSCODER
+    ]
     assert base64.b64decode(embedded) == fresh
     compose = FilterConfig(yaml.safe_load(manifests.COMPOSE_ENVOY.read_text()))
-    assert base64.b64decode(compose.http_filter(TRANSCODER)["typed_config"]["proto_descriptor_bin"]) == fresh
+    assert (
+        base64.b64decode(compose.http_filter(TRANSCODER)["typed_config"]["proto_descriptor_bin"])
+        == fresh
+    )
 
 
 def test_every_file_parses_and_the_kustomization_names_every_manifest() -> None:
@@ -73,14 +87,22 @@ def test_core_kinds_validate_against_kubernetes_schemas() -> None:
     version = kubernetes_validate.latest_version()
     core = [doc for doc in kustomized() if doc["apiVersion"] in CORE_API_VERSIONS]
     assert {doc["kind"] for doc in core} == {
-        "Namespace", "ServiceAccount", "PersistentVolumeClaim", "StatefulSet", "Deployment", "Service"}
+        "Namespace",
+        "ServiceAccount",
+        "PersistentVolumeClaim",
+        "StatefulSet",
+        "Deployment",
+        "Service",
+    }
     for doc in core:
         kubernetes_validate.validate(doc, version, strict=True)  # strict: no unknown fields
 
 
 def test_namespaces_and_hardening() -> None:
     for doc in kustomized():
-        expected = {"Namespace": None, "EnvoyFilter": "istio-system"}.get(doc["kind"], "modelmesh-serving")
+        expected = {"Namespace": None, "EnvoyFilter": "istio-system"}.get(
+            doc["kind"], "modelmesh-serving"
+        )
         assert doc["metadata"].get("namespace") == expected, doc["metadata"]["name"]
         if doc["kind"] not in ("Deployment", "StatefulSet"):
             continue
@@ -89,17 +111,26 @@ def test_namespaces_and_hardening() -> None:
         assert pod["securityContext"]["runAsNonRoot"] is True
         for container in pod["containers"]:
             context = container["securityContext"]
-            assert context == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                               "capabilities": {"drop": ["ALL"]}}
+            assert context == {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            }
             assert {"requests", "limits"} <= container["resources"].keys()
             assert {"readinessProbe", "livenessProbe"} <= container.keys()
     account = find(kustomized(), "ServiceAccount", "mmgw")
     assert account["automountServiceAccountToken"] is False
-    assert not [d for d in kustomized() if d["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")]
+    assert not [
+        d
+        for d in kustomized()
+        if d["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
+    ]
 
 
 def test_compose_validates_against_the_compose_specification() -> None:
-    jsonschema.validate(yaml.safe_load(COMPOSE.read_text()), get_builtin_schema("vendor.compose-spec"))
+    jsonschema.validate(
+        yaml.safe_load(COMPOSE.read_text()), get_builtin_schema("vendor.compose-spec")
+    )
 
 
 # -- the ingress gateway as the EnvoyFilters make it -------------------------
@@ -110,18 +141,28 @@ def ingress() -> dict[str, Any]:
     return istio_gateway.apply(istio_gateway.bootstrap(), documents(manifests.ISTIO_FILTERS))
 
 
-def test_the_real_envoy_accepts_the_patched_ingress_gateway(ingress: dict[str, Any], tmp_path: Path) -> None:
-    for name, config in (("istio-ingress.yaml", ingress), ("compose.yaml", yaml.safe_load(
-            manifests.COMPOSE_ENVOY.read_text()))):
+def test_the_real_envoy_accepts_the_patched_ingress_gateway(
+    ingress: dict[str, Any], tmp_path: Path
+) -> None:
+    for name, config in (
+        ("istio-ingress.yaml", ingress),
+        ("compose.yaml", yaml.safe_load(manifests.COMPOSE_ENVOY.read_text())),
+    ):
         path = tmp_path / name
         path.write_text(yaml.safe_dump(config))
-        result = subprocess.run([str(launcher.envoy_binary()), "--mode", "validate", "-c", str(path)],
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [str(launcher.envoy_binary()), "--mode", "validate", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert f"configuration '{path}' OK" in result.stdout + result.stderr
 
 
-def test_the_ingress_gateway_gets_envoy_yaml_filters_routes_and_policies(ingress: dict[str, Any]) -> None:
+def test_the_ingress_gateway_gets_envoy_yaml_filters_routes_and_policies(
+    ingress: dict[str, Any],
+) -> None:
     """The drift test: envoy/envoy.yaml and the EnvoyFilters configure the same proxy."""
     source = FilterConfig()
     source.embed_descriptor(manifests.descriptor_bytes())
@@ -137,8 +178,12 @@ def test_the_ingress_gateway_gets_envoy_yaml_filters_routes_and_policies(ingress
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     assert routes[: len(expected_routes)] == expected_routes
     assert {r["route"]["retry_policy"]["retry_on"] for r in expected_routes if "route" in r} == {
-        "connect-failure,refused-stream,reset-before-request"}
-    assert ingress["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] == 100000000
+        "connect-failure,refused-stream,reset-before-request"
+    }
+    assert (
+        ingress["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"]
+        == 100000000
+    )
 
     clusters = {c["name"]: c for c in ingress["static_resources"]["clusters"]}
     pods, envoy_pods = clusters[manifests.ISTIO_PODS_CLUSTER], source.cluster(PODS_CLUSTER)
@@ -146,11 +191,22 @@ def test_the_ingress_gateway_gets_envoy_yaml_filters_routes_and_policies(ingress
     assert pods["connect_timeout"] == envoy_pods["connect_timeout"]
     extproc = clusters[EXT_PROC_CLUSTER]
     assert extproc["type"] == "STRICT_DNS"
-    address = extproc["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-    assert address == {"address": f"{manifests.EXTPROC_SERVICE}.modelmesh-serving.svc.cluster.local",
-                       "port_value": manifests.EXTPROC_PORT}
-    assert {k: v for k, v in extproc.items() if k not in ("type", "dns_lookup_family", "load_assignment")} == {
-        k: v for k, v in source.cluster(EXT_PROC_CLUSTER).items() if k not in ("type", "load_assignment")}
+    address = extproc["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "socket_address"
+    ]
+    assert address == {
+        "address": f"{manifests.EXTPROC_SERVICE}.modelmesh-serving.svc.cluster.local",
+        "port_value": manifests.EXTPROC_PORT,
+    }
+    assert {
+        k: v
+        for k, v in extproc.items()
+        if k not in ("type", "dns_lookup_family", "load_assignment")
+    } == {
+        k: v
+        for k, v in source.cluster(EXT_PROC_CLUSTER).items()
+        if k not in ("type", "load_assignment")
+    }
 
 
 def test_the_names_the_envoy_filters_use_are_the_manifests_names() -> None:
@@ -160,36 +216,64 @@ def test_the_names_the_envoy_filters_use_are_the_manifests_names() -> None:
     assert [p["port"] for p in extproc["spec"]["ports"]] == [manifests.EXTPROC_PORT]
     gateway = find(docs, "Deployment", "mmgw-gateway")
     assert gateway["spec"]["replicas"] == 2
-    assert extproc["spec"]["selector"].items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        extproc["spec"]["selector"].items()
+        <= gateway["spec"]["template"]["metadata"]["labels"].items()
+    )
     container = gateway["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
-    assert env["MMGW_EXTPROC_PORT"] == str(manifests.EXTPROC_PORT) and env["MMGW_EXTPROC_HOST"] == "0.0.0.0"
+    assert (
+        env["MMGW_EXTPROC_PORT"] == str(manifests.EXTPROC_PORT)
+        and env["MMGW_EXTPROC_HOST"] == "0.0.0.0"
+    )
     assert env["MMGW_API_TOKEN"] == {"secretKeyRef": {"name": "mmgw-api-token", "key": "token"}}
     assert env["MMGW_STORE"] == "etcd://mmgw-etcd:2379"
     find(docs, "Service", "mmgw-etcd")
 
     serving = find(docs, "Service", manifests.SERVING_SERVICE)
-    assert [(p["port"], p["appProtocol"]) for p in serving["spec"]["ports"]] == [(manifests.SERVING_PORT, "grpc")]
-    destination = find(docs, "VirtualService", "vs-modelmesh-serving-service")["spec"]["http"][0]["route"][0]
-    assert destination["destination"] == {"host": manifests.SERVING_SERVICE, "port": {"number": manifests.SERVING_PORT}}
-    runtimes = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("modelmesh-serving-")]
+    assert [(p["port"], p["appProtocol"]) for p in serving["spec"]["ports"]] == [
+        (manifests.SERVING_PORT, "grpc")
+    ]
+    destination = find(docs, "VirtualService", "vs-modelmesh-serving-service")["spec"]["http"][0][
+        "route"
+    ][0]
+    assert destination["destination"] == {
+        "host": manifests.SERVING_SERVICE,
+        "port": {"number": manifests.SERVING_PORT},
+    }
+    runtimes = [
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("modelmesh-serving-")
+    ]
     assert sorted(d["metadata"]["name"] for d in runtimes) == [
-        "modelmesh-serving-mlserver-1.x", "modelmesh-serving-triton-2.x"]
+        "modelmesh-serving-mlserver-1.x",
+        "modelmesh-serving-triton-2.x",
+    ]
     for runtime in runtimes:
         template = runtime["spec"]["template"]
         assert serving["spec"]["selector"].items() <= template["metadata"]["labels"].items()
         args = template["spec"]["containers"][0]["args"]
-        assert args[args.index("--port") + 1] == "8085" and args[args.index("--host") + 1] == "0.0.0.0"
+        assert (
+            args[args.index("--port") + 1] == "8085" and args[args.index("--host") + 1] == "0.0.0.0"
+        )
         assert args[args.index("--store") + 1] == env["MMGW_STORE"]
     pvcs = yaml.safe_load(env["MMGW_PVCS"])
     for workload in (gateway, *runtimes):
-        mounts = {m["name"]: m["mountPath"] for m in workload["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+        mounts = {
+            m["name"]: m["mountPath"]
+            for m in workload["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        }
         volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
         claim = next(n for n, v in volumes.items() if "persistentVolumeClaim" in v)
         assert pvcs == {volumes[claim]["persistentVolumeClaim"]["claimName"]: mounts[claim]}
     filters = {f["metadata"]["name"] for f in documents(manifests.ISTIO_FILTERS)}
-    assert filters == {"grpcjsontranscoder-increasebufferlimit", "mmgw-ext-proc", "mmgw-grpc-json-transcoder",
-                       "mmgw-routes"}
+    assert filters == {
+        "grpcjsontranscoder-increasebufferlimit",
+        "mmgw-ext-proc",
+        "mmgw-grpc-json-transcoder",
+        "mmgw-routes",
+    }
 
 
 def test_the_samples_are_the_seeds_and_parse() -> None:
@@ -213,15 +297,27 @@ def pins(name: str) -> dict[str, str]:
             found.update(pins(line[3:]))
         elif line and not line.startswith("-"):
             requirement = Requirement(line)
-            found[canonicalize_name(requirement.name)] = str(requirement.specifier).removeprefix("==")
+            found[canonicalize_name(requirement.name)] = str(requirement.specifier).removeprefix(
+                "=="
+            )
     return found
 
 
-@pytest.mark.parametrize(("requirements", "extras"), [
-    ("requirements-gateway.txt", ()), ("requirements-pod.txt", ("xgboost", "lightgbm", "onnx", "torch"))])
-def test_images_pin_every_dependency_within_pyproject(requirements: str, extras: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("requirements", "extras"),
+    [
+        ("requirements-gateway.txt", ()),
+        ("requirements-pod.txt", ("xgboost", "lightgbm", "onnx", "torch")),
+    ],
+)
+def test_images_pin_every_dependency_within_pyproject(
+    requirements: str, extras: tuple[str, ...]
+) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [*project["dependencies"], *(r for e in extras for r in project["optional-dependencies"][e])]
+    wanted = [
+        *project["dependencies"],
+        *(r for e in extras for r in project["optional-dependencies"][e]),
+    ]
     pinned = pins(requirements)
     for text in wanted:
         requirement = Requirement(text)
@@ -230,7 +326,11 @@ def test_images_pin_every_dependency_within_pyproject(requirements: str, extras:
             assert name not in pinned
             continue
         assert name in pinned, f"{requirements} does not pin {name}"
-        assert requirement.specifier.contains(pinned[name], prereleases=True), (name, pinned[name], text)
+        assert requirement.specifier.contains(pinned[name], prereleases=True), (
+            name,
+            pinned[name],
+            text,
+        )
 
 
 def test_the_envoy_image_is_the_tested_version() -> None:
@@ -250,7 +350,9 @@ def test_the_compose_commands_the_cli_accepts_today() -> None:
     assert services["gateway"]["environment"]["MMGW_API_TOKEN"].startswith("${MMGW_API_TOKEN")
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert 'CMD ["pod", "--host", "0.0.0.0", "--port", "8085"]' in dockerfile
-    assert cli.parser().parse_args(["pod", "--host", "0.0.0.0", "--port", "8085"]).func is cli.cmd_pod
+    assert (
+        cli.parser().parse_args(["pod", "--host", "0.0.0.0", "--port", "8085"]).func is cli.cmd_pod
+    )
 
 
 def test_the_deployments_commands_and_environment_are_ones_the_program_accepts() -> None:
@@ -273,6 +375,10 @@ def test_the_deployments_commands_and_environment_are_ones_the_program_accepts()
             assert parsed.store.startswith("etcd://") and parsed.runtime_name
         names = {e["name"] for e in container.get("env", ()) if e["name"].startswith("MMGW_")}
         if parsed.func is cli.cmd_serve:
-            unknown = {n for n in names if n.removeprefix("MMGW_").lower() not in GatewaySettings.model_fields}
+            unknown = {
+                n
+                for n in names
+                if n.removeprefix("MMGW_").lower() not in GatewaySettings.model_fields
+            }
             assert not unknown, f"not gateway settings: {unknown}"
             assert "MMGW_STORE" in names and "MMGW_API_TOKEN" in names

@@ -12,8 +12,8 @@ import httpx
 import pytest
 import yaml
 
-from gateway.tools import launcher, samples
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
+from gateway.tools import launcher, samples
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "sklearn-mnist.yaml"
@@ -21,8 +21,12 @@ ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/modelmesh-serving/inferences
 
 
 def seed_body(**overrides: Any) -> dict[str, Any]:
-    tensor = {"name": "predict", "shape": [1, 64], "datatype": "FP32",
-              "contents": {"fp32_contents": samples.sample_input()}}
+    tensor = {
+        "name": "predict",
+        "shape": [1, 64],
+        "datatype": "FP32",
+        "contents": {"fp32_contents": samples.sample_input()},
+    }
     tensor.update(overrides)
     return {"inputs": [tensor]}
 
@@ -53,7 +57,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.De
     samples.train_mnist_svm(data / "models" / samples.SAMPLE_FILE)
     with launcher.Deployment(data_dir=data, ports=launcher.Ports.free()) as running:
         with httpx.Client(base_url=running.api_url, timeout=30) as api:
-            api.put(f"{ISVCS}/sklearn-mnist", json=yaml.safe_load(EXAMPLE.read_text())).raise_for_status()
+            api.put(
+                f"{ISVCS}/sklearn-mnist", json=yaml.safe_load(EXAMPLE.read_text())
+            ).raise_for_status()
             wait_ready(api, "sklearn-mnist")
         yield running
     for process in running.processes:

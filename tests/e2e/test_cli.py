@@ -52,7 +52,11 @@ spec:
 def mmgw(*args: str, server: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.tools.cli", *args, "--server", server],
-        input=stdin, capture_output=True, text=True, timeout=60, cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
 
 
@@ -114,8 +118,13 @@ def test_apply_get_and_rest(cli: CLI, tmp_path: Path) -> None:
     both = tmp_path / "two.yaml"
     both.write_text(isvc_yaml("cli-alpha") + "---\n" + isvc_yaml("cli-beta"))
 
-    assert cli.ok("apply", "-f", str(both)) == f"{KIND}/cli-alpha created\n{KIND}/cli-beta created\n"
-    assert cli.ok("apply", "-f", str(both)) == f"{KIND}/cli-alpha unchanged\n{KIND}/cli-beta unchanged\n"
+    assert (
+        cli.ok("apply", "-f", str(both)) == f"{KIND}/cli-alpha created\n{KIND}/cli-beta created\n"
+    )
+    assert (
+        cli.ok("apply", "-f", str(both))
+        == f"{KIND}/cli-alpha unchanged\n{KIND}/cli-beta unchanged\n"
+    )
 
     table = cli.wait_ready("cli-alpha", "cli-beta")
     header = cli.ok("get", "isvc").splitlines()[0]
@@ -142,15 +151,29 @@ def test_apply_get_and_rest(cli: CLI, tmp_path: Path) -> None:
         printed = cli.ok("get", "isvc", "cli-beta", "-o", output)
         assert cli.ok("apply", "-f", "-", stdin=printed) == f"{KIND}/cli-beta unchanged\n"
     applied = cli.ok("apply", "-f", "-", stdin=cli.ok("get", "isvc", "-o", "yaml")).splitlines()
-    assert f"{KIND}/cli-alpha unchanged" in applied and all(line.endswith(" unchanged") for line in applied)
+    assert f"{KIND}/cli-alpha unchanged" in applied and all(
+        line.endswith(" unchanged") for line in applied
+    )
 
     placement = json.loads(cli.ok("get", "placement", "-o", "json"))
     assert len(placement["pods"]) == len(cli.deployment.ports.pods)
-    loaded = {m["model_id"].partition("__isvc-")[0] for pod in placement["pods"] for m in pod["models"]}
+    loaded = {
+        m["model_id"].partition("__isvc-")[0] for pod in placement["pods"] for m in pod["models"]
+    }
     assert {"cli-alpha", "cli-beta", "sklearn-mnist"} <= loaded
 
     lines = cli.ok("get", "placement").splitlines()
-    assert lines[0].split() == ["POD", "MODEL", "STATE", "SIZE", "LAST", "USE", "IN", "FLIGHT", "REQ/S"]
+    assert lines[0].split() == [
+        "POD",
+        "MODEL",
+        "STATE",
+        "SIZE",
+        "LAST",
+        "USE",
+        "IN",
+        "FLIGHT",
+        "REQ/S",
+    ]
     for address in cli.deployment.ports.pod_addresses:
         assert any(line.startswith(address) and "(healthy, " in line for line in lines)
     alpha = next(line for line in lines if "cli-alpha__isvc-" in line).split()
@@ -164,7 +187,9 @@ def test_apply_from_stdin_and_a_changed_path(cli: CLI, deployment: launcher.Depl
     shutil.copyfile(models / samples.SAMPLE_FILE, models / "cli" / "copy.joblib")
 
     assert cli.ok("apply", "-f", "-", stdin=isvc_yaml("cli-gamma")) == f"{KIND}/cli-gamma created\n"
-    assert cli.ok("apply", "-f", "-", stdin=isvc_yaml("cli-gamma")) == f"{KIND}/cli-gamma unchanged\n"
+    assert (
+        cli.ok("apply", "-f", "-", stdin=isvc_yaml("cli-gamma")) == f"{KIND}/cli-gamma unchanged\n"
+    )
     changed = isvc_yaml("cli-gamma", "cli/copy.joblib")
     assert cli.ok("apply", "-f", "-", stdin=changed) == f"{KIND}/cli-gamma configured\n"
     assert cli.ok("apply", "-f", "-", stdin=changed) == f"{KIND}/cli-gamma unchanged\n"
@@ -201,11 +226,15 @@ def test_delete(cli: CLI, deployment: launcher.Deployment) -> None:
 BAD = {
     "bad-yaml": (isvc_yaml("cli-bad").replace("name: sklearn", "name: [sklearn"), "not valid YAML"),
     "unknown-kind": (isvc_yaml("cli-bad", kind="InferenceGadget"), "InferenceGadget"),
-    "missing-field": (isvc_yaml("cli-bad").replace("      modelFormat:\n        name: sklearn\n", ""),
-                      "spec.predictor.model.modelFormat: Field required"),
+    "missing-field": (
+        isvc_yaml("cli-bad").replace("      modelFormat:\n        name: sklearn\n", ""),
+        "spec.predictor.model.modelFormat: Field required",
+    ),
     "bad-name": (isvc_yaml("cli-Bad_name"), "invalid name 'cli-Bad_name'"),
-    "metadata-not-a-mapping": (re.sub(r"metadata:\n(  .*\n)+", "metadata: cli-bad\n", isvc_yaml("cli-bad")),
-                               "with metadata.name can be applied"),
+    "metadata-not-a-mapping": (
+        re.sub(r"metadata:\n(  .*\n)+", "metadata: cli-bad\n", isvc_yaml("cli-bad")),
+        "with metadata.name can be applied",
+    ),
 }
 
 
@@ -240,7 +269,12 @@ def test_a_server_that_is_not_running(tmp_path: Path) -> None:
     server = f"http://127.0.0.1:{launcher.free_port()}"
     path = tmp_path / "isvc.yaml"
     path.write_text(isvc_yaml("cli-nowhere"))
-    for args in (("apply", "-f", str(path)), ("get", "isvc"), ("get", "placement"), ("delete", "isvc", "x")):
+    for args in (
+        ("apply", "-f", str(path)),
+        ("get", "isvc"),
+        ("get", "placement"),
+        ("delete", "isvc", "x"),
+    ):
         result = mmgw(*args, server=server)
         assert result.returncode == 1, args
         assert f"cannot reach the management API at {server}" in result.stderr

@@ -21,17 +21,22 @@ import pytest
 import yaml
 
 from examples.custom_runtime import train
-from gateway.tools import launcher
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway.pod import tensors
 from gateway.pod.model import Tensor
+from gateway.tools import launcher
 
 from .conftest import ISVCS, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "custom_runtime"
 SRS = "/apis/serving.kserve.io/v1alpha1/namespaces/modelmesh-serving/servingruntimes"
-SENTENCES = ["what a wonderful day", "this movie was awful", "i love it", "the service was rude and slow"]
+SENTENCES = [
+    "what a wonderful day",
+    "this movie was awful",
+    "i love it",
+    "the service was rude and slow",
+]
 LABELS = ["positive", "negative", "positive", "negative"]
 
 
@@ -43,8 +48,12 @@ def _b64(text: str) -> str:
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.Deployment]:
     data = tmp_path_factory.mktemp("custom-runtime")
     train.save(data / "models" / "sentiment.joblib")
-    deployment = launcher.Deployment(data_dir=data, ports=launcher.Ports.free(pods=2),
-                                     pod_args={0: ["--runtime-name", "sentiment-runtime"]}, later_pods=frozenset({0}))
+    deployment = launcher.Deployment(
+        data_dir=data,
+        ports=launcher.Ports.free(pods=2),
+        pod_args={0: ["--runtime-name", "sentiment-runtime"]},
+        later_pods=frozenset({0}),
+    )
     with pytest.MonkeyPatch.context() as env:
         # The pod imports examples.custom_runtime from the runtime's own PYTHONPATH entry, and
         # only from there: "." made absolute, as pytest may run anywhere.
@@ -61,7 +70,10 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.Deplo
             api.put(f"{ISVCS}/sentiment", json=isvc).raise_for_status()
             item = wait_ready(api, "sentiment")
             assert item["status"]["conditions"][0]["status"] == "True", item["status"]
-            assert item["status"]["runtime"] == {"kind": "ServingRuntime", "name": "sentiment-runtime"}
+            assert item["status"]["runtime"] == {
+                "kind": "ServingRuntime",
+                "name": "sentiment-runtime",
+            }
             yield deployment
     for process in deployment.processes:
         assert process.popen.poll() is not None
@@ -78,13 +90,25 @@ def wait_for_pod(api: httpx.Client, name: str, timeout: float = 60.0) -> dict[st
 
 
 def test_rest_bytes_in_protobuf_json(running: launcher.Deployment) -> None:
-    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(SENTENCES)],
-                        "contents": {"bytes_contents": [_b64(s) for s in SENTENCES]}}]}
+    body = {
+        "inputs": [
+            {
+                "name": "text",
+                "datatype": "BYTES",
+                "shape": [len(SENTENCES)],
+                "contents": {"bytes_contents": [_b64(s) for s in SENTENCES]},
+            }
+        ]
+    }
     with httpx.Client(base_url=running.url, timeout=30) as rest:
         response = rest.post("/v2/models/sentiment/infer", json=body)
         assert response.status_code == 200, response.text
         (output,) = response.json()["outputs"]
-        assert (output["name"], output["datatype"], output["shape"]) == ("label", "BYTES", [str(len(SENTENCES))])
+        assert (output["name"], output["datatype"], output["shape"]) == (
+            "label",
+            "BYTES",
+            [str(len(SENTENCES))],
+        )
         assert output["contents"]["bytesContents"] == [_b64(label) for label in LABELS]
 
         metadata = rest.get("/v2/models/sentiment").json()
@@ -92,7 +116,9 @@ def test_rest_bytes_in_protobuf_json(running: launcher.Deployment) -> None:
         assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": ["-1"]}]
         assert metadata["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": ["-1"]}]
 
-        wrong = dict(body["inputs"][0], datatype="FP32", contents={"fp32_contents": [1.0] * len(SENTENCES)})
+        wrong = dict(
+            body["inputs"][0], datatype="FP32", contents={"fp32_contents": [1.0] * len(SENTENCES)}
+        )
         response = rest.post("/v2/models/sentiment/infer", json={"inputs": [wrong]})
         assert response.status_code == 400
         assert "datatype 'FP32' given, model expects 'BYTES'" in response.text
@@ -102,7 +128,9 @@ def test_rest_bytes_in_protobuf_json(running: launcher.Deployment) -> None:
 def test_grpc_bytes(running: launcher.Deployment, raw: bool) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{running.ports.envoy}") as channel:
         stub = v2_grpc.GRPCInferenceServiceStub(channel)
-        request = tensors.make_request("sentiment", [Tensor.of("text", SENTENCES, "BYTES")], raw=raw)
+        request = tensors.make_request(
+            "sentiment", [Tensor.of("text", SENTENCES, "BYTES")], raw=raw
+        )
         (label,) = tensors.decode_response(stub.ModelInfer(request, timeout=30))
     assert (label.name, label.datatype) == ("label", "BYTES")
     assert label.array.tolist() == [s.encode() for s in LABELS]
@@ -110,6 +138,8 @@ def test_grpc_bytes(running: launcher.Deployment, raw: bool) -> None:
 
 def test_the_model_is_on_the_pod_that_serves_its_format(running: launcher.Deployment) -> None:
     custom_pod, plain_pod = running.ports.pod_addresses
-    table = {p["pod"]: p for p in httpx.get(f"{running.api_url}/v1/placement", timeout=30).json()["pods"]}
+    table = {
+        p["pod"]: p for p in httpx.get(f"{running.api_url}/v1/placement", timeout=30).json()["pods"]
+    }
     assert [m["state"] for m in table[custom_pod]["models"]] == ["LOADED"]
     assert table[plain_pod]["models"] == []

@@ -56,7 +56,9 @@ def _processes() -> dict[int, tuple[int, int, str]]:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""
 
@@ -89,13 +91,32 @@ class Demo:
         self.data_dir = data_dir
         self.ports = ports
         argv = [
-            sys.executable, "-m", "gateway.tools.cli", "demo", "--data-dir", str(data_dir),
-            "--port", str(ports.envoy), "--admin-port", str(ports.envoy_admin),
-            "--api-port", str(ports.api), "--extproc-port", str(ports.extproc),
-            "--pod-ports", *map(str, ports.pods), *options,
+            sys.executable,
+            "-m",
+            "gateway.tools.cli",
+            "demo",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(ports.envoy),
+            "--admin-port",
+            str(ports.envoy_admin),
+            "--api-port",
+            str(ports.api),
+            "--extproc-port",
+            str(ports.extproc),
+            "--pod-ports",
+            *map(str, ports.pods),
+            *options,
         ]
-        self.popen = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True)
+        self.popen = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         self._stderr: str | None = None
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -113,9 +134,13 @@ class Demo:
             try:
                 line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"no such line after {timeout:g} s; output so far: {self.lines}") from None
+                raise AssertionError(
+                    f"no such line after {timeout:g} s; output so far: {self.lines}"
+                ) from None
             if line is None:
-                raise AssertionError(f"the demo ended ({self.popen.wait()}): {self.lines} {self.stderr()}")
+                raise AssertionError(
+                    f"the demo ended ({self.popen.wait()}): {self.lines} {self.stderr()}"
+                )
             self.lines.append(line)
             if predicate(line):
                 return line
@@ -124,7 +149,9 @@ class Demo:
         """Send ``sig``, wait for the exit status, and read the rest of stdout."""
         self.popen.send_signal(sig)
         status = self.popen.wait(STOP_TIMEOUT)
-        while (line := self._queue.get(timeout=10)) is not None:  # EOF: the children never had stdout
+        while (
+            line := self._queue.get(timeout=10)
+        ) is not None:  # EOF: the children never had stdout
             self.lines.append(line)
         return status
 
@@ -177,11 +204,16 @@ def test_the_demo_runs_on_etcd_with_the_store_option(tmp_path: Path) -> None:
     with launcher.EtcdServer(tmp_path / "etcd") as etcd:
         running = Demo(tmp_path / "demo", launcher.Ports.free(), "--store", etcd.url)
         try:
-            started = running.wait_for_line(lambda line: line.startswith("started Envoy"), READY_TIMEOUT)
+            started = running.wait_for_line(
+                lambda line: line.startswith("started Envoy"), READY_TIMEOUT
+            )
             assert f"store {etcd.url}" in started
             running.wait_for_line(lambda line: line == "sklearn-mnist is ready", READY_TIMEOUT)
-            answer = httpx.post(f"http://127.0.0.1:{running.ports.envoy}/v2/models/sklearn-mnist/infer",
-                                json=seed_body(), timeout=30)
+            answer = httpx.post(
+                f"http://127.0.0.1:{running.ports.envoy}/v2/models/sklearn-mnist/infer",
+                json=seed_body(),
+                timeout=30,
+            )
             assert answer.json()["outputs"][0]["contents"]["int64Contents"] == ["8"]
             assert running.stop(signal.SIGTERM) == 0, running.stderr()
         finally:
@@ -208,8 +240,10 @@ def test_demo_refuses_a_taken_port(tmp_path: Path, which: str) -> None:
 
 def test_demo_refuses_a_port_given_twice(tmp_path: Path) -> None:
     ports = launcher.Ports.free()
-    demo = Demo(tmp_path / "demo", launcher.Ports(ports.envoy, ports.envoy_admin, ports.envoy, ports.extproc,
-                                                  ports.pods))
+    demo = Demo(
+        tmp_path / "demo",
+        launcher.Ports(ports.envoy, ports.envoy_admin, ports.envoy, ports.extproc, ports.pods),
+    )
     assert demo.popen.wait(60) == 1
     assert f"port {ports.envoy} is given twice (Envoy, API)" in demo.stderr()
 
@@ -217,7 +251,12 @@ def test_demo_refuses_a_port_given_twice(tmp_path: Path) -> None:
 def test_demo_port_options_default_to_the_launchers_ports() -> None:
     args = cli.parser().parse_args(["demo"])
     defaults = launcher.Ports()
-    assert (args.port, args.admin_port, args.api_port, args.extproc_port, tuple(args.pod_ports)) == (
-        defaults.envoy, defaults.envoy_admin, defaults.api, defaults.extproc, defaults.pods)
+    assert (
+        args.port,
+        args.admin_port,
+        args.api_port,
+        args.extproc_port,
+        tuple(args.pod_ports),
+    ) == (defaults.envoy, defaults.envoy_admin, defaults.api, defaults.extproc, defaults.pods)
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["demo", "--pod-ports", "70000"])

@@ -8,9 +8,8 @@ import grpc
 import httpx
 import pytest
 
-from gateway.tools import launcher
-from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
+from gateway.tools import launcher
 
 from .conftest import seed_body
 from .test_seed import infer_request
@@ -77,14 +76,23 @@ def test_wrong_shape(rest: httpx.Client, tensor: dict[str, object]) -> None:
 
 
 def test_body_over_the_limit_is_413(rest: httpx.Client) -> None:
-    huge = b'{"inputs": [{"name": "x", "contents": {"fp32_contents": [' + b"1.0," * (5 << 20) + b"1.0]}}]}"
+    huge = (
+        b'{"inputs": [{"name": "x", "contents": {"fp32_contents": ['
+        + b"1.0," * (5 << 20)
+        + b"1.0]}}]}"
+    )
     response = rest.post("/v2/models/sklearn-mnist/infer", content=huge)
     assert response.status_code == 413
     assert response.json()["code"] == 8
 
 
 def test_unknown_paths(rest: httpx.Client) -> None:
-    for path in ("/", "/v1/models/sklearn-mnist:predict", "/v2/models/sklearn-mnist/explain", "/v2/repository/index"):
+    for path in (
+        "/",
+        "/v1/models/sklearn-mnist:predict",
+        "/v2/models/sklearn-mnist/explain",
+        "/v2/repository/index",
+    ):
         response = rest.post(path, json={})
         assert response.status_code == 404, path
         assert response.json()["message"], path

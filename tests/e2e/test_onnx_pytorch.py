@@ -15,10 +15,10 @@ import onnxruntime
 import pytest
 import torch
 
-from gateway.tools import launcher
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway.pod import tensors
 from gateway.pod.model import Tensor
+from gateway.tools import launcher
 
 from ..pod import graphs
 from .conftest import ISVCS, inference_service, wait_ready
@@ -75,15 +75,25 @@ def _expected(models: dict[str, Path], name: str) -> np.ndarray:
 def test_rest_infer_and_metadata(
     models: dict[str, Path], rest: httpx.Client, name: str, input_name: str, output_name: str
 ) -> None:
-    body = {"inputs": [{"name": input_name, "shape": [3, 4], "datatype": "FP32",
-                        "contents": {"fp32_contents": ROWS.ravel().tolist()}}]}
+    body = {
+        "inputs": [
+            {
+                "name": input_name,
+                "shape": [3, 4],
+                "datatype": "FP32",
+                "contents": {"fp32_contents": ROWS.ravel().tolist()},
+            }
+        ]
+    }
     response = rest.post(f"/v2/models/{name}/infer", json=body)
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["modelName"].startswith(f"{name}__isvc-")
     (output,) = answer["outputs"]
     assert (output["name"], output["datatype"], output["shape"]) == (
-        output_name, "FP32", ["3", "3"]
+        output_name,
+        "FP32",
+        ["3", "3"],
     )
     got = np.array(output["contents"]["fp32Contents"], np.float32).reshape(3, 3)
     np.testing.assert_allclose(got, _expected(models, name), rtol=1e-6)
@@ -91,9 +101,7 @@ def test_rest_infer_and_metadata(
     metadata = rest.get(f"/v2/models/{name}").json()
     assert metadata["platform"] == ("onnx" if name == ONNX_NAME else "pytorch")
     assert metadata["inputs"] == [{"name": input_name, "datatype": "FP32", "shape": ["-1", "4"]}]
-    assert metadata["outputs"] == [
-        {"name": output_name, "datatype": "FP32", "shape": ["-1", "3"]}
-    ]
+    assert metadata["outputs"] == [{"name": output_name, "datatype": "FP32", "shape": ["-1", "3"]}]
 
 
 @pytest.mark.parametrize("name", [ONNX_NAME, TORCH_NAME])

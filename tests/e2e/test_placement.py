@@ -13,15 +13,14 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.pod.runtimes.synthetic import write_synthetic
 from gateway.tools import launcher
 from gateway.tools.launcher import metric
-from gateway.pod.runtimes.synthetic import write_synthetic
 
 from .conftest import ISVCS, wait_ready
 
@@ -35,15 +34,26 @@ def isvc(name: str, path: str, fmt: str = "synthetic") -> dict[str, Any]:
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
         "metadata": {"name": name},
-        "spec": {"predictor": {"model": {
-            "modelFormat": {"name": fmt},
-            "storage": {"parameters": {"type": "pvc", "name": "my-models-pvc"}, "path": path},
-        }}},
+        "spec": {
+            "predictor": {
+                "model": {
+                    "modelFormat": {"name": fmt},
+                    "storage": {
+                        "parameters": {"type": "pvc", "name": "my-models-pvc"},
+                        "path": path,
+                    },
+                }
+            }
+        },
     }
 
 
 def infer_body() -> dict[str, Any]:
-    return {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "contents": {"fp64_contents": ROW}}]}
+    return {
+        "inputs": [
+            {"name": "x", "shape": [1, 3], "datatype": "FP64", "contents": {"fp64_contents": ROW}}
+        ]
+    }
 
 
 def answer(response: httpx.Response) -> float:
@@ -59,7 +69,9 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.Deployme
         write_synthetic(models / f"m{i}.json", size_bytes=MiB)
     write_synthetic(models / "slow.json", size_bytes=MiB, load_seconds=3)
     deployment = launcher.Deployment(
-        data_dir=data, ports=launcher.Ports.free(), pod_capacity=POD_CAPACITY,
+        data_dir=data,
+        ports=launcher.Ports.free(),
+        pod_capacity=POD_CAPACITY,
         gateway_env={"MMGW_CHURN_GUARD_SECONDS": "1", "MMGW_COPY_RATE_THRESHOLD": "5"},
     )
     with deployment as running:
@@ -87,7 +99,9 @@ def placement(api: httpx.Client) -> dict[str, Any]:
     return api.get("/v1/placement").json()
 
 
-def test_twenty_models_served_by_pods_that_hold_four_each(rest: httpx.Client, api: httpx.Client) -> None:
+def test_twenty_models_served_by_pods_that_hold_four_each(
+    rest: httpx.Client, api: httpx.Client
+) -> None:
     for _ in range(2):
         for i in range(20):
             assert answer(rest.post(f"/v2/models/m{i}/infer", json=infer_body())) == sum(ROW)
@@ -103,13 +117,17 @@ def test_twenty_models_served_by_pods_that_hold_four_each(rest: httpx.Client, ap
     assert metric(api, "mmgw_cache_misses_total") > 0
 
 
-def test_concurrent_first_requests_cause_one_load(rest: httpx.Client, api: httpx.Client, pool: launcher.Deployment) -> None:
+def test_concurrent_first_requests_cause_one_load(
+    rest: httpx.Client, api: httpx.Client, pool: launcher.Deployment
+) -> None:
     write_synthetic(pool.data_dir / "models" / "burst.json", size_bytes=MiB, load_seconds=1)
     loads_before = metric(api, "mmgw_model_load_seconds_count")
     api.put(f"{ISVCS}/burst", json=isvc("burst", "burst.json")).raise_for_status()
     # Ten first requests while its (1 s) load is under way: all wait for that one load.
     with concurrent.futures.ThreadPoolExecutor(10) as threads:
-        results = list(threads.map(lambda _: rest.post("/v2/models/burst/infer", json=infer_body()), range(10)))
+        results = list(
+            threads.map(lambda _: rest.post("/v2/models/burst/infer", json=infer_body()), range(10))
+        )
     assert [answer(r) for r in results] == [sum(ROW)] * 10
     assert metric(api, "mmgw_model_load_seconds_count") - loads_before == 1
     api.delete(f"{ISVCS}/burst")
@@ -128,10 +146,13 @@ def test_traffic_keeps_flowing_while_a_pod_loads(rest: httpx.Client, api: httpx.
     api.delete(f"{ISVCS}/slow")
 
 
-def test_a_model_larger_than_every_pod_is_refused_with_the_sizes(rest: httpx.Client, api: httpx.Client,
-                                                                 pool: launcher.Deployment) -> None:
+def test_a_model_larger_than_every_pod_is_refused_with_the_sizes(
+    rest: httpx.Client, api: httpx.Client, pool: launcher.Deployment
+) -> None:
     huge = pool.data_dir / "models" / "huge.json"
-    huge.write_text('{"size_bytes": 1}' + " " * (5 * MiB))  # 5 MiB on disk: predicted larger than any pod
+    huge.write_text(
+        '{"size_bytes": 1}' + " " * (5 * MiB)
+    )  # 5 MiB on disk: predicted larger than any pod
     api.put(f"{ISVCS}/huge", json=isvc("huge", "huge.json")).raise_for_status()
     response = rest.post("/v2/models/huge/infer", json=infer_body())
     assert response.status_code == 429
@@ -139,9 +160,12 @@ def test_a_model_larger_than_every_pod_is_refused_with_the_sizes(rest: httpx.Cli
     api.delete(f"{ISVCS}/huge")
 
 
-def test_a_failing_model_reports_model_load_failed(rest: httpx.Client, api: httpx.Client,
-                                                   pool: launcher.Deployment) -> None:
-    write_synthetic(pool.data_dir / "models" / "broken.json", size_bytes=MiB, fail="weights are corrupt")
+def test_a_failing_model_reports_model_load_failed(
+    rest: httpx.Client, api: httpx.Client, pool: launcher.Deployment
+) -> None:
+    write_synthetic(
+        pool.data_dir / "models" / "broken.json", size_bytes=MiB, fail="weights are corrupt"
+    )
     api.put(f"{ISVCS}/broken", json=isvc("broken", "broken.json")).raise_for_status()
     item = wait_ready(api, "broken")
     ready = item["status"]["conditions"][0]
@@ -183,7 +207,9 @@ class Steady:
                     self.failed.append(f"{response.status_code} {response.text[:200]}")
 
 
-def test_a_rolling_update_under_steady_requests_fails_none(api: httpx.Client, pool: launcher.Deployment) -> None:
+def test_a_rolling_update_under_steady_requests_fails_none(
+    api: httpx.Client, pool: launcher.Deployment
+) -> None:
     write_synthetic(pool.data_dir / "models" / "v1.json", size_bytes=MiB)
     write_synthetic(pool.data_dir / "models" / "v2.json", size_bytes=MiB, load_seconds=1)
     api.put(f"{ISVCS}/rolling", json=isvc("rolling", "v1.json")).raise_for_status()
@@ -194,7 +220,10 @@ def test_a_rolling_update_under_steady_requests_fails_none(api: httpx.Client, po
             time.sleep(0.05)
         api.put(f"{ISVCS}/rolling", json=isvc("rolling", "v2.json")).raise_for_status()
         deadline = time.monotonic() + 60
-        while api.get(f"{ISVCS}/rolling").json()["status"]["modelStatus"]["transitionStatus"] != "UpToDate":
+        while (
+            api.get(f"{ISVCS}/rolling").json()["status"]["modelStatus"]["transitionStatus"]
+            != "UpToDate"
+        ):
             assert time.monotonic() < deadline, "the rollout did not finish"
             time.sleep(0.1)
         served = steady.ok
@@ -210,17 +239,25 @@ def wait_healthy(api: httpx.Client, pod: str, healthy: bool) -> None:
     """Until the gateway sees ``pod`` as (un)healthy; bounded."""
     deadline = time.monotonic() + 30
     while next(p for p in placement(api)["pods"] if p["pod"] == pod)["healthy"] != healthy:
-        assert time.monotonic() < deadline, f"pod {pod} did not become {'healthy' if healthy else 'unreachable'}"
+        assert time.monotonic() < deadline, (
+            f"pod {pod} did not become {'healthy' if healthy else 'unreachable'}"
+        )
         time.sleep(0.1)
 
 
 def holders(api: httpx.Client, name: str) -> list[str]:
-    return [p["pod"] for p in placement(api)["pods"]
-            if any(m["model_id"].startswith(f"{name}__") and m["state"] == "LOADED" for m in p["models"])]
+    return [
+        p["pod"]
+        for p in placement(api)["pods"]
+        if any(
+            m["model_id"].startswith(f"{name}__") and m["state"] == "LOADED" for m in p["models"]
+        )
+    ]
 
 
 def test_copies_follow_traffic_and_a_dead_pods_requests_go_to_another_copy(
-        rest: httpx.Client, api: httpx.Client, pool: launcher.Deployment) -> None:
+    rest: httpx.Client, api: httpx.Client, pool: launcher.Deployment
+) -> None:
     # Above 5 requests/s per copy (this pool's threshold) for a few ticks: a second copy.
     deadline = time.monotonic() + 60
     while len(holders(api, "m19")) < 2:
@@ -238,7 +275,12 @@ def test_copies_follow_traffic_and_a_dead_pods_requests_go_to_another_copy(
     wait_healthy(api, first, False)
     assert first not in holders(api, "m19") and second in holders(api, "m19")
     # A model whose only copy was on the dead pod loads elsewhere on its next request.
-    lost = [m["model_id"].split("__")[0] for p in placement(api)["pods"] if p["pod"] == first for m in p["models"]]
+    lost = [
+        m["model_id"].split("__")[0]
+        for p in placement(api)["pods"]
+        if p["pod"] == first
+        for m in p["models"]
+    ]
     assert lost == []  # the dead pod's copies are gone from the table
     assert answer(rest.post("/v2/models/m19/infer", json=infer_body())) == sum(ROW)
     # Restarting the pod brings it back into the pool.
@@ -246,8 +288,9 @@ def test_copies_follow_traffic_and_a_dead_pods_requests_go_to_another_copy(
     wait_healthy(api, first, True)
 
 
-def test_a_model_whose_only_copy_died_loads_elsewhere(rest: httpx.Client, api: httpx.Client,
-                                                      pool: launcher.Deployment) -> None:
+def test_a_model_whose_only_copy_died_loads_elsewhere(
+    rest: httpx.Client, api: httpx.Client, pool: launcher.Deployment
+) -> None:
     answer(rest.post("/v2/models/m7/infer", json=infer_body()))
     [holder] = holders(api, "m7")
     index = pool.ports.pod_addresses.index(holder)
@@ -259,17 +302,22 @@ def test_a_model_whose_only_copy_died_loads_elsewhere(rest: httpx.Client, api: h
     wait_healthy(api, holder, True)
 
 
-def test_a_restarted_gateway_keeps_every_model_and_learns_the_placement(rest: httpx.Client, api: httpx.Client,
-                                                                        pool: launcher.Deployment) -> None:
+def test_a_restarted_gateway_keeps_every_model_and_learns_the_placement(
+    rest: httpx.Client, api: httpx.Client, pool: launcher.Deployment
+) -> None:
     for i in range(3):
         answer(rest.post(f"/v2/models/m{i}/infer", json=infer_body()))
-    before = {m: p["pod"] for p in placement(api)["pods"] for m in (x["model_id"] for x in p["models"])}
+    before = {
+        m: p["pod"] for p in placement(api)["pods"] for m in (x["model_id"] for x in p["models"])
+    }
     pool.stop_process("gateway")
     pool.start_gateway()
     deadline = time.monotonic() + 60
     while True:
         try:
-            if api.get("/healthz").status_code == 200 and all(p["healthy"] for p in placement(api)["pods"]):
+            if api.get("/healthz").status_code == 200 and all(
+                p["healthy"] for p in placement(api)["pods"]
+            ):
                 break
         except httpx.TransportError:
             pass
@@ -277,7 +325,9 @@ def test_a_restarted_gateway_keeps_every_model_and_learns_the_placement(rest: ht
         time.sleep(0.1)
     names = {item["metadata"]["name"] for item in api.get(ISVCS).json()["items"]}
     assert {f"m{i}" for i in range(20)} <= names
-    after = {m: p["pod"] for p in placement(api)["pods"] for m in (x["model_id"] for x in p["models"])}
+    after = {
+        m: p["pod"] for p in placement(api)["pods"] for m in (x["model_id"] for x in p["models"])
+    }
     assert after == before  # learned from the pods, nothing loaded again
     assert metric(api, "mmgw_model_load_seconds_count") == 0
     for i in range(3):

@@ -22,10 +22,10 @@ import httpx
 import pytest
 import yaml
 
-from gateway.tools import launcher, samples
-from gateway.tools.launcher import Deployment, EtcdServer, metric
 from gateway.pod.runtimes.synthetic import write_synthetic
 from gateway.store import open_store
+from gateway.tools import launcher, samples
+from gateway.tools.launcher import Deployment, EtcdServer, metric
 
 from .conftest import EXAMPLE, ISVCS, seed_body, wait_ready
 
@@ -34,11 +34,23 @@ MiB = 1 << 20
 
 def synthetic(name: str, path: str) -> dict[str, Any]:
     return {
-        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-        "metadata": {"name": name, "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh"}},
-        "spec": {"predictor": {"model": {"modelFormat": {"name": "synthetic"},
-                                         "storage": {"parameters": {"type": "pvc", "name": "my-models-pvc"},
-                                                     "path": path}}}},
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": name,
+            "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh"},
+        },
+        "spec": {
+            "predictor": {
+                "model": {
+                    "modelFormat": {"name": "synthetic"},
+                    "storage": {
+                        "parameters": {"type": "pvc", "name": "my-models-pvc"},
+                        "path": path,
+                    },
+                }
+            }
+        },
     }
 
 
@@ -69,7 +81,9 @@ class Pair:
 
     def __init__(self, a: Deployment, b: Deployment) -> None:
         self.replicas = {"a": a, "b": b}
-        self.api = {k: httpx.Client(base_url=d.api_url, timeout=30) for k, d in self.replicas.items()}
+        self.api = {
+            k: httpx.Client(base_url=d.api_url, timeout=30) for k, d in self.replicas.items()
+        }
         self.rest = {k: httpx.Client(base_url=d.url, timeout=30) for k, d in self.replicas.items()}
 
     def close(self) -> None:
@@ -102,8 +116,11 @@ def pair(tmp_path: Path) -> Iterator[tuple[Pair, EtcdServer]]:
         ports_b = launcher.Ports.free(pods=0)
         b = Deployment(
             data_dir=tmp_path / "b",
-            ports=launcher.Ports(ports_b.envoy, ports_b.envoy_admin, ports_b.api, ports_b.extproc, a.ports.pods),
-            store=etcd.url, own_pods=False,
+            ports=launcher.Ports(
+                ports_b.envoy, ports_b.envoy_admin, ports_b.api, ports_b.extproc, a.ports.pods
+            ),
+            store=etcd.url,
+            own_pods=False,
             gateway_env={"MMGW_PVCS": f'{{"my-models-pvc": "{models}"}}'},
         )
         with a, b:
@@ -116,25 +133,47 @@ def pair(tmp_path: Path) -> Iterator[tuple[Pair, EtcdServer]]:
 
 def test_an_apply_on_one_replica_is_served_by_the_other(pair: tuple[Pair, EtcdServer]) -> None:
     replicas, _ = pair
-    replicas.api["a"].put(f"{ISVCS}/sklearn-mnist", json=yaml.safe_load(EXAMPLE.read_text())).raise_for_status()
-    until(lambda: replicas.api["b"].get(f"{ISVCS}/sklearn-mnist").status_code == 200,
-          timeout=1.0, what="replica b sees the InferenceService")
+    replicas.api["a"].put(
+        f"{ISVCS}/sklearn-mnist", json=yaml.safe_load(EXAMPLE.read_text())
+    ).raise_for_status()
+    until(
+        lambda: replicas.api["b"].get(f"{ISVCS}/sklearn-mnist").status_code == 200,
+        timeout=1.0,
+        what="replica b sees the InferenceService",
+    )
     wait_ready(replicas.api["b"], "sklearn-mnist")
     for name in ("a", "b"):
         answer = replicas.rest[name].post("/v2/models/sklearn-mnist/infer", json=seed_body())
         assert answer.status_code == 200, answer.text
         assert answer.json()["outputs"][0]["contents"]["int64Contents"] == ["8"]
     replicas.api["b"].delete(f"{ISVCS}/sklearn-mnist").raise_for_status()
-    until(lambda: replicas.api["a"].get(f"{ISVCS}/sklearn-mnist").status_code == 404,
-          timeout=1.0, what="replica a sees the delete")
-    assert replicas.rest["a"].post("/v2/models/sklearn-mnist/infer", json=seed_body()).status_code == 404
+    until(
+        lambda: replicas.api["a"].get(f"{ISVCS}/sklearn-mnist").status_code == 404,
+        timeout=1.0,
+        what="replica a sees the delete",
+    )
+    assert (
+        replicas.rest["a"].post("/v2/models/sklearn-mnist/infer", json=seed_body()).status_code
+        == 404
+    )
 
 
-def test_first_requests_through_both_replicas_load_the_model_once(pair: tuple[Pair, EtcdServer]) -> None:
+def test_first_requests_through_both_replicas_load_the_model_once(
+    pair: tuple[Pair, EtcdServer],
+) -> None:
     replicas, etcd = pair
     replicas.api["a"].put(f"{ISVCS}/slow", json=synthetic("slow", "slow.json")).raise_for_status()
     until(lambda: replicas.api["b"].get(f"{ISVCS}/slow").status_code == 200, what="b sees slow")
-    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "contents": {"fp32_contents": [1, 2]}}]}
+    body = {
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [1, 2],
+                "datatype": "FP32",
+                "contents": {"fp32_contents": [1, 2]},
+            }
+        ]
+    }
     answers: list[int] = []
 
     def ask(name: str) -> None:
@@ -148,16 +187,36 @@ def test_first_requests_through_both_replicas_load_the_model_once(pair: tuple[Pa
     assert answers == [200] * 4
     loads = sum(metric(api, "mmgw_model_load_seconds_count") for api in replicas.api.values())
     assert loads == 1
-    copies = [m for pod in etcd_keys(etcd, "pods/").values() for m in pod["models"] if m.startswith("slow__")]
+    copies = [
+        m
+        for pod in etcd_keys(etcd, "pods/").values()
+        for m in pod["models"]
+        if m.startswith("slow__")
+    ]
     assert len(copies) == 1
     assert etcd_keys(etcd, "claims/") == {}
 
 
-def test_a_failed_load_on_one_replica_keeps_the_other_from_retrying_it(pair: tuple[Pair, EtcdServer]) -> None:
+def test_a_failed_load_on_one_replica_keeps_the_other_from_retrying_it(
+    pair: tuple[Pair, EtcdServer],
+) -> None:
     replicas, etcd = pair
-    replicas.api["a"].put(f"{ISVCS}/broken", json=synthetic("broken", "broken.json")).raise_for_status()
-    until(lambda: len(etcd_keys(etcd, "failures/")) == 3, what="a's three failure records")  # one per pod
-    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "contents": {"fp32_contents": [1, 2]}}]}
+    replicas.api["a"].put(
+        f"{ISVCS}/broken", json=synthetic("broken", "broken.json")
+    ).raise_for_status()
+    until(
+        lambda: len(etcd_keys(etcd, "failures/")) == 3, what="a's three failure records"
+    )  # one per pod
+    body = {
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [1, 2],
+                "datatype": "FP32",
+                "contents": {"fp32_contents": [1, 2]},
+            }
+        ]
+    }
     answer = replicas.rest["b"].post("/v2/models/broken/infer", json=body)
     assert answer.status_code == 503
     assert "corrupt weights" in answer.json()["message"]
@@ -172,37 +231,64 @@ def test_a_pod_whose_lease_expires_leaves_the_pool(pair: tuple[Pair, EtcdServer]
     a.stop_process("pod-2", signal.SIGKILL)  # no revoke: only the lease's expiry removes it
     until(lambda: len(etcd_keys(etcd, "pods/")) == 2, timeout=15, what="the pod's key expiring")
     for api in replicas.api.values():
-        until(lambda api=api: len(_placement(api)["pods"]) == 2, timeout=2, what="the pod leaving the pool")
+        until(
+            lambda api=api: len(_placement(api)["pods"]) == 2,
+            timeout=2,
+            what="the pod leaving the pool",
+        )
 
 
-def test_loaded_models_are_served_while_etcd_is_down_and_replicas_catch_up(pair: tuple[Pair, EtcdServer]) -> None:
+def test_loaded_models_are_served_while_etcd_is_down_and_replicas_catch_up(
+    pair: tuple[Pair, EtcdServer],
+) -> None:
     replicas, etcd = pair
-    replicas.api["a"].put(f"{ISVCS}/sklearn-mnist", json=yaml.safe_load(EXAMPLE.read_text())).raise_for_status()
+    replicas.api["a"].put(
+        f"{ISVCS}/sklearn-mnist", json=yaml.safe_load(EXAMPLE.read_text())
+    ).raise_for_status()
     wait_ready(replicas.api["b"], "sklearn-mnist")
     for name in ("a", "b"):  # both replicas have routed it once
-        assert replicas.rest[name].post("/v2/models/sklearn-mnist/infer", json=seed_body()).status_code == 200
+        assert (
+            replicas.rest[name].post("/v2/models/sklearn-mnist/infer", json=seed_body()).status_code
+            == 200
+        )
     etcd.stop()
     try:
         for _ in range(20):
             for name in ("a", "b"):
-                answer = replicas.rest[name].post("/v2/models/sklearn-mnist/infer", json=seed_body())
+                answer = replicas.rest[name].post(
+                    "/v2/models/sklearn-mnist/infer", json=seed_body()
+                )
                 assert answer.status_code == 200, answer.text
         refused = replicas.api["b"].put(f"{ISVCS}/other", json=synthetic("other", "slow.json"))
         assert refused.status_code == 503
         assert "etcd at 127.0.0.1" in refused.json()["message"]
     finally:
         etcd.start()
-    created = until(lambda: replicas.api["b"].put(f"{ISVCS}/other", json=synthetic("other", "slow.json")).status_code
-                    in (200, 201), what="apply after etcd returns")
+    created = until(
+        lambda: (
+            replicas.api["b"]
+            .put(f"{ISVCS}/other", json=synthetic("other", "slow.json"))
+            .status_code
+            in (200, 201)
+        ),
+        what="apply after etcd returns",
+    )
     assert created
     until(lambda: replicas.api["a"].get(f"{ISVCS}/other").status_code == 200, what="a catching up")
     for name in ("a", "b"):
-        assert replicas.rest[name].post("/v2/models/sklearn-mnist/infer", json=seed_body()).status_code == 200
+        assert (
+            replicas.rest[name].post("/v2/models/sklearn-mnist/infer", json=seed_body()).status_code
+            == 200
+        )
 
 
-def test_killing_the_leader_hands_the_role_over_with_no_request_failing(pair: tuple[Pair, EtcdServer]) -> None:
+def test_killing_the_leader_hands_the_role_over_with_no_request_failing(
+    pair: tuple[Pair, EtcdServer],
+) -> None:
     replicas, _ = pair
-    replicas.api["a"].put(f"{ISVCS}/sklearn-mnist", json=yaml.safe_load(EXAMPLE.read_text())).raise_for_status()
+    replicas.api["a"].put(
+        f"{ISVCS}/sklearn-mnist", json=yaml.safe_load(EXAMPLE.read_text())
+    ).raise_for_status()
     wait_ready(replicas.api["b"], "sklearn-mnist")
     leader = replicas.leader()
     other = "b" if leader == "a" else "a"
@@ -217,16 +303,28 @@ def test_killing_the_leader_hands_the_role_over_with_no_request_failing(pair: tu
     assert failed == []
 
 
-def test_a_rollout_left_by_a_killed_replica_is_finished_by_the_other(pair: tuple[Pair, EtcdServer],
-                                                                      tmp_path: Path) -> None:
+def test_a_rollout_left_by_a_killed_replica_is_finished_by_the_other(
+    pair: tuple[Pair, EtcdServer], tmp_path: Path
+) -> None:
     replicas, etcd = pair
     write_synthetic(tmp_path / "a" / "models" / "slow-v2.json", size_bytes=MiB, load_seconds=3.0)
     replicas.api["a"].put(f"{ISVCS}/slow", json=synthetic("slow", "slow.json")).raise_for_status()
     wait_ready(replicas.api["b"], "slow")
-    replicas.api["a"].put(f"{ISVCS}/slow", json=synthetic("slow", "slow-v2.json")).raise_for_status()
+    replicas.api["a"].put(
+        f"{ISVCS}/slow", json=synthetic("slow", "slow-v2.json")
+    ).raise_for_status()
     until(lambda: etcd_keys(etcd, "claims/rollout/"), what="replica a claiming the rollout")
     replicas.replicas["a"].stop_process("gateway", signal.SIGKILL)  # mid-rollout: v2 is loading
-    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "contents": {"fp32_contents": [1, 2]}}]}
+    body = {
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [1, 2],
+                "datatype": "FP32",
+                "contents": {"fp32_contents": [1, 2]},
+            }
+        ]
+    }
     failed: list[str] = []
 
     def finished() -> bool:
@@ -239,6 +337,10 @@ def test_a_rollout_left_by_a_killed_replica_is_finished_by_the_other(pair: tuple
     until(finished, timeout=40, what="replica b finishing the rollout once a's claim expired")
     assert failed == []  # served throughout, by the old version and then the new
     stored = etcd_keys(etcd, "inferenceservices/")["inferenceservices/slow"]
-    assert stored["serving"] == stored["target"] and stored["target"]["path"].endswith("slow-v2.json")
+    assert stored["serving"] == stored["target"] and stored["target"]["path"].endswith(
+        "slow-v2.json"
+    )
     # b lets the old version go after the rollout grace, then gives its claim up.
-    until(lambda: etcd_keys(etcd, "claims/") == {}, timeout=10, what="b releasing the rollout's claim")
+    until(
+        lambda: etcd_keys(etcd, "claims/") == {}, timeout=10, what="b releasing the rollout's claim"
+    )

@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 import subprocess
 
-import grpc
 import httpx
 import pytest
 
-from gateway.tools import samples
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
+from gateway.tools import samples
 from gateway.tools.launcher import Deployment
 
 from .conftest import ISVCS, seed_body
@@ -33,8 +32,21 @@ def test_the_seed_curl_answers_8(deployment: Deployment, api: httpx.Client) -> N
         + "]}}]}"
     )
     result = subprocess.run(
-        ["curl", "-sS", "-i", "-X", "POST", "-k", f"{deployment.url}/v2/models/sklearn-mnist/infer", "-d", body],
-        capture_output=True, text=True, check=True, timeout=30,
+        [
+            "curl",
+            "-sS",
+            "-i",
+            "-X",
+            "POST",
+            "-k",
+            f"{deployment.url}/v2/models/sklearn-mnist/infer",
+            "-d",
+            body,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     )
     head, _, payload = result.stdout.partition("\n\n")  # text mode folds \r\n
     assert head.startswith("HTTP/1.1 200 OK")
@@ -60,8 +72,11 @@ def test_rest_versions_path(rest: httpx.Client) -> None:
     [(("mm-vmodel-id", "sklearn-mnist"),), (), (("mm-model-id", "CONCRETE"),)],
     ids=["vmodel-header", "body-only", "concrete-id-header"],
 )
-def test_native_grpc(stub: v2_grpc.GRPCInferenceServiceStub, rest: httpx.Client,
-                     metadata: tuple[tuple[str, str], ...]) -> None:
+def test_native_grpc(
+    stub: v2_grpc.GRPCInferenceServiceStub,
+    rest: httpx.Client,
+    metadata: tuple[tuple[str, str], ...],
+) -> None:
     concrete = rest.get("/v2/models/sklearn-mnist").json()["name"]
     metadata = tuple((k, concrete if v == "CONCRETE" else v) for k, v in metadata)
     response = stub.ModelInfer(infer_request(), metadata=metadata, timeout=30)
@@ -87,7 +102,9 @@ def test_rest_metadata_ready_and_server_endpoints(rest: httpx.Client) -> None:
 def test_grpc_metadata_ready_and_server_endpoints(stub: v2_grpc.GRPCInferenceServiceStub) -> None:
     assert stub.ModelReady(v2.ModelReadyRequest(name="sklearn-mnist"), timeout=30).ready
     metadata = stub.ModelMetadata(v2.ModelMetadataRequest(name="sklearn-mnist"), timeout=30)
-    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [("input-0", "FP32", [-1, 64])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
+        ("input-0", "FP32", [-1, 64])
+    ]
     assert stub.ServerLive(v2.ServerLiveRequest(), timeout=30).live
     assert stub.ServerReady(v2.ServerReadyRequest(), timeout=30).ready
     assert stub.ServerMetadata(v2.ServerMetadataRequest(), timeout=30).name
@@ -95,6 +112,9 @@ def test_grpc_metadata_ready_and_server_endpoints(stub: v2_grpc.GRPCInferenceSer
 
 def test_a_client_cannot_pick_the_upstream(rest: httpx.Client) -> None:
     # ext_proc overwrites x-mmgw-upstream: this would otherwise send the request to port 1.
-    response = rest.post("/v2/models/sklearn-mnist/infer", json=seed_body(),
-                         headers={"x-mmgw-upstream": "127.0.0.1:1"})
+    response = rest.post(
+        "/v2/models/sklearn-mnist/infer",
+        json=seed_body(),
+        headers={"x-mmgw-upstream": "127.0.0.1:1"},
+    )
     assert response.status_code == 200

@@ -58,26 +58,42 @@ def test_servingruntimes_and_runtime_selection(deployment: launcher.Deployment) 
         return result.stdout
 
     no_runtime = isvc_yaml("sr-no-runtime").replace("name: sklearn", "name: tensorrt")
-    missing = isvc_yaml("sr-missing").replace("        name: sklearn\n", "        name: sklearn\n      runtime: nowhere\n")
+    missing = isvc_yaml("sr-missing").replace(
+        "        name: sklearn\n", "        name: sklearn\n      runtime: nowhere\n"
+    )
     try:
         # Runtimes go first, whatever the order in the file.
-        assert ok("apply", "-f", "-", stdin=no_runtime + "---\n" + SEED_RUNTIME + "---\n" + missing) == (
+        assert ok(
+            "apply", "-f", "-", stdin=no_runtime + "---\n" + SEED_RUNTIME + "---\n" + missing
+        ) == (
             "servingruntime.serving.kserve.io/peft-model-server created\n"
             "inferenceservice.serving.kserve.io/sr-no-runtime created\n"
             "inferenceservice.serving.kserve.io/sr-missing created\n"
         )
-        assert ok("apply", "-f", "-", stdin=SEED_RUNTIME) == "servingruntime.serving.kserve.io/peft-model-server unchanged\n"
+        assert (
+            ok("apply", "-f", "-", stdin=SEED_RUNTIME)
+            == "servingruntime.serving.kserve.io/peft-model-server unchanged\n"
+        )
 
         lines = ok("get", "servingruntimes").splitlines()
         assert lines[0].split() == ["NAME", "DISABLED", "MODELTYPE", "CONTAINERS", "AGE"]
         assert re.fullmatch(r"peft-model-server +peft-model +mlserver +\d+[smhd]", lines[1]), lines
-        assert ok("get", "sr").splitlines()[1].split()[:3] == ["peft-model-server", "peft-model", "mlserver"]
+        assert ok("get", "sr").splitlines()[1].split()[:3] == [
+            "peft-model-server",
+            "peft-model",
+            "mlserver",
+        ]
         item = json.loads(ok("get", "servingruntime", "peft-model-server", "-o", "json"))
         assert item["spec"]["builtInAdapter"]["memBufferBytes"] == 134217728
-        assert item["spec"]["containers"][0]["env"][0]["value"] == "peft_model_server.PeftModelServer"
+        assert (
+            item["spec"]["containers"][0]["env"][0]["value"] == "peft_model_server.PeftModelServer"
+        )
         cluster = ok("get", "clusterservingruntimes").splitlines()
         assert [line.split()[:2] for line in cluster[1:]] == [
-            ["mlserver-1.x", "sklearn"], ["mmgw-synthetic", "synthetic"], ["triton-2.x", "onnx"]]
+            ["mlserver-1.x", "sklearn"],
+            ["mmgw-synthetic", "synthetic"],
+            ["triton-2.x", "onnx"],
+        ]
 
         with httpx.Client(base_url=server, timeout=30) as api:
             ready = api.get(f"{ISVCS}/sr-no-runtime").json()["status"]["conditions"][0]
@@ -97,13 +113,20 @@ def test_servingruntimes_and_runtime_selection(deployment: launcher.Deployment) 
             response = rest.post("/v2/models/sr-no-runtime/infer", json=seed_body())
             assert response.status_code == 404
             assert response.json()["message"].startswith(
-                "model 'sr-no-runtime' has no serving runtime (NoSupportingRuntime)")
+                "model 'sr-no-runtime' has no serving runtime (NoSupportingRuntime)"
+            )
             response = rest.post("/v2/models/sklearn-mnist/infer", json=seed_body())
             assert response.status_code == 200, response.text
             assert response.json()["outputs"][0]["contents"]["int64Contents"] == ["8"]
 
-        assert ok("delete", "sr", "peft-model-server") == 'servingruntime.serving.kserve.io "peft-model-server" deleted\n'
-        assert "No resources found in modelmesh-serving namespace." in mmgw("get", "sr", server=server).stderr
+        assert (
+            ok("delete", "sr", "peft-model-server")
+            == 'servingruntime.serving.kserve.io "peft-model-server" deleted\n'
+        )
+        assert (
+            "No resources found in modelmesh-serving namespace."
+            in mmgw("get", "sr", server=server).stderr
+        )
     finally:
         with httpx.Client(base_url=server, timeout=30) as api:
             for name in ("sr-no-runtime", "sr-missing"):

@@ -19,9 +19,10 @@ from tests.s3server import S3Server, storage_config_file
 from .conftest import ISVCS, inference_service, seed_body, wait_ready
 
 
-
 @pytest.fixture(scope="module")
-def s3_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[launcher.Deployment, S3Server]]:
+def s3_deployment(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[launcher.Deployment, S3Server]]:
     data = tmp_path_factory.mktemp("storage")
     models = data / "models"
     samples.train_mnist_svm(models / samples.SAMPLE_FILE)
@@ -29,16 +30,25 @@ def s3_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[la
     (data / "outside.joblib").write_bytes((models / samples.SAMPLE_FILE).read_bytes())
     (models / "link-out.joblib").symlink_to(data / "outside.joblib")
     with S3Server() as s3:
-        s3.upload("modelmesh-example-models", "sklearn/mnist-svm.joblib", models / samples.SAMPLE_FILE)
-        config = storage_config_file(data / "storage-config.json", {
-            "localMinIO": s3.entry("modelmesh-example-models"),
-            "default": s3.entry("modelmesh-example-models"),
-            "bad-credentials": s3.entry("modelmesh-example-models", secret_access_key="wrong"),
-        })
+        s3.upload(
+            "modelmesh-example-models", "sklearn/mnist-svm.joblib", models / samples.SAMPLE_FILE
+        )
+        config = storage_config_file(
+            data / "storage-config.json",
+            {
+                "localMinIO": s3.entry("modelmesh-example-models"),
+                "default": s3.entry("modelmesh-example-models"),
+                "bad-credentials": s3.entry("modelmesh-example-models", secret_access_key="wrong"),
+            },
+        )
         ports = launcher.Ports.free(pods=1)
         pod_args = {0: ["--storage-config", str(config), "--model-cache", str(data / "cache")]}
-        with launcher.Deployment(data_dir=data, ports=ports, pod_args=pod_args,
-                                 gateway_env={"MMGW_STORAGE_CONFIG": str(config)}) as running:
+        with launcher.Deployment(
+            data_dir=data,
+            ports=ports,
+            pod_args=pod_args,
+            gateway_env={"MMGW_STORAGE_CONFIG": str(config)},
+        ) as running:
             yield running, s3
 
 
@@ -64,7 +74,8 @@ def cache_of(deployment: launcher.Deployment) -> Path:
 
 
 def test_an_sklearn_model_from_s3_serves_and_leaves_the_cache_when_deleted(
-        s3_deployment: tuple[launcher.Deployment, S3Server], api: httpx.Client) -> None:
+    s3_deployment: tuple[launcher.Deployment, S3Server], api: httpx.Client
+) -> None:
     deployment, _ = s3_deployment
     apply(api, s3_document("s3-mnist", "localMinIO", "sklearn/mnist-svm.joblib"))
     ready = wait_ready(api, "s3-mnist")["status"]["conditions"][0]
@@ -93,22 +104,42 @@ def test_a_storage_uri_uses_the_default_storage_key(api: httpx.Client) -> None:
 
 FAILURES = {
     # name: (document, reason, words the message must have)
-    "s3-missing-object": (s3_document("s3-missing-object", "localMinIO", "sklearn/absent.joblib"),
-                          "ModelLoadFailed", "s3://modelmesh-example-models/sklearn/absent.joblib (storage key "
-                                             "'localMinIO'): no such object or folder"),
-    "s3-bad-credentials": (s3_document("s3-bad-credentials", "bad-credentials", "sklearn/mnist-svm.joblib"),
-                           "ModelLoadFailed", "access denied (SignatureDoesNotMatch"),
-    "s3-unknown-key": (s3_document("s3-unknown-key", "nope", "sklearn/mnist-svm.joblib"),
-                       "InvalidPredictorSpec", "unknown storage key 'nope' (the storage config has: "
-                                               "bad-credentials, default, localMinIO)"),
-    "pvc-missing-file": (inference_service("pvc-missing-file", "sklearn", "absent.joblib"),
-                         "ModelLoadFailed", "model file not found: "),
-    "pvc-wrong-format": (inference_service("pvc-wrong-format", "sklearn", "notes.joblib"),
-                         "ModelLoadFailed", "notes.joblib' as a scikit-learn model"),
-    "pvc-dot-dot": (inference_service("pvc-dot-dot", "sklearn", "../outside.joblib"),
-                    "InvalidPredictorSpec", "model path '../outside.joblib' leaves PVC 'my-models-pvc'"),
-    "pvc-symlink-out": (inference_service("pvc-symlink-out", "sklearn", "link-out.joblib"),
-                        "InvalidPredictorSpec", "model path 'link-out.joblib' leaves PVC 'my-models-pvc'"),
+    "s3-missing-object": (
+        s3_document("s3-missing-object", "localMinIO", "sklearn/absent.joblib"),
+        "ModelLoadFailed",
+        "s3://modelmesh-example-models/sklearn/absent.joblib (storage key "
+        "'localMinIO'): no such object or folder",
+    ),
+    "s3-bad-credentials": (
+        s3_document("s3-bad-credentials", "bad-credentials", "sklearn/mnist-svm.joblib"),
+        "ModelLoadFailed",
+        "access denied (SignatureDoesNotMatch",
+    ),
+    "s3-unknown-key": (
+        s3_document("s3-unknown-key", "nope", "sklearn/mnist-svm.joblib"),
+        "InvalidPredictorSpec",
+        "unknown storage key 'nope' (the storage config has: bad-credentials, default, localMinIO)",
+    ),
+    "pvc-missing-file": (
+        inference_service("pvc-missing-file", "sklearn", "absent.joblib"),
+        "ModelLoadFailed",
+        "model file not found: ",
+    ),
+    "pvc-wrong-format": (
+        inference_service("pvc-wrong-format", "sklearn", "notes.joblib"),
+        "ModelLoadFailed",
+        "notes.joblib' as a scikit-learn model",
+    ),
+    "pvc-dot-dot": (
+        inference_service("pvc-dot-dot", "sklearn", "../outside.joblib"),
+        "InvalidPredictorSpec",
+        "model path '../outside.joblib' leaves PVC 'my-models-pvc'",
+    ),
+    "pvc-symlink-out": (
+        inference_service("pvc-symlink-out", "sklearn", "link-out.joblib"),
+        "InvalidPredictorSpec",
+        "model path 'link-out.joblib' leaves PVC 'my-models-pvc'",
+    ),
 }
 
 
@@ -116,8 +147,11 @@ FAILURES = {
 def test_storage_failures_show_as_ready_false_saying_which(api: httpx.Client, case: str) -> None:
     document, reason, words = FAILURES[case]
     apply(api, document)  # stored, as Kubernetes stores what it cannot serve
-    status = wait_ready(api, case)["status"] if reason == "ModelLoadFailed" else api.get(f"{ISVCS}/{case}").json()[
-        "status"]
+    status = (
+        wait_ready(api, case)["status"]
+        if reason == "ModelLoadFailed"
+        else api.get(f"{ISVCS}/{case}").json()["status"]
+    )
     ready = status["conditions"][0]
     assert (ready["status"], ready["reason"]) == ("False", reason)
     assert words in ready["message"]
@@ -125,24 +159,32 @@ def test_storage_failures_show_as_ready_false_saying_which(api: httpx.Client, ca
 
 
 def test_requests_for_models_whose_storage_failed_say_why(
-        s3_deployment: tuple[launcher.Deployment, S3Server], api: httpx.Client) -> None:
+    s3_deployment: tuple[launcher.Deployment, S3Server], api: httpx.Client
+) -> None:
     for case in ("s3-missing-object", "pvc-wrong-format", "s3-unknown-key"):
         apply(api, FAILURES[case][0])
     with httpx.Client(base_url=s3_deployment[0].url, timeout=30) as rest:
         missing = rest.post("/v2/models/s3-missing-object/infer", json=seed_body())
-        assert missing.status_code == 503 and "no such object or folder" in missing.json()["message"]
+        assert (
+            missing.status_code == 503 and "no such object or folder" in missing.json()["message"]
+        )
         wrong = rest.post("/v2/models/pvc-wrong-format/infer", json=seed_body())
         assert wrong.status_code == 500 and "as a scikit-learn model" in wrong.json()["message"]
         unknown = rest.post("/v2/models/s3-unknown-key/infer", json=seed_body())
         assert unknown.status_code == 404
         assert unknown.json()["message"].startswith(
-            "model 's3-unknown-key' cannot be served (InvalidPredictorSpec): unknown storage key 'nope'")
+            "model 's3-unknown-key' cannot be served (InvalidPredictorSpec): unknown storage key 'nope'"
+        )
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode: chmod 000 cannot make it "
-                                              "unreadable (tests/pod/test_puller.py checks the mapping)")
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root reads a file whatever its mode: chmod 000 cannot make it "
+    "unreadable (tests/pod/test_puller.py checks the mapping)",
+)
 def test_an_unreadable_model_file_shows_permission_denied(
-        s3_deployment: tuple[launcher.Deployment, S3Server], api: httpx.Client) -> None:
+    s3_deployment: tuple[launcher.Deployment, S3Server], api: httpx.Client
+) -> None:
     locked = s3_deployment[0].data_dir / "models" / "locked.joblib"
     locked.write_bytes((s3_deployment[0].data_dir / "outside.joblib").read_bytes())
     locked.chmod(0)

@@ -49,10 +49,25 @@ def test_a_gateway_gives_up_on_an_unreachable_store_naming_it(tmp_path: Path) ->
     port = free_port()
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.tools.cli", "serve", "--data-dir", str(tmp_path),
-         "--api-port", str(free_port()), "--extproc-port", str(free_port()),
-         "--store", f"etcd://127.0.0.1:{port}", "--store-wait", "1.5"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "gateway.tools.cli",
+            "serve",
+            "--data-dir",
+            str(tmp_path),
+            "--api-port",
+            str(free_port()),
+            "--extproc-port",
+            str(free_port()),
+            "--store",
+            f"etcd://127.0.0.1:{port}",
+            "--store-wait",
+            "1.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 1, done.stderr
     assert f"cannot start: etcd at 127.0.0.1:{port} is unavailable" in done.stderr

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.tools import launcher
 from gateway.pod.runtimes.synthetic import write_synthetic
+from gateway.tools import launcher
 
 from .conftest import ISVCS, wait_ready
 

@@ -24,14 +24,15 @@ import pytest
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
-from gateway.tools import launcher, samples
 from gateway._proto import grpc_predict_v2_pb2 as v2
+from gateway.tools import launcher, samples
 
 from ..pod import graphs
 from .conftest import ISVCS, wait_ready
 
 ONNX_NAME = "triton-onnx-dense"
 ROWS = np.array([[1, 2, 3, 4], [-1, 0.5, 2, -3], [0.25, -4, 1, 2]], np.float32)
+
 
 def _tensors(items: Any) -> list[dict[str, Any]]:
     return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
@@ -40,21 +41,32 @@ def _tensors(items: Any) -> list[dict[str, Any]]:
 def _call(client: tc.InferenceServerClient, call: dict[str, Any]) -> dict[str, Any]:
     kind, model = call["kind"], call.get("model")
     if kind == "server":
-        return {"live": client.is_server_live(client_timeout=30),
-                "ready": client.is_server_ready(client_timeout=30)}
+        return {
+            "live": client.is_server_live(client_timeout=30),
+            "ready": client.is_server_ready(client_timeout=30),
+        }
     if kind == "model":
         meta = client.get_model_metadata(model, client_timeout=30)
-        return {"ready": client.is_model_ready(model, client_timeout=30),
-                "name": meta.name, "platform": meta.platform,
-                "inputs": _tensors(meta.inputs), "outputs": _tensors(meta.outputs)}
+        return {
+            "ready": client.is_model_ready(model, client_timeout=30),
+            "name": meta.name,
+            "platform": meta.platform,
+            "inputs": _tensors(meta.inputs),
+            "outputs": _tensors(meta.outputs),
+        }
     data = np.array(call["data"], dtype=np.float32).reshape(call["shape"])
     tensor = tc.InferInput(call["input"], list(data.shape), "FP32")
     tensor.set_data_from_numpy(data)
     result = client.infer(model, [tensor], client_timeout=30)
     response = result.get_response()
     out = result.as_numpy(call["output"])
-    return {"model_name": response.model_name, "outputs": _tensors(response.outputs),
-            "raw": len(response.raw_output_contents), "dtype": str(out.dtype), "value": out.tolist()}
+    return {
+        "model_name": response.model_name,
+        "outputs": _tensors(response.outputs),
+        "raw": len(response.raw_output_contents),
+        "dtype": str(out.dtype),
+        "value": out.tolist(),
+    }
 
 
 def triton(deployment: launcher.Deployment, *calls: dict[str, Any]) -> list[dict[str, Any]]:
@@ -75,14 +87,18 @@ def triton(deployment: launcher.Deployment, *calls: dict[str, Any]) -> list[dict
 def test_tritonclient_and_the_gateway_stubs_share_one_process() -> None:
     # Same wire format, separate pools: triton's request parses as ours and back.
     ours = v2.ModelInferRequest.FromString(
-        tc.service_pb2.ModelInferRequest(model_name="m", raw_input_contents=[b"\x01"]).SerializeToString()
+        tc.service_pb2.ModelInferRequest(
+            model_name="m", raw_input_contents=[b"\x01"]
+        ).SerializeToString()
     )
     assert (ours.model_name, list(ours.raw_input_contents)) == ("m", [b"\x01"])
     assert type(ours) is not tc.service_pb2.ModelInferRequest
     assert v2.DESCRIPTOR.pool is not tc.service_pb2.DESCRIPTOR.pool
     # Here the gateway's stubs came first (conftest); a custom runtime may import tritonclient first.
     other_order = "import tritonclient.grpc; from gateway._proto import grpc_predict_v2_pb2, model_runtime_pb2"
-    done = subprocess.run([sys.executable, "-c", other_order], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", other_order], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -95,10 +111,17 @@ def _isvc(name: str, model_format: str, path: str) -> dict[str, object]:
             "namespace": "modelmesh-serving",
             "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh"},
         },
-        "spec": {"predictor": {"model": {
-            "modelFormat": {"name": model_format},
-            "storage": {"parameters": {"type": "pvc", "name": "my-models-pvc"}, "path": path},
-        }}},
+        "spec": {
+            "predictor": {
+                "model": {
+                    "modelFormat": {"name": model_format},
+                    "storage": {
+                        "parameters": {"type": "pvc", "name": "my-models-pvc"},
+                        "path": path,
+                    },
+                }
+            }
+        },
     }
 
 
@@ -108,7 +131,9 @@ def onnx_model(deployment: launcher.Deployment) -> Iterator[Path]:
     onnx_file = graphs.dense_onnx(deployment.data_dir / "models" / ONNX_NAME / "dense.onnx")
     with httpx.Client(base_url=deployment.api_url, timeout=30) as api:
         try:
-            api.put(f"{ISVCS}/{ONNX_NAME}", json=_isvc(ONNX_NAME, "onnx", ONNX_NAME)).raise_for_status()
+            api.put(
+                f"{ISVCS}/{ONNX_NAME}", json=_isvc(ONNX_NAME, "onnx", ONNX_NAME)
+            ).raise_for_status()
             item = wait_ready(api, ONNX_NAME)
             assert item["status"]["conditions"][0]["status"] == "True", item["status"]
             yield onnx_file
@@ -121,8 +146,14 @@ def test_sklearn_seed(deployment: launcher.Deployment) -> None:
         deployment,
         {"kind": "server"},
         {"kind": "model", "model": "sklearn-mnist"},
-        {"kind": "infer", "model": "sklearn-mnist", "input": "predict", "output": "predict",
-         "shape": [1, 64], "data": samples.sample_input()},
+        {
+            "kind": "infer",
+            "model": "sklearn-mnist",
+            "input": "predict",
+            "output": "predict",
+            "shape": [1, 64],
+            "data": samples.sample_input(),
+        },
     )
     assert server == {"ok": {"live": True, "ready": True}}
     model = model["ok"]
@@ -141,8 +172,14 @@ def test_onnx(deployment: launcher.Deployment, onnx_model: Path) -> None:
     model, infer = triton(
         deployment,
         {"kind": "model", "model": ONNX_NAME},
-        {"kind": "infer", "model": ONNX_NAME, "input": "x", "output": "y",
-         "shape": [3, 4], "data": ROWS.ravel().tolist()},
+        {
+            "kind": "infer",
+            "model": ONNX_NAME,
+            "input": "x",
+            "output": "y",
+            "shape": [3, 4],
+            "data": ROWS.ravel().tolist(),
+        },
     )
     model = model["ok"]
     assert model["ready"] is True
@@ -163,8 +200,14 @@ def test_onnx(deployment: launcher.Deployment, onnx_model: Path) -> None:
 def test_an_unknown_model_is_not_found(deployment: launcher.Deployment) -> None:
     (infer,) = triton(
         deployment,
-        {"kind": "infer", "model": "no-such-model", "input": "predict", "output": "predict",
-         "shape": [1, 64], "data": samples.sample_input()},
+        {
+            "kind": "infer",
+            "model": "no-such-model",
+            "input": "predict",
+            "output": "predict",
+            "shape": [1, 64],
+            "data": samples.sample_input(),
+        },
     )
     assert "error" in infer, infer
     assert infer["error"]["status"] == "StatusCode.NOT_FOUND", infer

@@ -16,10 +16,10 @@ import pytest
 import xgboost
 from sklearn.datasets import load_iris
 
-from gateway.tools import launcher
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway.pod import tensors
 from gateway.pod.model import Tensor
+from gateway.tools import launcher
 
 from .conftest import ISVCS, inference_service, wait_ready
 
@@ -34,9 +34,7 @@ ROWS = load_iris().data[::30].astype(np.float32)  # 5 rows, all three classes
 
 
 @pytest.fixture(scope="module")
-def expected(
-    deployment: launcher.Deployment, api: httpx.Client
-) -> Iterator[dict[str, np.ndarray]]:
+def expected(deployment: launcher.Deployment, api: httpx.Client) -> Iterator[dict[str, np.ndarray]]:
     """Both models trained, saved (xgboost as .ubj in a folder, lightgbm as the
     folder's model.bst, KServe's name) and applied; name -> the library's own
     class probabilities for ROWS. Deleted afterwards: the deployment is shared."""
@@ -50,7 +48,9 @@ def expected(
     lgb.booster_.save_model(models / "lightgbm-iris" / "model.bst")
     try:
         for name, (model_format, folder, _, _) in FORMATS.items():
-            api.put(f"{ISVCS}/{name}", json=inference_service(name, model_format, folder)).raise_for_status()
+            api.put(
+                f"{ISVCS}/{name}", json=inference_service(name, model_format, folder)
+            ).raise_for_status()
         for name in FORMATS:
             item = wait_ready(api, name)
             assert item["status"]["conditions"][0]["status"] == "True", item["status"]
@@ -61,8 +61,12 @@ def expected(
 
 
 def _rest_body(**extra: Any) -> dict[str, Any]:
-    tensor = {"name": "input-0", "shape": list(ROWS.shape), "datatype": "FP32",
-              "contents": {"fp32_contents": ROWS.ravel().tolist()}}
+    tensor = {
+        "name": "input-0",
+        "shape": list(ROWS.shape),
+        "datatype": "FP32",
+        "contents": {"fp32_contents": ROWS.ravel().tolist()},
+    }
     return {"inputs": [tensor], **extra}
 
 
@@ -115,12 +119,18 @@ def test_bad_requests_are_invalid_argument(
     expected: dict[str, np.ndarray], stub: v2_grpc.GRPCInferenceServiceStub, name: str
 ) -> None:
     cases = [
-        (tensors.make_request(name, [Tensor.of("x", np.zeros((1, 5), np.float32))]),
-         "shape [1, 5] given, model expects [-1, 4]"),
-        (tensors.make_request(name, [Tensor.of("x", ROWS.astype(np.float64))]),
-         "datatype 'FP64' given, model expects 'FP32'"),
-        (tensors.make_request(name, [Tensor.of("x", ROWS)], outputs=("labels",)),
-         "output 'labels' is not available; model offers 'predict', 'predict_proba'"),
+        (
+            tensors.make_request(name, [Tensor.of("x", np.zeros((1, 5), np.float32))]),
+            "shape [1, 5] given, model expects [-1, 4]",
+        ),
+        (
+            tensors.make_request(name, [Tensor.of("x", ROWS.astype(np.float64))]),
+            "datatype 'FP64' given, model expects 'FP32'",
+        ),
+        (
+            tensors.make_request(name, [Tensor.of("x", ROWS)], outputs=("labels",)),
+            "output 'labels' is not available; model offers 'predict', 'predict_proba'",
+        ),
     ]
     for request, message in cases:
         with pytest.raises(grpc.RpcError) as err:
@@ -130,7 +140,9 @@ def test_bad_requests_are_invalid_argument(
 
 
 def test_a_cut_short_model_fails_to_load_and_the_pods_go_on(
-    expected: dict[str, np.ndarray], deployment: launcher.Deployment, api: httpx.Client,
+    expected: dict[str, np.ndarray],
+    deployment: launcher.Deployment,
+    api: httpx.Client,
     rest: httpx.Client,
 ) -> None:
     """A truncated file would crash XGBoost (and LightGBM) inside the pod; the

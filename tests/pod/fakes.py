@@ -82,8 +82,14 @@ class FakeModel(Model):
 
 def fake_runtime() -> type[FakeModel]:
     """A fresh FakeModel subclass with zeroed counters."""
-    counters = {"loads": Counter(), "unloads": Counter(), "running": 0, "max_running": 0,
-                "blocked": 0, "gate": asyncio.Event()}
+    counters = {
+        "loads": Counter(),
+        "unloads": Counter(),
+        "running": 0,
+        "max_running": 0,
+        "blocked": 0,
+        "gate": asyncio.Event(),
+    }
     return type("Fake", (FakeModel,), counters)
 
 

@@ -63,7 +63,9 @@ async def pod_starter() -> AsyncIterator[StartPod]:
     async def start(**overrides: Any) -> Pod:
         fake = fake_runtime()
         given: dict[str, Any] = {
-            "port": 0, "capacity_bytes": 1 << 30, "pod_id": "test-pod",
+            "port": 0,
+            "capacity_bytes": 1 << 30,
+            "pod_id": "test-pod",
             "runtimes": {**BUILTIN_RUNTIMES, "fake": fake},
         }
         settings = PodSettings(**(given | overrides))
@@ -73,8 +75,12 @@ async def pod_starter() -> AsyncIterator[StartPod]:
             server.address, options=[("grpc.max_receive_message_length", 64 << 20)]
         )
         started.append((server, channel))
-        return Pod(server, v2_grpc.GRPCInferenceServiceStub(channel),
-                   rt_grpc.ModelRuntimeStub(channel), fake)
+        return Pod(
+            server,
+            v2_grpc.GRPCInferenceServiceStub(channel),
+            rt_grpc.ModelRuntimeStub(channel),
+            fake,
+        )
 
     yield start
     for server, channel in started:

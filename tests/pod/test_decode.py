@@ -29,7 +29,9 @@ class Upper(_Base):
 
 class Scale(_Base):
     @decode_args
-    async def predict(self, x: np.ndarray, factor: list[float], note: list[str] | None = None) -> np.ndarray:
+    async def predict(
+        self, x: np.ndarray, factor: list[float], note: list[str] | None = None
+    ) -> np.ndarray:
         return x * factor[0]
 
 
@@ -85,7 +87,9 @@ def test_inputs_matched_by_name_before_position() -> None:
 
 
 def test_inputs_matched_by_position() -> None:
-    (out,) = _run(_model(Scale), Tensor.of("a", np.array([1.0])), Tensor.of("b", [5.0]), _text("c", "n"))
+    (out,) = _run(
+        _model(Scale), Tensor.of("a", np.array([1.0])), Tensor.of("b", [5.0]), _text("c", "n")
+    )
     assert out.array.tolist() == [5.0]
 
 
@@ -96,7 +100,9 @@ def test_tuple_returns_several_outputs_and_requested_ones_are_chosen() -> None:
     assert (lengths.name, lengths.datatype, lengths.array.tolist()) == ("lengths", "INT32", [3, 2])
     (only,) = _run(model, _text("text", "abc"), outputs=["lengths"])
     assert only.name == "lengths"
-    with pytest.raises(InvalidInput, match="output 'nope' is not available; model offers 'words', 'lengths'"):
+    with pytest.raises(
+        InvalidInput, match="output 'nope' is not available; model offers 'words', 'lengths'"
+    ):
         _run(model, _text("text", "abc"), outputs=["nope"])
 
 
@@ -104,7 +110,10 @@ def test_tuple_returns_several_outputs_and_requested_ones_are_chosen() -> None:
     ("inputs", "message"),
     [
         ((), "model expects input 'text'; request has no inputs"),
-        ((Tensor.of("text", np.array([1.0])),), "input 'text': datatype 'FP64' given, model expects 'BYTES'"),
+        (
+            (Tensor.of("text", np.array([1.0])),),
+            "input 'text': datatype 'FP64' given, model expects 'BYTES'",
+        ),
         ((_text("text", b"\xff"),), "input 'text': element 0 is not UTF-8 text"),
         ((_text("text", "a"), _text("more", "b")), "unexpected input 'more'"),
     ],
@@ -115,7 +124,9 @@ def test_requests_that_do_not_fit(inputs: tuple[Tensor, ...], message: str) -> N
 
 
 def test_numbers_expected_but_bytes_given() -> None:
-    with pytest.raises(InvalidInput, match="input 'factor': datatype 'BYTES' given, model expects numbers"):
+    with pytest.raises(
+        InvalidInput, match="input 'factor': datatype 'BYTES' given, model expects numbers"
+    ):
         _run(_model(Scale), Tensor.of("x", np.array([1.0])), _text("factor", "2"))
 
 

@@ -90,7 +90,9 @@ async def test_inputs_by_name_and_every_output_with_its_type(multi: Path) -> Non
     # Given in the other order: fed by name.
     out = await model.predict(_request(Tensor.of("scale", SCALE), Tensor.of("ids", IDS)))
     assert [(t.name, t.datatype) for t in out] == [
-        ("doubled", "INT64"), ("scaled", "FP32"), ("positive", "BOOL")
+        ("doubled", "INT64"),
+        ("scaled", "FP32"),
+        ("positive", "BOOL"),
     ]
     assert [t.array.dtype for t in out] == [np.int64, np.float32, np.bool_]
     for got, want in zip(out, _direct(multi, {"ids": IDS, "scale": SCALE}), strict=True):
@@ -101,8 +103,9 @@ async def test_inputs_by_name_and_every_output_with_its_type(multi: Path) -> Non
 
 async def test_requested_outputs_in_the_order_asked(multi: Path) -> None:
     model = await _loaded(multi)
-    request = _request(Tensor.of("ids", IDS), Tensor.of("scale", SCALE),
-                       outputs=("positive", "doubled"))
+    request = _request(
+        Tensor.of("ids", IDS), Tensor.of("scale", SCALE), outputs=("positive", "doubled")
+    )
     positive, doubled = await model.predict(request)
     assert (positive.name, doubled.name) == ("positive", "doubled")
     assert doubled.array.tolist() == [6, -4, 0, 14]
@@ -220,14 +223,16 @@ async def test_garbage_bytes(tmp_path: Path) -> None:
 
 async def test_an_invalid_graph(tmp_path: Path) -> None:
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("NoSuchOp", ["x"], ["y"])], "bad",
+        [onnx.helper.make_node("NoSuchOp", ["x"], ["y"])],
+        "bad",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
     )
     path = tmp_path / "bad.onnx"
     opset = [onnx.helper.make_opsetid("", graphs.OPSET)]
-    onnx.save(onnx.helper.make_model(graph, opset_imports=opset, ir_version=graphs.IR_VERSION),
-              str(path))
+    onnx.save(
+        onnx.helper.make_model(graph, opset_imports=opset, ir_version=graphs.IR_VERSION), str(path)
+    )
     with pytest.raises(ModelFormatError, match=r"as an ONNX model: .*NoSuchOp"):
         await _loaded(path)
 
@@ -259,19 +264,22 @@ async def test_through_a_pod_a_predict_error_is_reported_and_the_pod_goes_on(
     pod: Pod, multi: Path
 ) -> None:
     await pod.load("multi__isvc-1", multi, "onnx")
-    bad = tensors.make_request("multi__isvc-1", [Tensor.of("ids", IDS),
-                                                 Tensor.of("scale", [1.0, 2.0], "FP32")])
+    bad = tensors.make_request(
+        "multi__isvc-1", [Tensor.of("ids", IDS), Tensor.of("scale", [1.0, 2.0], "FP32")]
+    )
     err = await rpc_error(pod.infer.ModelInfer(bad))
     assert err.code() == grpc.StatusCode.INTERNAL
     assert err.details().startswith("Fail: [ONNXRuntimeError]") and "broadcast" in err.details()
 
-    good = tensors.make_request("multi__isvc-1", [Tensor.of("ids", IDS), Tensor.of("scale", SCALE)],
-                                outputs=["scaled"])
+    good = tensors.make_request(
+        "multi__isvc-1", [Tensor.of("ids", IDS), Tensor.of("scale", SCALE)], outputs=["scaled"]
+    )
     (scaled,) = tensors.decode_response(await pod.infer.ModelInfer(good))
     np.testing.assert_allclose(scaled.array, IDS * 0.5)
 
-    invalid = tensors.make_request("multi__isvc-1", [Tensor.of("ids", IDS, "FP32"),
-                                                     Tensor.of("scale", SCALE)])
+    invalid = tensors.make_request(
+        "multi__isvc-1", [Tensor.of("ids", IDS, "FP32"), Tensor.of("scale", SCALE)]
+    )
     err = await rpc_error(pod.infer.ModelInfer(invalid))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.details() == "input 'ids': datatype 'FP32' given, model expects 'INT64'"

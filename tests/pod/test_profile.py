@@ -11,28 +11,46 @@ from typing import Any
 import pytest
 
 from gateway.core.errors import InvalidSpec
+from gateway.kserve.resources import parse_serving_runtime
 from gateway.pod import profile
 from gateway.pod.runtimes import BUILTIN_RUNTIMES
 from gateway.pod.settings import PodSettings
-from gateway.kserve.resources import parse_serving_runtime
 from gateway.store import EmbeddedStore
 
 GiB, MiB = 1 << 30, 1 << 20
 
 # The seed's runtime (abridged as in issue 4).
 PEFT: dict[str, Any] = {
-    "apiVersion": "serving.kserve.io/v1alpha1", "kind": "ServingRuntime",
+    "apiVersion": "serving.kserve.io/v1alpha1",
+    "kind": "ServingRuntime",
     "metadata": {"name": "peft-model-server", "namespace": "modelmesh-serving"},
     "spec": {
         "supportedModelFormats": [{"name": "peft-model", "version": "1", "autoSelect": True}],
-        "multiModel": True, "grpcDataEndpoint": "port:8001", "grpcEndpoint": "port:8085",
-        "containers": [{
-            "name": "mlserver", "image": "registry.example/peft-model-server:latest",
-            "env": [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": "peft_model_server.PeftModelServer"}],
-            "resources": {"requests": {"cpu": "500m", "memory": "4Gi"}, "limits": {"cpu": "5", "memory": "5Gi"}},
-        }],
-        "builtInAdapter": {"serverType": "mlserver", "runtimeManagementPort": 8001,
-                           "memBufferBytes": 134217728, "modelLoadingTimeoutMillis": 90000},
+        "multiModel": True,
+        "grpcDataEndpoint": "port:8001",
+        "grpcEndpoint": "port:8085",
+        "containers": [
+            {
+                "name": "mlserver",
+                "image": "registry.example/peft-model-server:latest",
+                "env": [
+                    {
+                        "name": "MLSERVER_MODEL_IMPLEMENTATION",
+                        "value": "peft_model_server.PeftModelServer",
+                    }
+                ],
+                "resources": {
+                    "requests": {"cpu": "500m", "memory": "4Gi"},
+                    "limits": {"cpu": "5", "memory": "5Gi"},
+                },
+            }
+        ],
+        "builtInAdapter": {
+            "serverType": "mlserver",
+            "runtimeManagementPort": 8001,
+            "memBufferBytes": 134217728,
+            "modelLoadingTimeoutMillis": 90000,
+        },
     },
 }
 
@@ -44,8 +62,11 @@ def settings(**changes: Any) -> PodSettings:
 def test_the_seed_runtime_gives_capacity_timeout_and_class() -> None:
     found = profile.profile(parse_serving_runtime(PEFT))
     assert found == profile.RuntimeProfile(
-        name="peft-model-server", formats=("peft-model",), capacity_bytes=5 * GiB - 128 * MiB,
-        loading_timeout_ms=90000, model_class="peft_model_server:PeftModelServer",
+        name="peft-model-server",
+        formats=("peft-model",),
+        capacity_bytes=5 * GiB - 128 * MiB,
+        loading_timeout_ms=90000,
+        model_class="peft_model_server:PeftModelServer",
     )
     pod = profile.configure(settings(), found)
     assert (pod.capacity_bytes, pod.model_loading_timeout_ms) == (5 * GiB - 128 * MiB, 90000)
@@ -54,8 +75,11 @@ def test_the_seed_runtime_gives_capacity_timeout_and_class() -> None:
 
 def test_flags_given_on_the_command_line_win() -> None:
     found = profile.profile(parse_serving_runtime(PEFT))
-    pod = profile.configure(settings(model_loading_timeout_ms=5000), found,
-                            explicit=frozenset({"capacity_bytes", "model_loading_timeout_ms"}))
+    pod = profile.configure(
+        settings(model_loading_timeout_ms=5000),
+        found,
+        explicit=frozenset({"capacity_bytes", "model_loading_timeout_ms"}),
+    )
     assert (pod.capacity_bytes, pod.model_loading_timeout_ms) == (GiB, 5000)
 
 
@@ -71,10 +95,14 @@ def test_without_a_model_class_the_built_in_classes_serve_the_runtimes_formats()
     assert pod.runtimes == {k: BUILTIN_RUNTIMES[k] for k in ("sklearn", "xgboost")}
 
 
-def test_the_runtimes_pythonpath_is_searched_for_the_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_runtimes_pythonpath_is_searched_for_the_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "path", list(sys.path))
     doc = copy.deepcopy(PEFT)
-    doc["spec"]["containers"][0]["env"].append({"name": "PYTHONPATH", "value": f"{tmp_path}/a:{tmp_path}/b"})
+    doc["spec"]["containers"][0]["env"].append(
+        {"name": "PYTHONPATH", "value": f"{tmp_path}/a:{tmp_path}/b"}
+    )
     profile.configure(settings(), profile.profile(parse_serving_runtime(doc)))
     assert sys.path[:2] == [str(tmp_path / "b"), str(tmp_path / "a")]
 
@@ -82,10 +110,14 @@ def test_the_runtimes_pythonpath_is_searched_for_the_class(tmp_path: Path, monke
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d["spec"]["containers"][0]["env"][0].update(value="NoModule"),
-         "MLSERVER_MODEL_IMPLEMENTATION must be package.module.Class"),
-        (lambda d: d["spec"]["containers"][0]["resources"]["limits"].update(memory="100Mi"),
-         "memory limit 100Mi leaves no room for models after memBufferBytes 134217728"),
+        (
+            lambda d: d["spec"]["containers"][0]["env"][0].update(value="NoModule"),
+            "MLSERVER_MODEL_IMPLEMENTATION must be package.module.Class",
+        ),
+        (
+            lambda d: d["spec"]["containers"][0]["resources"]["limits"].update(memory="100Mi"),
+            "memory limit 100Mi leaves no room for models after memBufferBytes 134217728",
+        ),
     ],
 )
 def test_values_a_pod_cannot_use_are_refused(change: Any, message: str) -> None:
@@ -95,7 +127,9 @@ def test_values_a_pod_cannot_use_are_refused(change: Any, message: str) -> None:
         profile.profile(parse_serving_runtime(doc))
 
 
-async def test_a_pod_reads_its_runtime_from_the_store_waiting_until_it_is_applied(tmp_path: Path) -> None:
+async def test_a_pod_reads_its_runtime_from_the_store_waiting_until_it_is_applied(
+    tmp_path: Path,
+) -> None:
     store = EmbeddedStore(tmp_path / "registry.db")
     try:
         assert (await profile.fetch(store, "mlserver-1.x")).name == "mlserver-1.x"  # built in
@@ -104,6 +138,9 @@ async def test_a_pod_reads_its_runtime_from_the_store_waiting_until_it_is_applie
         assert not waiting.done()
         await store.put("servingruntimes/peft-model-server", {"manifest": PEFT, "created": 0.0})
         found = await asyncio.wait_for(waiting, 5)
-        assert found.spec.builtInAdapter is not None and found.spec.builtInAdapter.memBufferBytes == 134217728
+        assert (
+            found.spec.builtInAdapter is not None
+            and found.spec.builtInAdapter.memBufferBytes == 134217728
+        )
     finally:
         await store.close()

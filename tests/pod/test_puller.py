@@ -18,16 +18,15 @@ import joblib
 import numpy as np
 import pytest
 
-from gateway.kserve import s3 as s3_module
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import model_runtime_pb2 as rt
 from gateway.core.errors import StorageFailure
+from gateway.kserve import s3 as s3_module
+from gateway.kserve.locations import S3Location
 from gateway.pod.model import ModelConfig
 from gateway.pod.puller import Puller
-from gateway.kserve.locations import S3Location
 from tests.s3server import S3Server
 
-from .fakes import key
 from .harness import Pod, StartPod, rpc_error
 
 
@@ -49,14 +48,18 @@ def uploaded(s3: S3Server, svc_file: Path, tmp_path_factory: pytest.TempPathFact
 
 
 def s3_key(storage_key: str = "localMinIO", bucket: str = "models", **rest: Any) -> str:
-    return json.dumps({"storage_key": storage_key, "storage_params": {"type": "s3", "bucket": bucket}, **rest})
+    return json.dumps(
+        {"storage_key": storage_key, "storage_params": {"type": "s3", "bucket": bucket}, **rest}
+    )
 
 
 @pytest.fixture
 async def s3_pod(start_pod: StartPod, uploaded: S3Server, tmp_path: Path) -> Pod:
-    config = {"localMinIO": uploaded.entry(),
-              "bad-secret": uploaded.entry(secret_access_key="wrong"),
-              "unreachable": uploaded.entry(endpoint_url="http://127.0.0.1:1")}
+    config = {
+        "localMinIO": uploaded.entry(),
+        "bad-secret": uploaded.entry(secret_access_key="wrong"),
+        "unreachable": uploaded.entry(endpoint_url="http://127.0.0.1:1"),
+    }
     return await start_pod(storage_config=config, model_cache=tmp_path / "cache")
 
 
@@ -67,27 +70,44 @@ def cached(pod: Pod) -> list[str]:
 
 
 async def predict(pod: Pod, model_id: str, row: np.ndarray) -> list[int]:
-    request = v2.ModelInferRequest(model_name=model_id, inputs=[v2.ModelInferRequest.InferInputTensor(
-        name="predict", datatype="FP32", shape=list(row.shape),
-        contents=v2.InferTensorContents(fp32_contents=row.ravel().tolist()))])
+    request = v2.ModelInferRequest(
+        model_name=model_id,
+        inputs=[
+            v2.ModelInferRequest.InferInputTensor(
+                name="predict",
+                datatype="FP32",
+                shape=list(row.shape),
+                contents=v2.InferTensorContents(fp32_contents=row.ravel().tolist()),
+            )
+        ],
+    )
     return list((await pod.infer.ModelInfer(request)).outputs[0].contents.int64_contents)
 
 
-async def test_a_model_is_pulled_into_the_cache_served_and_removed_on_unload(s3_pod: Pod,
-                                                                             digit_898: np.ndarray) -> None:
+async def test_a_model_is_pulled_into_the_cache_served_and_removed_on_unload(
+    s3_pod: Pod, digit_898: np.ndarray
+) -> None:
     size = await s3_pod.load("m1", "sklearn/mnist-svm.joblib", model_key=s3_key())
     assert size > 0
     assert cached(s3_pod) == ["m1", "m1/mnist-svm.joblib"]
     assert await predict(s3_pod, "m1", digit_898) == [8]
     await s3_pod.load("m2", "folder/mnist", model_key=s3_key())  # a folder: every object under it
-    assert cached(s3_pod) == ["m1", "m1/mnist-svm.joblib", "m2", "m2/mnist", "m2/mnist/README",
-                              "m2/mnist/model.joblib"]
+    assert cached(s3_pod) == [
+        "m1",
+        "m1/mnist-svm.joblib",
+        "m2",
+        "m2/mnist",
+        "m2/mnist/README",
+        "m2/mnist/model.joblib",
+    ]
     assert await predict(s3_pod, "m2", digit_898) == [8]
     await s3_pod.runtime.UnloadModel(rt.UnloadModelRequest(model_id="m1"))
     assert cached(s3_pod) == ["m2", "m2/mnist", "m2/mnist/README", "m2/mnist/model.joblib"]
 
 
-async def test_the_runtime_gets_the_local_path_and_the_key_without_storage_fields(s3_pod: Pod) -> None:
+async def test_the_runtime_gets_the_local_path_and_the_key_without_storage_fields(
+    s3_pod: Pod,
+) -> None:
     await s3_pod.load("f", "fake/model.bin", "fake", model_key=s3_key(size=77))
     model = s3_pod.server.models.get("f")
     assert model.config.path == s3_pod.server.puller.cache / "f" / "model.bin"  # type: ignore[operator]
@@ -95,7 +115,9 @@ async def test_the_runtime_gets_the_local_path_and_the_key_without_storage_field
     assert model.size_bytes() == 77
 
 
-async def test_concurrent_loads_of_one_model_download_once(s3_pod: Pod, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_concurrent_loads_of_one_model_download_once(
+    s3_pod: Pod, monkeypatch: pytest.MonkeyPatch
+) -> None:
     downloads: list[str] = []
     real = s3_module.download
 
@@ -104,27 +126,56 @@ async def test_concurrent_loads_of_one_model_download_once(s3_pod: Pod, monkeypa
         return real(client, location, *args)
 
     monkeypatch.setattr(s3_module, "download", counted)
-    sizes = await asyncio.gather(*(s3_pod.load("m", "sklearn/mnist-svm.joblib", model_key=s3_key())
-                                   for _ in range(6)))
+    sizes = await asyncio.gather(
+        *(s3_pod.load("m", "sklearn/mnist-svm.joblib", model_key=s3_key()) for _ in range(6))
+    )
     assert len(set(sizes)) == 1 and downloads == ["sklearn/mnist-svm.joblib"]
 
 
 @pytest.mark.parametrize(
     ("path", "model_key", "code", "message"),
     [
-        ("sklearn/absent.joblib", s3_key(), grpc.StatusCode.NOT_FOUND,
-         "s3://models/sklearn/absent.joblib (storage key 'localMinIO'): no such object or folder in bucket 'models'"),
-        ("x.joblib", s3_key(bucket="nobucket"), grpc.StatusCode.NOT_FOUND, "bucket 'nobucket' does not exist"),
-        ("sklearn/mnist-svm.joblib", s3_key("bad-secret"), grpc.StatusCode.PERMISSION_DENIED,
-         "s3://models/sklearn/mnist-svm.joblib (storage key 'bad-secret'): access denied (SignatureDoesNotMatch"),
-        ("sklearn/mnist-svm.joblib", s3_key("nope"), grpc.StatusCode.INVALID_ARGUMENT,
-         "unknown storage key 'nope' (the storage config has: bad-secret, localMinIO, unreachable)"),
-        ("sklearn/mnist-svm.joblib", s3_key("unreachable"), grpc.StatusCode.UNAVAILABLE, "cannot reach the storage"),
-        ("fake/model.bin", s3_key(), grpc.StatusCode.FAILED_PRECONDITION, "is not a .joblib/.pkl/.pickle file"),
+        (
+            "sklearn/absent.joblib",
+            s3_key(),
+            grpc.StatusCode.NOT_FOUND,
+            "s3://models/sklearn/absent.joblib (storage key 'localMinIO'): no such object or folder in bucket 'models'",
+        ),
+        (
+            "x.joblib",
+            s3_key(bucket="nobucket"),
+            grpc.StatusCode.NOT_FOUND,
+            "bucket 'nobucket' does not exist",
+        ),
+        (
+            "sklearn/mnist-svm.joblib",
+            s3_key("bad-secret"),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "s3://models/sklearn/mnist-svm.joblib (storage key 'bad-secret'): access denied (SignatureDoesNotMatch",
+        ),
+        (
+            "sklearn/mnist-svm.joblib",
+            s3_key("nope"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown storage key 'nope' (the storage config has: bad-secret, localMinIO, unreachable)",
+        ),
+        (
+            "sklearn/mnist-svm.joblib",
+            s3_key("unreachable"),
+            grpc.StatusCode.UNAVAILABLE,
+            "cannot reach the storage",
+        ),
+        (
+            "fake/model.bin",
+            s3_key(),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "is not a .joblib/.pkl/.pickle file",
+        ),
     ],
 )
-async def test_storage_failures_have_their_code_and_leave_nothing(s3_pod: Pod, path: str, model_key: str,
-                                                                  code: grpc.StatusCode, message: str) -> None:
+async def test_storage_failures_have_their_code_and_leave_nothing(
+    s3_pod: Pod, path: str, model_key: str, code: grpc.StatusCode, message: str
+) -> None:
     err = await rpc_error(s3_pod.load("bad", path, model_key=model_key))
     assert err.code() == code
     assert message in (err.details() or "")
@@ -132,8 +183,9 @@ async def test_storage_failures_have_their_code_and_leave_nothing(s3_pod: Pod, p
     assert list((await s3_pod.status()).loaded_models) == []
 
 
-async def test_a_download_that_fails_halfway_leaves_nothing(uploaded: S3Server, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_download_that_fails_halfway_leaves_nothing(
+    uploaded: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def half(client: Any, location: S3Location, objects: Any, into: Path) -> Path:
         (into / "mnist").mkdir()
         (into / "mnist" / "model.joblib").write_bytes(b"half")
@@ -146,9 +198,9 @@ async def test_a_download_that_fails_halfway_leaves_nothing(uploaded: S3Server, 
     assert list((tmp_path / "cache").iterdir()) == []
 
 
-async def test_a_download_that_outlives_the_loading_timeout_is_dropped(start_pod: StartPod, uploaded: S3Server,
-                                                                       tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_download_that_outlives_the_loading_timeout_is_dropped(
+    start_pod: StartPod, uploaded: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     release = threading.Event()
     real = s3_module.download
 
@@ -159,8 +211,11 @@ async def test_a_download_that_outlives_the_loading_timeout_is_dropped(start_pod
 
     monkeypatch.setattr(s3_module, "download", slow)
     cache = tmp_path / "cache"
-    pod = await start_pod(storage_config={"localMinIO": uploaded.entry()}, model_cache=cache,
-                          model_loading_timeout_ms=300)
+    pod = await start_pod(
+        storage_config={"localMinIO": uploaded.entry()},
+        model_cache=cache,
+        model_loading_timeout_ms=300,
+    )
     err = await rpc_error(pod.load("m", "sklearn/mnist-svm.joblib", model_key=s3_key()))
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     release.set()
@@ -191,9 +246,14 @@ async def test_predict_model_size_lists_s3_objects(s3_pod: Pod, svc_file: Path) 
     assert size == -(-svc_file.stat().st_size * 125 // 100)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode: chmod 000 cannot make "
-                                              "it unreadable (the mapping is tested with os.access below)")
-async def test_an_unreadable_local_file_is_permission_denied(pod: Pod, tmp_path: Path, svc: Any) -> None:
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root reads a file whatever its mode: chmod 000 cannot make "
+    "it unreadable (the mapping is tested with os.access below)",
+)
+async def test_an_unreadable_local_file_is_permission_denied(
+    pod: Pod, tmp_path: Path, svc: Any
+) -> None:
     file = tmp_path / "locked.joblib"
     joblib.dump(svc, file)
     file.chmod(0)
@@ -202,10 +262,13 @@ async def test_an_unreadable_local_file_is_permission_denied(pod: Pod, tmp_path:
     assert err.details() == f"model file '{file}' cannot be read: permission denied"
 
 
-async def test_a_file_the_pod_may_not_read_is_permission_denied(pod: Pod, svc_file: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_file_the_pod_may_not_read_is_permission_denied(
+    pod: Pod, svc_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == svc_file else real(path, mode))
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: False if Path(path) == svc_file else real(path, mode)
+    )
     err = await rpc_error(pod.load("locked", svc_file))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert err.details() == f"model file '{svc_file}' cannot be read: permission denied"

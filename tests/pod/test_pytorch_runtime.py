@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from gateway.core.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage, PredictFailed
+from gateway.core.errors import (
+    InvalidInput,
+    LoadFailed,
+    ModelFormatError,
+    ModelNotInStorage,
+    PredictFailed,
+)
 from gateway.pod import tensors
 from gateway.pod.model import InferenceRequest, ModelConfig, Tensor, TensorSpec
 from gateway.pod.runtimes.pytorch import TorchScriptModel
@@ -90,7 +96,8 @@ async def test_a_tuple_becomes_outputs_in_order_with_their_types(pair: Path) -> 
     y = np.full_like(ROWS, 0.5)
     total, argmax = await model.predict(_request(Tensor.of("x", ROWS), Tensor.of("y", y)))
     assert [(t.name, t.datatype) for t in (total, argmax)] == [
-        ("output-0", "FP32"), ("output-1", "INT64")
+        ("output-0", "FP32"),
+        ("output-1", "INT64"),
     ]
     want_total, want_argmax = _direct(pair, ROWS, y)
     np.testing.assert_allclose(total.array, want_total.numpy())
@@ -178,12 +185,20 @@ async def test_sidecar_checks_datatype_shape_and_outputs(declared: Path) -> None
 async def test_sidecar_inputs_by_name_in_declared_order(pair: Path, tmp_path: Path) -> None:
     path = tmp_path / "pair.pt"
     path.write_bytes(pair.read_bytes())
-    (tmp_path / "pair.json").write_text(json.dumps({
-        "inputs": [{"name": "a", "datatype": "FP32", "shape": [-1, 4]},
-                   {"name": "b", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "sum", "datatype": "FP32", "shape": [-1, 4]},
-                    {"name": "argmax", "datatype": "INT64", "shape": [-1]}],
-    }))
+    (tmp_path / "pair.json").write_text(
+        json.dumps(
+            {
+                "inputs": [
+                    {"name": "a", "datatype": "FP32", "shape": [-1, 4]},
+                    {"name": "b", "datatype": "FP32", "shape": [-1, 4]},
+                ],
+                "outputs": [
+                    {"name": "sum", "datatype": "FP32", "shape": [-1, 4]},
+                    {"name": "argmax", "datatype": "INT64", "shape": [-1]},
+                ],
+            }
+        )
+    )
     model = await _loaded(path)
     b = np.zeros_like(ROWS)
     b[:, 0] = 10  # argmax follows the first argument: given second, 'a' still goes first
@@ -205,8 +220,16 @@ async def test_sidecar_outputs_must_match_what_the_module_returns(
     path = tmp_path / "model.pt"
     path.write_bytes(dense.read_bytes())
     sidecar = tmp_path / "model.json"
-    sidecar.write_text(json.dumps({"outputs": [{"name": "a", "datatype": "FP32", "shape": [-1]},
-                                               {"name": "b", "datatype": "FP32", "shape": [-1]}]}))
+    sidecar.write_text(
+        json.dumps(
+            {
+                "outputs": [
+                    {"name": "a", "datatype": "FP32", "shape": [-1]},
+                    {"name": "b", "datatype": "FP32", "shape": [-1]},
+                ]
+            }
+        )
+    )
     with pytest.raises(ValueError, match="returned 1 tensors; the sidecar declares 2 outputs"):
         await (await _loaded(path)).predict(_request(Tensor.of("x", ROWS)))
     sidecar.write_text(json.dumps({"outputs": [{"name": "a", "datatype": "FP64", "shape": [-1]}]}))
@@ -221,16 +244,27 @@ async def test_sidecar_outputs_must_match_what_the_module_returns(
         ("[1, 2]", "must hold a JSON object"),
         ('{"inputs": [], "extra": 1}', "unknown keys 'extra'; expected 'inputs', 'outputs'"),
         ('{"inputs": {}}', "'inputs' must be a list"),
-        ('{"inputs": [{"name": "x", "datatype": "FP32"}]}',
-         "inputs[0] must be an object with exactly 'name', 'datatype' and 'shape'"),
-        ('{"outputs": [{"name": "x", "datatype": "BYTES", "shape": [1]}]}',
-         "outputs[0] has datatype 'BYTES'; expected a numeric V2 datatype"),
-        ('{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-2]}]}',
-         "inputs[0] needs a 'shape' list of sizes"),
-        ('{"inputs": [{"name": "", "datatype": "FP32", "shape": []}]}',
-         "inputs[0] needs a non-empty string 'name'"),
-        ('{"inputs": [{"name": "x", "datatype": "FP32", "shape": []},'
-         ' {"name": "x", "datatype": "FP32", "shape": []}]}', "'inputs' repeats a name"),
+        (
+            '{"inputs": [{"name": "x", "datatype": "FP32"}]}',
+            "inputs[0] must be an object with exactly 'name', 'datatype' and 'shape'",
+        ),
+        (
+            '{"outputs": [{"name": "x", "datatype": "BYTES", "shape": [1]}]}',
+            "outputs[0] has datatype 'BYTES'; expected a numeric V2 datatype",
+        ),
+        (
+            '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-2]}]}',
+            "inputs[0] needs a 'shape' list of sizes",
+        ),
+        (
+            '{"inputs": [{"name": "", "datatype": "FP32", "shape": []}]}',
+            "inputs[0] needs a non-empty string 'name'",
+        ),
+        (
+            '{"inputs": [{"name": "x", "datatype": "FP32", "shape": []},'
+            ' {"name": "x", "datatype": "FP32", "shape": []}]}',
+            "'inputs' repeats a name",
+        ),
     ],
 )
 async def test_a_bad_sidecar(declared: Path, text: str, message: str) -> None:

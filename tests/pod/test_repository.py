@@ -83,7 +83,9 @@ async def test_without_an_expected_size_or_a_capacity_nothing_is_refused() -> No
     await limited.load(_config("b"))  # no expected size: the caller did its own accounting
     await unlimited.load(_config("a"), expected_bytes=10**12)
     assert len(limited.loaded()) == 2 and len(unlimited.loaded()) == 1
-    assert await limited.load(_config("a"), expected_bytes=10**12) == 1000  # loaded already: a no-op
+    assert (
+        await limited.load(_config("a"), expected_bytes=10**12) == 1000
+    )  # loaded already: a no-op
 
 
 async def test_a_load_that_times_out_leaves_nothing() -> None:
@@ -137,7 +139,8 @@ async def test_unknown_model_type_names_the_supported_ones() -> None:
         await repo.load(ModelConfig("m", "tensorflow", Path("/x")))
     types = sorted(["fake", *BUILTIN_RUNTIMES])
     assert err.value.message == (
-        "unsupported model type 'tensorflow'; this pod supports " + ", ".join(f"'{t}'" for t in types)
+        "unsupported model type 'tensorflow'; this pod supports "
+        + ", ".join(f"'{t}'" for t in types)
     )
     assert repo.model_types == tuple(types)
 

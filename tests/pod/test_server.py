@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 
 import gateway
-from gateway.tools import cli, launcher
-from gateway.pod.runtimes import BUILTIN_RUNTIMES
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway._proto import model_runtime_pb2 as rt
 from gateway.core.errors import LoadFailed, LoadTimeout, ModelFormatError, ModelNotFound
+from gateway.core.protocol import MODEL_ID_HEADER
 from gateway.pod import tensors
 from gateway.pod.model import Tensor
+from gateway.pod.runtimes import BUILTIN_RUNTIMES
 from gateway.pod.server import PodServer, PodSettings, serve
 from gateway.pod.servicer import grpc_status
-from gateway.core.protocol import MODEL_ID_HEADER
+from gateway.tools import cli, launcher
 
 from .fakes import key
 from .harness import Pod, StartPod
@@ -36,11 +36,10 @@ from .harness import rpc_error as _error
 CONCRETE_ID = "sklearn-mnist__isvc-3f2a9c01b4"
 
 
-def _infer_request(array: np.ndarray, name: str = "sklearn-mnist", *, raw: bool = False,
-                   datatype: str = "FP32") -> v2.ModelInferRequest:
+def _infer_request(
+    array: np.ndarray, name: str = "sklearn-mnist", *, raw: bool = False, datatype: str = "FP32"
+) -> v2.ModelInferRequest:
     return tensors.make_request(name, [Tensor.of("predict", array, datatype)], raw=raw)
-
-
 
 
 async def test_server_health_and_metadata(pod: Pod) -> None:
@@ -48,7 +47,9 @@ async def test_server_health_and_metadata(pod: Pod) -> None:
     assert (await pod.infer.ServerReady(v2.ServerReadyRequest())).ready
     meta = await pod.infer.ServerMetadata(v2.ServerMetadataRequest())
     assert (meta.name, meta.version, list(meta.extensions)) == (
-        "mmgw-runtime-pod", gateway.__version__, []
+        "mmgw-runtime-pod",
+        gateway.__version__,
+        [],
     )
 
 
@@ -135,7 +136,9 @@ async def test_load_errors(pod: Pod, tmp_path: Path) -> None:
 
     err = await _error(pod.load("tf", garbage, model_type="tensorflow"))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "supports 'fake', " + ", ".join(f"'{t}'" for t in sorted(BUILTIN_RUNTIMES)) in err.details()
+    assert (
+        "supports 'fake', " + ", ".join(f"'{t}'" for t in sorted(BUILTIN_RUNTIMES)) in err.details()
+    )
 
     err = await _error(pod.load("", garbage))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -203,8 +206,9 @@ async def test_default_size_multiplier(pod: Pod, svc_file: Path) -> None:
 
 
 async def test_runtime_status_lists_loaded_models(start_pod: StartPod, svc_file: Path) -> None:
-    pod = await start_pod(capacity_bytes=123456789, max_loading_concurrency=3,
-                          model_loading_timeout_ms=5000)
+    pod = await start_pod(
+        capacity_bytes=123456789, max_loading_concurrency=3, model_loading_timeout_ms=5000
+    )
     size = await pod.load(CONCRETE_ID, svc_file)
     await pod.load("f", "/fake", "fake", model_key=key(size=77))
     status = await pod.status()
@@ -301,11 +305,18 @@ def test_main_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("error", "code", "details"),
     [
-        (LoadTimeout("took longer than 5 ms"), grpc.StatusCode.DEADLINE_EXCEEDED, "took longer than 5 ms"),
+        (
+            LoadTimeout("took longer than 5 ms"),
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "took longer than 5 ms",
+        ),
         (LoadFailed("no file"), grpc.StatusCode.UNAVAILABLE, "no file"),
         (ModelFormatError("not a model"), grpc.StatusCode.FAILED_PRECONDITION, "not a model"),
-        (ModelNotFound("m", "model 'm' is not loaded on this pod"), grpc.StatusCode.NOT_FOUND,
-         "model 'm' is not loaded on this pod"),
+        (
+            ModelNotFound("m", "model 'm' is not loaded on this pod"),
+            grpc.StatusCode.NOT_FOUND,
+            "model 'm' is not loaded on this pod",
+        ),
         (ModelNotFound("m"), grpc.StatusCode.NOT_FOUND, "model 'm' is not registered"),
         (TimeoutError("a runtime's own timeout"), grpc.StatusCode.INTERNAL, "internal error"),
     ],
@@ -321,17 +332,53 @@ def test_the_cli_passes_every_option_to_pod_settings(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("MMGW_DATA_DIR", raising=False)
     assert cli.main(["pod", "--port", "9"]) == 0
     # the defaults agree; the id is unique per host, as a Kubernetes pod's name
-    assert given.pop() == PodSettings(port=9, capacity_bytes=1 << 30, pod_id=f"{socket.gethostname()}-9")
-    argv = ["pod", "--host", "::1", "--port", "9101", "--capacity", "512Mi", "--id", "p",
-            "--max-loading-concurrency", "3", "--model-loading-timeout-ms", "5000",
-            "--size-multiplier", "2.5", "--max-message-bytes", "8Mi", "--store", "etcd://e:2379",
-            "--data-dir", "/d", "--advertise", "10.0.0.7:9101", "--runtime-name", "mlserver-1.x"]
+    assert given.pop() == PodSettings(
+        port=9, capacity_bytes=1 << 30, pod_id=f"{socket.gethostname()}-9"
+    )
+    argv = [
+        "pod",
+        "--host",
+        "::1",
+        "--port",
+        "9101",
+        "--capacity",
+        "512Mi",
+        "--id",
+        "p",
+        "--max-loading-concurrency",
+        "3",
+        "--model-loading-timeout-ms",
+        "5000",
+        "--size-multiplier",
+        "2.5",
+        "--max-message-bytes",
+        "8Mi",
+        "--store",
+        "etcd://e:2379",
+        "--data-dir",
+        "/d",
+        "--advertise",
+        "10.0.0.7:9101",
+        "--runtime-name",
+        "mlserver-1.x",
+    ]
     assert cli.main(argv) == 0
     assert given.pop() == PodSettings(
-        host="::1", port=9101, capacity_bytes=512 << 20, pod_id="p", max_loading_concurrency=3,
-        model_loading_timeout_ms=5000, size_multiplier=2.5, max_message_bytes=8 << 20,
-        store="etcd://e:2379", data_dir=Path("/d"), advertise="10.0.0.7:9101", runtime_name="mlserver-1.x",
-        explicit=frozenset({"capacity_bytes", "model_loading_timeout_ms"}),  # the runtime's YAML leaves them
+        host="::1",
+        port=9101,
+        capacity_bytes=512 << 20,
+        pod_id="p",
+        max_loading_concurrency=3,
+        model_loading_timeout_ms=5000,
+        size_multiplier=2.5,
+        max_message_bytes=8 << 20,
+        store="etcd://e:2379",
+        data_dir=Path("/d"),
+        advertise="10.0.0.7:9101",
+        runtime_name="mlserver-1.x",
+        explicit=frozenset(
+            {"capacity_bytes", "model_loading_timeout_ms"}
+        ),  # the runtime's YAML leaves them
     )
 
 
@@ -342,5 +389,7 @@ def test_settings_are_validated() -> None:
         PodSettings(port=70000, capacity_bytes=1, pod_id="p")
     settings = PodSettings(port=0, capacity_bytes=1, pod_id="p")
     assert (settings.host, settings.max_message_bytes, settings.size_multiplier) == (
-        "127.0.0.1", 64 << 20, 1.25
+        "127.0.0.1",
+        64 << 20,
+        1.25,
     )

@@ -12,14 +12,14 @@ import pytest
 
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import model_runtime_pb2 as rt
+from gateway.adapters.podclient import GrpcPodClient
 from gateway.core.domain import ModelSpec
 from gateway.core.errors import PodFull
+from gateway.core.protocol import MODEL_ID_HEADER
 from gateway.pod import tensors
 from gateway.pod.model import Tensor
 from gateway.pod.runtimes.synthetic import write_synthetic
 from gateway.pod.server import PodSettings
-from gateway.adapters.podclient import GrpcPodClient
-from gateway.core.protocol import MODEL_ID_HEADER
 
 from .fakes import key, until
 from .harness import Pod, StartPod
@@ -175,8 +175,12 @@ async def test_a_load_without_room_is_resource_exhausted_and_pod_full_for_the_ga
     client = GrpcPodClient()
     try:
         spec = ModelSpec("b", "synthetic", str(path), 2 * MiB)
-        with pytest.raises(PodFull, match=f"^pod {pod.server.address}: this pod has no room for model 'b'"):
+        with pytest.raises(
+            PodFull, match=f"^pod {pod.server.address}: this pod has no room for model 'b'"
+        ):
             await client.load(pod.server.address, spec, 30, 2 * MiB)
-        assert await client.load(pod.server.address, spec, 30, MiB) == 2 * MiB  # what it says it needs fits
+        assert (
+            await client.load(pod.server.address, spec, 30, MiB) == 2 * MiB
+        )  # what it says it needs fits
     finally:
         await client.close()

@@ -85,7 +85,9 @@ def _fp32_input(shape: list[int], **contents: list[float]) -> pb.ModelInferReque
     return pb.ModelInferRequest(
         inputs=[
             pb.ModelInferRequest.InferInputTensor(
-                name="predict", datatype="FP32", shape=shape,
+                name="predict",
+                datatype="FP32",
+                shape=shape,
                 contents=pb.InferTensorContents(**contents),
             )
         ]
@@ -153,7 +155,9 @@ def test_unknown_datatype_and_negative_shape() -> None:
 
 def test_narrow_integers_are_range_checked() -> None:
     tensor = pb.ModelInferRequest.InferInputTensor(
-        name="b", datatype="UINT8", shape=[2],
+        name="b",
+        datatype="UINT8",
+        shape=[2],
         contents=pb.InferTensorContents(uint_contents=[1, 256]),
     )
     with pytest.raises(InvalidInput, match=r"input 'b': values outside the UINT8 range \[0, 255\]"):
@@ -162,7 +166,8 @@ def test_narrow_integers_are_range_checked() -> None:
 
 def test_raw_contents_must_cover_every_input() -> None:
     request = tensors.make_request(
-        "m", [Tensor.of("a", np.zeros(2, np.float32)), Tensor.of("b", np.zeros(2, np.float32))],
+        "m",
+        [Tensor.of("a", np.zeros(2, np.float32)), Tensor.of("b", np.zeros(2, np.float32))],
         raw=True,
     )
     del request.raw_input_contents[1]

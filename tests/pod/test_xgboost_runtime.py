@@ -227,9 +227,7 @@ async def test_missing_file(tmp_path: Path) -> None:
     assert err.value.message == f"model file not found: {path}"
 
 
-async def test_unreadable_file(
-    saved: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_unreadable_file(saved: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Not a format error: the file is there but cannot be read (root ignores chmod)."""
     real_open = Path.open
 

@@ -30,6 +30,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2
 
+from gateway.control.router import Route, Router
 from gateway.core import protocol, route_key
 from gateway.core.errors import (
     GatewayError,
@@ -42,7 +43,6 @@ from gateway.core.errors import (
     UnknownRoute,
 )
 from gateway.core.route_key import NEED_BODY, RouteKey
-from gateway.control.router import Route, Router
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,9 @@ class ExternalProcessor:
                 self._forget_kept(generation)
             kept = (self._kept_for_body if in_body else self._kept).get(name)
             if kept is not None:
-                self._record_hit(kept)  # not the name: a fresh string per request, the answer lives on
+                self._record_hit(
+                    kept
+                )  # not the name: a fresh string per request, the answer lives on
                 return kept
         try:
             route = self._router.hit(key)
@@ -205,7 +207,9 @@ def _forward_response(route: Route, body: bool) -> bytes:
     return response.SerializeToString()
 
 
-def _immediate(http: int, code: grpc.StatusCode, message: str, grpc_call: bool) -> pb.ProcessingResponse:
+def _immediate(
+    http: int, code: grpc.StatusCode, message: str, grpc_call: bool
+) -> pb.ProcessingResponse:
     # A plain message: Envoy's local_reply_config shapes it as google.rpc.Status
     # JSON for REST clients, and sends it as grpc-message to gRPC clients.
     immediate = pb.ImmediateResponse(

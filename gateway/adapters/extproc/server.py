@@ -46,9 +46,24 @@ MAX_FRAME = 1 << 20  # largest frame we accept (our SETTINGS_MAX_FRAME_SIZE)
 WINDOW = 1 << 30  # receive window we grant, per stream and per connection
 
 # Frame types and flags (RFC 9113 section 6).
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+(
+    DATA,
+    HEADERS,
+    PRIORITY,
+    RST_STREAM,
+    SETTINGS,
+    PUSH_PROMISE,
+    PING,
+    GOAWAY,
+    WINDOW_UPDATE,
+    CONTINUATION,
+) = range(10)
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS = 0x4, 0x5, 0x3
+SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS = (
+    0x4,
+    0x5,
+    0x3,
+)
 NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x6
 
 
@@ -59,7 +74,12 @@ class ProtocolError(Exception):
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big") + payload
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes((kind, flags))
+        + stream_id.to_bytes(4, "big")
+        + payload
+    )
 
 
 def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
@@ -87,7 +107,9 @@ RESPONSE_HEADERS = b"\x88" + _hpack_int(31, 4) + _hpack_int(16, 7) + b"applicati
 def trailers(code: int, message: str = "") -> bytes:
     block = _literal(b"grpc-status", str(code).encode())
     if message:  # gRPC percent-encodes grpc-message
-        block += _literal(b"grpc-message", quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode())
+        block += _literal(
+            b"grpc-message", quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode()
+        )
     return block
 
 
@@ -117,7 +139,9 @@ class _Connection(asyncio.Protocol):
         self._decoder = hpack.Decoder()
         self._decoded: dict[bytes, list[tuple[bytes, bytes]]] = {}
         self._streams: dict[int, _Stream] = {}
-        self._headers: tuple[int, int, bytearray] | None = None  # stream, flags, block awaiting CONTINUATION
+        self._headers: tuple[int, int, bytearray] | None = (
+            None  # stream, flags, block awaiting CONTINUATION
+        )
         self._peer_window = 65_535  # initial stream send window the peer granted
         self._peer_frame = 16_384  # largest frame the peer accepts
         self._send_window = 65_535  # connection send window
@@ -137,7 +161,10 @@ class _Connection(asyncio.Protocol):
                 (SETTINGS_MAX_CONCURRENT_STREAMS, 1 << 20),
             )
         )
-        self._transport.write(frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, (WINDOW - 65_535).to_bytes(4, "big")))
+        self._transport.write(
+            frame(SETTINGS, 0, 0, settings)
+            + frame(WINDOW_UPDATE, 0, 0, (WINDOW - 65_535).to_bytes(4, "big"))
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
@@ -224,8 +251,8 @@ class _Connection(asyncio.Protocol):
         increment = int.from_bytes(payload[:4], "big") & 0x7FFF_FFFF
         if stream_id == 0:
             self._send_window += increment
-            for sid, stream in list(self._streams.items()):
-                self._release(sid, stream)
+            for sid, waiting in list(self._streams.items()):
+                self._release(sid, waiting)
         elif (stream := self._streams.get(stream_id)) is not None:
             stream.window += increment
             self._release(stream_id, stream)
@@ -264,16 +291,19 @@ class _Connection(asyncio.Protocol):
         stream. Decoding it again against an unchanged table gives the same
         fields, so the cache holds only while no decode has changed the table.
         """
-        fields = self._decoded.get(block)
-        if fields is not None:
-            return fields
+        cached = self._decoded.get(block)
+        if cached is not None:
+            return cached
         table = self._decoder.header_table.dynamic_entries
         before = (len(table), table[0] if table else None)
         try:
-            fields = self._decoder.decode(block, raw=True)
+            # raw=True: names and values as bytes, in a list
+            fields = cast(list[tuple[bytes, bytes]], self._decoder.decode(block, raw=True))
         except hpack.HPACKError as exc:
             raise ProtocolError(0x9, f"bad header block: {exc}") from None  # COMPRESSION_ERROR
-        if (len(table), table[0] if table else None) == before and (not table or table[0] is before[1]):
+        if (len(table), table[0] if table else None) == before and (
+            not table or table[0] is before[1]
+        ):
             if len(self._decoded) < 64:
                 self._decoded[block] = fields
         else:

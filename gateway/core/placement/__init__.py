@@ -35,9 +35,16 @@ from typing import Any, Protocol
 
 from gateway.core import picker
 from gateway.core.domain import Copy, CopyState, ModelSpec, ModelState, ModelStatus, PodView
-from gateway.core.errors import LoadFailed, ModelFormatError, ModelNotFound, NoCapacity, PodFull, Unavailable
+from gateway.core.errors import (
+    LoadFailed,
+    ModelFormatError,
+    ModelNotFound,
+    NoCapacity,
+    PodFull,
+    StoreUnavailable,
+    Unavailable,
+)
 from gateway.core.load_queue import LoadQueue
-from gateway.core.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +54,12 @@ class PodStatus:
     capacity: int
     model_types: tuple[str, ...]
     loaded: Mapping[str, int]  # model id -> size in bytes
-    inflight: Mapping[str, int] = field(default_factory=dict)  # model id -> requests being served now
-    requests: Mapping[str, int] = field(default_factory=dict)  # model id -> requests served since loaded
+    inflight: Mapping[str, int] = field(
+        default_factory=dict
+    )  # model id -> requests being served now
+    requests: Mapping[str, int] = field(
+        default_factory=dict
+    )  # model id -> requests served since loaded
 
 
 class PodClient(Protocol):
@@ -188,7 +199,9 @@ class PlacementSettings:
     # in flight; a longer guard blocks evictions when requests come fast
     # (benchmarks/cache_quality: 5 s at 100 req/s failed 27% of requests).
     churn_guard: float = 1.0
-    recent_use_guard: float = 1.0  # seconds after a request is routed to a copy it may still be on its way
+    recent_use_guard: float = (
+        1.0  # seconds after a request is routed to a copy it may still be on its way
+    )
     room_wait: float = 5.0  # seconds a request's load waits for a copy to become evictable
     load_timeout: float = 90.0
     loads_per_pod: int = 1  # loads at once per pod; more wait in its queue
@@ -197,13 +210,17 @@ class PlacementSettings:
     copy_rate_threshold: float = 200.0  # requests/s per copy that call for another copy
     scale_ticks: int = 3  # consecutive ticks above the threshold before adding one
     quiet_rate: float = 0.1  # requests/s under which an extra copy is idle
-    max_queue_gap: int = 4  # a pod whose load queue is this much longer than the shortest is skipped
+    max_queue_gap: int = (
+        4  # a pod whose load queue is this much longer than the shortest is skipped
+    )
     rate_skew: float = 4.0  # a pod serving this many times the mean request rate is skipped
     eviction_half_life: float = 600.0  # seconds for a model's request count to halve; 0: plain LRU
     # A pod's own list of its models may lag a load that just finished: a copy
     # younger than this is not dropped for missing from it.
     report_grace: float = 2.0
-    stranger_grace: float = 5.0  # seconds a model nobody registered may stay on a pod before it is unloaded
+    stranger_grace: float = (
+        5.0  # seconds a model nobody registered may stay on a pod before it is unloaded
+    )
 
 
 @dataclass(slots=True)
@@ -225,7 +242,15 @@ class _Entry:
         return self.inflight + self.routed - self.routed_at_tick
 
     def copy(self) -> Copy:
-        return Copy(self.model_id, self.pod, self.state, self.size, self.last_used, self.loaded_at, self.demand)
+        return Copy(
+            self.model_id,
+            self.pod,
+            self.state,
+            self.size,
+            self.last_used,
+            self.loaded_at,
+            self.demand,
+        )
 
 
 _SIZE, _RATE = operator.attrgetter("size"), operator.attrgetter("rate")
@@ -247,8 +272,13 @@ class _Pod:
 
     def view(self) -> PodView:
         """Capacity and use; no cache age (Placement._cache_age, asked for only when pods are full)."""
-        return PodView(self.pod, self.capacity, sum(map(_SIZE, self.copies.values())), len(self.copies),
-                       self.healthy)
+        return PodView(
+            self.pod,
+            self.capacity,
+            sum(map(_SIZE, self.copies.values())),
+            len(self.copies),
+            self.healthy,
+        )
 
     def rate(self) -> float:
         return sum(map(_RATE, self.copies.values()))
@@ -258,7 +288,9 @@ class _Pod:
 class _Model:
     spec: ModelSpec
     # What a hit reads and writes, first, so that they share cache lines.
-    sole: _Entry | None = None  # the only copy, when there is exactly one (kept by Placement._put/_drop)
+    sole: _Entry | None = (
+        None  # the only copy, when there is exactly one (kept by Placement._put/_drop)
+    )
     demand: float = 0.0  # requests, decayed with eviction_half_life, as of demand_at
     demand_at: float = 0.0
     requests: int = 0  # requests routed to any copy, ever
@@ -268,11 +300,15 @@ class _Model:
     may_evict: bool = True  # False for a fresh registration's proactive load: free space only
     adding: asyncio.Task[None] | None = None  # an extra copy being added
     hot_ticks: int = 0
-    failures: dict[str, tuple[float, LoadFailed]] = field(default_factory=dict)  # pod -> (when, why)
+    failures: dict[str, tuple[float, LoadFailed]] = field(
+        default_factory=dict
+    )  # pod -> (when, why)
     ever_loaded: bool = False
     deferred: bool = False  # a proactive load found no room: it loads on demand
     size: int = 0  # real size once a pod has loaded it; until then the prediction
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set when a pod reports a new copy
+    arrived: asyncio.Event = field(
+        default_factory=asyncio.Event
+    )  # set when a pod reports a new copy
     runtime: str = ""  # the ServingRuntime serving it ("": any pod)
     last_error: str = ""
 
@@ -295,7 +331,9 @@ class Placement:
     ) -> None:
         self._client = client
         self._coordinator: Coordinator = coordinator or Solo()
-        self._strangers: dict[tuple[str, str], float] = {}  # (pod, model id) -> first seen unregistered
+        self._strangers: dict[
+            tuple[str, str], float
+        ] = {}  # (pod, model id) -> first seen unregistered
         self._settings = settings
         self._half_life = settings.eviction_half_life
         self._clock = clock
@@ -317,7 +355,9 @@ class Placement:
         """Add a pod (as it registered); it serves once the health monitor has seen it."""
         pod = self._pods.get(address)
         if pod is None:
-            pod = self._pods[address] = _Pod(address, address, LoadQueue(self._settings.loads_per_pod))
+            pod = self._pods[address] = _Pod(
+                address, address, LoadQueue(self._settings.loads_per_pod)
+            )
         pod.name, pod.runtime = name or address, runtime
 
     def remove_pod(self, address: str) -> None:
@@ -339,9 +379,16 @@ class Placement:
             return
         now = self._clock()
         for model_id, entry in list(pod.copies.items()):
-            if (entry.state is CopyState.LOADED and model_id not in models
-                    and now - entry.loaded_at > self._settings.report_grace):
-                log.info("%s is gone from pod %s (unloaded by another gateway replica)", model_id, pod.pod)
+            if (
+                entry.state is CopyState.LOADED
+                and model_id not in models
+                and now - entry.loaded_at > self._settings.report_grace
+            ):
+                log.info(
+                    "%s is gone from pod %s (unloaded by another gateway replica)",
+                    model_id,
+                    pod.pod,
+                )
                 self._drop(pod, model_id)
         for model_id, size in models.items():
             model = self._models.get(model_id)
@@ -371,16 +418,32 @@ class Placement:
             status = await self._client.status(pod.address, self._settings.health_timeout)
         except Exception as exc:  # any failure to answer means the pod is gone
             if pod.healthy:
-                log.warning("pod %s is unreachable (%s): dropping its %d copies", pod.pod, exc, len(pod.copies))
+                log.warning(
+                    "pod %s is unreachable (%s): dropping its %d copies",
+                    pod.pod,
+                    exc,
+                    len(pod.copies),
+                )
                 self._lose_copies(pod)
             return
         pod.capacity, pod.model_types = status.capacity, status.model_types
         if not pod.healthy:
             pod.healthy = True
             await self._reconcile(pod, status)
-            log.info("pod %s is ready: capacity %d bytes, holding %d models", pod.pod, pod.capacity, len(pod.copies))
+            log.info(
+                "pod %s is ready: capacity %d bytes, holding %d models",
+                pod.pod,
+                pod.capacity,
+                len(pod.copies),
+            )
             for model_id, model in self._models.items():  # registered while no pod could load them
-                if not (model.copies or model.loading or model.ever_loaded or model.deferred or model.last_error):
+                if not (
+                    model.copies
+                    or model.loading
+                    or model.ever_loaded
+                    or model.deferred
+                    or model.last_error
+                ):
                     self.load_in_background(model_id)
         for model_id, entry in pod.copies.items():
             entry.inflight = status.inflight.get(model_id, 0)
@@ -432,7 +495,11 @@ class Placement:
             loaded = model.loaded()
             hot = bool(loaded) and sum(e.rate for e in loaded) / len(loaded) > threshold
             model.hot_ticks = model.hot_ticks + 1 if hot else 0
-            if model.hot_ticks >= self._settings.scale_ticks and model.adding is None and model.loading is None:
+            if (
+                model.hot_ticks >= self._settings.scale_ticks
+                and model.adding is None
+                and model.loading is None
+            ):
                 model.hot_ticks = 0
                 model.adding = asyncio.ensure_future(self._scale_up(model))
 
@@ -478,8 +545,11 @@ class Placement:
 
     @staticmethod
     def _fits(pod: _Pod, runtime: str, model_type: str) -> bool:
-        return (pod.healthy and pod.runtime in ("", runtime)
-                and (not pod.model_types or model_type in pod.model_types))
+        return (
+            pod.healthy
+            and pod.runtime in ("", runtime)
+            and (not pod.model_types or model_type in pod.model_types)
+        )
 
     def is_registered(self, model_id: str) -> bool:
         return model_id in self._models
@@ -498,7 +568,9 @@ class Placement:
             self._drop(pod, model_id)
             await self._unload_quietly(pod, model_id)
 
-    def note_failure(self, model_id: str, pod: str, seconds_ago: float, error: LoadFailed | None) -> None:
+    def note_failure(
+        self, model_id: str, pod: str, seconds_ago: float, error: LoadFailed | None
+    ) -> None:
         """A failure record another replica made (``error`` None: the leader expired it)."""
         model = self._models.get(model_id)
         if model is None:
@@ -587,7 +659,7 @@ class Placement:
         """Requests served by ``copies`` (one each, in order) at ``times``."""
         models = self._models
         n = 0
-        for entry, now in zip(copies, times):
+        for entry, now in zip(copies, times, strict=True):
             model = models.get(entry.model_id)
             if model is not None:
                 self._count(model, entry, now)
@@ -671,7 +743,10 @@ class Placement:
     def _quiet_extra(self, model: _Model) -> bool:
         """More than one copy, and the model's traffic per copy under quiet_rate."""
         loaded = model.loaded()
-        return len(loaded) > 1 and sum(e.rate for e in loaded) / len(loaded) < self._settings.quiet_rate
+        return (
+            len(loaded) > 1
+            and sum(e.rate for e in loaded) / len(loaded) < self._settings.quiet_rate
+        )
 
     def _cache_age(self, view: PodView) -> float | None:
         """A pod's cache age for pick_pod: the eviction key of its cheapest evictable copy."""
@@ -791,12 +866,16 @@ class Placement:
                 await asyncio.sleep(0.2)
                 continue
             try:
-                await self._load_on(self._pods[target.pod], model, urgent=model.urgent, may_evict=model.may_evict)
+                await self._load_on(
+                    self._pods[target.pod], model, urgent=model.urgent, may_evict=model.may_evict
+                )
             except _NoRoom:
                 full.add(target.pod)  # no failure record: the pod is only full for now
                 continue
             except LoadFailed as exc:
-                log.warning("loading %s on pod %s failed: %s", spec.model_id, target.pod, exc.message)
+                log.warning(
+                    "loading %s on pod %s failed: %s", spec.model_id, target.pod, exc.message
+                )
                 failed.add(target.pod)
                 model.failures[target.pod] = (self._clock(), exc)
                 self._background(self._coordinator.failed(spec.model_id, target.pod, exc))
@@ -830,14 +909,15 @@ class Placement:
             shortest = min(len(p.queue) for p in pods)
             rates = [p.rate() for p in pods]
             mean_rate = sum(rates) / len(pods)
-            for pod, rate in zip(pods, rates):
+            for pod, rate in zip(pods, rates, strict=True):
                 if len(pod.queue) > shortest + self._settings.max_queue_gap or (
                     mean_rate > 0 and rate > self._settings.rate_skew * mean_rate
                 ):
                     busy.add(pod.pod)
         views = [p.view() for p in pods]
-        return (picker.pick_pod(views, size, exclude=exclude | busy, age=self._cache_age)
-                or picker.pick_pod(views, size, exclude=exclude, age=self._cache_age))
+        return picker.pick_pod(
+            views, size, exclude=exclude | busy, age=self._cache_age
+        ) or picker.pick_pod(views, size, exclude=exclude, age=self._cache_age)
 
     def _load_error(self, model: _Model, errors: list[LoadFailed], *, no_room: bool) -> Exception:
         spec, size = model.spec, model.expected_size()
@@ -845,17 +925,24 @@ class Placement:
             errors = [error for _, error in model.failures.values()]
         if errors:
             reasons = "; ".join(e.message for e in errors)
-            kind = ModelFormatError if all(isinstance(e, ModelFormatError) for e in errors) else LoadFailed
-            return kind(f"loading model '{spec.model_id}' failed on {len(errors)} pod(s): {reasons}")
+            kind = (
+                ModelFormatError
+                if all(isinstance(e, ModelFormatError) for e in errors)
+                else LoadFailed
+            )
+            return kind(
+                f"loading model '{spec.model_id}' failed on {len(errors)} pod(s): {reasons}"
+            )
         healthy = [p for p in self._pods.values() if self._fits(p, model.runtime, spec.model_type)]
         if not healthy:
             which = f" of runtime '{model.runtime}'" if model.runtime else ""
-            return _NoPods(f"no runtime pod{which} that serves format '{spec.model_type}' is available")
+            return _NoPods(
+                f"no runtime pod{which} that serves format '{spec.model_type}' is available"
+            )
         largest = max(p.capacity for p in healthy)
         if size > largest:
             return NoCapacity(
-                f"model '{spec.model_id}' needs {size} bytes; "
-                f"the largest pod holds {largest} bytes"
+                f"model '{spec.model_id}' needs {size} bytes; the largest pod holds {largest} bytes"
             )
         if no_room:
             return _NoRoomNow(
@@ -870,34 +957,64 @@ class Placement:
             # Plan evictions once holding the slot: the table may have changed while queued.
             self.settle()
             view = pod.view()
-            evict = [] if view.free >= expected else picker.plan_evictions(
-                view,
-                [e.copy() for e in pod.copies.values()],
-                expected,
-                now=self._clock(),
-                churn_guard=self._settings.churn_guard,
-                inflight=self._inflight(pod),
-                key=self._eviction_key,
+            evict = (
+                []
+                if view.free >= expected
+                else picker.plan_evictions(
+                    view,
+                    [e.copy() for e in pod.copies.values()],
+                    expected,
+                    now=self._clock(),
+                    churn_guard=self._settings.churn_guard,
+                    inflight=self._inflight(pod),
+                    key=self._eviction_key,
+                )
             )
             if evict is None or (evict and not may_evict):
-                log.info("pod %s has no room for %s now (%s)", pod.pod, spec.model_id,
-                         "a proactive load evicts nothing" if evict else "its copies are busy or freshly loaded")
+                log.info(
+                    "pod %s has no room for %s now (%s)",
+                    pod.pod,
+                    spec.model_id,
+                    "a proactive load evicts nothing"
+                    if evict
+                    else "its copies are busy or freshly loaded",
+                )
                 raise _NoRoom()
             for victim in evict:
                 idle = self._clock() - victim.last_used
-                log.info("evicting %s from pod %s to make room for %s: lowest recency and demand (idle %.1f s, %d bytes)",
-                         victim.model_id, pod.pod, spec.model_id, idle, victim.size)
+                log.info(
+                    "evicting %s from pod %s to make room for %s: lowest recency and demand (idle %.1f s, %d bytes)",
+                    victim.model_id,
+                    pod.pod,
+                    spec.model_id,
+                    idle,
+                    victim.size,
+                )
                 self._drop(pod, victim.model_id)
                 self._events.evicted(victim.model_id, pod.pod, "room")
                 await self._unload_quietly(pod, victim.model_id)
-            reason = "it has room, most free space" if view.free >= expected else "all pods full, oldest cache"
-            log.info("loading %s on pod %s (%s): %d bytes expected, %d free of %d, %d models, queued %.0f ms",
-                     spec.model_id, pod.pod, reason, expected, view.free, view.capacity,
-                     view.model_count, 1000 * queued)
+            reason = (
+                "it has room, most free space"
+                if view.free >= expected
+                else "all pods full, oldest cache"
+            )
+            log.info(
+                "loading %s on pod %s (%s): %d bytes expected, %d free of %d, %d models, queued %.0f ms",
+                spec.model_id,
+                pod.pod,
+                reason,
+                expected,
+                view.free,
+                view.capacity,
+                view.model_count,
+                1000 * queued,
+            )
             entry = self._put(pod, model, CopyState.LOADING, expected, self._clock())
             started = time.perf_counter()
             try:
-                size = await self._client.load(pod.address, spec, self._settings.load_timeout, expected)
+                size = await self._client.load(
+                    pod.address, spec, self._settings.load_timeout, expected
+                )
             except PodFull as exc:
                 self._drop(pod, spec.model_id)
                 log.info("pod %s refused %s: %s", pod.pod, spec.model_id, exc.message)
@@ -911,12 +1028,23 @@ class Placement:
                 raise LoadFailed(f"model '{spec.model_id}' was deleted while loading")
             seconds = time.perf_counter() - started
             now = self._clock()
-            entry.state, entry.size, entry.loaded_at, entry.last_used = CopyState.LOADED, size or entry.size, now, now
+            entry.state, entry.size, entry.loaded_at, entry.last_used = (
+                CopyState.LOADED,
+                size or entry.size,
+                now,
+                now,
+            )
             entry.demand = self._demand(model, now)
             model.ever_loaded, model.size = True, entry.size
             self._events.loaded(spec.model_id, pod.pod, seconds, queued)
-            log.info("loaded %s on pod %s in %.0f ms (%d bytes, %d expected)", spec.model_id, pod.pod,
-                     1000 * seconds, entry.size, expected)
+            log.info(
+                "loaded %s on pod %s in %.0f ms (%d bytes, %d expected)",
+                spec.model_id,
+                pod.pod,
+                1000 * seconds,
+                entry.size,
+                expected,
+            )
             if entry.size > expected:
                 await self._fit(pod, spec.model_id)
 
@@ -927,18 +1055,24 @@ class Placement:
             return
         self.settle()
         others = [e.copy() for e in pod.copies.values() if e.model_id != newcomer]
-        evict = picker.plan_evictions(
-            PodView(view.pod, view.capacity, view.used, view.model_count),
-            others,
-            0,
-            now=self._clock(),
-            churn_guard=self._settings.churn_guard,
-            inflight=self._inflight(pod),
-            key=self._eviction_key,
-        ) or []
+        evict = (
+            picker.plan_evictions(
+                PodView(view.pod, view.capacity, view.used, view.model_count),
+                others,
+                0,
+                now=self._clock(),
+                churn_guard=self._settings.churn_guard,
+                inflight=self._inflight(pod),
+                key=self._eviction_key,
+            )
+            or []
+        )
         for victim in evict:
-            log.info("evicting %s from pod %s: the pod is over capacity (a model was larger than expected)",
-                     victim.model_id, pod.pod)
+            log.info(
+                "evicting %s from pod %s: the pod is over capacity (a model was larger than expected)",
+                victim.model_id,
+                pod.pod,
+            )
             self._drop(pod, victim.model_id)
             self._events.evicted(victim.model_id, pod.pod, "room")
             await self._unload_quietly(pod, victim.model_id)
@@ -947,7 +1081,10 @@ class Placement:
         """Requests in flight per copy for eviction: the pod's count, or 1 if just routed to."""
         self.settle()
         recent = self._clock() - self._settings.recent_use_guard
-        return {e.model_id: e.inflight + (e.last_used > recent and e.routed > 0) for e in pod.copies.values()}
+        return {
+            e.model_id: e.inflight + (e.last_used > recent and e.routed > 0)
+            for e in pod.copies.values()
+        }
 
     def _put(self, pod: _Pod, model: _Model, state: CopyState, size: int, now: float) -> _Entry:
         entry = _Entry(model.spec.model_id, pod.pod, state, size, now, now)
@@ -982,39 +1119,54 @@ class Placement:
         pods = []
         for pod in self._pods.values():
             view = pod.view()
-            pods.append({
-                "pod": pod.pod,
-                "name": pod.name or pod.pod,
-                "runtime": pod.runtime,
-                "healthy": pod.healthy,
-                "capacity_bytes": view.capacity,
-                "used_bytes": view.used,
-                "load_queue": {"running": pod.queue.running, "waiting": pod.queue.waiting},
-                "models": [
-                    {
-                        "model_id": e.model_id,
-                        "state": e.state.value,
-                        "size_bytes": e.size,
-                        "last_used_seconds_ago": round(now - e.last_used, 3),
-                        "in_flight": e.inflight,  # as the pod reported it (routing also counts what it sent since)
-                        "requests": e.routed,
-                        "requests_per_second": round(e.rate, 2),
-                    }
-                    for e in sorted(pod.copies.values(), key=lambda e: e.model_id)
-                ] + [
-                    {"model_id": model_id, "state": CopyState.FAILED.value, "reason": error.message,
-                     "failed_seconds_ago": round(now - when, 3)}
-                    for model_id, when, error in self._failures_on(pod.pod)
-                ],
-            })
+            pods.append(
+                {
+                    "pod": pod.pod,
+                    "name": pod.name or pod.pod,
+                    "runtime": pod.runtime,
+                    "healthy": pod.healthy,
+                    "capacity_bytes": view.capacity,
+                    "used_bytes": view.used,
+                    "load_queue": {"running": pod.queue.running, "waiting": pod.queue.waiting},
+                    "models": [
+                        {
+                            "model_id": e.model_id,
+                            "state": e.state.value,
+                            "size_bytes": e.size,
+                            "last_used_seconds_ago": round(now - e.last_used, 3),
+                            "in_flight": e.inflight,  # as the pod reported it (routing also counts what it sent since)
+                            "requests": e.routed,
+                            "requests_per_second": round(e.rate, 2),
+                        }
+                        for e in sorted(pod.copies.values(), key=lambda e: e.model_id)
+                    ]
+                    + [
+                        {
+                            "model_id": model_id,
+                            "state": CopyState.FAILED.value,
+                            "reason": error.message,
+                            "failed_seconds_ago": round(now - when, 3),
+                        }
+                        for model_id, when, error in self._failures_on(pod.pod)
+                    ],
+                }
+            )
         models = {
-            model_id: {"state": self.status(model_id).state.value, "copies": sorted(m.copies), "requests": m.requests}
+            model_id: {
+                "state": self.status(model_id).state.value,
+                "copies": sorted(m.copies),
+                "requests": m.requests,
+            }
             for model_id, m in sorted(self._models.items())
         }
         return {"leader": self._coordinator.leader(), "pods": pods, "models": models}
 
     def _failures_on(self, pod: str) -> list[tuple[str, float, LoadFailed]]:
-        found = [(model_id, *m.failures[pod]) for model_id, m in self._models.items() if pod in m.failures]
+        found = [
+            (model_id, *m.failures[pod])
+            for model_id, m in self._models.items()
+            if pod in m.failures
+        ]
         return sorted(found, key=lambda f: f[0])
 
     def model_requests(self) -> dict[str, int]:

@@ -11,7 +11,13 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from gateway.core.errors import InvalidInput, LoadFailed, ModelFormatError, ModelNotInStorage, StorageAccessDenied
+from gateway.core.errors import (
+    InvalidInput,
+    LoadFailed,
+    ModelFormatError,
+    ModelNotInStorage,
+    StorageAccessDenied,
+)
 
 from ..model import InferenceRequest, Tensor, TensorSpec
 
@@ -81,9 +87,7 @@ def requested_outputs(
     for name in request.outputs or (default,):
         spec = offered.get(name)
         if spec is None:
-            raise InvalidInput(
-                f"output '{name}' is not available; model offers {quoted(offered)}"
-            )
+            raise InvalidInput(f"output '{name}' is not available; model offers {quoted(offered)}")
         specs.append(spec)
     return specs
 

@@ -122,21 +122,19 @@ class ONNXModel(Model):
             return {spec.name: _to_onnx(tensor)}
         feeds: dict[str, np.ndarray] = {}
         for tensor in tensors:
-            spec = specs.get(tensor.name)
-            if spec is None:
+            named = specs.get(tensor.name)
+            if named is None:
                 raise InvalidInput(
                     f"input '{tensor.name}' is not an input of the model; "
                     f"model expects {quoted(specs)}"
                 )
             if tensor.name in feeds:
                 raise InvalidInput(f"input '{tensor.name}' is given more than once")
-            spec.check(tensor)
+            named.check(tensor)
             feeds[tensor.name] = _to_onnx(tensor)
         missing = [name for name in specs if name not in feeds]
         if missing:
-            raise InvalidInput(
-                f"model expects inputs {quoted(specs)}; missing {quoted(missing)}"
-            )
+            raise InvalidInput(f"model expects inputs {quoted(specs)}; missing {quoted(missing)}")
         return feeds
 
     def _output(self, name: str) -> TensorSpec:

@@ -161,8 +161,7 @@ class TorchScriptModel(Model):
         missing = [s.name for s in specs if s.name not in given]
         if missing:
             raise InvalidInput(
-                f"model expects inputs {quoted(s.name for s in specs)}; "
-                f"missing {quoted(missing)}"
+                f"model expects inputs {quoted(s.name for s in specs)}; missing {quoted(missing)}"
             )
         return [given[s.name].array for s in specs]
 
@@ -190,9 +189,7 @@ class TorchScriptModel(Model):
 def _check_wanted(wanted: Sequence[str], offered: Sequence[str]) -> None:
     for name in wanted:
         if name not in offered:
-            raise InvalidInput(
-                f"output '{name}' is not available; model offers {quoted(offered)}"
-            )
+            raise InvalidInput(f"output '{name}' is not available; model offers {quoted(offered)}")
 
 
 def _interpreter_error(exc: Exception) -> PredictFailed | None:

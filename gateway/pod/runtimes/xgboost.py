@@ -166,8 +166,10 @@ def _message(exc: Exception) -> str:
 
 # UBJSON (https://ubjson.org) as XGBoost writes it: markers of fixed-size values
 # and their sizes; strings ("S", "H") and containers ("[", "{") are walked.
-_FIXED = {ord(m): n for m, n in zip("iUIlLdDCTFZN", (1, 1, 2, 4, 8, 4, 8, 1, 0, 0, 0, 0))}
-_COUNTS = {ord(m): n for m, n in zip("iUIlL", (1, 1, 2, 4, 8))}
+_FIXED = {
+    ord(m): n for m, n in zip("iUIlLdDCTFZN", (1, 1, 2, 4, 8, 4, 8, 1, 0, 0, 0, 0), strict=True)
+}
+_COUNTS = {ord(m): n for m, n in zip("iUIlL", (1, 1, 2, 4, 8), strict=True)}
 
 
 def _ubjson_problem(data: bytes) -> str | None:
