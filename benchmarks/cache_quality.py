@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import heapq
 import logging
 import time
@@ -294,12 +295,16 @@ def simulate(trace: Sequence[int], setup: Setup, policy: str = "lru") -> Outcome
         recent = now - setup.recent_use_guard
         return {m: 1 for m, c in table[pod].items() if c.last_used > recent}
 
-    def age(pod: str, now: float) -> float | None:
-        copies = list(table[pod].values())
-        if policy == "lru":  # as the engine computes PodView.oldest_use today
+    def age(view: PodView, now: float) -> float | None:
+        copies = list(table[view.pod].values())
+        if policy == "lru":  # a pod's least recently used copy, as plain LRU orders
             return min((c.last_used for c in copies if c.state is CopyState.LOADED), default=None)
         return picker.cache_age(
-            copies, now=now, churn_guard=setup.churn_guard, inflight=inflight(pod, now), key=key
+            copies,
+            now=now,
+            churn_guard=setup.churn_guard,
+            inflight=inflight(view.pod, now),
+            key=key,
         )
 
     hits = loads = failed = 0
@@ -318,11 +323,8 @@ def simulate(trace: Sequence[int], setup: Setup, policy: str = "lru") -> Outcome
             continue
         full: set[str] = set()
         while True:
-            views = [
-                PodView(n, capacity, len(table[n]) * SIZE, len(table[n]), True, age(n, now))
-                for n in names
-            ]
-            target = picker.pick_pod(views, SIZE, exclude=full)
+            views = [PodView(n, capacity, len(table[n]) * SIZE, len(table[n])) for n in names]
+            target = picker.pick_pod(views, SIZE, exclude=full, age=functools.partial(age, now=now))
             if target is None:  # a failed request is not counted (never routed)
                 count[model_id], count_at[model_id] = previous
                 failed += 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.control.registry import Registry
-from gateway.core.placement import HitBuffer, Placement
+from gateway.core.placement import CopyRecord, HitBuffer, ModelRecord, Placement
 from gateway.core.route_key import RouteKey
 
 
@@ -25,7 +25,7 @@ class Route:
     fallbacks: tuple[str, ...] = ()  # the model's other copies, for a retry if the pod is dead
     # The placement's record of the copy when it is the model's only loaded one: the
     # route stays right until ``Router.generation`` changes.
-    copy: Any = None
+    copy: CopyRecord | None = None
 
 
 class Router:
@@ -34,7 +34,7 @@ class Router:
         self._placement = placement
         # name or concrete id -> the placement's record of the model it resolves to; cleared
         # when the registry's routes or the placement's models change (their generations).
-        self._handles: dict[str, Any] = {}
+        self._handles: dict[str, ModelRecord] = {}
         self._sources = (registry.generation, placement.generation)
         self._generation = 0  # what ``generation`` says while _sources hold
         self._handles_generation = 0
@@ -51,7 +51,7 @@ class Router:
             self._generation += 1
         return self._generation
 
-    def hit_buffer(self, resolve: Callable[[Any], Any]) -> HitBuffer:
+    def hit_buffer(self, resolve: Callable[[Any], CopyRecord]) -> HitBuffer:
         """Where a caller that keeps Routes records further requests, by what it kept;
         ``resolve(key)`` is the kept Route's ``copy``."""
         return self._placement.hit_buffer(resolve)
@@ -69,7 +69,7 @@ class Router:
         found = self._placement.route(model_id)
         return None if found is None else Route(found[0], model_id, found[1])
 
-    def _handle(self, name: str) -> Any:
+    def _handle(self, name: str) -> ModelRecord:
         generation = self.generation
         if generation != self._handles_generation:
             self._handles.clear()

@@ -15,14 +15,24 @@ calls these, and carries out what they return. They follow ModelMesh's rules:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 from gateway.core.domain import Copy, CopyState, PodView
 
 
-def pick_copy(copies: Sequence[Copy], inflight: Mapping[str, int]) -> Copy:
-    """The loaded copy to send a request to. ``copies`` must not be empty."""
-    return min(copies, key=lambda c: (inflight.get(c.pod, 0), c.last_used))
+class _Ranked(Protocol):
+    @property
+    def last_used(self) -> float: ...
+
+
+_C = TypeVar("_C", bound=_Ranked)
+
+
+def rank_copies(copies: Iterable[_C], busy: Callable[[_C], int]) -> list[_C]:
+    """Loaded copies best first for a request: fewest requests in flight (``busy``),
+    ties to the least recently used. The first serves; the rest are its fallbacks."""
+    return sorted(copies, key=lambda c: (busy(c), c.last_used))
 
 
 def pick_pod(
@@ -30,13 +40,13 @@ def pick_pod(
     size: int,
     exclude: Collection[str] = (),
     *,
-    age: Callable[[PodView], float | None] | None = None,
+    age: Callable[[PodView], float | None],
 ) -> PodView | None:
     """The pod to load a model of ``size`` bytes on, or None if no pod can ever hold it.
 
-    A pod's cache age is ``age(pod)`` if given, else ``pod.oldest_use``; it is
-    asked for only when every candidate is full, so a costly one (a scan of the
-    pod's copies) is paid only then.
+    A pod's cache age (``age(pod)``: its cheapest evictable copy's key, None
+    when it holds nothing) is asked for only when every candidate is full, so a
+    costly one (a scan of the pod's copies) is paid only then.
     """
     candidates = [p for p in pods if p.healthy and p.pod not in exclude and p.capacity >= size]
     if not candidates:
@@ -44,7 +54,7 @@ def pick_pod(
     with_room = [p for p in candidates if p.free >= size]
     if with_room:
         return max(with_room, key=lambda p: (p.free, -p.model_count, p.pod))
-    ages = {p.pod: p.oldest_use if age is None else age(p) for p in candidates}
+    ages = {p.pod: age(p) for p in candidates}
     return min(candidates, key=lambda p: (_cache_age_key(ages[p.pod]), p.pod))
 
 
@@ -101,7 +111,7 @@ def cache_age(
 ) -> float | None:
     """A pod's cache age under ``key``: the lowest key among its evictable copies.
 
-    A candidate for ``PodView.oldest_use``, so that ``pick_pod`` sends a load to
+    What ``pick_pod``'s ``age`` gives, so that it sends a load to
     the pod whose next victim is cheapest. None when the pod holds nothing,
     +inf when it holds copies but none can go yet.
     """

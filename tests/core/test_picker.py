@@ -10,9 +10,9 @@ from gateway.core.picker import (
     cache_age,
     decayed_count,
     effective_last_use,
-    pick_copy,
     pick_pod,
     plan_evictions,
+    rank_copies,
 )
 
 
@@ -35,38 +35,41 @@ def pod(
     used: int = 0,
     models: int = 0,
     healthy: bool = True,
-    oldest: float | None = None,
 ) -> PodView:
-    return PodView(name, capacity, used, models, healthy, oldest)
+    return PodView(name, capacity, used, models, healthy)
 
 
-def test_pick_copy_prefers_fewest_inflight_then_least_recently_used() -> None:
+def no_age(pod: PodView) -> float | None:
+    """For cases with room: pick_pod asks for a cache age only when every pod is full."""
+    raise AssertionError(f"pick_pod asked for the cache age of {pod.pod}")
+
+
+def test_rank_copies_puts_fewest_inflight_first_then_least_recently_used() -> None:
     a, b, c = copy("m", "a", used=5), copy("m", "b", used=1), copy("m", "c", used=3)
-    assert pick_copy([a, b, c], {}) is b
-    assert pick_copy([a, b, c], {"b": 2, "c": 1}) is a
+    assert rank_copies([a, b, c], lambda c: 0) == [b, c, a]
+    inflight = {"b": 2, "c": 1}
+    assert rank_copies([a, b, c], lambda c: inflight.get(c.pod, 0)) == [a, c, b]
 
 
 def test_pick_pod_prefers_room_then_most_free_then_fewest_models() -> None:
     full = pod("full", used=95, models=1)
     roomy = pod("roomy", used=10, models=5)
     roomier = pod("roomier", used=5, models=9)
-    assert pick_pod([full, roomy, roomier], 20).pod == "roomier"
+    assert pick_pod([full, roomy, roomier], 20, age=no_age).pod == "roomier"
     same_free = [pod("x", used=10, models=3), pod("y", used=10, models=1)]
-    assert pick_pod(same_free, 20).pod == "y"
+    assert pick_pod(same_free, 20, age=no_age).pod == "y"
 
 
 def test_pick_pod_when_all_full_takes_the_oldest_cache() -> None:
-    pods = [
-        pod("new", used=100, models=2, oldest=50.0),
-        pod("old", used=100, models=2, oldest=10.0),
-    ]
-    assert pick_pod(pods, 20).pod == "old"
+    pods = [pod("new", used=100, models=2), pod("old", used=100, models=2)]
+    ages = {"new": 50.0, "old": 10.0}
+    assert pick_pod(pods, 20, age=lambda p: ages[p.pod]).pod == "old"
 
 
 def test_pick_pod_skips_unhealthy_excluded_and_too_small() -> None:
     pods = [pod("down", healthy=False), pod("tried"), pod("small", capacity=10), pod("ok", used=50)]
-    assert pick_pod(pods, 20, exclude={"tried"}).pod == "ok"
-    assert pick_pod(pods, 200) is None
+    assert pick_pod(pods, 20, exclude={"tried"}, age=no_age).pod == "ok"
+    assert pick_pod(pods, 200, age=no_age) is None
 
 
 def test_plan_evictions_lru_first_until_it_fits() -> None:
@@ -183,8 +186,6 @@ def test_pick_pod_with_cache_age_avoids_a_pod_whose_copies_cannot_go() -> None:
     protected = [copy("fresh", "a", size=50, used=1, loaded=99), copy("busy", "a", size=50, used=2)]
     evictable_copies = [copy("x", "b", size=50, used=50), copy("y", "b", size=50, used=60)]
     args = {"now": 100.0, "churn_guard": 5.0, "inflight": {"busy": 1}}
-    views = [
-        pod("a", used=100, models=2, oldest=cache_age(protected, **args)),
-        pod("b", used=100, models=2, oldest=cache_age(evictable_copies, **args)),
-    ]
-    assert pick_pod(views, 50).pod == "b"
+    views = [pod("a", used=100, models=2), pod("b", used=100, models=2)]
+    ages = {"a": cache_age(protected, **args), "b": cache_age(evictable_copies, **args)}
+    assert pick_pod(views, 50, age=lambda p: ages[p.pod]).pod == "b"

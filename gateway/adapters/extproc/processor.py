@@ -42,6 +42,7 @@ from gateway.core.errors import (
     Unavailable,
     UnknownRoute,
 )
+from gateway.core.placement import CopyRecord
 from gateway.core.route_key import NEED_BODY, RouteKey
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class ExternalProcessor:
         # generation holds. Each request answered so is recorded in the hit buffer.
         self._kept: dict[str, Answer] = {}
         self._kept_for_body: dict[str, Answer] = {}
-        self._kept_copies: dict[Answer, object] = {}  # kept answer -> the copy it forwards to
+        self._kept_copies: dict[Answer, CopyRecord] = {}  # kept answer -> the copy it forwards to
         self._hits = router.hit_buffer(self._kept_copies.__getitem__)
         self._record_hit = self._hits.add
         self._generation = router.generation
