@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.core.domain import LOAD_TIMEOUT_SECONDS, SIZE_MULTIPLIER
+
 DEFAULT_PODS = (
     "127.0.0.1:9101",
     "127.0.0.1:9102",
@@ -42,9 +44,9 @@ class GatewaySettings(BaseSettings):
     # ModelMesh's storage-config (S3 storage keys): a file or a folder, see gateway.kserve.storage
     storage_config: Path | None = None
     public_url: str = "http://127.0.0.1:8008"
-    size_multiplier: float = 1.25
+    size_multiplier: float = SIZE_MULTIPLIER
     churn_guard_seconds: float = 1.0
-    load_timeout_seconds: float = 90.0
+    load_timeout_seconds: float = LOAD_TIMEOUT_SECONDS
     loads_per_pod: int = 1
     copy_rate_threshold: float = 200.0  # requests/s per copy above which a copy is added
     health_interval_seconds: float = 1.0

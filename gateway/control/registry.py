@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gateway.core.domain import ModelSpec, ModelState
+from gateway.core.domain import SIZE_MULTIPLIER, ModelSpec, ModelState
 from gateway.core.errors import (
     GatewayError,
     InvalidSpec,
@@ -80,7 +80,7 @@ INVALID_STORAGE = "InvalidPredictorSpec"  # KServe's failure reason for a spec t
 @dataclass(frozen=True, slots=True)
 class RegistrySettings:
     namespace: str = "modelmesh-serving"
-    size_multiplier: float = 1.25  # predicted size = bytes on disk x this
+    size_multiplier: float = SIZE_MULTIPLIER  # predicted size = bytes on disk x this
     default_model_size: int = 1 << 20  # when the file is not there yet
     url_base: str = "http://127.0.0.1:8008"
     # After a rollout moves the name, requests routed to the old version a
@@ -342,9 +342,6 @@ class Registry:
         for spec in {record.serving, record.target}:
             if self._placement.is_registered(spec.model_id):
                 await self._placement.unregister(spec.model_id)
-
-    def runtime_of(self, name: str) -> Selection:
-        return self._selections[name]
 
     async def apply_runtime(self, document: Any) -> tuple[RuntimeRecord, str]:
         """Create or update a (Cluster)ServingRuntime, then choose every InferenceService's runtime again."""

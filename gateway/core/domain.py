@@ -9,6 +9,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+# ModelMesh's size prediction before a model is loaded: bytes on disk x this. The one
+# default for the gateway (MMGW_SIZE_MULTIPLIER) and the pods' PredictModelSize.
+SIZE_MULTIPLIER = 1.25
+# How long a load may take before it fails (ModelMesh's modelLoadingTimeoutMillis default).
+LOAD_TIMEOUT_SECONDS = 90.0
+
 
 class CopyState(enum.StrEnum):
     LOADING = "LOADING"
@@ -63,9 +69,6 @@ class PodView:
     used: int
     model_count: int
     healthy: bool = True
-    # last_used of the least recently used copy on the pod (ModelMesh's cache
-    # age); None when the pod holds nothing.
-    oldest_use: float | None = None
 
     @property
     def free(self) -> int:

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core.domain import LOAD_TIMEOUT_SECONDS
 from gateway.core.errors import InvalidSpec, ModelNotFound
 from gateway.kserve.resources import (
     CLUSTER_RUNTIME_KIND,
@@ -66,7 +67,7 @@ def _builtin(
                 "serverType": server_type,
                 "runtimeManagementPort": 8001,
                 "memBufferBytes": 134217728,
-                "modelLoadingTimeoutMillis": 90000,
+                "modelLoadingTimeoutMillis": int(1000 * LOAD_TIMEOUT_SECONDS),
             },
         },
     }

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.core.domain import LOAD_TIMEOUT_SECONDS
 from gateway.core.errors import (
     GatewayError,
     LoadFailed,
@@ -91,7 +92,7 @@ class ModelRepository:
         *,
         puller: Puller | None = None,
         max_loading_concurrency: int = 1,
-        loading_timeout_s: float = 90.0,
+        loading_timeout_s: float = LOAD_TIMEOUT_SECONDS,
         unload_drain_s: float = 30.0,
         capacity_bytes: int = 0,
     ) -> None:

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.core.domain import LOAD_TIMEOUT_SECONDS, SIZE_MULTIPLIER
+
 from .runtimes import BUILTIN_RUNTIMES, RuntimeRef
 
 MiB = 1024 * 1024
@@ -51,8 +53,8 @@ class PodSettings:
     pod_id: str
     host: str = "127.0.0.1"
     max_loading_concurrency: int = 1
-    model_loading_timeout_ms: int = 90_000
-    size_multiplier: float = 1.25
+    model_loading_timeout_ms: int = int(1000 * LOAD_TIMEOUT_SECONDS)
+    size_multiplier: float = SIZE_MULTIPLIER
     max_message_bytes: int = 64 * MiB
     shutdown_grace_s: float = 2.0
     unload_drain_seconds: float = 30.0

@@ -26,6 +26,7 @@ from urllib.parse import quote
 import httpx
 import yaml
 
+from gateway.core.domain import LOAD_TIMEOUT_SECONDS
 from gateway.core.errors import GatewayError
 from gateway.kserve.resources import parse_quantity
 from gateway.settings import DEFAULT_PODS
@@ -408,10 +409,10 @@ def cmd_pod(args: argparse.Namespace) -> int:
             capacity_bytes=args.capacity or 1 << 30,
             pod_id=args.id or f"{socket.gethostname()}-{args.port}",
             max_loading_concurrency=args.max_loading_concurrency,
-            model_loading_timeout_ms=args.model_loading_timeout_ms or 90_000,
+            model_loading_timeout_ms=args.model_loading_timeout_ms
+            or int(1000 * LOAD_TIMEOUT_SECONDS),
             explicit=frozenset(k for k, v in given.items() if v is not None),
             unload_drain_seconds=args.unload_drain_seconds,
-            size_multiplier=args.size_multiplier,
             max_message_bytes=args.max_message_bytes,
             runtimes={**BUILTIN_RUNTIMES, **dict(args.runtime or ())},
             store=args.store,
@@ -547,7 +548,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model-loading-timeout-ms",
         type=int,
-        help="bound on each load (default: the runtime's modelLoadingTimeoutMillis, else 90000)",
+        help="bound on each load (default: the runtime's modelLoadingTimeoutMillis, "
+        f"else {int(1000 * LOAD_TIMEOUT_SECONDS)})",
     )
     p.add_argument(
         "--runtime",
@@ -561,12 +563,6 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="how long an unload waits for the model's requests in flight",
-    )
-    p.add_argument(
-        "--size-multiplier",
-        type=float,
-        default=1.25,
-        help="PredictModelSize = bytes on disk x this (default %(default)s)",
     )
     p.add_argument(
         "--max-message-bytes",
