@@ -7,9 +7,8 @@ import pytest
 
 from gateway.core.errors import InvalidSpec, ModelNotFound
 from gateway.core.placement import Solo
-
-from .fakes import FakePod, FakePods
-from .harness import harness, isvc, settle
+from tests.core.fakes import FakePod, FakePods
+from tests.core.harness import harness, isvc, settle
 
 
 async def test_apply_creates_then_is_unchanged_then_configured(tmp_path: Path) -> None:

@@ -9,9 +9,8 @@ import pytest
 
 from gateway.core.errors import ModelNotFound
 from gateway.core.route_key import RouteKey
-
-from .fakes import FakePod, FakePods
-from .harness import harness, isvc, settle
+from tests.core.fakes import FakePod, FakePods
+from tests.core.harness import harness, isvc, settle
 
 NAME = RouteKey("sklearn-mnist", grpc=False)
 

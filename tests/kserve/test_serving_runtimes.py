@@ -15,9 +15,8 @@ from gateway.core.errors import InvalidSpec, ModelNotFound, Unavailable
 from gateway.core.route_key import RouteKey
 from gateway.kserve.resources import parse_inference_service, parse_serving_runtime
 from gateway.kserve.serving_runtimes import RuntimeRecord, select
-
-from .fakes import FakePod, FakePods
-from .harness import harness, isvc
+from tests.core.fakes import FakePod, FakePods
+from tests.core.harness import harness, isvc
 
 SEED_RUNTIME: dict[str, Any] = {
     "apiVersion": "serving.kserve.io/v1alpha1",

@@ -21,9 +21,8 @@ from gateway.kserve.locations import S3Location
 from gateway.kserve.resources import parse_inference_service
 from gateway.kserve.storage import StorageRoots, load_storage_config
 from gateway.store import EmbeddedStore
+from tests.core.fakes import FakePod, FakePods
 from tests.s3server import S3Server
-
-from .fakes import FakePod, FakePods
 
 ISVC: dict[str, Any] = {
     "apiVersion": "serving.kserve.io/v1beta1",
