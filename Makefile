@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard proto/*.proto)
 GEN    := gateway/_proto/__init__.py
 
-.PHONY: install proto manifests demo test lint bench clean
+.PHONY: install proto manifests demo test lint bench clean debs
 
 install: $(STAMP)
 
@@ -28,7 +28,14 @@ manifests: $(STAMP)
 demo: proto
 	$(BIN)/mmgw demo
 
-test: proto
+# Debian packages the tests run: curl (the seed's request) and etcd (the shared-store tests
+# start their own on loopback). Installed when missing, as `make bench` installs h2load.
+debs:
+	@command -v etcd >/dev/null && command -v curl >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server curl; }
+	@command -v etcd >/dev/null || { echo "etcd could not be installed (Debian package etcd-server): the tests need it" >&2; exit 1; }
+
+test: proto debs
 	$(BIN)/pytest -q
 
 # The gate CI runs before the tests: lint and format (ruff), types (mypy, strict on
