@@ -49,7 +49,7 @@ from gateway.core.errors import (
     StoreUnavailable,
 )
 from gateway.core.placement import Coordinator, Placement, Solo
-from gateway.kserve.resources import InferenceService, parse_inference_service
+from gateway.kserve.resources import InferenceService, parse_inference_service, stored_manifest
 from gateway.kserve.serving_runtimes import PREFIXES as RUNTIME_PREFIXES
 from gateway.kserve.serving_runtimes import (
     RUNTIME_UNHEALTHY,
@@ -64,15 +64,6 @@ from gateway.store.sync import Mirror
 log = logging.getLogger(__name__)
 
 _PREFIX = "inferenceservices/"
-# Set by the server, ignored on apply (as Kubernetes does): `get -o yaml | apply` is a no-op.
-_SERVER_METADATA = (
-    "creationTimestamp",
-    "resourceVersion",
-    "uid",
-    "generation",
-    "managedFields",
-    "selfLink",
-)
 _ROLLOUT = "rollout/"  # a rollout's claim: rollout/<new model id>
 INVALID_STORAGE = "InvalidPredictorSpec"  # KServe's failure reason for a spec that cannot be served
 
@@ -287,10 +278,8 @@ class Registry:
             )
         spec, problem = await self._model_spec(isvc)
         selection = self.runtimes.select(isvc.model)
-        manifest = isvc.model_dump(mode="json", exclude_unset=True, exclude={"status"})
+        manifest = stored_manifest(isvc)
         manifest["metadata"]["namespace"] = namespace
-        for key in _SERVER_METADATA:
-            manifest["metadata"].pop(key, None)
         old = self._records.get(isvc.name)
         if old is not None and old.target == spec and old.manifest == manifest:
             return old, "unchanged"

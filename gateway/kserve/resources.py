@@ -174,6 +174,27 @@ def parse_serving_runtime(document: Any) -> ServingRuntime:
     return _parse(document, ServingRuntime, RUNTIME_KINDS, RUNTIME_API_VERSION)
 
 
+# Set by the server, ignored on apply (as Kubernetes does): `get -o yaml | apply` is a no-op.
+_SERVER_METADATA = (
+    "creationTimestamp",
+    "resourceVersion",
+    "uid",
+    "generation",
+    "managedFields",
+    "selfLink",
+)
+
+
+def stored_manifest(resource: BaseModel) -> dict[str, Any]:
+    """The document as applied and stored: no status, no metadata the server sets."""
+    manifest: dict[str, Any] = resource.model_dump(
+        mode="json", exclude_unset=True, exclude={"status"}
+    )
+    for key in _SERVER_METADATA:
+        manifest["metadata"].pop(key, None)
+    return manifest
+
+
 def parse_inference_service(document: Any) -> InferenceService:
     """Validate one document; InvalidSpec says which field is wrong and why."""
     return _parse(document, InferenceService, (KIND,), API_VERSION)

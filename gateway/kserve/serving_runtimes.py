@@ -30,18 +30,11 @@ from gateway.kserve.resources import (
     PredictorModel,
     ServingRuntime,
     parse_serving_runtime,
+    stored_manifest,
 )
 from gateway.store import Store
 
 PREFIXES = {RUNTIME_KIND: "servingruntimes/", CLUSTER_RUNTIME_KIND: "clusterservingruntimes/"}
-_SERVER_METADATA = (
-    "creationTimestamp",
-    "resourceVersion",
-    "uid",
-    "generation",
-    "managedFields",
-    "selfLink",
-)
 
 # Failure reasons, as KServe names them in status.modelStatus.lastFailureInfo.
 NO_SUPPORTING_RUNTIME = "NoSupportingRuntime"
@@ -212,10 +205,8 @@ class RuntimeCatalog:
 
     async def apply(self, document: Any) -> tuple[RuntimeRecord, str]:
         runtime = parse_serving_runtime(document)
-        manifest = runtime.model_dump(mode="json", exclude_unset=True, exclude={"status"})
+        manifest = stored_manifest(runtime)
         metadata = manifest["metadata"]
-        for key in _SERVER_METADATA:
-            metadata.pop(key, None)
         if runtime.kind == RUNTIME_KIND:
             namespace = metadata.setdefault("namespace", self._namespace)
             if namespace != self._namespace:

@@ -281,7 +281,7 @@ class Loader:
         spec, expected = model.spec, model.expected_size()
         async with pod.queue.slot(spec.model_id, urgent=urgent) as queued:
             # Plan evictions once holding the slot: the table may have changed while queued.
-            self._table.settle()
+            # (The view is sizes only; plan_evictions counts the buffered hits it reads.)
             view = pod.view()
             evict = [] if view.free >= expected else self._table.plan_evictions(pod, expected)
             if evict is None or (evict and not may_evict):
