@@ -15,29 +15,13 @@ from gateway.control.router import Router
 from gateway.core.placement import Coordinator, Placement
 from gateway.kserve.storage import StorageRoots
 from gateway.store import EmbeddedStore
+from tests.documents import SEED_ISVC
 
 from .fakes import FakePod, FakePods
 
-SEED: dict[str, Any] = {
-    "apiVersion": "serving.kserve.io/v1beta1",
-    "kind": "InferenceService",
-    "metadata": {"name": "sklearn-mnist", "namespace": "modelmesh-serving"},
-    "spec": {
-        "predictor": {
-            "model": {
-                "modelFormat": {"name": "sklearn"},
-                "storage": {
-                    "parameters": {"type": "pvc", "name": "my-models-pvc"},
-                    "path": "mnist-svm.joblib",
-                },
-            }
-        }
-    },
-}
-
 
 def isvc(name: str = "sklearn-mnist", path: str = "mnist-svm.joblib") -> dict[str, Any]:
-    doc = copy.deepcopy(SEED)
+    doc = copy.deepcopy(SEED_ISVC)
     doc["metadata"]["name"] = name
     doc["spec"]["predictor"]["model"]["storage"]["path"] = path
     return doc

@@ -17,40 +17,7 @@ from gateway.kserve.resources import parse_inference_service, parse_serving_runt
 from gateway.kserve.serving_runtimes import RuntimeRecord, select
 from tests.core.fakes import FakePod, FakePods
 from tests.core.harness import harness, isvc
-
-SEED_RUNTIME: dict[str, Any] = {
-    "apiVersion": "serving.kserve.io/v1alpha1",
-    "kind": "ServingRuntime",
-    "metadata": {"name": "peft-model-server", "namespace": "modelmesh-serving"},
-    "spec": {
-        "supportedModelFormats": [{"name": "peft-model", "version": "1", "autoSelect": True}],
-        "multiModel": True,
-        "grpcDataEndpoint": "port:8001",
-        "grpcEndpoint": "port:8085",
-        "containers": [
-            {
-                "name": "mlserver",
-                "image": "registry.example/peft-model-server:latest",
-                "env": [
-                    {
-                        "name": "MLSERVER_MODEL_IMPLEMENTATION",
-                        "value": "peft_model_server.PeftModelServer",
-                    }
-                ],
-                "resources": {
-                    "requests": {"cpu": "500m", "memory": "4Gi"},
-                    "limits": {"cpu": "5", "memory": "5Gi"},
-                },
-            }
-        ],
-        "builtInAdapter": {
-            "serverType": "mlserver",
-            "runtimeManagementPort": 8001,
-            "memBufferBytes": 134217728,
-            "modelLoadingTimeoutMillis": 90000,
-        },
-    },
-}
+from tests.documents import SEED_RUNTIME
 
 
 def runtime(

@@ -9,42 +9,22 @@ import pytest
 from gateway.core.errors import InvalidSpec, StorageError
 from gateway.kserve.resources import parse_inference_service
 from gateway.kserve.storage import StorageRoots, size_on_disk
-
-SEED: dict[str, Any] = {
-    "apiVersion": "serving.kserve.io/v1beta1",
-    "kind": "InferenceService",
-    "metadata": {
-        "name": "sklearn-mnist",
-        "namespace": "modelmesh-serving",
-        "annotations": {"serving.kserve.io/deploymentMode": "ModelMesh"},
-    },
-    "spec": {
-        "predictor": {
-            "model": {
-                "modelFormat": {"name": "sklearn"},
-                "storage": {
-                    "parameters": {"type": "pvc", "name": "my-models-pvc"},
-                    "path": "mnist-svm.joblib",
-                },
-            }
-        }
-    },
-}
+from tests.documents import SEED_ISVC
 
 
 def seed(**storage: Any) -> dict[str, Any]:
-    doc = copy.deepcopy(SEED)
+    doc = copy.deepcopy(SEED_ISVC)
     doc["spec"]["predictor"]["model"]["storage"].update(storage)
     return doc
 
 
 def test_concrete_id_follows_the_spec() -> None:
-    first = parse_inference_service(SEED).concrete_id()
+    first = parse_inference_service(SEED_ISVC).concrete_id()
     assert (
         first.startswith("sklearn-mnist__isvc-") and len(first) == len("sklearn-mnist__isvc-") + 10
     )
-    assert parse_inference_service(copy.deepcopy(SEED)).concrete_id() == first
-    relabelled = copy.deepcopy(SEED)
+    assert parse_inference_service(copy.deepcopy(SEED_ISVC)).concrete_id() == first
+    relabelled = copy.deepcopy(SEED_ISVC)
     relabelled["metadata"]["labels"] = {"team": "a"}
     assert parse_inference_service(relabelled).concrete_id() == first  # metadata is not the model
     assert parse_inference_service(seed(path="other.joblib")).concrete_id() != first
@@ -61,7 +41,7 @@ def test_concrete_id_follows_the_spec() -> None:
     ],
 )
 def test_invalid_documents_say_what_is_wrong(mutate: Any, message: str) -> None:
-    doc = copy.deepcopy(SEED)
+    doc = copy.deepcopy(SEED_ISVC)
     mutate(doc)
     with pytest.raises(InvalidSpec, match=message):
         parse_inference_service(doc)
@@ -87,7 +67,7 @@ def test_pvc_paths_resolve_inside_the_root(roots: StorageRoots) -> None:
     assert path == roots.pvcs["my-models-pvc"].resolve() / "model.joblib"
     assert size_on_disk(path) == 100
     assert roots.resolve(parse_inference_service(seed(path="sub/../model.joblib")).model) == path
-    uri = copy.deepcopy(SEED)
+    uri = copy.deepcopy(SEED_ISVC)
     uri["spec"]["predictor"]["model"].pop("storage")
     uri["spec"]["predictor"]["model"]["storageUri"] = "pvc://my-models-pvc/model.joblib"
     assert roots.resolve(parse_inference_service(uri).model) == path

@@ -16,43 +16,9 @@ from gateway.pod import profile
 from gateway.pod.runtimes import BUILTIN_RUNTIMES
 from gateway.pod.settings import PodSettings
 from gateway.store import EmbeddedStore
+from tests.documents import SEED_RUNTIME
 
 GiB, MiB = 1 << 30, 1 << 20
-
-# The seed's runtime (abridged as in issue 4).
-PEFT: dict[str, Any] = {
-    "apiVersion": "serving.kserve.io/v1alpha1",
-    "kind": "ServingRuntime",
-    "metadata": {"name": "peft-model-server", "namespace": "modelmesh-serving"},
-    "spec": {
-        "supportedModelFormats": [{"name": "peft-model", "version": "1", "autoSelect": True}],
-        "multiModel": True,
-        "grpcDataEndpoint": "port:8001",
-        "grpcEndpoint": "port:8085",
-        "containers": [
-            {
-                "name": "mlserver",
-                "image": "registry.example/peft-model-server:latest",
-                "env": [
-                    {
-                        "name": "MLSERVER_MODEL_IMPLEMENTATION",
-                        "value": "peft_model_server.PeftModelServer",
-                    }
-                ],
-                "resources": {
-                    "requests": {"cpu": "500m", "memory": "4Gi"},
-                    "limits": {"cpu": "5", "memory": "5Gi"},
-                },
-            }
-        ],
-        "builtInAdapter": {
-            "serverType": "mlserver",
-            "runtimeManagementPort": 8001,
-            "memBufferBytes": 134217728,
-            "modelLoadingTimeoutMillis": 90000,
-        },
-    },
-}
 
 
 def settings(**changes: Any) -> PodSettings:
@@ -60,7 +26,7 @@ def settings(**changes: Any) -> PodSettings:
 
 
 def test_the_seed_runtime_gives_capacity_timeout_and_class() -> None:
-    found = profile.profile(parse_serving_runtime(PEFT))
+    found = profile.profile(parse_serving_runtime(SEED_RUNTIME))
     assert found == profile.RuntimeProfile(
         name="peft-model-server",
         formats=("peft-model",),
@@ -74,7 +40,7 @@ def test_the_seed_runtime_gives_capacity_timeout_and_class() -> None:
 
 
 def test_flags_given_on_the_command_line_win() -> None:
-    found = profile.profile(parse_serving_runtime(PEFT))
+    found = profile.profile(parse_serving_runtime(SEED_RUNTIME))
     pod = profile.configure(
         settings(model_loading_timeout_ms=5000),
         found,
@@ -84,7 +50,7 @@ def test_flags_given_on_the_command_line_win() -> None:
 
 
 def test_without_a_model_class_the_built_in_classes_serve_the_runtimes_formats() -> None:
-    doc = copy.deepcopy(PEFT)
+    doc = copy.deepcopy(SEED_RUNTIME)
     doc["spec"]["supportedModelFormats"] = [{"name": "sklearn"}, {"name": "XGBoost"}]
     doc["spec"]["containers"][0].pop("env")
     doc["spec"]["containers"][0].pop("resources")
@@ -99,7 +65,7 @@ def test_the_runtimes_pythonpath_is_searched_for_the_class(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys, "path", list(sys.path))
-    doc = copy.deepcopy(PEFT)
+    doc = copy.deepcopy(SEED_RUNTIME)
     doc["spec"]["containers"][0]["env"].append(
         {"name": "PYTHONPATH", "value": f"{tmp_path}/a:{tmp_path}/b"}
     )
@@ -121,7 +87,7 @@ def test_the_runtimes_pythonpath_is_searched_for_the_class(
     ],
 )
 def test_values_a_pod_cannot_use_are_refused(change: Any, message: str) -> None:
-    doc = copy.deepcopy(PEFT)
+    doc = copy.deepcopy(SEED_RUNTIME)
     change(doc)
     with pytest.raises(InvalidSpec, match=message):
         profile.profile(parse_serving_runtime(doc))
@@ -136,7 +102,9 @@ async def test_a_pod_reads_its_runtime_from_the_store_waiting_until_it_is_applie
         waiting = asyncio.create_task(profile.fetch(store, "peft-model-server", retry=0.01))
         await asyncio.sleep(0.05)
         assert not waiting.done()
-        await store.put("servingruntimes/peft-model-server", {"manifest": PEFT, "created": 0.0})
+        await store.put(
+            "servingruntimes/peft-model-server", {"manifest": SEED_RUNTIME, "created": 0.0}
+        )
         found = await asyncio.wait_for(waiting, 5)
         assert (
             found.spec.builtInAdapter is not None
