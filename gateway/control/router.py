@@ -1,43 +1,65 @@
 """Where a request goes: a model name in, a pod address and concrete id out.
 
-``hit`` answers from the in-memory tables without waiting; ``route`` also
-loads the model on a miss. A Route to a model's only loaded copy carries that
-copy (``copy``): until ``generation`` changes, the caller may keep the Route
-(gateway.adapters.extproc.processor keeps its answer per name) and record each further request
-in a ``hit_buffer`` instead of asking again.
+``hit`` answers from the in-memory tables without waiting: a ``Route``, or a
+``Miss`` that names the concrete model to load (``load`` takes it from there,
+with no second lookup). The router owns the hot path's cache: for a model with
+one loaded copy it hands out the same immutable Route while the route is valid
+(its ``generation`` unchanged), and records each further request for it in the
+engine's hit buffer, which counts them in batches off the request path. Routes
+compare by identity, so an adapter may keep what it made of one (its
+serialized answer) in a dict keyed by the Route.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 from gateway.control.registry import Registry
-from gateway.core.placement import CopyRecord, HitBuffer, ModelRecord, Placement
+from gateway.core.placement import CopyRecord, ModelRecord, Placement
 from gateway.core.route_key import RouteKey
 
+# Interned routes kept at most (multi-copy and server-level ones); past it they start over.
+_MAX_INTERNED = 10_000
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Route:
+    """Where to send a request. Compared by identity: the router hands out one object per
+    route while it is valid."""
+
     address: str  # "host:port" of the pod
     model_id: str | None  # concrete model id; None for server-level calls
     fallbacks: tuple[str, ...] = ()  # the model's other copies, for a retry if the pod is dead
-    # The placement's record of the copy when it is the model's only loaded one: the
-    # route stays right until ``Router.generation`` changes.
+    # The model's only loaded copy, when this route is kept for its name: the hit buffer
+    # counts the requests routed to it.
     copy: CopyRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """No copy is loaded: ``Router.load`` loads ``model_id`` and routes to it."""
+
+    model_id: str
+
+
+_copy_of = cast(Callable[[Route], CopyRecord], operator.attrgetter("copy"))
 
 
 class Router:
     def __init__(self, registry: Registry, placement: Placement) -> None:
         self._registry = registry
         self._placement = placement
-        # name or concrete id -> the placement's record of the model it resolves to; cleared
-        # when the registry's routes or the placement's models change (their generations).
-        self._handles: dict[str, ModelRecord] = {}
+        # Valid while the registry's and the placement's generations hold:
+        self._handles: dict[str, ModelRecord] = {}  # name or concrete id -> its model's record
+        self._kept: dict[str, Route] = {}  # name -> the route to its model's only loaded copy
+        self._interned: dict[tuple[str, str | None, tuple[str, ...]], Route] = {}
         self._sources = (registry.generation, placement.generation)
         self._generation = 0  # what ``generation`` says while _sources hold
-        self._handles_generation = 0
+        self._kept_generation = 0
+        self._record_hit = placement.hit_buffer(_copy_of).add
 
     @property
     def generation(self) -> int:
@@ -51,40 +73,55 @@ class Router:
             self._generation += 1
         return self._generation
 
-    def hit_buffer(self, resolve: Callable[[Any], CopyRecord]) -> HitBuffer:
-        """Where a caller that keeps Routes records further requests, by what it kept;
-        ``resolve(key)`` is the kept Route's ``copy``."""
-        return self._placement.hit_buffer(resolve)
-
-    def hit(self, key: RouteKey) -> Route | None:
-        """The route if no load is needed, else None. Raises ModelNotFound."""
-        if key.model is None:
-            return Route(self._placement.any_healthy_pod(), None)
-        handle = self._handle(key.model)
-        sole = self._placement.route_sole(handle)
-        if sole is not None:
-            address, copy = sole
-            return Route(address, copy.model_id, copy=copy)
-        model_id = handle.spec.model_id
-        found = self._placement.route(model_id)
-        return None if found is None else Route(found[0], model_id, found[1])
-
-    def _handle(self, name: str) -> ModelRecord:
+    def hit(self, key: RouteKey) -> Route | Miss:
+        """The route if no load is needed, else a Miss. Raises ModelNotFound (and the
+        registry's reasons a model cannot be served)."""
+        name = key.model
+        if name is None:
+            return self._intern(self._placement.any_healthy_pod(), None, ())
         generation = self.generation
-        if generation != self._handles_generation:
+        if generation != self._kept_generation:
             self._handles.clear()
-            self._handles_generation = generation
+            self._kept.clear()
+            self._interned.clear()
+            self._kept_generation = generation
+        kept = self._kept.get(name)
+        if kept is not None:  # the hot path: one dict read; counted in the hit buffer
+            self._record_hit(kept)
+            return kept
         handle = self._handles.get(name)
         if handle is None:
             handle = self._handles[name] = self._placement.handle(self._registry.resolve(name))
-        return handle
+        sole = self._placement.route_sole(handle)  # counts this request
+        if sole is not None:
+            address, copy = sole
+            kept = self._kept[name] = Route(address, copy.model_id, copy=copy)
+            return kept
+        model_id = handle.spec.model_id
+        found = self._placement.route(model_id)
+        if found is None:
+            return Miss(model_id)
+        return self._intern(found[0], model_id, found[1])
+
+    async def load(self, miss: Miss) -> Route:
+        """Load the missed model (one load however many requests wait) and route to it."""
+        address = await self._placement.ensure_loaded(miss.model_id)
+        return self._intern(
+            address, miss.model_id, self._placement.fallbacks(miss.model_id, address)
+        )
 
     async def route(self, key: RouteKey) -> Route:
         """The route, loading the model first when no copy is loaded."""
-        route = self.hit(key)
-        if route is not None:
-            return route
-        assert key.model is not None
-        model_id = self._registry.resolve(key.model)
-        address = await self._placement.ensure_loaded(model_id)
-        return Route(address, model_id, self._placement.fallbacks(model_id, address))
+        found = self.hit(key)
+        return await self.load(found) if isinstance(found, Miss) else found
+
+    def _intern(self, address: str, model_id: str | None, fallbacks: tuple[str, ...]) -> Route:
+        """One Route object per (pod, model, fallbacks), so that what adapters keep per Route
+        is reused for routes that are not kept per name."""
+        wire = (address, model_id, fallbacks)
+        route = self._interned.get(wire)
+        if route is None:
+            if len(self._interned) >= _MAX_INTERNED:
+                self._interned.clear()
+            route = self._interned[wire] = Route(address, model_id, fallbacks)
+        return route

@@ -5,13 +5,12 @@ two header mutations, x-mmgw-upstream (the chosen pod, then the model's other
 copies for a retry; read by the override_host policy of Envoy's cluster
 "pods") and mm-model-id (the concrete model), or with an immediate error
 response. Only a native gRPC call that names its model in the body alone makes
-it ask for the body. Answers are serialized once per route and reused:
-on a hit on a model with one loaded copy the processor parses the headers,
-finds the Answer it keeps for the name (one dict lookup), records that Answer
-in the engine's hit buffer (Router.hit_buffer) and hands the Answer, the bytes
-to send, to the transport (gateway.adapters.extproc.server). The kept answers are
-dropped, after the buffer is counted, whenever the router's generation
-changes (a route or a copy came or went).
+it ask for the body. The decision is the router's (gateway.control.router): the
+processor parses the request into a RouteKey, asks ``Router.hit``, and turns the
+Route into an Answer, the bytes the transport (gateway.adapters.extproc.server)
+sends. Answers are serialized once per Route and reused: the router hands out
+the same Route object while a route is valid, so the memo is a dict keyed by
+Route identity. On a Miss the processor awaits ``Router.load``.
 
 Error table (core error -> REST status / gRPC code), used for immediate
 responses. Their body is the plain message; envoy.yaml's local_reply_config
@@ -30,7 +29,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2
 
-from gateway.control.router import Route, Router
+from gateway.control.router import Miss, Route, Router
 from gateway.core import protocol, route_key
 from gateway.core.errors import (
     GatewayError,
@@ -42,7 +41,6 @@ from gateway.core.errors import (
     Unavailable,
     UnknownRoute,
 )
-from gateway.core.placement import CopyRecord
 from gateway.core.route_key import NEED_BODY, RouteKey
 
 log = logging.getLogger(__name__)
@@ -96,17 +94,10 @@ class ExternalProcessor:
 
     def __init__(self, router: Router, *, miss_timeout: float) -> None:
         self._router = router
-        # The hot path: per model name, the answer forwarding to its only loaded copy, for
-        # request headers and for a gRPC body, and that copy; valid while the router's
-        # generation holds. Each request answered so is recorded in the hit buffer.
-        self._kept: dict[str, Answer] = {}
-        self._kept_for_body: dict[str, Answer] = {}
-        self._kept_copies: dict[Answer, CopyRecord] = {}  # kept answer -> the copy it forwards to
-        self._hits = router.hit_buffer(self._kept_copies.__getitem__)
-        self._record_hit = self._hits.add
-        self._generation = router.generation
-        # Forwards, serialized once: (address, model id, fallbacks, body) -> Answer.
-        self._forwards: dict[tuple[str, str | None, tuple[str, ...], bool], Answer] = {}
+        # The serialization memo: Route -> its forward, for request headers and for a gRPC
+        # body. Routes the router no longer hands out go with the rest at the bound.
+        self._for_headers: dict[Route, Answer] = {}
+        self._for_body: dict[Route, Answer] = {}
         self._ask_for_body = PartialAnswer(
             pb.ProcessingResponse(
                 request_headers=pb.HeadersResponse(),
@@ -135,49 +126,27 @@ class ExternalProcessor:
         except InvalidInput as exc:  # only a gRPC body can be malformed
             return self._reject(exc, grpc_call=True)
         assert isinstance(key, RouteKey)
-        name = key.model
-        if name is not None:
-            generation = self._router.generation
-            if generation != self._generation:
-                self._forget_kept(generation)
-            kept = (self._kept_for_body if in_body else self._kept).get(name)
-            if kept is not None:
-                self._record_hit(
-                    kept
-                )  # not the name: a fresh string per request, the answer lives on
-                return kept
         try:
-            route = self._router.hit(key)
+            found = self._router.hit(key)
         except Exception as exc:
             return self._reject(exc, grpc_call=key.grpc)
-        if route is None:
-            return self._load_then_forward(key, in_body)
-        answer = self._forward(route, in_body)
-        if route.copy is not None and name is not None:
-            (self._kept_for_body if in_body else self._kept)[name] = answer
-            self._kept_copies[answer] = route.copy
-        return answer
+        if isinstance(found, Miss):
+            return self._load_then_forward(found, key.grpc, in_body)
+        return self._forward(found, in_body)
 
-    def _forget_kept(self, generation: int) -> None:
-        self._hits.drain()  # while the kept copies still say where those hits went
-        self._kept.clear()
-        self._kept_for_body.clear()
-        self._kept_copies.clear()
-        self._generation = generation
-
-    async def _load_then_forward(self, key: RouteKey, in_body: bool) -> Answer:
+    async def _load_then_forward(self, miss: Miss, grpc_call: bool, in_body: bool) -> Answer:
         try:
-            return self._forward(await self._router.route(key), in_body)
+            return self._forward(await self._router.load(miss), in_body)
         except Exception as exc:
-            return self._reject(exc, grpc_call=key.grpc)
+            return self._reject(exc, grpc_call=grpc_call)
 
     def _forward(self, route: Route, in_body: bool) -> Answer:
-        cache_key = (route.address, route.model_id, route.fallbacks, in_body)
-        answer = self._forwards.get(cache_key)
+        memo = self._for_body if in_body else self._for_headers
+        answer = memo.get(route)
         if answer is None:
-            if len(self._forwards) >= _MAX_CACHED:
-                self._forwards.clear()
-            answer = self._forwards[cache_key] = Answer(_forward_response(route, in_body))
+            if len(memo) >= _MAX_CACHED:
+                memo.clear()
+            answer = memo[route] = Answer(_forward_response(route, in_body))
         return answer
 
     def _reject(self, error: BaseException, *, grpc_call: bool) -> Answer:
