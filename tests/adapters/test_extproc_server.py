@@ -13,9 +13,9 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from gateway._proto import grpc_predict_v2_pb2 as v2
-from gateway.adapters.extproc import server as h2
+from gateway.adapters.extproc import h2
 from gateway.adapters.extproc.processor import ExternalProcessor
-from gateway.adapters.extproc.server import ExtProcServer
+from gateway.adapters.extproc.server import ExtProcServer, health_service
 
 from ..core.fakes import FakePod, FakePods
 from ..core.harness import Harness, harness, isvc
@@ -248,3 +248,59 @@ async def test_garbage_gets_goaway(served: tuple[Harness, str, str]) -> None:
     client = Wire(reader, writer)
     assert (await client.until(h2.GOAWAY))[1][4:8] == h2.PROTOCOL_ERROR.to_bytes(4, "big")
     writer.close()
+
+
+async def health_check(target: str, request: bytes) -> tuple[bytes | None, grpc.StatusCode]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        try:
+            return await check(request), grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            return None, exc.code()
+
+
+def health_request(service: str) -> bytes:
+    """grpc.health.v1.HealthCheckRequest{service}, serialized (field 1, a string)."""
+    name = service.encode()
+    return b"\x0a" + bytes((len(name),)) + name if name else b""
+
+
+async def test_grpc_health_check_answers_serving_for_the_server_and_the_processor(
+    served: tuple[Harness, str, str],
+) -> None:
+    _, target, _ = served
+    serving = b"\x08\x01"  # HealthCheckResponse{status: SERVING}
+    assert await health_check(target, health_request("")) == (serving, grpc.StatusCode.OK)
+    processor = "envoy.service.ext_proc.v3.ExternalProcessor"
+    assert await health_check(target, health_request(processor)) == (serving, grpc.StatusCode.OK)
+    assert await health_check(target, health_request("nope")) == (None, grpc.StatusCode.NOT_FOUND)
+    assert await health_check(target, b"\x12\x00") == (None, grpc.StatusCode.INVALID_ARGUMENT)
+    # Watch is not served; the connection goes on serving ext_proc afterwards.
+    async with grpc.aio.insecure_channel(target) as channel:
+        watch = channel.unary_stream("/grpc.health.v1.Health/Watch")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in watch(b""):
+                pass
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    responses, code = await exchange(target, headers("/v2/models/sklearn-mnist/infer"))
+    assert code == grpc.StatusCode.OK and len(responses) == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "service"),
+    [(b"", ""), (b"\x0a\x03abc", "abc"), (b"\x0a\x81\x01" + b"s" * 129, "s" * 129)],
+)
+def test_health_service_reads_the_request_name(raw: bytes, service: str) -> None:
+    assert health_service(raw) == service
+
+
+@pytest.mark.parametrize(
+    "raw", [b"\x12\x00", b"\x0a", b"\x0a\x05ab", b"\x0a\xff\xff\xff\xff\xff\x01"]
+)
+def test_health_service_refuses_what_is_not_a_health_check_request(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        health_service(raw)

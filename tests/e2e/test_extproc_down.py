@@ -1,7 +1,9 @@
-"""Envoy with its ext_proc service unreachable: a clear 503 / UNAVAILABLE, never a pod."""
+"""Envoy and the ext_proc service: its health as Envoy checks it, and a clear 503 / UNAVAILABLE
+(never a pod) when it is unreachable."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -46,3 +48,28 @@ def test_grpc_gets_unavailable_saying_why(envoy_alone: launcher.Deployment) -> N
             stub.ServerLive(v2.ServerLiveRequest(), timeout=30)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "ext_proc" in info.value.details()
+
+
+def ext_proc_health(deployment: launcher.Deployment) -> str:
+    """The ext_proc host's health flags as Envoy's admin /clusters reports them."""
+    clusters = httpx.get(f"http://127.0.0.1:{deployment.ports.envoy_admin}/clusters", timeout=5)
+    host = f"127.0.0.1:{deployment.ports.extproc}"  # where the launcher runs the gateway
+    prefix = f"ext_proc::{host}::health_flags::"
+    (line,) = [line for line in clusters.text.splitlines() if line.startswith(prefix)]
+    return line.removeprefix(prefix)
+
+
+def test_envoy_health_checks_the_gateway_over_grpc(deployment: launcher.Deployment) -> None:
+    deadline = time.monotonic() + 10  # the first check runs within an interval (2 s)
+    while ext_proc_health(deployment) != "healthy":
+        assert time.monotonic() < deadline, ext_proc_health(deployment)
+        time.sleep(0.2)
+
+
+def test_envoy_marks_an_absent_gateway_failed_by_its_health_check(
+    envoy_alone: launcher.Deployment,
+) -> None:
+    deadline = time.monotonic() + 10
+    while "/failed_active_hc" not in ext_proc_health(envoy_alone):
+        assert time.monotonic() < deadline, ext_proc_health(envoy_alone)
+        time.sleep(0.2)
