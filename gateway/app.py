@@ -21,11 +21,11 @@ from gateway.adapters.extproc.processor import ExternalProcessor
 from gateway.adapters.extproc.server import ExtProcServer
 from gateway.adapters.metrics import Metrics
 from gateway.adapters.podclient import GrpcPodClient
-from gateway.control.registry import Registry, RegistrySettings
+from gateway.control.registry import Registry
 from gateway.control.replicas import FailureBook, PodPool, StoreCoordinator
 from gateway.control.router import Router
 from gateway.core.errors import StoreUnavailable
-from gateway.core.placement import Placement, PlacementSettings
+from gateway.core.placement import Placement
 from gateway.kserve.storage import StorageRoots, load_storage_config
 from gateway.settings import GatewaySettings
 from gateway.store import open_store
@@ -49,18 +49,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     await _reach_store(coordinator, settings.store_wait_seconds)
     pods = GrpcPodClient()
     metrics = Metrics()
-    placement = Placement(
-        pods,
-        PlacementSettings(
-            churn_guard=settings.churn_guard_seconds,
-            load_timeout=settings.load_timeout_seconds,
-            loads_per_pod=settings.loads_per_pod,
-            health_interval=settings.health_interval_seconds,
-            copy_rate_threshold=settings.copy_rate_threshold,
-        ),
-        events=metrics,
-        coordinator=coordinator,
-    )
+    placement = Placement(pods, settings.placement, events=metrics, coordinator=coordinator)
     metrics.watch(placement)
     pool = PodPool(store, placement)
     failures = FailureBook(store, placement)
@@ -71,11 +60,9 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
             settings.pvcs,
             load_storage_config(settings.storage_config) if settings.storage_config else {},
         ),
-        RegistrySettings(
-            namespace=settings.namespace,
-            size_multiplier=settings.size_multiplier,
-            url_base=settings.public_url,
-        ),
+        settings.registry,
+        namespace=settings.namespace,
+        url_base=settings.public_url,
         coordinator=coordinator,
     )
     # Registered models first, then the pods: a pod's loaded models are adopted
@@ -88,7 +75,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     pool.wake()
 
     processor = ExternalProcessor(
-        Router(registry, placement), miss_timeout=settings.load_timeout_seconds + 10
+        Router(registry, placement), miss_timeout=settings.placement.load_timeout + 10
     )
     extproc = ExtProcServer(processor, settings.extproc_host, settings.extproc_port)
     await extproc.start()

@@ -13,7 +13,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.core.domain import LOAD_TIMEOUT_SECONDS, SIZE_MULTIPLIER
+from gateway.control.registry import RegistrySettings
+from gateway.core.placement import PlacementSettings
+from gateway.kserve.resources import DEFAULT_NAMESPACE, DEFAULT_PUBLIC_URL
 
 DEFAULT_PODS = (
     "127.0.0.1:9101",
@@ -23,10 +25,11 @@ DEFAULT_PODS = (
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MMGW_", frozen=True)
+    # Nested settings by a double underscore: MMGW_PLACEMENT__CHURN_GUARD=2.
+    model_config = SettingsConfigDict(env_prefix="MMGW_", env_nested_delimiter="__", frozen=True)
 
     data_dir: Path = Path(".mmgw")
-    namespace: str = "modelmesh-serving"
+    namespace: str = DEFAULT_NAMESPACE
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     # The management API's bearer token; required when api_host is not a loopback address.
@@ -43,13 +46,11 @@ class GatewaySettings(BaseSettings):
     pvcs: dict[str, Path] = Field(default_factory=dict)
     # ModelMesh's storage-config (S3 storage keys): a file or a folder, see gateway.kserve.storage
     storage_config: Path | None = None
-    public_url: str = "http://127.0.0.1:8008"
-    size_multiplier: float = SIZE_MULTIPLIER
-    churn_guard_seconds: float = 1.0
-    load_timeout_seconds: float = LOAD_TIMEOUT_SECONDS
-    loads_per_pod: int = 1
-    copy_rate_threshold: float = 200.0  # requests/s per copy above which a copy is added
-    health_interval_seconds: float = 1.0
+    public_url: str = DEFAULT_PUBLIC_URL  # where users reach InferenceServices (status.url)
+    # The placement engine's and the registry's settings, each with its default declared
+    # once where it is used (gateway.core.placement.settings, gateway.control.registry).
+    placement: PlacementSettings = PlacementSettings()
+    registry: RegistrySettings = RegistrySettings()
     log_level: str = "INFO"
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 

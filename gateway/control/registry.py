@@ -49,7 +49,13 @@ from gateway.core.errors import (
     StoreUnavailable,
 )
 from gateway.core.placement import Coordinator, Placement, Solo
-from gateway.kserve.resources import InferenceService, parse_inference_service, stored_manifest
+from gateway.kserve.resources import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_PUBLIC_URL,
+    InferenceService,
+    parse_inference_service,
+    stored_manifest,
+)
 from gateway.kserve.serving_runtimes import PREFIXES as RUNTIME_PREFIXES
 from gateway.kserve.serving_runtimes import (
     RUNTIME_UNHEALTHY,
@@ -70,10 +76,8 @@ INVALID_STORAGE = "InvalidPredictorSpec"  # KServe's failure reason for a spec t
 
 @dataclass(frozen=True, slots=True)
 class RegistrySettings:
-    namespace: str = "modelmesh-serving"
     size_multiplier: float = SIZE_MULTIPLIER  # predicted size = bytes on disk x this
-    default_model_size: int = 1 << 20  # when the file is not there yet
-    url_base: str = "http://127.0.0.1:8008"
+    default_model_size: int = 1 << 20  # bytes predicted when the file is not there yet
     # After a rollout moves the name, requests routed to the old version a
     # moment before may still be on their way to its pod: unload it after this.
     rollout_grace: float = 2.0
@@ -113,17 +117,20 @@ class Registry:
         store: Store,
         placement: Placement,
         roots: StorageRoots,
-        settings: RegistrySettings = RegistrySettings(),
+        settings: RegistrySettings | None = None,
         *,
+        namespace: str = DEFAULT_NAMESPACE,
+        url_base: str = DEFAULT_PUBLIC_URL,
         coordinator: Coordinator | None = None,
     ) -> None:
         self._store = store
         self._placement = placement
         self._coordinator: Coordinator = coordinator or Solo()
         self._roots = roots
-        self._settings = settings
+        self._settings = settings or RegistrySettings()
+        self._namespace, self._url_base = namespace, url_base
         self._records: dict[str, Record] = {}
-        self.runtimes = RuntimeCatalog(store, settings.namespace)
+        self.runtimes = RuntimeCatalog(store, namespace)
         self._selections: dict[str, Selection] = {}  # InferenceService name -> its runtime
         self._storage_problems: dict[
             str, str
@@ -271,10 +278,10 @@ class Registry:
 
     async def _apply(self, document: Any) -> tuple[Record, str]:
         isvc = parse_inference_service(document)
-        namespace = isvc.metadata.namespace or self._settings.namespace
-        if namespace != self._settings.namespace:
+        namespace = isvc.metadata.namespace or self._namespace
+        if namespace != self._namespace:
             raise InvalidSpec(
-                f"namespace '{namespace}': this gateway serves namespace '{self._settings.namespace}'"
+                f"namespace '{namespace}': this gateway serves namespace '{self._namespace}'"
             )
         spec, problem = await self._model_spec(isvc)
         selection = self.runtimes.select(isvc.model)
@@ -404,7 +411,7 @@ class Registry:
                 condition.update(reason="ModelNotReady", message=f"model is {serving.state.value}")
         status: dict[str, Any] = {
             "conditions": [condition],
-            "url": f"{self._settings.url_base}/v2/models/{record.name}",
+            "url": f"{self._url_base}/v2/models/{record.name}",
             "runtime": {"kind": selection.runtime.kind, "name": selection.runtime.name},
             "modelStatus": {
                 "states": {
@@ -430,7 +437,7 @@ class Registry:
             "conditions": [
                 {"type": "Ready", "status": "False", "reason": reason, "message": message}
             ],
-            "url": f"{self._settings.url_base}/v2/models/{record.name}",
+            "url": f"{self._url_base}/v2/models/{record.name}",
             "modelStatus": {
                 "states": {
                     "activeModelState": "",

@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass
 
 # ModelMesh's size prediction before a model is loaded: bytes on disk x this. The one
-# default for the gateway (MMGW_SIZE_MULTIPLIER) and the pods' PredictModelSize.
+# default for the gateway (MMGW_REGISTRY__SIZE_MULTIPLIER) and the pods' PredictModelSize.
 SIZE_MULTIPLIER = 1.25
 # How long a load may take before it fails (ModelMesh's modelLoadingTimeoutMillis default).
 LOAD_TIMEOUT_SECONDS = 90.0

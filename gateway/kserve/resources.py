@@ -174,6 +174,11 @@ def parse_serving_runtime(document: Any) -> ServingRuntime:
     return _parse(document, ServingRuntime, RUNTIME_KINDS, RUNTIME_API_VERSION)
 
 
+# The namespace one gateway serves unless told otherwise, as ModelMesh Serving's.
+DEFAULT_NAMESPACE = "modelmesh-serving"
+# Where users reach InferenceServices (status.url): the front proxy on :8008.
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8008"
+
 # Set by the server, ignored on apply (as Kubernetes does): `get -o yaml | apply` is a no-op.
 _SERVER_METADATA = (
     "creationTimestamp",

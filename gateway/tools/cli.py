@@ -28,7 +28,7 @@ import yaml
 
 from gateway.core.domain import LOAD_TIMEOUT_SECONDS
 from gateway.core.errors import GatewayError
-from gateway.kserve.resources import parse_quantity
+from gateway.kserve.resources import DEFAULT_NAMESPACE, parse_quantity
 from gateway.settings import DEFAULT_PODS
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -476,7 +476,7 @@ def parser() -> argparse.ArgumentParser:
             default=os.environ.get("MMGW_SERVER", DEFAULT_SERVER),
             help="management API URL (env MMGW_SERVER; default %(default)s)",
         )
-        p.add_argument("--namespace", "-n", default="modelmesh-serving")
+        p.add_argument("--namespace", "-n", default=DEFAULT_NAMESPACE)
         p.add_argument(
             "--token",
             default=os.environ.get("MMGW_TOKEN"),

@@ -72,7 +72,10 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.Deployme
         data_dir=data,
         ports=launcher.Ports.free(),
         pod_capacity=POD_CAPACITY,
-        gateway_env={"MMGW_CHURN_GUARD_SECONDS": "1", "MMGW_COPY_RATE_THRESHOLD": "5"},
+        gateway_env={
+            "MMGW_PLACEMENT__CHURN_GUARD": "1",
+            "MMGW_PLACEMENT__COPY_RATE_THRESHOLD": "5",
+        },
     )
     with deployment as running:
         with httpx.Client(base_url=running.api_url, timeout=30) as api:
