@@ -76,20 +76,51 @@ def single_input(request: InferenceRequest, spec: TensorSpec) -> Tensor:
     return tensor
 
 
-def requested_outputs(
-    request: InferenceRequest, offered: Mapping[str, TensorSpec], default: str
-) -> list[TensorSpec]:
-    """The specs of the outputs ``request`` asks for (``default`` when it names none).
+def match_inputs(tensors: Sequence[Tensor], specs: Sequence[TensorSpec]) -> list[Tensor]:
+    """The request's tensors in the order of the model's inputs ``specs``, each checked
+    against its spec (InvalidInput otherwise).
 
-    InvalidInput, naming the outputs on offer, for a name the model does not have.
+    One input and one tensor match whatever the tensor's name, as Triton and MLServer
+    allow; otherwise by name, and an unknown, repeated or missing input is refused.
     """
-    specs = []
-    for name in request.outputs or (default,):
-        spec = offered.get(name)
+    if len(specs) == 1 and len(tensors) == 1:
+        specs[0].check(tensors[0])
+        return [tensors[0]]
+    by_name = {spec.name: spec for spec in specs}
+    given: dict[str, Tensor] = {}
+    for tensor in tensors:
+        spec = by_name.get(tensor.name)
         if spec is None:
-            raise InvalidInput(f"output '{name}' is not available; model offers {quoted(offered)}")
-        specs.append(spec)
-    return specs
+            raise InvalidInput(
+                f"input '{tensor.name}' is not an input of the model; "
+                f"model expects {quoted(by_name)}"
+            )
+        if tensor.name in given:
+            raise InvalidInput(f"input '{tensor.name}' is given more than once")
+        spec.check(tensor)
+        given[tensor.name] = tensor
+    missing = [name for name in by_name if name not in given]
+    if missing:
+        raise InvalidInput(f"model expects inputs {quoted(by_name)}; missing {quoted(missing)}")
+    return [given[spec.name] for spec in specs]
+
+
+def check_outputs(wanted: Iterable[str], offered: Iterable[str]) -> None:
+    """InvalidInput, naming the outputs on offer, for a wanted name the model does not have."""
+    names = list(offered)
+    for name in wanted:
+        if name not in names:
+            raise InvalidInput(f"output '{name}' is not available; model offers {quoted(names)}")
+
+
+def requested_outputs(
+    request: InferenceRequest, offered: Mapping[str, TensorSpec], default: str | Sequence[str]
+) -> list[TensorSpec]:
+    """The specs of the outputs ``request`` asks for (``default`` when it names none: one
+    name, or several). InvalidInput for a name the model does not have."""
+    wanted = request.outputs or ((default,) if isinstance(default, str) else tuple(default))
+    check_outputs(wanted, offered)
+    return [offered[name] for name in wanted]
 
 
 def quoted(names: Iterable[str]) -> str:

@@ -36,9 +36,7 @@ for the small batches of online inference.
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,65 +44,35 @@ import numpy as np
 
 from gateway.core.errors import ModelFormatError
 
-from ..model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor, TensorSpec
-from .common import model_file, read_model_bytes, requested_outputs, single_input
+from ..model import TensorSpec
+from .common import model_file, read_model_bytes
+from .tabular import BoosterModel
 
 SUFFIXES = (".txt", ".bst")
-PREDICT = "predict"
-PREDICT_PROBA = "predict_proba"
 DATATYPE = "FP64"  # LightGBM predicts in float64
-INPUT_DATATYPE = "FP32"
 
-_INPUT_NAME = "input-0"
 _BINARY = "binary"
 _CLASSIFIERS = (_BINARY, "multiclass", "multiclassova")
 
 
-class LightGBMModel(Model):
+class LightGBMModel(BoosterModel):
     """A ``lightgbm.Booster`` read from a model file in LightGBM's text format."""
 
     platform = "lightgbm"
+    output_datatype = DATATYPE
 
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        self._booster: Any = None
-        self._objective = ""
-        self._input = TensorSpec(_INPUT_NAME, INPUT_DATATYPE, (-1, -1))
-        self._outputs: dict[str, TensorSpec] = {}
-        self._size = 0
-
-    async def load(self) -> None:
-        self._booster, self._size = await asyncio.to_thread(_read, Path(self.config.path))
-        self._objective, self._input, self._outputs = await asyncio.to_thread(
-            _describe, self._booster
+    def _open(self, path: Path) -> tuple[TensorSpec, dict[str, TensorSpec], int]:
+        self._booster, size = _read(path)
+        n_features = int(self._booster.num_feature())
+        # "objective" as saved in the file's parameters, e.g. "binary" (arguments follow a space)
+        objective = str(self._booster.params.get("objective", "")).split(" ")[0]
+        input_spec, outputs = self._specs(
+            n_features, classifier=objective in _CLASSIFIERS, binary=objective == _BINARY
         )
+        return input_spec, outputs, size
 
-    async def unload(self) -> None:
-        self._booster = None
-
-    def metadata(self) -> ModelMetadata:
-        return ModelMetadata(self.platform, (self._input,), tuple(self._outputs.values()))
-
-    def size_bytes(self) -> int:
-        return self._size
-
-    async def predict(self, request: InferenceRequest) -> Sequence[Tensor]:
-        tensor = single_input(request, self._input)
-        wanted = requested_outputs(request, self._outputs, PREDICT)
-        scores = _scores(self._booster, tensor.array, self._outputs[PREDICT].shape[1])
-        return [Tensor(spec.name, DATATYPE, self._answer(spec, scores)) for spec in wanted]
-
-    def _answer(self, spec: TensorSpec, scores: np.ndarray) -> np.ndarray:
-        if spec.name == PREDICT_PROBA and self._objective == _BINARY:
-            return np.hstack((1 - scores, scores))
-        return scores
-
-
-def _scores(booster: Any, x: np.ndarray, width: int) -> np.ndarray:
-    """``booster``'s prediction for the rows of ``x`` as FP64 ``[len(x), width]``."""
-    if len(x) == 0:  # LightGBM answers a flat (0,) for every objective
-        return np.empty((0, width), dtype=np.float64)
-    return np.asarray(booster.predict(x), dtype=np.float64).reshape(len(x), width)
+    def _scores(self, x: np.ndarray) -> Any:
+        return self._booster.predict(x)
 
 
 def _read(path: Path) -> tuple[Any, int]:
@@ -160,17 +128,3 @@ def _layout_problem(data: bytes) -> str | None:
     if parameters >= 0 and data.find(b"\nend of parameters", parameters) < 0:
         return "its parameters section has no end (is the file cut short?)"
     return None
-
-
-def _describe(booster: Any) -> tuple[str, TensorSpec, dict[str, TensorSpec]]:
-    """The objective name, input spec and output specs of a loaded booster."""
-    n_features = int(booster.num_feature())
-    # "objective" as saved in the file's parameters, e.g. "binary" (arguments follow a space)
-    objective = str(booster.params.get("objective", "")).split(" ")[0]
-    probe = np.asarray(booster.predict(np.zeros((1, n_features), dtype=np.float32)))
-    width = int(probe.size)
-    outputs = {PREDICT: TensorSpec(PREDICT, DATATYPE, (-1, width))}
-    if objective in _CLASSIFIERS:
-        n_classes = 2 if objective == _BINARY else width
-        outputs[PREDICT_PROBA] = TensorSpec(PREDICT_PROBA, DATATYPE, (-1, n_classes))
-    return objective, TensorSpec(_INPUT_NAME, INPUT_DATATYPE, (-1, n_features)), outputs

@@ -54,7 +54,7 @@ from gateway.core.errors import InvalidInput, ModelFormatError
 
 from .. import datatypes
 from ..model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor, TensorSpec
-from .common import model_file, quoted
+from .common import match_inputs, model_file, requested_outputs
 
 SUFFIX = ".onnx"
 
@@ -107,43 +107,16 @@ class ONNXModel(Model):
 
     async def predict(self, request: InferenceRequest) -> Sequence[Tensor]:
         feeds = self._feeds(request.inputs)
-        wanted = [self._output(name) for name in request.outputs] or list(self._outputs.values())
+        wanted = requested_outputs(request, self._outputs, tuple(self._outputs))
         names = [spec.name for spec in wanted]
         results = await asyncio.to_thread(self._session.run, names, feeds)
         pairs = zip(wanted, results, strict=True)
         return [Tensor.of(spec.name, value, spec.datatype) for spec, value in pairs]
 
     def _feeds(self, tensors: Sequence[Tensor]) -> dict[str, np.ndarray]:
-        specs = self._inputs
-        if len(specs) == 1 and len(tensors) == 1:
-            (spec,) = specs.values()
-            (tensor,) = tensors
-            spec.check(tensor)
-            return {spec.name: _to_onnx(tensor)}
-        feeds: dict[str, np.ndarray] = {}
-        for tensor in tensors:
-            named = specs.get(tensor.name)
-            if named is None:
-                raise InvalidInput(
-                    f"input '{tensor.name}' is not an input of the model; "
-                    f"model expects {quoted(specs)}"
-                )
-            if tensor.name in feeds:
-                raise InvalidInput(f"input '{tensor.name}' is given more than once")
-            named.check(tensor)
-            feeds[tensor.name] = _to_onnx(tensor)
-        missing = [name for name in specs if name not in feeds]
-        if missing:
-            raise InvalidInput(f"model expects inputs {quoted(specs)}; missing {quoted(missing)}")
-        return feeds
-
-    def _output(self, name: str) -> TensorSpec:
-        spec = self._outputs.get(name)
-        if spec is None:
-            raise InvalidInput(
-                f"output '{name}' is not available; model offers {quoted(self._outputs)}"
-            )
-        return spec
+        specs = list(self._inputs.values())
+        matched = match_inputs(tensors, specs)
+        return {spec.name: _to_onnx(tensor) for spec, tensor in zip(specs, matched, strict=True)}
 
 
 def _to_onnx(tensor: Tensor) -> np.ndarray:

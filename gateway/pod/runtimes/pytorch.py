@@ -66,7 +66,7 @@ from gateway.core.errors import InvalidInput, ModelFormatError, PredictFailed
 
 from .. import datatypes
 from ..model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor, TensorSpec
-from .common import model_file, quoted
+from .common import check_outputs, match_inputs, model_file, quoted
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class TorchScriptModel(Model):
         arrays = self._arguments(request.inputs)
         declared = [spec.name for spec in self._signature.outputs]
         if declared:
-            _check_wanted(request.outputs, declared)
+            check_outputs(request.outputs, declared)
         try:
             results = await asyncio.to_thread(_forward, self._module, arrays)
         except Exception as exc:
@@ -131,7 +131,7 @@ class TorchScriptModel(Model):
         if not request.outputs:
             return outputs
         by_name = {tensor.name: tensor for tensor in outputs}
-        _check_wanted(request.outputs, list(by_name))
+        check_outputs(request.outputs, list(by_name))
         return [by_name[name] for name in request.outputs]
 
     def _arguments(self, tensors: Sequence[Tensor]) -> list[np.ndarray]:
@@ -143,27 +143,7 @@ class TorchScriptModel(Model):
         specs = self._signature.inputs
         if not specs:
             return [tensor.array for tensor in tensors]
-        if len(specs) == 1 and len(tensors) == 1:
-            specs[0].check(tensors[0])
-            return [tensors[0].array]
-        given: dict[str, Tensor] = {}
-        for tensor in tensors:
-            spec = next((s for s in specs if s.name == tensor.name), None)
-            if spec is None:
-                raise InvalidInput(
-                    f"input '{tensor.name}' is not an input of the model; "
-                    f"model expects {quoted(s.name for s in specs)}"
-                )
-            if tensor.name in given:
-                raise InvalidInput(f"input '{tensor.name}' is given more than once")
-            spec.check(tensor)
-            given[tensor.name] = tensor
-        missing = [s.name for s in specs if s.name not in given]
-        if missing:
-            raise InvalidInput(
-                f"model expects inputs {quoted(s.name for s in specs)}; missing {quoted(missing)}"
-            )
-        return [given[s.name].array for s in specs]
+        return [tensor.array for tensor in match_inputs(tensors, specs)]
 
     def _name(self, arrays: Sequence[np.ndarray]) -> list[Tensor]:
         declared = self._signature.outputs
@@ -184,12 +164,6 @@ class TorchScriptModel(Model):
                 )
             outputs.append(tensor)
         return outputs
-
-
-def _check_wanted(wanted: Sequence[str], offered: Sequence[str]) -> None:
-    for name in wanted:
-        if name not in offered:
-            raise InvalidInput(f"output '{name}' is not available; model offers {quoted(offered)}")
 
 
 def _interpreter_error(exc: Exception) -> PredictFailed | None:

@@ -29,7 +29,6 @@ the fastest choice for the small, quick models this runtime is meant for.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import pickle
 from collections.abc import Sequence
@@ -40,20 +39,16 @@ import numpy as np
 
 from gateway.core.errors import ModelFormatError
 
-from ..model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor, TensorSpec
-from .common import model_file, requested_outputs, single_input
+from ..model import ModelConfig, Tensor, TensorSpec
+from .common import model_file
+from .tabular import INPUT_NAME, PREDICT, PREDICT_PROBA, TabularModel
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".joblib", ".pkl", ".pickle")
-PREDICT = "predict"
-PREDICT_PROBA = "predict_proba"
-
-_INPUT_NAME = "input-0"
-_INPUT_DATATYPE = "FP32"
 
 
-class SKLearnModel(Model):
+class SKLearnModel(TabularModel):
     """A scikit-learn estimator (or anything pickled with a sklearn-like ``predict``)."""
 
     platform = "sklearn"
@@ -61,27 +56,16 @@ class SKLearnModel(Model):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self._estimator: Any = None
-        self._input = TensorSpec(_INPUT_NAME, _INPUT_DATATYPE, (-1, -1))
-        self._outputs: dict[str, TensorSpec] = {}
-        self._size = 0
 
-    async def load(self) -> None:
-        self._estimator, self._size = await asyncio.to_thread(_read, Path(self.config.path))
-        self._input, self._outputs = _tensor_specs(self._estimator)
+    def _open(self, path: Path) -> tuple[TensorSpec, dict[str, TensorSpec], int]:
+        self._estimator, size = _read(path)
+        return *_tensor_specs(self._estimator), size
 
     async def unload(self) -> None:
         self._estimator = None
 
-    def metadata(self) -> ModelMetadata:
-        return ModelMetadata(self.platform, (self._input,), tuple(self._outputs.values()))
-
-    def size_bytes(self) -> int:
-        return self._size
-
-    async def predict(self, request: InferenceRequest) -> Sequence[Tensor]:
-        tensor = single_input(request, self._input)
-        wanted = requested_outputs(request, self._outputs, PREDICT)
-        return [_run(self._estimator, spec, tensor.array) for spec in wanted]
+    def _predict(self, x: np.ndarray, wanted: Sequence[TensorSpec]) -> list[Tensor]:
+        return [_run(self._estimator, spec, x) for spec in wanted]
 
 
 def _run(estimator: Any, spec: TensorSpec, x: np.ndarray) -> Tensor:
@@ -99,7 +83,7 @@ def _run(estimator: Any, spec: TensorSpec, x: np.ndarray) -> Tensor:
 def _tensor_specs(estimator: Any) -> tuple[TensorSpec, dict[str, TensorSpec]]:
     features = getattr(estimator, "n_features_in_", None)
     n_features = int(features) if isinstance(features, (int, np.integer)) else -1
-    input_spec = TensorSpec(_INPUT_NAME, _INPUT_DATATYPE, (-1, n_features))
+    input_spec = TensorSpec(INPUT_NAME, SKLearnModel.input_datatype, (-1, n_features))
     classes: Any = getattr(estimator, "classes_", None)
     outputs = {PREDICT: _predict_spec(estimator, classes)}
     if classes is not None and not isinstance(classes, list) and hasattr(estimator, PREDICT_PROBA):

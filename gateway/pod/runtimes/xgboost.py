@@ -40,10 +40,8 @@ of online inference.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,66 +49,39 @@ import numpy as np
 
 from gateway.core.errors import ModelFormatError
 
-from ..model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor, TensorSpec
-from .common import model_file, read_model_bytes, requested_outputs, single_input
+from ..model import TensorSpec
+from .common import model_file, read_model_bytes
+from .tabular import BoosterModel
 
 SUFFIXES = (".json", ".ubj")
-PREDICT = "predict"
-PREDICT_PROBA = "predict_proba"
 DATATYPE = "FP32"  # XGBoost predicts in float32
 
-_INPUT_NAME = "input-0"
 _BINARY = "binary:logistic"
 _MULTICLASS = "multi:softprob"
 # "[07:11:28] /workspace/src/c_api/c_api.cc:1532: " before XGBoost's own message
 _LOCATION = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 
-class XGBoostModel(Model):
+class XGBoostModel(BoosterModel):
     """An ``xgboost.Booster`` read from a JSON or UBJSON model file."""
 
     platform = "xgboost"
+    output_datatype = DATATYPE
 
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        self._booster: Any = None
-        self._objective = ""
-        self._input = TensorSpec(_INPUT_NAME, DATATYPE, (-1, -1))
-        self._outputs: dict[str, TensorSpec] = {}
-        self._size = 0
-
-    async def load(self) -> None:
-        self._booster, self._size = await asyncio.to_thread(_read, Path(self.config.path))
-        self._objective, self._input, self._outputs = await asyncio.to_thread(
-            _describe, self._booster
+    def _open(self, path: Path) -> tuple[TensorSpec, dict[str, TensorSpec], int]:
+        self._booster, size = _read(path)
+        n_features = int(self._booster.num_features())
+        config = json.loads(self._booster.save_config())
+        objective = str(config["learner"]["objective"]["name"])
+        input_spec, outputs = self._specs(
+            n_features,
+            classifier=objective in (_BINARY, _MULTICLASS),
+            binary=objective == _BINARY,
         )
+        return input_spec, outputs, size
 
-    async def unload(self) -> None:
-        self._booster = None
-
-    def metadata(self) -> ModelMetadata:
-        return ModelMetadata(self.platform, (self._input,), tuple(self._outputs.values()))
-
-    def size_bytes(self) -> int:
-        return self._size
-
-    async def predict(self, request: InferenceRequest) -> Sequence[Tensor]:
-        tensor = single_input(request, self._input)
-        wanted = requested_outputs(request, self._outputs, PREDICT)
-        scores = _scores(self._booster, tensor.array, self._outputs[PREDICT].shape[1])
-        return [Tensor(spec.name, DATATYPE, self._answer(spec, scores)) for spec in wanted]
-
-    def _answer(self, spec: TensorSpec, scores: np.ndarray) -> np.ndarray:
-        if spec.name == PREDICT_PROBA and self._objective == _BINARY:
-            return np.hstack((1 - scores, scores))
-        return scores
-
-
-def _scores(booster: Any, x: np.ndarray, width: int) -> np.ndarray:
-    """``booster``'s prediction for the rows of ``x`` as FP32 ``[len(x), width]``."""
-    if len(x) == 0:  # XGBoost answers a flat (0,) for every objective
-        return np.empty((0, width), dtype=np.float32)
-    return np.asarray(booster.inplace_predict(x), dtype=np.float32).reshape(len(x), width)
+    def _scores(self, x: np.ndarray) -> Any:
+        return self._booster.inplace_predict(x)
 
 
 def _read(path: Path) -> tuple[Any, int]:
@@ -135,20 +106,6 @@ def _read(path: Path) -> tuple[Any, int]:
             f"cannot read '{file}' as an XGBoost model: {_message(exc)}"
         ) from exc
     return booster, len(booster.save_raw(raw_format="ubj"))
-
-
-def _describe(booster: Any) -> tuple[str, TensorSpec, dict[str, TensorSpec]]:
-    """The objective name, input spec and output specs of a loaded booster."""
-    n_features = int(booster.num_features())
-    config = json.loads(booster.save_config())
-    objective = str(config["learner"]["objective"]["name"])
-    probe = np.asarray(booster.inplace_predict(np.zeros((1, n_features), dtype=np.float32)))
-    width = int(probe.size)
-    outputs = {PREDICT: TensorSpec(PREDICT, DATATYPE, (-1, width))}
-    if objective in (_BINARY, _MULTICLASS):
-        n_classes = 2 if objective == _BINARY else width
-        outputs[PREDICT_PROBA] = TensorSpec(PREDICT_PROBA, DATATYPE, (-1, n_classes))
-    return objective, TensorSpec(_INPUT_NAME, DATATYPE, (-1, n_features)), outputs
 
 
 def _message(exc: Exception) -> str:
