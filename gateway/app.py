@@ -62,7 +62,6 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
         ),
         settings.registry,
         namespace=settings.namespace,
-        url_base=settings.public_url,
         coordinator=coordinator,
     )
     # Registered models first, then the pods: a pod's loaded models are adopted
@@ -86,6 +85,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
                 registry,
                 placement,
                 namespace=settings.namespace,
+                public_url=settings.public_url,
                 metrics=metrics.exposition,
                 token=settings.api_token.get_secret_value() if settings.api_token else None,
             ),

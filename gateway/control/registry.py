@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gateway.core.domain import SIZE_MULTIPLIER, ModelSpec, ModelState
+from gateway.core.domain import SIZE_MULTIPLIER, ModelSpec, ModelStatus
 from gateway.core.errors import (
     GatewayError,
     InvalidSpec,
@@ -51,14 +51,12 @@ from gateway.core.errors import (
 from gateway.core.placement import Coordinator, Placement, Solo
 from gateway.kserve.resources import (
     DEFAULT_NAMESPACE,
-    DEFAULT_PUBLIC_URL,
     InferenceService,
     parse_inference_service,
     stored_manifest,
 )
 from gateway.kserve.serving_runtimes import PREFIXES as RUNTIME_PREFIXES
 from gateway.kserve.serving_runtimes import (
-    RUNTIME_UNHEALTHY,
     RuntimeCatalog,
     RuntimeRecord,
     Selection,
@@ -111,6 +109,19 @@ class Record:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ServingView:
+    """An InferenceService as its status shows it: ``problem`` (reason, message) when it
+    cannot be served as specified, else the states of the models it serves and targets."""
+
+    record: Record
+    runtime: RuntimeRecord | None
+    problem: tuple[str, str] | None
+    serving: ModelStatus | None = None
+    target: ModelStatus | None = None
+    runtime_up: bool = False  # a pod of its runtime that serves its format is up
+
+
 class Registry:
     def __init__(
         self,
@@ -120,7 +131,6 @@ class Registry:
         settings: RegistrySettings | None = None,
         *,
         namespace: str = DEFAULT_NAMESPACE,
-        url_base: str = DEFAULT_PUBLIC_URL,
         coordinator: Coordinator | None = None,
     ) -> None:
         self._store = store
@@ -128,7 +138,7 @@ class Registry:
         self._coordinator: Coordinator = coordinator or Solo()
         self._roots = roots
         self._settings = settings or RegistrySettings()
-        self._namespace, self._url_base = namespace, url_base
+        self._namespace = namespace
         self._records: dict[str, Record] = {}
         self.runtimes = RuntimeCatalog(store, namespace)
         self._selections: dict[str, Selection] = {}  # InferenceService name -> its runtime
@@ -373,81 +383,26 @@ class Registry:
             spec, standby=standby, runtime=runtime.name if runtime is not None else ""
         )
 
-    def status(self, record: Record) -> dict[str, Any]:
-        """The record's status in KServe's shape (conditions, modelStatus, url), and status.runtime."""
+    def view(self, record: Record) -> ServingView:
+        """What is known of the record's models now, for its status (gateway.adapters.api.status)."""
         selection = self._selections[record.name]
-        if selection.runtime is None:
-            return self._invalid_status(record, selection.reason, selection.message)
-        if record.name in self._storage_problems:
-            return self._invalid_status(
-                record, INVALID_STORAGE, self._storage_problems[record.name]
-            )
-        serving = self._placement.status(record.serving.model_id)
-        target = self._placement.status(record.target.model_id)
-        if record.target == record.serving:
-            transition = "UpToDate"
-        elif target.state is ModelState.FAILED_TO_LOAD:
-            transition = "BlockedByFailedLoad"
+        runtime = selection.runtime
+        if runtime is None:
+            problem: tuple[str, str] | None = (selection.reason, selection.message)
+        elif record.name in self._storage_problems:
+            problem = (INVALID_STORAGE, self._storage_problems[record.name])
         else:
-            transition = "InProgress"
-        failed = next((s for s in (target, serving) if s.state is ModelState.FAILED_TO_LOAD), None)
-        condition: dict[str, Any] = {
-            "type": "Ready",
-            "status": "True" if serving.ready else "False",
-        }
-        if not serving.ready:
-            if serving.state is ModelState.FAILED_TO_LOAD:
-                condition.update(reason="ModelLoadFailed", message=serving.message)
-            elif not self._placement.serves(selection.runtime.name, record.serving.model_type):
-                condition.update(
-                    reason=RUNTIME_UNHEALTHY,
-                    message=(
-                        f"no pod of runtime '{selection.runtime.name}' that serves format "
-                        f"'{record.serving.model_type}' is up (start one: mmgw pod --runtime-name "
-                        f"{selection.runtime.name})"
-                    ),
-                )
-            else:
-                condition.update(reason="ModelNotReady", message=f"model is {serving.state.value}")
-        status: dict[str, Any] = {
-            "conditions": [condition],
-            "url": f"{self._url_base}/v2/models/{record.name}",
-            "runtime": {"kind": selection.runtime.kind, "name": selection.runtime.name},
-            "modelStatus": {
-                "states": {
-                    "activeModelState": serving.state.value,
-                    "targetModelState": ""
-                    if record.target == record.serving
-                    else target.state.value,
-                },
-                "transitionStatus": transition,
-                "copies": {"totalCopies": serving.copies},
-            },
-        }
-        if failed is not None:
-            status["modelStatus"]["lastFailureInfo"] = {
-                "reason": "ModelLoadFailed",
-                "message": failed.message,
-            }
-        return status
-
-    def _invalid_status(self, record: Record, reason: str, message: str) -> dict[str, Any]:
-        """The status of an InferenceService that cannot be served as specified."""
-        return {
-            "conditions": [
-                {"type": "Ready", "status": "False", "reason": reason, "message": message}
-            ],
-            "url": f"{self._url_base}/v2/models/{record.name}",
-            "modelStatus": {
-                "states": {
-                    "activeModelState": "",
-                    "targetModelState": ModelState.FAILED_TO_LOAD.value,
-                },
-                "transitionStatus": "InvalidSpec",
-                "copies": {"totalCopies": 0},
-                "lastFailureInfo": {"reason": reason, "message": message},
-            },
-        }
+            problem = None
+        if problem is not None or runtime is None:
+            return ServingView(record, runtime, problem)
+        return ServingView(
+            record,
+            runtime,
+            None,
+            self._placement.status(record.serving.model_id),
+            self._placement.status(record.target.model_id),
+            self._placement.serves(runtime.name, record.serving.model_type),
+        )
 
     async def _model_spec(self, isvc: InferenceService) -> tuple[ModelSpec, str]:
         """The model the spec names, and why its storage cannot be used ("" when it can).

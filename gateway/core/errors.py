@@ -1,7 +1,7 @@
 """Transport-neutral errors of the core.
 
 Each adapter owns one table that maps these to its wire: gRPC status codes
-(gateway.pod.server, gateway.adapters.podclient), HTTP statuses (gateway.adapters.api) or an
+(gateway.pod.server, gateway.adapters.podclient), HTTP statuses (gateway.adapters.api.routes) or an
 ext_proc immediate response (gateway.adapters.extproc.processor). Anything else that escapes the
 core is reported as a generic internal error, without a stack trace on the wire.
 """

@@ -41,7 +41,7 @@ async def test_apply_loads_proactively_and_reports_ready(tmp_path: Path) -> None
     h = await harness(tmp_path)
     record, _ = await h.registry.apply(isvc())
     await settle()
-    status = h.registry.status(record)
+    status = h.status(record)
     assert status["conditions"] == [{"type": "Ready", "status": "True"}]
     assert status["modelStatus"]["states"]["activeModelState"] == "Loaded"
     assert status["modelStatus"]["copies"]["totalCopies"] == 1
@@ -53,7 +53,7 @@ async def test_failed_load_shows_model_load_failed(tmp_path: Path) -> None:
     h = await harness(tmp_path, FakePods(a=FakePod(fail_loads="cannot open file")))
     record, _ = await h.registry.apply(isvc())
     await settle()
-    ready = h.registry.status(record)["conditions"][0]
+    ready = h.status(record)["conditions"][0]
     assert ready["status"] == "False" and ready["reason"] == "ModelLoadFailed"
     assert "cannot open file" in ready["message"]
 
@@ -87,14 +87,13 @@ async def test_rolling_update_moves_traffic_once_loaded_then_unloads_the_old(
     await settle()
     # Loading: the name still routes to the old model, which stays loaded.
     assert h.registry.resolve("sklearn-mnist") == old.serving.model_id
-    assert h.registry.status(new)["modelStatus"]["transitionStatus"] == "InProgress"
+    assert h.status(new)["modelStatus"]["transitionStatus"] == "InProgress"
     h.pods.gate.set()
     await settle()
     assert h.registry.resolve("sklearn-mnist") == new.target.model_id
     assert h.pods.unloads == [("10.0.0.1:9000", old.serving.model_id)]
     assert (
-        h.registry.status(h.registry.get("sklearn-mnist"))["modelStatus"]["transitionStatus"]
-        == "UpToDate"
+        h.status(h.registry.get("sklearn-mnist"))["modelStatus"]["transitionStatus"] == "UpToDate"
     )
 
 
@@ -106,7 +105,7 @@ async def test_blocked_rollout_keeps_the_old_version_serving(tmp_path: Path) -> 
     new, _ = await h.registry.apply(isvc(path="v2.joblib"))
     await settle()
     assert h.registry.resolve("sklearn-mnist") == old.serving.model_id
-    status = h.registry.status(new)
+    status = h.status(new)
     assert status["conditions"][0]["status"] == "True"
     assert status["modelStatus"]["transitionStatus"] == "BlockedByFailedLoad"
     assert "corrupt file" in status["modelStatus"]["lastFailureInfo"]["message"]
@@ -167,14 +166,14 @@ async def test_models_registered_before_any_pod_is_up_load_when_one_comes(tmp_pa
     h = await harness(tmp_path, pods)
     record, _ = await h.registry.apply(isvc())
     await settle()
-    ready = h.registry.status(record)["conditions"][0]
+    ready = h.status(record)["conditions"][0]
     assert (
         ready["status"] == "False" and ready.get("reason") != "ModelLoadFailed"
     )  # pending, not failed
     pods.pods["a"].down = False
     await h.placement.check_pods()
     await settle()
-    assert h.registry.status(record)["conditions"][0]["status"] == "True"
+    assert h.status(record)["conditions"][0]["status"] == "True"
 
 
 class Claims:

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.control.registry import Registry, RegistrySettings
+from gateway.adapters.api.status import render as render_status
+from gateway.control.registry import Record, Registry, RegistrySettings
 from gateway.control.router import Router
 from gateway.core.placement import Coordinator, Placement
+from gateway.kserve.resources import DEFAULT_PUBLIC_URL
 from gateway.kserve.storage import StorageRoots
 from gateway.store import EmbeddedStore
 from tests.documents import SEED_ISVC
@@ -34,6 +36,10 @@ class Harness:
     registry: Registry
     router: Router
     store: EmbeddedStore
+
+    def status(self, record: Record) -> dict[str, Any]:
+        """The record's status as the management API renders it."""
+        return render_status(self.registry.view(record), DEFAULT_PUBLIC_URL)
 
 
 async def harness(

@@ -213,7 +213,7 @@ async def test_built_in_runtimes_serve_every_pod_format(tmp_path: Path) -> None:
     ]:
         assert h.registry.runtimes.select(model(fmt)).runtime.name == expected
     record_, _ = await h.registry.apply(isvc())
-    assert h.registry.status(record_)["runtime"] == {
+    assert h.status(record_)["runtime"] == {
         "kind": "ClusterServingRuntime",
         "name": "mlserver-1.x",
     }
@@ -267,7 +267,7 @@ async def test_a_built_in_runtime_can_be_replaced_and_comes_back_when_deleted(
             "mlserver-1.x", {"name": "xgboost", "autoSelect": True}, kind="ClusterServingRuntime"
         )
     )
-    status = h.registry.status(h.registry.get("sklearn-mnist"))
+    status = h.status(h.registry.get("sklearn-mnist"))
     assert status["conditions"][0]["reason"] == "NoSupportingRuntime"
     assert h.pods.unloads == [
         ("10.0.0.1:9000", rec.serving.model_id)
@@ -276,7 +276,7 @@ async def test_a_built_in_runtime_can_be_replaced_and_comes_back_when_deleted(
         h.registry.resolve("sklearn-mnist")
     await h.registry.delete_runtime("ClusterServingRuntime", "mlserver-1.x")
     await settle()
-    assert h.registry.status(h.registry.get("sklearn-mnist"))["conditions"][0]["status"] == "True"
+    assert h.status(h.registry.get("sklearn-mnist"))["conditions"][0]["status"] == "True"
 
 
 async def test_no_supporting_runtime_is_stored_not_ready_and_never_loaded(tmp_path: Path) -> None:
@@ -286,7 +286,7 @@ async def test_no_supporting_runtime_is_stored_not_ready_and_never_loaded(tmp_pa
     await settle()
     assert h.pods.loads == [] and not h.placement.is_registered(rec.serving.model_id)
     assert "inferenceservices/peft" in await h.store.items("")
-    status = h.registry.status(rec)
+    status = h.status(rec)
     assert status["conditions"] == [
         {
             "type": "Ready",
@@ -311,7 +311,7 @@ async def test_no_supporting_runtime_is_stored_not_ready_and_never_loaded(tmp_pa
     await settle()
     assert h.placement.is_registered(rec.serving.model_id)
     assert h.registry.resolve("peft") == rec.serving.model_id
-    status = h.registry.status(rec)
+    status = h.status(rec)
     assert status["runtime"] == {"kind": "ServingRuntime", "name": "peft-model-server"}
     assert status["conditions"][0]["reason"] == "RuntimeUnhealthy"
 
@@ -329,11 +329,11 @@ async def test_no_supporting_runtime_is_stored_not_ready_and_never_loaded(tmp_pa
 async def test_a_named_runtime_that_is_missing_or_wrong(tmp_path: Path) -> None:
     h = await harness(tmp_path)
     missing, _ = await h.registry.apply(isvc_of("named", named="nowhere"))
-    ready = h.registry.status(missing)["conditions"][0]
+    ready = h.status(missing)["conditions"][0]
     assert (ready["status"], ready["reason"]) == ("False", "RuntimeNotRecognized")
     wrong, action = await h.registry.apply(isvc_of("named", named="triton-2.x"))
     assert action == "configured"
-    ready = h.registry.status(wrong)["conditions"][0]
+    ready = h.status(wrong)["conditions"][0]
     assert ready["reason"] == "NoSupportingRuntime"
     assert (
         ready["message"]
@@ -341,7 +341,7 @@ async def test_a_named_runtime_that_is_missing_or_wrong(tmp_path: Path) -> None:
     )
     right, _ = await h.registry.apply(isvc_of("named", named="mlserver-1.x"))
     await settle()
-    assert h.registry.status(right)["conditions"][0]["status"] == "True"
+    assert h.status(right)["conditions"][0]["status"] == "True"
     assert h.registry.resolve("named") == right.serving.model_id
     # Back to a missing runtime: unloaded and unrouted.
     await h.registry.apply(isvc_of("named", named="nowhere"))
@@ -357,7 +357,7 @@ async def test_a_model_without_runtime_stays_unregistered_after_a_restart(tmp_pa
     again = await harness(tmp_path, h.pods)
     assert not again.placement.is_registered(rec.serving.model_id)
     assert (
-        again.registry.status(again.registry.get("peft"))["conditions"][0]["reason"]
+        again.status(again.registry.get("peft"))["conditions"][0]["reason"]
         == "NoSupportingRuntime"
     )
 
@@ -446,7 +446,7 @@ async def test_a_model_goes_only_to_pods_of_its_runtime_and_is_runtime_unhealthy
     record_, _ = await h.registry.apply(isvc())  # selects my-sklearn: no pod of it is up
     await settle()
     assert pods.loads == []
-    condition = h.registry.status(record_)["conditions"][0]
+    condition = h.status(record_)["conditions"][0]
     assert (condition["status"], condition["reason"]) == ("False", "RuntimeUnhealthy")
     assert (
         "no pod of runtime 'my-sklearn' that serves format 'sklearn' is up" in condition["message"]
@@ -460,4 +460,4 @@ async def test_a_model_goes_only_to_pods_of_its_runtime_and_is_runtime_unhealthy
     await settle()
     assert await h.router.route(RouteKey("sklearn-mnist", grpc=False)) is not None
     assert {pod for pod, _ in pods.loads} == {"10.0.0.1:9000"}
-    assert h.registry.status(h.registry.get("sklearn-mnist"))["conditions"][0]["status"] == "True"
+    assert h.status(h.registry.get("sklearn-mnist"))["conditions"][0]["status"] == "True"

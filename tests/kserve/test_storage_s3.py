@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.control.registry import Registry
+from gateway.adapters.api.status import render as render_status
+from gateway.control.registry import Record, Registry
 from gateway.core.errors import ModelNotInStorage, StorageAccessDenied, StorageError, StorageFailure
 from gateway.core.placement import Placement
 from gateway.kserve.locations import S3Location
-from gateway.kserve.resources import parse_inference_service
+from gateway.kserve.resources import DEFAULT_PUBLIC_URL, parse_inference_service
 from gateway.kserve.storage import StorageRoots, load_storage_config
 from gateway.store import EmbeddedStore
 from tests.core.fakes import FakePod, FakePods
@@ -37,6 +38,11 @@ ISVC: dict[str, Any] = {
         }
     },
 }
+
+
+def status_of(registry: Registry, record: Record) -> dict[str, Any]:
+    """The record's status as the management API renders it."""
+    return render_status(registry.view(record), DEFAULT_PUBLIC_URL)
 
 
 def isvc(**model: Any) -> dict[str, Any]:
@@ -337,7 +343,7 @@ async def test_an_object_the_gateway_cannot_list_is_left_to_the_pods(
     record, _ = await reg.apply(isvc(storage={"key": "localMinIO", "path": "absent.joblib"}))
     assert record.target.predicted_size == 1 << 20  # the default: nothing listed
     for _ in range(50):
-        ready = reg.status(record)["conditions"][0]
+        ready = status_of(reg, record)["conditions"][0]
         if ready["status"] == "False" and ready.get("reason") == "ModelLoadFailed":
             break
         await asyncio.sleep(0)
@@ -381,7 +387,7 @@ async def test_unusable_storage_is_stored_not_ready_and_never_loaded(
     (tmp_path / "pvc" / "link.joblib").symlink_to(tmp_path / "outside.joblib")
     record, action = await reg.apply(isvc(**model))
     assert action == "created"
-    status = reg.status(record)
+    status = status_of(reg, record)
     ready = status["conditions"][0]
     assert (ready["status"], ready["reason"]) == ("False", "InvalidPredictorSpec")
     assert message in ready["message"]
@@ -401,7 +407,7 @@ async def test_a_fixed_storage_reference_is_served(tmp_path: Path) -> None:
         storage={"parameters": {"type": "pvc", "name": "my-models-pvc"}, "path": "../m.joblib"}
     )
     record, _ = await reg.apply(bad)
-    assert reg.status(record)["conditions"][0]["status"] == "False"
+    assert status_of(reg, record)["conditions"][0]["status"] == "False"
     good = isvc(
         storage={"parameters": {"type": "pvc", "name": "my-models-pvc"}, "path": "m.joblib"}
     )
@@ -416,7 +422,7 @@ async def test_a_restart_with_the_missing_storage_key_configured_serves_it(
 ) -> None:
     reg = await registry(tmp_path, {})
     record, _ = await reg.apply(isvc())
-    assert reg.status(record)["conditions"][0]["reason"] == "InvalidPredictorSpec"
+    assert status_of(reg, record)["conditions"][0]["reason"] == "InvalidPredictorSpec"
     await reg.close()
     restarted = await registry(tmp_path, {"localMinIO": uploaded.entry()})
     record = restarted.get("from-s3")

@@ -29,12 +29,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.adapters.api.status import render as render_status
 from gateway.control.registry import Record, Registry
 from gateway.core.errors import GatewayError, InvalidSpec, ModelNotFound, Unavailable
 from gateway.core.placement import Placement
 from gateway.kserve.resources import (
     API_VERSION,
     CLUSTER_RUNTIME_KIND,
+    DEFAULT_PUBLIC_URL,
     RUNTIME_API_VERSION,
     RUNTIME_KIND,
 )
@@ -78,6 +80,7 @@ def build_api(
     placement: Placement,
     *,
     namespace: str,
+    public_url: str = DEFAULT_PUBLIC_URL,
     metrics: Callable[[], bytes] | None = None,
     token: str | None = None,
 ) -> FastAPI:
@@ -130,7 +133,11 @@ def build_api(
 
     def item(record: Record) -> dict[str, Any]:
         metadata = {**record.manifest["metadata"], "creationTimestamp": timestamp(record.created)}
-        return {**record.manifest, "metadata": metadata, "status": registry.status(record)}
+        return {
+            **record.manifest,
+            "metadata": metadata,
+            "status": render_status(registry.view(record), public_url),
+        }
 
     def runtime_item(record: RuntimeRecord) -> dict[str, Any]:
         return {
