@@ -50,7 +50,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from gateway.adapters.extproc.processor import Answer, ExternalProcessor
-from gateway.control.registry import Registry, RegistrySettings
+from gateway.control.records import RegistrySettings
+from gateway.control.registry import Registry
 from gateway.control.router import Router
 from gateway.core.domain import ModelSpec
 from gateway.core.placement import Placement, PodStatus

@@ -100,7 +100,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
         asyncio.create_task(api.serve(), name="management API"),
         asyncio.create_task(placement.watch_pods(), name="pod health"),
         asyncio.create_task(coordinator.run(), name="replica coordination"),
-        asyncio.create_task(registry.watch_rollouts(), name="rollouts"),
+        asyncio.create_task(registry.rollouts.watch(), name="rollouts"),
         *(
             asyncio.create_task(m.run(), name=f"mirror {m.prefix}")
             for m in [*followers, pool.mirror, failures.mirror]

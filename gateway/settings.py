@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.control.registry import RegistrySettings
+from gateway.control.records import RegistrySettings
 from gateway.core.placement import PlacementSettings
 from gateway.kserve.resources import DEFAULT_NAMESPACE, DEFAULT_PUBLIC_URL
 

@@ -2,17 +2,10 @@
 
 Each InferenceService is a virtual model (its name) pointing at a concrete
 model (``<name>__isvc-<hash>``). Re-applying a changed spec registers a new
-concrete model and loads it while the old one keeps serving; the name moves to
-the new id only once it is loaded, and then the old one is unloaded, as
-ModelMesh rolls out a changed InferenceService. Records are kept in the store,
-so a restarted gateway has them all.
-
-One gateway replica rolls each new version out: the one that claims
-``rollout/<new id>`` (Coordinator.claim, under its lease). Every replica looks
-for unfinished rollouts every ``rollout_check`` seconds, so when the replica
-that was rolling one out dies, its claim expires with its lease and another
-takes the rollout over. A rollout that cannot load the new version keeps its
-claim (nobody else retries it) until the InferenceService is applied again.
+concrete model; gateway.control.rollouts loads it while the old one keeps
+serving and moves the name once it is loaded (``move_traffic``), as ModelMesh
+rolls out a changed InferenceService. Records are kept in the store, so a
+restarted gateway has them all, and every replica mirrors them.
 
 Each InferenceService is served by the runtime gateway.kserve.serving_runtimes selects
 for it, chosen again whenever a runtime is applied or deleted. One with no
@@ -30,23 +23,22 @@ registry only lists them, to predict the model's size.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
 from collections.abc import Coroutine
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gateway.core.domain import SIZE_MULTIPLIER, ModelSpec, ModelStatus
+from gateway.control.records import Record, RegistrySettings, ServingView
+from gateway.control.rollouts import Rollouts
+from gateway.core.domain import ModelSpec
 from gateway.core.errors import (
-    GatewayError,
     InvalidSpec,
     ModelNotFound,
     StorageError,
     StorageFailure,
-    StoreUnavailable,
 )
 from gateway.core.placement import Coordinator, Placement, Solo
 from gateway.kserve.resources import (
@@ -68,58 +60,7 @@ from gateway.store.sync import Mirror
 log = logging.getLogger(__name__)
 
 _PREFIX = "inferenceservices/"
-_ROLLOUT = "rollout/"  # a rollout's claim: rollout/<new model id>
 INVALID_STORAGE = "InvalidPredictorSpec"  # KServe's failure reason for a spec that cannot be served
-
-
-@dataclass(frozen=True, slots=True)
-class RegistrySettings:
-    size_multiplier: float = SIZE_MULTIPLIER  # predicted size = bytes on disk x this
-    default_model_size: int = 1 << 20  # bytes predicted when the file is not there yet
-    # After a rollout moves the name, requests routed to the old version a
-    # moment before may still be on their way to its pod: unload it after this.
-    rollout_grace: float = 2.0
-    rollout_check: float = 2.0  # seconds between looks for unfinished rollouts nobody is doing
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    name: str
-    manifest: dict[str, Any]
-    created: float  # unix time
-    serving: ModelSpec  # the concrete model the name routes to
-    target: ModelSpec  # the concrete model of the latest spec
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "manifest": self.manifest,
-            "created": self.created,
-            "serving": asdict(self.serving),
-            "target": asdict(self.target),
-        }
-
-    @classmethod
-    def from_json(cls, name: str, data: dict[str, Any]) -> Record:
-        return cls(
-            name,
-            data["manifest"],
-            data["created"],
-            ModelSpec(**data["serving"]),
-            ModelSpec(**data["target"]),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ServingView:
-    """An InferenceService as its status shows it: ``problem`` (reason, message) when it
-    cannot be served as specified, else the states of the models it serves and targets."""
-
-    record: Record
-    runtime: RuntimeRecord | None
-    problem: tuple[str, str] | None
-    serving: ModelStatus | None = None
-    target: ModelStatus | None = None
-    runtime_up: bool = False  # a pod of its runtime that serves its format is up
 
 
 class Registry:
@@ -150,13 +91,14 @@ class Registry:
         self.generation = (
             0  # bumped on every change of _routes: what resolve said before may be stale
         )
-        self._rollouts: set[asyncio.Task[None]] = set()
-        self._rolling: dict[
-            str, asyncio.Task[None]
-        ] = {}  # new model id -> its rollout on this replica
-        self._blocked: dict[
-            str, str
-        ] = {}  # name -> new model id of a blocked rollout whose claim is kept
+        self._tasks: set[asyncio.Task[None]] = set()  # work started in the background
+        self.rollouts = Rollouts(
+            self,
+            placement,
+            self._coordinator,
+            grace=self._settings.rollout_grace,
+            check_every=self._settings.rollout_check,
+        )
         # apply and delete read, then write: one at a time, whatever the store awaits.
         self._writing = asyncio.Lock()
 
@@ -180,7 +122,7 @@ class Registry:
                 self._register(record.name, spec, standby=True)
             self._index(record)
             if record.target != record.serving:
-                self._start_rollout(record)
+                self.rollouts.start(record)
         log.info("restored %d InferenceServices", len(self._records))
 
     def followers(self) -> list[Mirror]:
@@ -249,8 +191,8 @@ class Registry:
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
-        self._rollouts.add(task)
-        task.add_done_callback(self._rollouts.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def resolve(self, name: str) -> str:
         """The concrete model id a request for ``name`` goes to."""
@@ -327,7 +269,7 @@ class Registry:
             self._unroute(old.target.model_id)
             await self._placement.unregister(old.target.model_id)
         if spec != record.serving and spec != old.target:
-            self._start_rollout(record)
+            self.rollouts.start(record)
         return record, "configured"
 
     async def delete(self, name: str) -> None:
@@ -463,90 +405,33 @@ class Registry:
             self._routes.pop(key, None)
         self.generation += 1
 
-    def _start_rollout(self, record: Record) -> None:
-        target = record.target
-        if target.model_id in self._rolling:
-            return
-        task = asyncio.create_task(
-            self._roll_out_claimed(record.name, target), name=f"rollout {record.name}"
-        )
-        self._rolling[target.model_id] = task
-        self._rollouts.add(task)
-        task.add_done_callback(self._rollouts.discard)
-        task.add_done_callback(lambda _: self._rolling.pop(target.model_id, None))
+    # -- what the rollouts (gateway.control.rollouts) ask of the registry ----------------
 
-    async def watch_rollouts(self) -> None:
-        """Take over unfinished rollouts that no replica is doing, every ``rollout_check`` seconds."""
-        while True:
-            await asyncio.sleep(self._settings.rollout_check)
-            self.check_rollouts()
+    def record(self, name: str) -> Record | None:
+        return self._records.get(name)
 
-    def check_rollouts(self) -> None:
-        for name, model_id in list(self._blocked.items()):
-            record = self._records.get(name)
-            if (
-                record is None
-                or record.target.model_id != model_id
-                or record.target == record.serving
-            ):
-                del self._blocked[name]  # applied again or deleted: the claim is no longer needed
-                self._background(self._release(model_id))
-        for record in list(self._records.values()):
-            if (
-                record.target != record.serving
-                and self._servable(record.name)
-                and self._blocked.get(record.name) != record.target.model_id
-            ):
-                self._start_rollout(record)
+    def records(self) -> tuple[Record, ...]:
+        return tuple(self._records.values())
 
-    async def _roll_out_claimed(self, name: str, target: ModelSpec) -> None:
-        try:
-            if not await self._coordinator.claim(_ROLLOUT + target.model_id):
-                return  # another replica is rolling it out; its claim ends with its lease
-        except StoreUnavailable:
-            return  # check_rollouts tries again
-        blocked = False
-        try:
-            blocked = not await self._roll_out(name, target)
-        except StoreUnavailable as exc:
-            log.warning("rollout of %s to %s paused: %s", name, target.model_id, exc.message)
-        finally:
-            if blocked:
-                self._blocked[name] = target.model_id
-            else:
-                await self._release(target.model_id)
+    def servable(self, name: str) -> bool:
+        return self._servable(name)
 
-    async def _release(self, model_id: str) -> None:
-        with contextlib.suppress(StoreUnavailable):  # the claim's lease ends it anyway
-            await self._coordinator.release(_ROLLOUT + model_id)
-
-    async def _roll_out(self, name: str, target: ModelSpec) -> bool:
-        """Load the new version with as many copies as the old has, then move the name to it.
-        False if the new version cannot be loaded: the rollout waits for the next apply."""
-        record = self._records.get(name)
-        if record is None or record.target != target:
-            return True  # finished by another replica, superseded or deleted meanwhile
-        copies = self._placement.status(record.serving.model_id).copies
-        try:
-            await self._placement.ensure_copies(target.model_id, max(1, copies))
-        except GatewayError as exc:
-            log.warning("rollout of %s to %s is blocked: %s", name, target.model_id, exc.message)
-            return False
+    async def move_traffic(self, name: str, target: ModelSpec) -> ModelSpec | None:
+        """Route ``name`` to ``target`` (loaded by the rollout): the model it served before,
+        or None when there is nothing to move (deleted, superseded, no runtime, done)."""
         async with self._writing:
             record = self._records.get(name)
             if record is None or record.target != target or not self._servable(name):
-                return True  # deleted, superseded or left without a runtime meanwhile
+                return None
             old = record.serving
             if old == target:
-                return True  # another replica finished it
+                return None  # another replica finished it
             await self._save(replace(record, serving=target))
             self._unroute(old.model_id)
-        log.info("rolled out %s: traffic moved from %s to %s", name, old.model_id, target.model_id)
-        await asyncio.sleep(self._settings.rollout_grace)
-        await self._placement.unregister(old.model_id)
-        return True
+            return old
 
     async def close(self) -> None:
-        for task in list(self._rollouts):
+        await self.rollouts.close()
+        for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._rollouts, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)

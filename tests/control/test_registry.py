@@ -215,14 +215,14 @@ async def test_a_rollout_left_by_a_replica_that_died_is_finished_by_another(tmp_
     assert claims.held == {f"rollout/{new.target.model_id}": "a"}
     # A second replica over the same store and pods: the rollout is a's, it only serves.
     b = await harness(tmp_path, a.pods, coordinator=claims.replica("b"))
-    b.registry.check_rollouts()
+    b.registry.rollouts.check()
     await settle()
     assert b.registry.resolve("sklearn-mnist") == old.serving.model_id
     assert claims.held == {f"rollout/{new.target.model_id}": "a"}
 
     first.die()
     await a.registry.close()
-    b.registry.check_rollouts()  # what its watch does every rollout_check seconds
+    b.registry.rollouts.check()  # what its watch does every rollout_check seconds
     a.pods.gate.set()
     for _ in range(10):
         await settle()
@@ -247,12 +247,12 @@ async def test_a_blocked_rollout_keeps_its_claim_until_the_next_apply(tmp_path: 
     await settle()
     assert claims.held == {f"rollout/{new.target.model_id}": "a"}  # nobody else retries it
     tried = len(h.pods.loads)
-    h.registry.check_rollouts()
+    h.registry.rollouts.check()
     await settle()
     assert len(h.pods.loads) == tried  # nor does this replica, until the next apply
     assert h.registry.resolve("sklearn-mnist") == old.serving.model_id
     back, _ = await h.registry.apply(isvc())  # back to the version that serves
     assert back.target == back.serving == old.serving
-    h.registry.check_rollouts()
+    h.registry.rollouts.check()
     await settle()
     assert claims.held == {}

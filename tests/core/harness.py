@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.adapters.api.status import render as render_status
-from gateway.control.registry import Record, Registry, RegistrySettings
+from gateway.control.records import Record, RegistrySettings
+from gateway.control.registry import Registry
 from gateway.control.router import Router
 from gateway.core.placement import Coordinator, Placement
 from gateway.kserve.resources import DEFAULT_PUBLIC_URL

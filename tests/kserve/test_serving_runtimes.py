@@ -357,8 +357,7 @@ async def test_a_model_without_runtime_stays_unregistered_after_a_restart(tmp_pa
     again = await harness(tmp_path, h.pods)
     assert not again.placement.is_registered(rec.serving.model_id)
     assert (
-        again.status(again.registry.get("peft"))["conditions"][0]["reason"]
-        == "NoSupportingRuntime"
+        again.status(again.registry.get("peft"))["conditions"][0]["reason"] == "NoSupportingRuntime"
     )
 
 

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from gateway.adapters.api.status import render as render_status
-from gateway.control.registry import Record, Registry
+from gateway.control.records import Record
+from gateway.control.registry import Registry
 from gateway.core.errors import ModelNotInStorage, StorageAccessDenied, StorageError, StorageFailure
 from gateway.core.placement import Placement
 from gateway.kserve.locations import S3Location

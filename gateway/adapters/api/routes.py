@@ -30,7 +30,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.adapters.api.status import render as render_status
-from gateway.control.registry import Record, Registry
+from gateway.control.records import Record
+from gateway.control.registry import Registry
 from gateway.core.errors import GatewayError, InvalidSpec, ModelNotFound, Unavailable
 from gateway.core.placement import Placement
 from gateway.kserve.resources import (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.control.registry import ServingView
+from gateway.control.records import ServingView
 from gateway.core.domain import ModelState
 from gateway.kserve.serving_runtimes import RUNTIME_UNHEALTHY
 
