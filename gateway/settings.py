@@ -17,12 +17,6 @@ from gateway.control.records import RegistrySettings
 from gateway.core.placement import PlacementSettings
 from gateway.kserve.resources import DEFAULT_NAMESPACE, DEFAULT_PUBLIC_URL
 
-DEFAULT_PODS = (
-    "127.0.0.1:9101",
-    "127.0.0.1:9102",
-    "127.0.0.1:9103",
-)  # where `mmgw demo` runs its pods
-
 
 class GatewaySettings(BaseSettings):
     # Nested settings by a double underscore: MMGW_PLACEMENT__CHURN_GUARD=2.

@@ -24,7 +24,6 @@ ServingRuntimes is closed to anyone without its token.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import sys
 from collections.abc import Mapping
@@ -94,10 +93,10 @@ def profile(runtime: ServingRuntime) -> RuntimeProfile:
     )
 
 
-def configure(
-    settings: PodSettings, runtime: RuntimeProfile, *, explicit: frozenset[str] = frozenset()
-) -> PodSettings:
-    """``settings`` for a pod of ``runtime``; fields named in ``explicit`` keep their values."""
+def configure(settings: PodSettings, runtime: RuntimeProfile) -> PodSettings:
+    """``settings`` for a pod of ``runtime``; what was given (on the command line or in the
+    environment: ``model_fields_set``) keeps its value."""
+    explicit = settings.model_fields_set
     changes: dict[str, Any] = {}
     if runtime.capacity_bytes is not None and "capacity_bytes" not in explicit:
         changes["capacity_bytes"] = runtime.capacity_bytes
@@ -112,7 +111,7 @@ def configure(
         path = str(Path(folder).resolve())
         if path not in sys.path:
             sys.path.insert(0, path)
-    return dataclasses.replace(settings, **changes)
+    return settings.with_changes(**changes)
 
 
 async def fetch(store: Store, name: str, *, retry: float = 1.0) -> ServingRuntime:

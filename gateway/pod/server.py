@@ -150,7 +150,7 @@ async def serve(settings: PodSettings, *, ready: asyncio.Event | None = None) ->
     try:
         if store is not None and settings.runtime_name:
             runtime = profile.profile(await profile.fetch(store, settings.runtime_name))
-            settings = profile.configure(settings, runtime, explicit=settings.explicit)
+            settings = profile.configure(settings, runtime)
             log.info(
                 "pod %s of servingruntime '%s': %d bytes for models, formats %s, loads bounded by %d ms",
                 settings.pod_id,

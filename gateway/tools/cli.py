@@ -14,13 +14,12 @@ import argparse
 import json
 import os
 import re
-import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -29,7 +28,12 @@ import yaml
 from gateway.core.domain import LOAD_TIMEOUT_SECONDS
 from gateway.core.errors import GatewayError
 from gateway.kserve.resources import DEFAULT_NAMESPACE, parse_quantity
-from gateway.settings import DEFAULT_PODS
+from gateway.tools.launcher import Ports
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+_Settings = TypeVar("_Settings", bound="BaseModel")
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 RUNTIMES_API = "/apis/serving.kserve.io/v1alpha1"  # ServingRuntime and ClusterServingRuntime
@@ -363,9 +367,23 @@ def cmd_delete(args: argparse.Namespace) -> int:
 # -- process commands -----------------------------------------------------
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _settings(kind: type[_Settings], given: dict[str, Any]) -> _Settings:
+    """Settings from the flags given (None: not given), the environment and the defaults;
+    CliError naming each setting that is wrong."""
     from pydantic import ValidationError
 
+    try:
+        return kind(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise CliError("; ".join(problems)) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     from gateway import app
     from gateway.settings import GatewaySettings
 
@@ -383,46 +401,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "storage_config": args.storage_config,
     }
-    try:
-        settings = GatewaySettings(**{k: v for k, v in given.items() if v is not None})
-    except ValidationError as exc:
-        raise CliError(
-            "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        ) from None
-    app.main(settings)
+    app.main(_settings(GatewaySettings, given))
     return 0
 
 
 def cmd_pod(args: argparse.Namespace) -> int:
-    from gateway.kserve.storage import load_storage_config
     from gateway.pod import server
     from gateway.pod.runtimes import BUILTIN_RUNTIMES
 
     given = {
+        "host": args.host,
+        "port": args.port,
         "capacity_bytes": args.capacity,
+        "pod_id": args.id,
+        "max_loading_concurrency": args.max_loading_concurrency,
         "model_loading_timeout_ms": args.model_loading_timeout_ms,
+        "unload_drain_seconds": args.unload_drain_seconds,
+        "max_message_bytes": args.max_message_bytes,
+        "runtimes": {**BUILTIN_RUNTIMES, **dict(args.runtime)} if args.runtime else None,
+        "store": args.store,
+        "data_dir": args.data_dir,
+        "advertise": args.advertise,
+        "runtime_name": args.runtime_name,
+        "storage_config": args.storage_config,
+        "model_cache": args.model_cache,
     }
-    server.main(
-        server.PodSettings(
-            host=args.host,
-            port=args.port,
-            capacity_bytes=args.capacity or 1 << 30,
-            pod_id=args.id or f"{socket.gethostname()}-{args.port}",
-            max_loading_concurrency=args.max_loading_concurrency,
-            model_loading_timeout_ms=args.model_loading_timeout_ms
-            or int(1000 * LOAD_TIMEOUT_SECONDS),
-            explicit=frozenset(k for k, v in given.items() if v is not None),
-            unload_drain_seconds=args.unload_drain_seconds,
-            max_message_bytes=args.max_message_bytes,
-            runtimes={**BUILTIN_RUNTIMES, **dict(args.runtime or ())},
-            store=args.store,
-            data_dir=args.data_dir,
-            advertise=args.advertise,
-            runtime_name=args.runtime_name,
-            storage_config=load_storage_config(args.storage_config) if args.storage_config else {},
-            model_cache=args.model_cache,
-        )
-    )
+    server.main(_settings(server.PodSettings, given))
     return 0
 
 
@@ -535,7 +539,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("pod", help="run one runtime pod")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", help="the address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, required=True)
     p.add_argument(
         "--capacity",
@@ -544,7 +548,7 @@ def parser() -> argparse.ArgumentParser:
         "memBufferBytes with --runtime-name, else 1Gi)",
     )
     p.add_argument("--id")
-    p.add_argument("--max-loading-concurrency", type=int, default=1)
+    p.add_argument("--max-loading-concurrency", type=int, help="loads at once (default 1)")
     p.add_argument(
         "--model-loading-timeout-ms",
         type=int,
@@ -561,36 +565,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--unload-drain-seconds",
         type=float,
-        default=30.0,
-        help="how long an unload waits for the model's requests in flight",
+        help="how long an unload waits for the model's requests in flight (default 30)",
     )
     p.add_argument(
         "--max-message-bytes",
         type=quantity,
-        default=64 << 20,
-        help="gRPC send and receive limit (64Mi, ...; default %(default)s)",
+        help="gRPC send and receive limit (8Mi, 1Gi, ...; default 64Mi)",
     )
     p.add_argument(
         "--store",
-        default=os.environ.get("MMGW_STORE", ""),
         metavar="URL",
         help="register in this store: embedded (under --data-dir) or etcd://HOST:PORT; env MMGW_STORE",
     )
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("MMGW_DATA_DIR", ".mmgw")),
-        help="the gateway's data folder, for --store embedded",
+        help="the gateway's data folder, for --store embedded (default .mmgw; env MMGW_DATA_DIR)",
     )
     p.add_argument(
         "--advertise",
-        default="",
         metavar="HOST:PORT",
         help="the address gateways and Envoy reach this pod at (default: this host's IP and --port)",
     )
     p.add_argument(
         "--runtime-name",
-        default="",
         help="the ServingRuntime this pod is one of: its YAML gives the pod's capacity, load timeout "
         "and model class (MLSERVER_MODEL_IMPLEMENTATION); default: any runtime, built-in classes",
     )
@@ -619,7 +617,7 @@ def parser() -> argparse.ArgumentParser:
         "--pods",
         nargs="+",
         metavar="HOST:PORT",
-        default=list(DEFAULT_PODS),
+        default=list(Ports().pod_addresses),  # where `mmgw demo` runs its pods
         help="the runtime pods' addresses (Envoy's endpoints; the pods register them in the store)",
     )
     p.add_argument("--data-dir", type=Path, default=Path(".mmgw"))

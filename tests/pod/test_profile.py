@@ -22,7 +22,7 @@ GiB, MiB = 1 << 30, 1 << 20
 
 
 def settings(**changes: Any) -> PodSettings:
-    return PodSettings(port=0, capacity_bytes=GiB, pod_id="p", **changes)
+    return PodSettings(port=0, pod_id="p", **changes)  # capacity: the default, 1 GiB
 
 
 def test_the_seed_runtime_gives_capacity_timeout_and_class() -> None:
@@ -41,12 +41,16 @@ def test_the_seed_runtime_gives_capacity_timeout_and_class() -> None:
 
 def test_flags_given_on_the_command_line_win() -> None:
     found = profile.profile(parse_serving_runtime(SEED_RUNTIME))
-    pod = profile.configure(
-        settings(model_loading_timeout_ms=5000),
-        found,
-        explicit=frozenset({"capacity_bytes", "model_loading_timeout_ms"}),
-    )
-    assert (pod.capacity_bytes, pod.model_loading_timeout_ms) == (GiB, 5000)
+    given = settings(capacity_bytes=2 * GiB, model_loading_timeout_ms=5000)
+    pod = profile.configure(given, found)
+    assert (pod.capacity_bytes, pod.model_loading_timeout_ms) == (2 * GiB, 5000)
+    assert pod.model_fields_set == given.model_fields_set  # still what was given
+
+
+def test_values_from_the_environment_win_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMGW_CAPACITY_BYTES", str(3 * GiB))
+    pod = profile.configure(settings(), profile.profile(parse_serving_runtime(SEED_RUNTIME)))
+    assert (pod.capacity_bytes, pod.model_loading_timeout_ms) == (3 * GiB, 90000)
 
 
 def test_without_a_model_class_the_built_in_classes_serve_the_runtimes_formats() -> None:

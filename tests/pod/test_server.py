@@ -361,7 +361,7 @@ def test_the_cli_passes_every_option_to_pod_settings(monkeypatch: pytest.MonkeyP
         "mlserver-1.x",
     ]
     assert cli.main(argv) == 0
-    assert given.pop() == PodSettings(
+    expected = PodSettings(
         host="::1",
         port=9101,
         capacity_bytes=512 << 20,
@@ -373,10 +373,12 @@ def test_the_cli_passes_every_option_to_pod_settings(monkeypatch: pytest.MonkeyP
         data_dir=Path("/d"),
         advertise="10.0.0.7:9101",
         runtime_name="mlserver-1.x",
-        explicit=frozenset(
-            {"capacity_bytes", "model_loading_timeout_ms"}
-        ),  # the runtime's YAML leaves them
     )
+    settings = given.pop()
+    assert settings == expected
+    # what was given on the command line wins over a ServingRuntime's YAML (gateway.pod.profile)
+    assert {"capacity_bytes", "model_loading_timeout_ms"} <= settings.model_fields_set
+    assert "unload_drain_seconds" not in settings.model_fields_set  # not given: a default
 
 
 def test_settings_are_validated() -> None:
@@ -390,3 +392,25 @@ def test_settings_are_validated() -> None:
         64 << 20,
         1.25,
     )
+
+
+def test_the_pods_environment_fills_what_no_flag_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    given: list[PodSettings] = []
+    monkeypatch.setattr("gateway.pod.server.main", given.append)
+    monkeypatch.setenv("MMGW_STORE", "etcd://e:2379")
+    monkeypatch.setenv("MMGW_DATA_DIR", "/data")
+    monkeypatch.setenv("MMGW_UNLOAD_DRAIN_SECONDS", "5")
+    assert cli.main(["pod", "--port", "9", "--store", "embedded"]) == 0
+    settings = given.pop()
+    assert (settings.store, settings.data_dir, settings.unload_drain_seconds) == (
+        "embedded",  # the flag wins over the environment
+        Path("/data"),
+        5.0,
+    )
+
+
+def test_a_bad_pod_setting_is_a_usage_error_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["pod", "--port", "9", "--max-loading-concurrency", "0"]) != 0
+    err = capsys.readouterr().err
+    assert "max_loading_concurrency" in err and "greater than or equal to 1" in err
+    assert "Traceback" not in err

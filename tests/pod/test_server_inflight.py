@@ -154,7 +154,7 @@ async def test_the_drain_is_bounded_by_the_setting(start_pod: StartPod) -> None:
 
 def test_unload_drain_seconds_setting() -> None:
     assert PodSettings(port=0, capacity_bytes=1, pod_id="p").unload_drain_seconds == 30.0
-    with pytest.raises(ValueError, match="unload_drain_seconds must not be negative"):
+    with pytest.raises(ValueError, match="unload_drain_seconds"):
         PodSettings(port=0, capacity_bytes=1, pod_id="p", unload_drain_seconds=-1)
 
 
