@@ -34,7 +34,12 @@ def seed_body(**overrides: Any) -> dict[str, Any]:
 def wait_ready(api: httpx.Client, name: str, timeout: float = 60.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        item = api.get(f"{ISVCS}/{name}").json()
+        response = api.get(f"{ISVCS}/{name}")
+        if response.status_code == 404:  # another replica's apply, not seen here yet
+            assert time.monotonic() < deadline, f"{name} never appeared: {response.text}"
+            time.sleep(0.05)
+            continue
+        item = response.json()
         condition = item["status"]["conditions"][0]
         if condition["status"] == "True" or condition.get("reason") == "ModelLoadFailed":
             return item
