@@ -69,7 +69,7 @@ class Placement:
         self._hits = Hits(self._table)
         self._loader = Loader(self._table, self._hits, client, self._coordinator)
         self._monitor = Monitor(self._table, self._loader, client, self._coordinator)
-        # The request path calls these on every request that is not a kept answer:
+        # The request path calls these on every request the router has not kept a Route for:
         # bound straight to their owner, with no facade call in between.
         self.route_sole: Callable[[ModelRecord], tuple[str, CopyRecord] | None] = (
             self._hits.route_sole
@@ -154,7 +154,7 @@ class Placement:
 
     def hit_buffer(self, resolve: Callable[[Any], CopyRecord]) -> HitBuffer:
         """A buffer of hits on copies that ``route_sole`` returned, for a fast path that keeps
-        its answer per name; ``resolve(key)`` is the copy a kept key stands for."""
+        its route per name (the router); ``resolve(key)`` is the copy a kept key stands for."""
         return self._hits.buffer(resolve)
 
     def settle(self) -> None:

@@ -3,8 +3,8 @@
 ``Hits.route_sole`` and ``Hits.route`` decide a request to a loaded model
 (ModelMesh's rule through ``picker.rank_copies``: fewest in flight, ties to
 the least recently used) and count it at once. The hottest path does less:
-the ext_proc adapter keeps its answer for a model with one loaded copy and
-records only that a request came, in a ``HitBuffer``. Like the read buffer of
+the router (gateway.control.router) keeps its Route to a model with one loaded
+copy and records only that a request came, in a ``HitBuffer``. Like the read buffer of
 ModelMesh's cache (a ConcurrentLinkedHashMap), those hits are counted in a
 batch by ``Table.settle``, off the request path; every decision and view that
 reads the counts settles first, so none sees them stale.
