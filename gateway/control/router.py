@@ -58,7 +58,7 @@ class Router:
         self._interned: dict[tuple[str, str | None, tuple[str, ...]], Route] = {}
         self._sources = (registry.generation, placement.generation)
         self._generation = 0  # what ``generation`` says while _sources hold
-        self._kept_generation = 0
+        self._kept_at = self._sources  # the generations the kept routes are valid at
         self._record_hit = placement.hit_buffer(_copy_of).add
 
     @property
@@ -79,12 +79,9 @@ class Router:
         name = key.model
         if name is None:
             return self._intern(self._placement.any_healthy_pod(), None, ())
-        generation = self.generation
-        if generation != self._kept_generation:
-            self._handles.clear()
-            self._kept.clear()
-            self._interned.clear()
-            self._kept_generation = generation
+        registry, placement = self._registry.generation, self._placement.generation
+        if registry != self._kept_at[0] or placement != self._kept_at[1]:
+            self._forget(registry, placement)
         kept = self._kept.get(name)
         if kept is not None:  # the hot path: one dict read; counted in the hit buffer
             self._record_hit(kept)
@@ -102,6 +99,13 @@ class Router:
         if found is None:
             return Miss(model_id)
         return self._intern(found[0], model_id, found[1])
+
+    def _forget(self, registry: int, placement: int) -> None:
+        """A route may have changed: drop every kept and interned route and every handle."""
+        self._handles.clear()
+        self._kept.clear()
+        self._interned.clear()
+        self._kept_at = (registry, placement)
 
     async def load(self, miss: Miss) -> Route:
         """Load the missed model (one load however many requests wait) and route to it."""

@@ -142,3 +142,14 @@ async def test_routes_that_are_not_kept_are_one_object_per_pod_model_and_fallbac
     assert 1 <= len(routes) <= 2  # interned, so an adapter's memo per Route is reused
     server = RouteKey(None, grpc=False)
     assert h.router.hit(server) is h.router.hit(server)
+
+
+async def test_reading_the_generation_between_requests_keeps_no_stale_route(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    await h.registry.apply(isvc())
+    await settle()
+    assert isinstance(h.router.hit(NAME), Route)
+    await h.registry.delete("sklearn-mnist")
+    assert h.router.generation  # someone reads it between two requests
+    with pytest.raises(ModelNotFound):
+        h.router.hit(NAME)

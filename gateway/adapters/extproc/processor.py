@@ -96,8 +96,9 @@ class ExternalProcessor:
         self._router = router
         # The serialization memo: Route -> its forward, for request headers and for a gRPC
         # body. Routes the router no longer hands out go with the rest at the bound.
-        self._for_headers: dict[Route, Answer] = {}
-        self._for_body: dict[Route, Answer] = {}
+        # (Keys are Routes; a Miss is looked up, never found.)
+        self._for_headers: dict[Route | Miss, Answer] = {}
+        self._for_body: dict[Route | Miss, Answer] = {}
         self._ask_for_body = PartialAnswer(
             pb.ProcessingResponse(
                 request_headers=pb.HeadersResponse(),
@@ -130,6 +131,10 @@ class ExternalProcessor:
             found = self._router.hit(key)
         except Exception as exc:
             return self._reject(exc, grpc_call=key.grpc)
+        # The hot path: a Route served before (a Miss is never in the memo).
+        answer = (self._for_body if in_body else self._for_headers).get(found)
+        if answer is not None:
+            return answer
         if isinstance(found, Miss):
             return self._load_then_forward(found, key.grpc, in_body)
         return self._forward(found, in_body)
