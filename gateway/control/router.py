@@ -4,8 +4,9 @@
 ``Miss`` that names the concrete model to load (``load`` takes it from there,
 with no second lookup). The router owns the hot path's cache: for a model with
 one loaded copy it hands out the same immutable Route while the route is valid
-(its ``generation`` unchanged), and records each further request for it in the
-engine's hit buffer, which counts them in batches off the request path. Routes
+(while neither the registry's nor the placement's generation changes), and
+records each further request for it in the engine's hit buffer, which counts
+them in batches off the request path. Routes
 compare by identity, so an adapter may keep what it made of one (its
 serialized answer) in a dict keyed by the Route.
 """
@@ -56,22 +57,9 @@ class Router:
         self._handles: dict[str, ModelRecord] = {}  # name or concrete id -> its model's record
         self._kept: dict[str, Route] = {}  # name -> the route to its model's only loaded copy
         self._interned: dict[tuple[str, str | None, tuple[str, ...]], Route] = {}
-        self._sources = (registry.generation, placement.generation)
-        self._generation = 0  # what ``generation`` says while _sources hold
-        self._kept_at = self._sources  # the generations the kept routes are valid at
+        # the registry's and the placement's generations the kept routes are valid at
+        self._kept_at = (registry.generation, placement.generation)
         self._record_hit = placement.hit_buffer(_copy_of).add
-
-    @property
-    def generation(self) -> int:
-        """Changes whenever a route may have: a registry route or a copy came or went.
-
-        Read on every request: two comparisons and no new object (a sum of the
-        two counters would allocate an int each time once they pass 256)."""
-        registry, placement = self._registry.generation, self._placement.generation
-        if (registry, placement) != self._sources:
-            self._sources = (registry, placement)
-            self._generation += 1
-        return self._generation
 
     def hit(self, key: RouteKey) -> Route | Miss:
         """The route if no load is needed, else a Miss. Raises ModelNotFound (and the
