@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from gateway.control.records import Record
 from gateway.control.router import Miss, Route
 from gateway.core.errors import ModelNotFound
 from gateway.core.route_key import RouteKey
 from tests.core.fakes import FakePod, FakePods
-from tests.core.harness import harness, isvc, settle
+from tests.core.harness import Harness, harness, isvc, settle
 
 NAME = RouteKey("sklearn-mnist", grpc=False)
 
@@ -92,14 +93,20 @@ async def test_hits_follow_a_rollout_a_delete_and_a_new_record(tmp_path: Path) -
     assert isinstance(route, Route) and route.model_id == again.serving.model_id
 
 
-async def test_a_second_copy_adds_fallbacks_and_losing_it_brings_the_cached_route_back(
-    tmp_path: Path,
-) -> None:
+async def on_two_pods(tmp_path: Path) -> tuple[Harness, Record]:
+    """The seed's model registered (and loaded once) with two pods to hold copies."""
     h = await harness(
         tmp_path, FakePods(**{"10.0.0.1:9000": FakePod(), "10.0.0.2:9000": FakePod()})
     )
     record, _ = await h.registry.apply(isvc())
     await settle()
+    return h, record
+
+
+async def test_a_second_copy_adds_fallbacks_and_losing_it_brings_the_cached_route_back(
+    tmp_path: Path,
+) -> None:
+    h, record = await on_two_pods(tmp_path)
     sole = h.router.hit(NAME)
     assert await h.placement.ensure_copies(record.serving.model_id, 2) == 2
     both = h.router.hit(NAME)
@@ -132,13 +139,12 @@ async def test_a_miss_names_the_model_and_load_routes_to_the_loaded_copy(tmp_pat
 async def test_routes_that_are_not_kept_are_one_object_per_pod_model_and_fallbacks(
     tmp_path: Path,
 ) -> None:
-    h = await harness(
-        tmp_path, FakePods(**{"10.0.0.1:9000": FakePod(), "10.0.0.2:9000": FakePod()})
-    )
-    record, _ = await h.registry.apply(isvc())
-    await settle()
+    h, record = await on_two_pods(tmp_path)
     assert await h.placement.ensure_copies(record.serving.model_id, 2) == 2
-    routes = {h.router.hit(NAME) for _ in range(20)}  # two copies: the least busy each time
-    assert 1 <= len(routes) <= 2  # interned, so an adapter's memo per Route is reused
+    routes = [h.router.hit(NAME) for _ in range(20)]  # two copies: the least busy each time
+    assert all(isinstance(r, Route) and r.copy is None for r in routes)
+    # interned: one object per (pod, fallbacks), so an adapter's memo per Route is reused
+    choices = {(r.address, r.fallbacks) for r in routes if isinstance(r, Route)}
+    assert len({id(r) for r in routes}) == len(choices)
     server = RouteKey(None, grpc=False)
     assert h.router.hit(server) is h.router.hit(server)
