@@ -1,8 +1,10 @@
-"""The runtime pod process: one ``grpc.aio`` server, one port, two services.
+"""The runtime pod process: a ``grpc.aio`` server with two services, and a REST listener.
 
 ``GRPCInferenceService`` (KServe V2 data plane) and ``ModelRuntime`` (load,
 unload, sizes, status) are served on ``settings.host:settings.port``; the gRPC
-error table lives in ``gateway.pod.servicer``.
+error table lives in ``gateway.pod.servicer``. The Open Inference Protocol's
+REST form is served on ``settings.rest_port`` (gateway.pod.rest), on the same
+event loop and over the same models.
 
 - ``PodServer``: build, ``start()`` (returns the bound port, useful with port 0),
   ``stop(grace)``; what tests and embedders use.
@@ -33,6 +35,7 @@ from . import profile
 from .puller import Puller
 from .registration import Registration
 from .repository import ModelRepository
+from .rest import OipApp, RestServer
 from .runtimes import RuntimeRegistry
 from .servicer import InferenceServicer, RuntimeServicer
 from .settings import PodSettings
@@ -59,7 +62,9 @@ class PodServer:
         )
         self._ready = asyncio.Event()
         self._server: grpc.aio.Server | None = None
+        self._rest: RestServer | None = None
         self.port: int | None = None
+        self.rest_port: int | None = None  # bound, once started (None: no REST listener)
 
     @property
     def address(self) -> str:
@@ -104,7 +109,8 @@ class PodServer:
             InferenceServicer(self.models, self._ready), server
         )
         rt_grpc.add_ModelRuntimeServicer_to_server(
-            RuntimeServicer(self.models, self._ready, settings), server
+            RuntimeServicer(self.models, self._ready, settings, lambda: self.rest_port or 0),
+            server,
         )
         target = f"{_bracketed(settings.host)}:{settings.port}"
         try:
@@ -115,8 +121,29 @@ class PodServer:
             raise OSError(f"pod {settings.pod_id} cannot bind {target}")
         await server.start()
         self._server, self.port = server, port
+        rest = RestServer(
+            OipApp(self.models, self._ready),
+            settings.host,
+            settings.rest_port,
+            max_body=settings.max_message_bytes,
+        )
+        try:
+            self.rest_port = await rest.start()
+        except OSError as exc:
+            await server.stop(None)
+            self._server = None
+            raise OSError(
+                f"pod {settings.pod_id} cannot bind its REST port "
+                f"{_bracketed(settings.host)}:{settings.rest_port}: {exc.strerror or exc}"
+            ) from exc
+        self._rest = rest
         self._ready.set()
-        log.info("pod %s serving on %s", settings.pod_id, self.address)
+        log.info(
+            "pod %s serving gRPC on %s, REST on port %d",
+            settings.pod_id,
+            self.address,
+            self.rest_port,
+        )
         return port
 
     async def wait(self) -> None:
@@ -127,9 +154,13 @@ class PodServer:
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking RPCs, let in-flight ones finish for ``grace`` seconds, unload all."""
         server, self._server = self._server, None
+        rest, self._rest = self._rest, None
         self._ready.clear()
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        if rest is not None:
+            await rest.stop(grace)
         if server is not None:
-            await server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+            await server.stop(grace)
             log.info("pod %s stopped", self.settings.pod_id)
         await self.models.close()
         if self.settings.model_cache is None and self.puller.cache is not None:

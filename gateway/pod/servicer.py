@@ -192,10 +192,17 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
 class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
     """The management API the gateway's placement engine calls."""
 
-    def __init__(self, models: ModelRepository, ready: asyncio.Event, settings: PodSettings):
+    def __init__(
+        self,
+        models: ModelRepository,
+        ready: asyncio.Event,
+        settings: PodSettings,
+        rest_port: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._models = models
         self._ready = ready
         self._settings = settings
+        self._rest_port = rest_port  # the bound REST listener's port, 0: none
 
     @_rpc
     async def LoadModel(
@@ -252,6 +259,7 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
             model_loading_timeout_ms=settings.model_loading_timeout_ms,
             model_types=self._models.model_types,
             runtime_version=gateway.__version__,
+            rest_port=self._rest_port(),
             loaded_models=[
                 _LoadedModel(
                     model_id=m.model_id,

@@ -9,6 +9,9 @@ timeout from the runtime's YAML unless they were given (gateway.pod.profile).
 
 - ``host``/``port``: the one address both gRPC services bind to, exactly as
   given (port 0 picks a free port; ``PodServer.start`` returns it).
+- ``rest_port``: the Open Inference Protocol REST listener, on ``host``
+  (gateway.pod.rest; 0 picks a free port). The pod reports it to the gateway
+  in RuntimeStatus; Envoy's cluster "pods_rest" must list it.
 - ``pod_id``: this pod's name in logs and in the store (default: host name and port).
 - ``capacity_bytes``: memory the pod offers for models. The gateway's
   placement does the accounting, as in ModelMesh; the pod only refuses a load
@@ -59,6 +62,7 @@ class PodSettings(BaseSettings):
 
     port: int = Field(ge=0, le=65535)
     host: str = Field(default="127.0.0.1", min_length=1)
+    rest_port: int = Field(default=0, ge=0, le=65535)
     pod_id: str = ""
     capacity_bytes: int = Field(default=1 << 30, ge=0)
     max_loading_concurrency: int = Field(default=1, ge=1)

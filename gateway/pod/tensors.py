@@ -53,12 +53,11 @@ CONTENTS_FIELDS: Mapping[str, str | None] = MappingProxyType(
     }
 )
 
-# Datatypes carried in a wider typed field: the field's dtype, and the range check.
-_WIDENED: Mapping[str, tuple[np.dtype, np.iinfo]] = MappingProxyType(
+# Datatypes carried in a wider typed field, and that field's dtype (values are range checked).
+_WIDENED: Mapping[str, np.dtype] = MappingProxyType(
     {
-        name: (np.dtype(np.int32 if name.startswith("INT") else np.uint32), np.iinfo(dtype))
-        for name, dtype in datatypes.DTYPES.items()
-        if name in ("INT8", "INT16", "UINT8", "UINT16")
+        name: np.dtype(np.int32 if name.startswith("INT") else np.uint32)
+        for name in ("INT8", "INT16", "UINT8", "UINT16")
     }
 )
 _NO_PARAMETERS: Mapping[str, Parameter] = MappingProxyType({})
@@ -173,14 +172,34 @@ def decode_tensor(tensor: Wire, raw: bytes | None = None, role: str = "input") -
         array = _from_contents(tensor.contents, datatype, dtype, label, shape)
     elif tensor.HasField("contents") and tensor.contents.ByteSize():
         raise InvalidInput(f"{label} has both contents and raw contents")
-    elif datatype == datatypes.BYTES:
-        array = _bytes_from_raw(raw, label, shape)
     else:
-        array = _numbers_from_raw(raw, datatype, dtype, label, shape)
+        array = array_from_raw(raw, datatype, label, shape)
     return Tensor(tensor.name, datatype, array.reshape(shape))
 
 
-def _count_error(label: str, shape: tuple[int, ...], got: int) -> InvalidInput:
+def array_from_raw(raw: bytes, datatype: str, label: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The flat array of raw (little-endian, row-major; BYTES length-prefixed) tensor data.
+
+    The one reader of raw bytes, for raw_input_contents and the REST binary extension.
+    """
+    if datatype == datatypes.BYTES:
+        return _bytes_from_raw(raw, label, shape)
+    return _numbers_from_raw(raw, datatype, datatypes.DTYPES[datatype], label, shape)
+
+
+def narrowed(wide: np.ndarray, datatype: str, label: str) -> np.ndarray:
+    """``wide`` (an integer array) as ``datatype``'s dtype; InvalidInput if a value is out of its
+    range."""
+    dtype = datatypes.DTYPES[datatype]
+    limits = np.iinfo(dtype)
+    if wide.size and (wide.min() < limits.min or wide.max() > limits.max):
+        raise InvalidInput(
+            f"{label}: values outside the {datatype} range [{limits.min}, {limits.max}]"
+        )
+    return wide.astype(dtype)
+
+
+def count_error(label: str, shape: tuple[int, ...], got: int) -> InvalidInput:
     return InvalidInput(
         f"{label}: shape {list(shape)} needs {math.prod(shape)} elements, got {got}"
     )
@@ -205,19 +224,13 @@ def _from_contents(
                     f"{label}: {datatype} data belongs in contents.{field}, "
                     f"found contents.{used[0]}"
                 )
-        raise _count_error(label, shape, len(values))
+        raise count_error(label, shape, len(values))
     if datatype == datatypes.BYTES:
         return _object_array(values)
-    widened = _WIDENED.get(datatype)
-    if widened is None:
+    wide_dtype = _WIDENED.get(datatype)
+    if wide_dtype is None:
         return np.asarray(values, dtype=dtype)
-    wide_dtype, limits = widened
-    wide = np.asarray(values, dtype=wide_dtype)
-    if wide.size and (wide.min() < limits.min or wide.max() > limits.max):
-        raise InvalidInput(
-            f"{label}: values outside the {datatype} range [{limits.min}, {limits.max}]"
-        )
-    return wide.astype(dtype)
+    return narrowed(np.asarray(values, dtype=wide_dtype), datatype, label)
 
 
 def _numbers_from_raw(
@@ -230,7 +243,7 @@ def _numbers_from_raw(
                 f"{label}: {len(raw)} bytes of raw data are not a whole number "
                 f"of {datatype} elements ({size} bytes each)"
             )
-        raise _count_error(label, shape, len(raw) // size)
+        raise count_error(label, shape, len(raw) // size)
     if datatype == "BOOL":
         return np.frombuffer(raw, dtype=np.uint8) != 0
     return np.frombuffer(raw, dtype=dtype)
@@ -249,7 +262,7 @@ def _bytes_from_raw(raw: bytes, label: str, shape: tuple[int, ...]) -> np.ndarra
         items.append(raw[offset : offset + length])
         offset += length
     if len(items) != math.prod(shape):
-        raise _count_error(label, shape, len(items))
+        raise count_error(label, shape, len(items))
     return _object_array(items)
 
 
@@ -264,12 +277,13 @@ def encode_tensors(messages: Any, tensors: Sequence[Tensor], raw: Any | None) ->
     for tensor in tensors:
         message = messages.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.array.shape)
         if raw is not None:
-            raw.append(_to_raw(tensor))
+            raw.append(to_raw(tensor))
         else:
             _fill_contents(message.contents, tensor)
 
 
-def _to_raw(tensor: Tensor) -> bytes:
+def to_raw(tensor: Tensor) -> bytes:
+    """The raw bytes of a tensor (the form raw_output_contents and the binary extension use)."""
     if tensor.datatype == datatypes.BYTES:
         items = [_as_bytes(v) for v in tensor.array.ravel()]
         return b"".join(_LENGTH.pack(len(b)) + b for b in items)
