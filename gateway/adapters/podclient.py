@@ -84,6 +84,7 @@ class GrpcPodClient:
             loaded={m.model_id: m.size_in_bytes for m in response.loaded_models},
             inflight={m.model_id: m.in_flight for m in response.loaded_models},
             requests={m.model_id: m.requests for m in response.loaded_models},
+            rest_port=response.rest_port,
         )
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from gateway.control.registry import Registry
+from gateway.core.errors import Unavailable
 from gateway.core.placement import CopyRecord, ModelRecord, Placement
 from gateway.core.route_key import RouteKey
 
@@ -106,6 +107,18 @@ class Router:
         """The route, loading the model first when no copy is loaded."""
         found = self.hit(key)
         return await self.load(found) if isinstance(found, Miss) else found
+
+    def rest_upstream(self, route: Route) -> str:
+        """``route``'s pods as their OIP REST listeners ("host:port", the chosen one first, then
+        the fallbacks that have one). Raises Unavailable if the chosen pod has none."""
+        chosen = self._placement.rest_address(route.address)
+        if not chosen:
+            raise Unavailable(
+                f"pod {route.address} serves no Open Inference Protocol REST listener; "
+                "send this request as gRPC or in the protobuf-JSON form"
+            )
+        others = (self._placement.rest_address(a) for a in route.fallbacks)
+        return ",".join((chosen, *(a for a in others if a)))
 
     def _intern(self, address: str, model_id: str | None, fallbacks: tuple[str, ...]) -> Route:
         """One Route object per (pod, model, fallbacks), so that what adapters keep per Route

@@ -13,6 +13,13 @@ from __future__ import annotations
 # without mutation_rules.allow_envoy, and it always overwrites a client's value.
 UPSTREAM_HEADER = "x-mmgw-upstream"
 
+# Which V2 REST form a request is in, set by Envoy's Lua filter from the request itself
+# (envoy/envoy.yaml) and always overwritten there: REST_FORM_OIP for the Open Inference
+# Protocol's JSON ("data", the binary extension, and every GET), which goes to the pod's
+# REST listener; absent for the protobuf-JSON form, which the transcoder turns into gRPC.
+REST_FORM_HEADER = "x-mmgw-form"
+REST_FORM_OIP = "oip"
+
 # ModelMesh's model-id headers. A native gRPC client may send either; the
 # gateway always sets MODEL_ID_HEADER to the concrete id on the way to a pod,
 # and the pod serves the model that header names.

@@ -1,6 +1,7 @@
 """What a request asks for: the model name, read from where the client put it.
 
-- REST: the path, /v2/models/<name>[/versions/<v>][/infer|/ready];
+- REST: the path, /v2/models/<name>[/versions/<v>][/infer|/ready], and the form
+  Envoy found the request in (the x-mmgw-form header: protobuf JSON or OIP);
 - native gRPC: the mm-vmodel-id or mm-model-id header, or else field 1 of the
   request message (model_name / name), read from the raw gRPC frame.
 
@@ -29,6 +30,8 @@ class Header(Protocol):
 class RouteKey:
     model: str | None  # None: a server-level call
     grpc: bool
+    # a REST request in the Open Inference Protocol's form: the pod's REST listener answers it
+    oip: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +46,13 @@ _MODEL_SUFFIXES = frozenset({"infer", "ready"})
 
 def from_headers(headers: Iterable[Header]) -> RouteKey | NeedBody:
     path = ""
-    vmodel = model = ""
+    vmodel = model = form = ""
     for header in headers:
         key = header.key
         if key == ":path":
             path = _text(header)
+        elif key == protocol.REST_FORM_HEADER:
+            form = _text(header)
         elif key == protocol.VMODEL_ID_HEADER:
             vmodel = _text(header)
         elif key == protocol.MODEL_ID_HEADER:
@@ -60,7 +65,7 @@ def from_headers(headers: Iterable[Header]) -> RouteKey | NeedBody:
             raise UnknownRoute(f"unknown method {protocol.GRPC_SERVICE}/{method}", grpc=True)
         name = vmodel or model
         return RouteKey(name, grpc=True) if name else NEED_BODY
-    return RouteKey(rest_model(path), grpc=False)
+    return RouteKey(rest_model(path), grpc=False, oip=form == protocol.REST_FORM_OIP)
 
 
 def _text(header: Header) -> str:

@@ -29,10 +29,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.adapters.api import repository
 from gateway.adapters.api.status import render as render_status
 from gateway.control.records import Record
 from gateway.control.registry import Registry
-from gateway.core.errors import GatewayError, InvalidSpec, ModelNotFound, Unavailable
+from gateway.core.errors import (
+    GatewayError,
+    InvalidInput,
+    InvalidSpec,
+    ModelNotFound,
+    Unavailable,
+)
 from gateway.core.placement import Placement
 from gateway.kserve.resources import (
     API_VERSION,
@@ -58,8 +65,9 @@ ERROR_TABLE: tuple[tuple[type[GatewayError], int, str], ...] = (
 )
 
 
-# Open without the token: probes, and Prometheus (read-only figures; nothing there deploys code).
-OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+# Open without the token: probes, Prometheus and the model repository index (read-only; nothing
+# there deploys code; the index is what inference clients on :8008 may list).
+OPEN_PATHS = frozenset({"/healthz", "/metrics", "/v2/repository/index"})
 
 
 def _status(
@@ -253,6 +261,15 @@ def build_api(
             "status": "Success",
             "details": {"name": name, "kind": "inferenceservices"},
         }
+
+    @app.post("/v2/repository/index")
+    async def repository_index(request: Request) -> JSONResponse:
+        try:
+            ready = repository.ready_only(await request.body())
+        except InvalidInput as exc:
+            return JSONResponse({"error": exc.message}, status_code=400)
+        views = [registry.view(r) for r in registry.list()]
+        return JSONResponse(repository.index(views, ready=ready))
 
     @app.get("/v1/placement")
     async def get_placement() -> dict[str, Any]:

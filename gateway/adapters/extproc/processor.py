@@ -3,8 +3,9 @@
 Each HTTP request is one ext_proc stream. Its request headers are answered with
 two header mutations, x-mmgw-upstream (the chosen pod, then the model's other
 copies for a retry; read by the override_host policy of Envoy's cluster
-"pods") and mm-model-id (the concrete model), or with an immediate error
-response. Only a native gRPC call that names its model in the body alone makes
+"pods", or of "pods_rest" with the pods' REST listeners for a request in the Open
+Inference Protocol's form) and mm-model-id (the concrete model), or with an
+immediate error response. Only a native gRPC call that names its model in the body alone makes
 it ask for the body. The decision is the router's (gateway.control.router): the
 processor parses the request into a RouteKey, asks ``Router.hit``, and turns the
 Route into an Answer, the bytes the transport (gateway.adapters.extproc.server)
@@ -94,11 +95,13 @@ class ExternalProcessor:
 
     def __init__(self, router: Router, *, miss_timeout: float) -> None:
         self._router = router
-        # The serialization memo: Route -> its forward, for request headers and for a gRPC
-        # body. Routes the router no longer hands out go with the rest at the bound.
+        # The serialization memo: Route -> its forward, for request headers (to the pods'
+        # gRPC port), for a gRPC body, and for an OIP REST request (to their REST port).
+        # Routes the router no longer hands out go with the rest at the bound.
         # (Keys are Routes; a Miss is looked up, never found.)
         self._for_headers: dict[Route | Miss, Answer] = {}
         self._for_body: dict[Route | Miss, Answer] = {}
+        self._for_oip: dict[Route | Miss, Answer] = {}
         self._ask_for_body = PartialAnswer(
             pb.ProcessingResponse(
                 request_headers=pb.HeadersResponse(),
@@ -132,26 +135,35 @@ class ExternalProcessor:
         except Exception as exc:
             return self._reject(exc, grpc_call=key.grpc)
         # The hot path: a Route served before (a Miss is never in the memo).
-        answer = (self._for_body if in_body else self._for_headers).get(found)
+        memo = self._for_body if in_body else self._for_oip if key.oip else self._for_headers
+        answer = memo.get(found)
         if answer is not None:
             return answer
         if isinstance(found, Miss):
-            return self._load_then_forward(found, key.grpc, in_body)
-        return self._forward(found, in_body)
-
-    async def _load_then_forward(self, miss: Miss, grpc_call: bool, in_body: bool) -> Answer:
+            return self._load_then_forward(found, key, in_body)
         try:
-            return self._forward(await self._router.load(miss), in_body)
+            return self._forward(found, in_body, key.oip)
         except Exception as exc:
-            return self._reject(exc, grpc_call=grpc_call)
+            return self._reject(exc, grpc_call=key.grpc)
 
-    def _forward(self, route: Route, in_body: bool) -> Answer:
-        memo = self._for_body if in_body else self._for_headers
+    async def _load_then_forward(self, miss: Miss, key: RouteKey, in_body: bool) -> Answer:
+        try:
+            return self._forward(await self._router.load(miss), in_body, key.oip)
+        except Exception as exc:
+            return self._reject(exc, grpc_call=key.grpc)
+
+    def _forward(self, route: Route, in_body: bool, oip: bool) -> Answer:
+        memo = self._for_body if in_body else self._for_oip if oip else self._for_headers
         answer = memo.get(route)
         if answer is None:
             if len(memo) >= _MAX_CACHED:
                 memo.clear()
-            answer = memo[route] = Answer(_forward_response(route, in_body))
+            upstream = (
+                self._router.rest_upstream(route)
+                if oip
+                else ",".join((route.address, *route.fallbacks))
+            )
+            answer = memo[route] = Answer(_forward_response(route, upstream, in_body))
         return answer
 
     def _reject(self, error: BaseException, *, grpc_call: bool) -> Answer:
@@ -170,8 +182,8 @@ def _set(key: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def _forward_response(route: Route, body: bool) -> bytes:
-    headers = [_set(protocol.UPSTREAM_HEADER, ",".join((route.address, *route.fallbacks)))]
+def _forward_response(route: Route, upstream: str, body: bool) -> bytes:
+    headers = [_set(protocol.UPSTREAM_HEADER, upstream)]
     if route.model_id is not None:
         headers.append(_set(protocol.MODEL_ID_HEADER, route.model_id))
     common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=headers))

@@ -94,6 +94,11 @@ class Placement:
     def observe(self, address: str, models: Mapping[str, int]) -> None:
         self._monitor.observe(address, models)
 
+    def rest_address(self, address: str) -> str:
+        """The OIP REST listener of the pod at gRPC ``address``; "" if it has none (or is gone)."""
+        pod = self._table.pods.get(address)
+        return pod.rest_address if pod is not None else ""
+
     def any_healthy_pod(self) -> str:
         return self._hits.any_healthy_pod()
 

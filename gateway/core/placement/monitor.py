@@ -98,6 +98,10 @@ class Monitor:
                 self._table.lose_copies(pod)
             return
         pod.capacity, pod.model_types = status.capacity, status.model_types
+        rest_address = _rest_address(pod.address, status.rest_port)
+        if rest_address != pod.rest_address:  # routes made for the old one must be made again
+            pod.rest_address = rest_address
+            self._table.generation += 1
         if not pod.healthy:
             pod.healthy = True
             self._reconcile(pod, status)
@@ -190,3 +194,8 @@ class Monitor:
             await self._loader.add_copy(model, "traffic per copy above the threshold")
         finally:
             model.adding = None
+
+
+def _rest_address(address: str, rest_port: int) -> str:
+    """The REST listener's "host:port": the gRPC address's host with ``rest_port``."""
+    return f"{address.rsplit(':', 1)[0]}:{rest_port}" if rest_port else ""

@@ -27,6 +27,8 @@ class PodStatus:
     inflight: Mapping[str, int] = field(default_factory=dict)
     # model id -> requests served since loaded
     requests: Mapping[str, int] = field(default_factory=dict)
+    # the port of its Open Inference Protocol REST listener, on its gRPC address's host; 0: none
+    rest_port: int = 0
 
 
 class PodClient(Protocol):

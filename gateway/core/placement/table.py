@@ -76,6 +76,7 @@ class PodRecord:
     unloading: set[str] = field(default_factory=set)  # unloads sent and not yet gone from its list
     runtime: str = ""  # the ServingRuntime the pod serves ("" : any)
     name: str = ""  # as it registered (its pod id)
+    rest_address: str = ""  # "host:port" of its OIP REST listener, from its status ("": none)
 
     def view(self) -> PodView:
         """Capacity and use; no cache age (Table.cache_age, asked for only when pods are full)."""
