@@ -412,6 +412,7 @@ def cmd_pod(args: argparse.Namespace) -> int:
     given = {
         "host": args.host,
         "port": args.port,
+        "rest_port": args.rest_port,
         "capacity_bytes": args.capacity,
         "pod_id": args.id,
         "max_loading_concurrency": args.max_loading_concurrency,
@@ -443,6 +444,8 @@ def cmd_envoy(args: argparse.Namespace) -> int:
             extproc_port=int(port),
             max_request_bytes=args.max_request_bytes,
             pods=tuple(args.pods),
+            rest_pods=tuple(args.rest_pods),
+            api=args.api,
         )
     )
     path = envoy_config.write(config, args.data_dir / "envoy.yaml")
@@ -459,6 +462,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         api=args.api_port,
         extproc=args.extproc_port,
         pods=tuple(args.pod_ports),
+        pod_rest=tuple(args.pod_rest_ports),
     )
     return demo.run(args.data_dir, ports, store=args.store)
 
@@ -542,6 +546,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="the address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, required=True)
     p.add_argument(
+        "--rest-port",
+        type=int,
+        help="the Open Inference Protocol REST listener, on --host (default 0: a free port, "
+        "reported to the gateway)",
+    )
+    p.add_argument(
         "--capacity",
         type=quantity,
         help="model memory in bytes (512Mi, 1Gi, ...; default: the runtime's memory limit minus "
@@ -620,6 +630,19 @@ def parser() -> argparse.ArgumentParser:
         default=list(Ports().pod_addresses),  # where `mmgw demo` runs its pods
         help="the runtime pods' addresses (Envoy's endpoints; the pods register them in the store)",
     )
+    p.add_argument(
+        "--rest-pods",
+        nargs="+",
+        metavar="HOST:PORT",
+        default=list(Ports().pod_rest_addresses),
+        help="the same pods' REST listeners (mmgw pod --rest-port), in the order of --pods",
+    )
+    p.add_argument(
+        "--api",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="the management API, for POST /v2/repository/index (default %(default)s)",
+    )
     p.add_argument("--data-dir", type=Path, default=Path(".mmgw"))
     p.set_defaults(func=cmd_envoy)
 
@@ -650,6 +673,14 @@ def parser() -> argparse.ArgumentParser:
         default=[9101, 9102, 9103],
         metavar="PORT",
         help="one runtime pod per port (default %(default)s)",
+    )
+    p.add_argument(
+        "--pod-rest-ports",
+        type=port,
+        nargs="+",
+        default=[9111, 9112, 9113],
+        metavar="PORT",
+        help="each pod's REST listener, one per --pod-ports entry (default %(default)s)",
     )
     p.set_defaults(func=cmd_demo)
     return top

@@ -66,6 +66,7 @@ def check_ports(ports: launcher.Ports) -> str | None:
         ("API", ports.api, "127.0.0.1"),
         ("ext_proc", ports.extproc, "127.0.0.1"),
         *((f"pod {i}", port, "127.0.0.1") for i, port in enumerate(ports.pods)),
+        *((f"pod {i} REST", port, "127.0.0.1") for i, port in enumerate(ports.pod_rest)),
     ]
     seen: dict[int, str] = {}
     for name, port, _ in named:

@@ -32,7 +32,10 @@ TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 BUFFER = "envoy.filters.http.buffer"
 ROUTER = "envoy.filters.http.router"
 HCM = "envoy.filters.network.http_connection_manager"
+LUA = "envoy.filters.http.lua"
 PODS_CLUSTER = "pods"
+PODS_REST_CLUSTER = "pods_rest"
+API_CLUSTER = "api"
 EXT_PROC_CLUSTER = "ext_proc"
 
 
@@ -48,6 +51,9 @@ class EnvoyPorts:
     extproc_port: int = 9000
     max_request_bytes: int = 16 * 1024 * 1024
     pods: tuple[str, ...] = ("127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103")
+    # the same pods' OIP REST listeners (gateway.pod.rest), and the management API
+    rest_pods: tuple[str, ...] = ("127.0.0.1:9111", "127.0.0.1:9112", "127.0.0.1:9113")
+    api: str = "127.0.0.1:8080"
 
 
 def _find(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -91,6 +97,16 @@ class FilterConfig:
         return _find(self.http_filters, name)
 
     @property
+    def transcoder(self) -> dict[str, Any]:
+        """The GrpcJsonTranscoder's typed_config (inside its match_delegate wrapper)."""
+        return self.transcoder_of(self.http_filter(TRANSCODER))
+
+    @staticmethod
+    def transcoder_of(http_filter: dict[str, Any]) -> dict[str, Any]:
+        typed: dict[str, Any] = http_filter["typed_config"]["extension_config"]["typed_config"]
+        return typed
+
+    @property
     def routes(self) -> list[dict[str, Any]]:
         return self.hcm["route_config"]["virtual_hosts"][0]["routes"]
 
@@ -110,7 +126,7 @@ class FilterConfig:
 
     def embed_descriptor(self, descriptor: bytes) -> None:
         """The transcoder carries the descriptor set itself (proto_descriptor_bin), no file needed."""
-        transcoder = self.http_filter(TRANSCODER)["typed_config"]
+        transcoder = self.transcoder
         transcoder.pop("proto_descriptor", None)
         transcoder["proto_descriptor_bin"] = base64.b64encode(descriptor).decode("ascii")
 
@@ -120,13 +136,14 @@ def render(
     *,
     descriptor: Path | bytes = DESCRIPTOR,
     static_upstream: str | None = None,
+    static_rest_upstream: str | None = None,
 ) -> dict[str, Any]:
     """The Envoy bootstrap for ``ports``.
 
     ``descriptor`` is the descriptor set's path, or its bytes to embed.
     ``static_upstream`` ("host:port") builds the benchmark's baseline instead:
     the same listener and transcoder with no ext_proc, every request sent to
-    that one pod.
+    that one pod (``static_rest_upstream``: its REST listener).
     """
     source = FilterConfig()
     config = source.bootstrap
@@ -135,7 +152,7 @@ def render(
     _socket(listener["address"]).update(address=ports.listen_host, port_value=ports.listen_port)
     listener["per_connection_buffer_limit_bytes"] = ports.max_request_bytes
 
-    transcoder = source.http_filter(TRANSCODER)["typed_config"]
+    transcoder = source.transcoder
     if isinstance(descriptor, bytes):
         source.embed_descriptor(descriptor)
     else:
@@ -150,9 +167,13 @@ def render(
     pods = source.cluster(PODS_CLUSTER)
     pods["per_connection_buffer_limit_bytes"] = ports.max_request_bytes
     pods.update(_members(PODS_CLUSTER, ports.pods))
+    rest_pods = source.cluster(PODS_REST_CLUSTER)
+    rest_pods["per_connection_buffer_limit_bytes"] = ports.max_request_bytes
+    rest_pods.update(_members(PODS_REST_CLUSTER, ports.rest_pods))
+    source.cluster(API_CLUSTER).update(_members(API_CLUSTER, (ports.api,)))
 
     if static_upstream is not None:
-        _make_static(source, static_upstream)
+        _make_static(source, static_upstream, static_rest_upstream)
     return config
 
 
@@ -190,7 +211,7 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _make_static(source: FilterConfig, upstream: str) -> None:
+def _make_static(source: FilterConfig, upstream: str, rest_upstream: str | None) -> None:
     source.hcm["http_filters"] = [f for f in source.http_filters if f["name"] != EXT_PROC]
     for route in source.routes:
         route.get("typed_per_filter_config", {}).pop(EXT_PROC, None)
@@ -198,6 +219,11 @@ def _make_static(source: FilterConfig, upstream: str) -> None:
     pods = source.cluster(PODS_CLUSTER)
     pods.pop("load_balancing_policy")
     pods.update(lb_policy="ROUND_ROBIN", **_members(PODS_CLUSTER, (upstream,)))
+    rest_pods = source.cluster(PODS_REST_CLUSTER)
+    rest_pods.pop("load_balancing_policy")
+    rest_pods["lb_policy"] = "ROUND_ROBIN"
+    if rest_upstream is not None:
+        rest_pods.update(_members(PODS_REST_CLUSTER, (rest_upstream,)))
 
 
 def write(config: dict[str, Any], path: Path) -> Path:

@@ -73,6 +73,15 @@ class Ports:
     api: int = 8080
     extproc: int = 9000
     pods: tuple[int, ...] = (9101, 9102, 9103)
+    # each pod's Open Inference Protocol REST listener, in the order of ``pods``
+    pod_rest: tuple[int, ...] = (9111, 9112, 9113)
+
+    def __post_init__(self) -> None:
+        if len(self.pod_rest) != len(self.pods):
+            raise ValueError(
+                f"{len(self.pods)} pod ports and {len(self.pod_rest)} pod REST ports: "
+                "give one REST port per pod"
+            )
 
     @classmethod
     def free(cls, pods: int = 3) -> Ports:
@@ -82,11 +91,16 @@ class Ports:
             free_port(),
             free_port(),
             tuple(free_port() for _ in range(pods)),
+            tuple(free_port() for _ in range(pods)),
         )
 
     @property
     def pod_addresses(self) -> tuple[str, ...]:
         return tuple(f"127.0.0.1:{port}" for port in self.pods)
+
+    @property
+    def pod_rest_addresses(self) -> tuple[str, ...]:
+        return tuple(f"127.0.0.1:{port}" for port in self.pod_rest)
 
 
 @dataclass
@@ -136,8 +150,8 @@ class Deployment:
 
     def start(self, timeout: float = 60.0) -> None:
         if self.own_pods:
-            for i, port in enumerate(self.ports.pods):
-                self.start_pod(i, port)
+            for i in range(len(self.ports.pods)):
+                self.start_pod(i)
         self.start_gateway()
         self.start_envoy()
         deadline = time.monotonic() + timeout
@@ -159,8 +173,9 @@ class Deployment:
         ready = f"http://127.0.0.1:{self.ports.envoy_admin}/ready"
         self._wait("envoy", lambda: _http_ok(ready), time.monotonic() + timeout)
 
-    def start_pod(self, index: int, port: int) -> Process:
+    def start_pod(self, index: int) -> Process:
         extra = self.pod_args.get(index, [])
+        port, rest_port = self.ports.pods[index], self.ports.pod_rest[index]
         # A pod of a ServingRuntime takes its capacity from the runtime's YAML, unless given one.
         capacity = [] if "--runtime-name" in extra else ["--capacity", str(self.pod_capacity)]
         return self._spawn(
@@ -172,6 +187,8 @@ class Deployment:
                 "pod",
                 "--port",
                 str(port),
+                "--rest-port",
+                str(rest_port),
                 *capacity,
                 "--id",
                 f"pod-{index}",
@@ -210,6 +227,8 @@ class Deployment:
                 admin_port=self.ports.envoy_admin,
                 extproc_port=self.ports.extproc,
                 pods=self.ports.pod_addresses,
+                rest_pods=self.ports.pod_rest_addresses,
+                api=f"127.0.0.1:{self.ports.api}",
             ),
             static_upstream=static_upstream,
         )

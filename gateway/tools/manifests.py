@@ -28,10 +28,12 @@ import yaml
 
 from gateway.tools import codegen, envoy_config
 from gateway.tools.envoy_config import (
+    API_CLUSTER,
     EXT_PROC,
     EXT_PROC_CLUSTER,
     HCM,
     PODS_CLUSTER,
+    PODS_REST_CLUSTER,
     ROUTER,
     EnvoyPorts,
     FilterConfig,
@@ -51,16 +53,31 @@ SERVING_SERVICE, SERVING_PORT = (
     "modelmesh-serving",
     8033,
 )  # the runtime pods (the seed's VirtualService)
+SERVING_REST_PORT = 8008  # the same Service's REST port (the pods' OIP listeners), as in ModelMesh
 EXTPROC_SERVICE, EXTPROC_PORT = "mmgw-extproc", 9000  # the gateways' ext_proc (headless Service)
-# The cluster Istio makes for the VirtualService's destination; the pods it holds
-# (EDS: pod IP and port) are what override_host matches x-mmgw-upstream against.
-ISTIO_PODS_CLUSTER = f"outbound|{SERVING_PORT}||{SERVING_SERVICE}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}"
+API_SERVICE, API_PORT = "mmgw-gateway", 8080  # the management API (the repository index)
+
+
+def _istio_cluster(service: str, port: int) -> str:
+    return f"outbound|{port}||{service}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}"
+
+
+# The clusters Istio makes for the Services; the pods they hold (EDS: pod IP and port) are what
+# override_host matches x-mmgw-upstream against. envoy.yaml's cluster -> Istio's.
+ISTIO_PODS_CLUSTER = _istio_cluster(SERVING_SERVICE, SERVING_PORT)
+ISTIO_CLUSTERS = {
+    PODS_CLUSTER: ISTIO_PODS_CLUSTER,
+    PODS_REST_CLUSTER: _istio_cluster(SERVING_SERVICE, SERVING_REST_PORT),
+    API_CLUSTER: _istio_cluster(API_SERVICE, API_PORT),
+}
 
 # docker-compose.yml's service names and ports.
 COMPOSE_PORTS = EnvoyPorts(
     extproc_host="gateway",
     extproc_port=9000,
     pods=("pod-1:8085", "pod-2:8085", "pod-3:8085"),
+    rest_pods=("pod-1:8008", "pod-2:8008", "pod-3:8008"),
+    api="gateway:8080",
 )
 
 _ENVOY_FILTER = "networking.istio.io/v1alpha3"
@@ -120,8 +137,9 @@ def istio_envoy_filters(source: FilterConfig, descriptor: bytes) -> list[dict[st
     source = FilterConfig(source.bootstrap)  # a copy: embedding edits it
     source.embed_descriptor(descriptor)
     filters = [f for f in source.http_filters if f["name"] != ROUTER]
-    ext_proc = [f for f in filters if f["name"] == EXT_PROC]
-    transcoding = [f for f in filters if f["name"] != EXT_PROC]
+    # ext_proc and the filters before it (the buffer, the Lua form check), then the rest
+    split = 1 + next(i for i, f in enumerate(filters) if f["name"] == EXT_PROC)
+    ext_proc, transcoding = filters[:split], filters[split:]
     hcm_fields = {
         key: source.hcm[key] for key in ("normalize_path", "merge_slashes", "local_reply_config")
     }
@@ -133,15 +151,21 @@ def istio_envoy_filters(source: FilterConfig, descriptor: bytes) -> list[dict[st
             (f"{EXTPROC_SERVICE}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}:{EXTPROC_PORT}",),
         )
     )
-    pods = source.cluster(PODS_CLUSTER)
-    pods_patch = {
-        key: pods[key]
-        for key in ("connect_timeout", "per_connection_buffer_limit_bytes", "load_balancing_policy")
+    pod_patches = {
+        name: {
+            key: source.cluster(name)[key]
+            for key in (
+                "connect_timeout",
+                "per_connection_buffer_limit_bytes",
+                "load_balancing_policy",
+            )
+        }
+        for name in (PODS_CLUSTER, PODS_REST_CLUSTER)
     }
     routes = copy.deepcopy(source.routes)
     for route in routes:
-        if route.get("route", {}).get("cluster") == PODS_CLUSTER:
-            route["route"]["cluster"] = ISTIO_PODS_CLUSTER
+        if "route" in route:
+            route["route"]["cluster"] = ISTIO_CLUSTERS[route["route"]["cluster"]]
 
     buffer_limit = _envoy_filter(
         "grpcjsontranscoder-increasebufferlimit",
@@ -195,17 +219,23 @@ def istio_envoy_filters(source: FilterConfig, descriptor: bytes) -> list[dict[st
                 }
                 for route in reversed(routes)
             ),
-            {
-                "applyTo": "CLUSTER",
-                "match": {
-                    "context": "GATEWAY",
-                    "cluster": {
-                        "service": f"{SERVING_SERVICE}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}",
-                        "portNumber": SERVING_PORT,
+            *(
+                {
+                    "applyTo": "CLUSTER",
+                    "match": {
+                        "context": "GATEWAY",
+                        "cluster": {
+                            "service": f"{SERVING_SERVICE}.{NAMESPACE}.svc.{CLUSTER_DOMAIN}",
+                            "portNumber": port,
+                        },
                     },
-                },
-                "patch": {"operation": "MERGE", "value": pods_patch},
-            },
+                    "patch": {"operation": "MERGE", "value": pod_patches[name]},
+                }
+                for name, port in (
+                    (PODS_CLUSTER, SERVING_PORT),
+                    (PODS_REST_CLUSTER, SERVING_REST_PORT),
+                )
+            ),
         ],
     )
     return [buffer_limit, extproc, transcoder, routing]

@@ -4,7 +4,8 @@ Istio builds the gateway's listener, route and clusters from the Gateway,
 VirtualService and Services; ``bootstrap`` writes a static equivalent of the
 parts our EnvoyFilters touch (the port-8008 listener with a router-only HTTP
 filter chain, the VirtualService's route, the outbound cluster of
-modelmesh-serving:8033 as Istio shapes it). ``apply`` then applies the
+modelmesh-serving:8033 as Istio shapes it, and those of its REST port 8008 and of the
+management API). ``apply`` then applies the
 EnvoyFilters' patches with Istio's operations and proto-merge semantics, so
 that the real Envoy can validate the result.
 """
@@ -14,8 +15,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from gateway.tools.envoy_config import HCM, ROUTER
-from gateway.tools.manifests import GATEWAY_PORT, ISTIO_PODS_CLUSTER
+from gateway.tools.envoy_config import API_CLUSTER, HCM, PODS_REST_CLUSTER, ROUTER
+from gateway.tools.manifests import GATEWAY_PORT, ISTIO_CLUSTERS, ISTIO_PODS_CLUSTER
 
 _HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
@@ -55,20 +56,32 @@ def bootstrap() -> dict[str, Any]:
         "filter_chains": [{"filters": [{"name": HCM, "typed_config": hcm}]}],
     }
     # EDS in Istio; a static endpoint here. Istio's default policy is LEAST_REQUEST.
-    pods = {
-        "name": ISTIO_PODS_CLUSTER,
+    clusters = [
+        _cluster(ISTIO_PODS_CLUSTER, "10.0.0.5", 8085, http2=True),
+        _cluster(ISTIO_CLUSTERS[PODS_REST_CLUSTER], "10.0.0.5", 8008, http2=False),
+        _cluster(ISTIO_CLUSTERS[API_CLUSTER], "10.0.0.9", 8080, http2=False),
+    ]
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},
+        "static_resources": {"listeners": [listener], "clusters": clusters},
+    }
+
+
+def _cluster(name: str, address: str, port: int, *, http2: bool) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "10s",
         "lb_policy": "LEAST_REQUEST",
         "load_assignment": {
-            "cluster_name": ISTIO_PODS_CLUSTER,
+            "cluster_name": name,
             "endpoints": [
                 {
                     "lb_endpoints": [
                         {
                             "endpoint": {
                                 "address": {
-                                    "socket_address": {"address": "10.0.0.5", "port_value": 8085}
+                                    "socket_address": {"address": address, "port_value": port}
                                 }
                             }
                         }
@@ -76,17 +89,15 @@ def bootstrap() -> dict[str, Any]:
                 }
             ],
         },
-        "typed_extension_protocol_options": {
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
-        },
-    }
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},
-        "static_resources": {"listeners": [listener], "clusters": [pods]},
-    }
+        }
+    return cluster
 
 
 def merge(into: dict[str, Any], value: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from gateway.tools import cli, launcher, manifests
 from gateway.tools.envoy_config import (
     EXT_PROC_CLUSTER,
     PODS_CLUSTER,
+    PODS_REST_CLUSTER,
     ROUTER,
     TRANSCODER,
     FilterConfig,
@@ -64,16 +65,13 @@ def test_the_embedded_descriptor_is_the_one_generated_from_proto() -> None:
         documents(manifests.ISTIO_FILTERS), "EnvoyFilter", "mmgw-grpc-json-transcoder"
     )
     [embedded] = [
-        p["patch"]["value"]["typed_config"]["proto_descriptor_bin"]
+        FilterConfig.transcoder_of(p["patch"]["value"])["proto_descriptor_bin"]
         for p in transcoder["spec"]["configPatches"]
         if p["patch"]["value"]["name"] == TRANSCODER
     ]
     assert base64.b64decode(embedded) == fresh
     compose = FilterConfig(yaml.safe_load(manifests.COMPOSE_ENVOY.read_text()))
-    assert (
-        base64.b64decode(compose.http_filter(TRANSCODER)["typed_config"]["proto_descriptor_bin"])
-        == fresh
-    )
+    assert base64.b64decode(compose.transcoder["proto_descriptor_bin"]) == fresh
 
 
 def test_every_file_parses_and_the_kustomization_names_every_manifest() -> None:
@@ -174,10 +172,17 @@ def test_the_ingress_gateway_gets_envoy_yaml_filters_routes_and_policies(
     expected_routes = copy.deepcopy(source.routes)
     for route in expected_routes:
         if "route" in route:
-            route["route"]["cluster"] = manifests.ISTIO_PODS_CLUSTER
+            route["route"]["cluster"] = manifests.ISTIO_CLUSTERS[route["route"]["cluster"]]
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     assert routes[: len(expected_routes)] == expected_routes
-    assert {r["route"]["retry_policy"]["retry_on"] for r in expected_routes if "route" in r} == {
+    to_pods = [
+        r
+        for r in expected_routes
+        if r.get("route", {}).get("cluster")
+        in (manifests.ISTIO_PODS_CLUSTER, manifests.ISTIO_CLUSTERS[PODS_REST_CLUSTER])
+    ]
+    assert len(to_pods) == 3  # native gRPC, the OIP form, the transcoded form
+    assert {r["route"]["retry_policy"]["retry_on"] for r in to_pods} == {
         "connect-failure,refused-stream,reset-before-request"
     }
     assert (
@@ -186,9 +191,10 @@ def test_the_ingress_gateway_gets_envoy_yaml_filters_routes_and_policies(
     )
 
     clusters = {c["name"]: c for c in ingress["static_resources"]["clusters"]}
-    pods, envoy_pods = clusters[manifests.ISTIO_PODS_CLUSTER], source.cluster(PODS_CLUSTER)
-    assert pods["load_balancing_policy"] == envoy_pods["load_balancing_policy"]
-    assert pods["connect_timeout"] == envoy_pods["connect_timeout"]
+    for name in (PODS_CLUSTER, PODS_REST_CLUSTER):
+        pods, envoy_pods = clusters[manifests.ISTIO_CLUSTERS[name]], source.cluster(name)
+        assert pods["load_balancing_policy"] == envoy_pods["load_balancing_policy"]
+        assert pods["connect_timeout"] == envoy_pods["connect_timeout"]
     extproc = clusters[EXT_PROC_CLUSTER]
     assert extproc["type"] == "STRICT_DNS"
     address = extproc["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
@@ -232,8 +238,11 @@ def test_the_names_the_envoy_filters_use_are_the_manifests_names() -> None:
 
     serving = find(docs, "Service", manifests.SERVING_SERVICE)
     assert [(p["port"], p["appProtocol"]) for p in serving["spec"]["ports"]] == [
-        (manifests.SERVING_PORT, "grpc")
+        (manifests.SERVING_PORT, "grpc"),
+        (manifests.SERVING_REST_PORT, "http"),
     ]
+    api = find(docs, "Service", manifests.API_SERVICE)
+    assert [p["port"] for p in api["spec"]["ports"]] == [manifests.API_PORT]
     destination = find(docs, "VirtualService", "vs-modelmesh-serving-service")["spec"]["http"][0][
         "route"
     ][0]
@@ -257,6 +266,7 @@ def test_the_names_the_envoy_filters_use_are_the_manifests_names() -> None:
         assert (
             args[args.index("--port") + 1] == "8085" and args[args.index("--host") + 1] == "0.0.0.0"
         )
+        assert args[args.index("--rest-port") + 1] == str(manifests.SERVING_REST_PORT)
         assert args[args.index("--store") + 1] == env["MMGW_STORE"]
     pvcs = yaml.safe_load(env["MMGW_PVCS"])
     for workload in (gateway, *runtimes):
