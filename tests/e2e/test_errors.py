@@ -91,7 +91,7 @@ def test_unknown_paths(rest: httpx.Client) -> None:
         "/",
         "/v1/models/sklearn-mnist:predict",
         "/v2/models/sklearn-mnist/explain",
-        "/v2/repository/index",
+        "/v2/repository/models/sklearn-mnist/load",  # only the repository's index is served
     ):
         response = rest.post(path, json={})
         assert response.status_code == 404, path

@@ -1,6 +1,6 @@
 """The model repository extension's index (Triton's and MLServer's ``POST /v2/repository/index``).
 
-Envoy routes ``/v2/repository/`` on :8008 to the management API, so that
+Envoy routes ``/v2/repository/index`` on :8008 to the management API, so that
 ``tritonclient.http``'s ``get_model_repository_index()`` lists the registered
 InferenceServices: ``[{"name", "version", "state", "reason"}]`` with Triton's
 states. ModelMesh loads lazily, so a registered model that is not loaded now
