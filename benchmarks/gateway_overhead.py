@@ -1,22 +1,31 @@
-"""What the gateway costs: one pod, one model, four ways in, measured side by side.
+"""What the gateway costs: one pod, one model, every way in, and MLServer, side by side.
 
     direct      native gRPC straight to the pod (mm-model-id header)
-    static      REST through Envoy + transcoder with a static route to that pod
-                (no ext_proc): the floor for any Envoy-based REST gateway
-    gateway     REST through the full gateway (ext_proc picks the pod)
+    pod-rest    the OIP REST form straight to the pod's REST listener
+    static      the seed's REST through Envoy + transcoder with a static route to that
+                pod (no ext_proc, no Lua): the floor for any Envoy-based REST gateway
+    gateway     the seed's REST (protobuf JSON) through the full gateway (Lua tells
+                the form, ext_proc picks the pod, the transcoder makes it gRPC)
+    oip         the OIP REST form ("data") through the full gateway, to the pod's
+                REST listener
     grpc        native gRPC through the full gateway, mm-vmodel-id header
     grpc-body   native gRPC through the full gateway, model named in the body only
+    mls-rest    MLServer's own REST (mlserver + mlserver-sklearn, the same model file,
+                its own virtualenv: benchmarks.mlserver_peer)
+    mls-grpc    MLServer's own gRPC
 
 Load comes from h2load (Debian's nghttp2-client), one thread, fixed duration,
 at concurrency 1 and 16. REST runs over HTTP/1.1 as curl would; gRPC over
 HTTP/2. Every path is checked to answer "8" before it is measured. Prints
-throughput, p50 and p99, and each path's throughput as a ratio of direct and
-of static. Run: ``make bench`` (or ``python -m benchmarks.gateway_overhead``).
+throughput, p50 and p99, each path's throughput as a ratio of direct and of
+static, and the OIP path against MLServer's REST. ``--no-mlserver`` leaves
+MLServer out. Run: ``make bench`` (or ``python -m benchmarks.gateway_overhead``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +41,7 @@ import grpc
 import httpx
 import yaml
 
+from benchmarks import mlserver_peer
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway.tools import launcher, samples
 
@@ -46,6 +56,8 @@ class Target:
     body: Path
     headers: tuple[str, ...]
     http1: bool
+    expect: bytes = b'"8"'  # what the answer must contain
+    envoy: str = "envoy"  # the Envoy process it goes through, for its CPU ("": none)
 
 
 @dataclass(frozen=True)
@@ -62,8 +74,16 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of ``pid`` and of its live children (MLServer's inference workers)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def h2load(
@@ -116,18 +136,18 @@ def h2load(
     )
 
 
-def check(target: Target, expect: bytes) -> None:
+def check(target: Target) -> None:
     """One request by curl/grpc before measuring: the path must answer 8."""
     body = target.body.read_bytes()
     headers = dict(h.split(": ", 1) for h in target.headers)
     if target.http1:
         response = httpx.post(target.url, content=body, headers=headers, timeout=30)
-        ok = response.status_code == 200 and expect in response.content
+        ok = response.status_code == 200 and target.expect in response.content
         detail = response.text
     else:
-        target = target.url.removeprefix("http://").split("/", 1)[0]
+        address = target.url.removeprefix("http://").split("/", 1)[0]
         metadata = tuple((k, v) for k, v in headers.items() if k.startswith("mm-"))
-        with grpc.insecure_channel(target) as channel:
+        with grpc.insecure_channel(address) as channel:
             call = channel.unary_unary(
                 "/inference.GRPCInferenceService/ModelInfer",
                 response_deserializer=v2.ModelInferResponse.FromString,
@@ -145,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument(
         "--rounds", type=int, default=2, help="runs per path; the median is reported"
+    )
+    parser.add_argument(
+        "--no-mlserver", action="store_true", help="leave MLServer (and its virtualenv) out"
     )
     args = parser.parse_args(argv)
     if shutil.which("h2load") is None:
@@ -184,7 +207,13 @@ def main(argv: list[str] | None = None) -> int:
             "gateway": deployment.process("gateway").popen.pid,
         }
         try:
-            return run(args, work, pids, deployment, static, pod, model_id)
+            with contextlib.ExitStack() as stack:
+                peer = None
+                if not args.no_mlserver:
+                    model = work / "models" / samples.SAMPLE_FILE
+                    peer = stack.enter_context(mlserver_peer.running(model, work))
+                    pids["mlserver"] = peer.pid
+                return run(args, work, pids, deployment, static, pod, model_id, peer)
         finally:
             static.stop()
 
@@ -197,7 +226,23 @@ def run(
     static: launcher.Deployment,
     pod: str,
     model_id: str,
+    peer: mlserver_peer.MLServer | None,
 ) -> int:
+    oip_body = work / "oip.json"
+    oip_body.write_text(
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "predict",
+                        "shape": [1, 64],
+                        "datatype": "FP32",
+                        "data": samples.sample_input(),
+                    }
+                ]
+            }
+        )
+    )
     rest_body = work / "rest.json"
     rest_body.write_text(
         json.dumps(
@@ -218,6 +263,10 @@ def run(
     tensor.contents.fp32_contents.extend(samples.sample_input())
     grpc_body = work / "grpc.bin"
     grpc_body.write_bytes(grpc_frame(request.SerializeToString()))
+    request.model_name = mlserver_peer.MODEL_NAME
+    mls_grpc_body = work / "mls-grpc.bin"
+    mls_grpc_body.write_bytes(grpc_frame(request.SerializeToString()))
+    pod_rest = deployment.ports.pod_rest_addresses[0]
     grpc_headers = ("content-type: application/grpc", "te: trailers")
     infer = "/v2/models/sklearn-mnist/infer"
     method = "/inference.GRPCInferenceService/ModelInfer"
@@ -228,6 +277,16 @@ def run(
             grpc_body,
             (*grpc_headers, f"mm-model-id: {model_id}"),
             False,
+            envoy="",
+        ),
+        Target(
+            "pod-rest",
+            f"http://{pod_rest}{infer}",
+            oip_body,
+            ("content-type: application/json", f"mm-model-id: {model_id}"),
+            True,
+            expect=b'"data":[8]',
+            envoy="",
         ),
         Target(
             "static",
@@ -235,6 +294,7 @@ def run(
             rest_body,
             ("content-type: application/json", f"mm-model-id: {model_id}"),
             True,
+            envoy="static envoy",
         ),
         Target(
             "gateway",
@@ -242,6 +302,14 @@ def run(
             rest_body,
             ("content-type: application/json",),
             True,
+        ),
+        Target(
+            "oip",
+            f"{deployment.url}{infer}",
+            oip_body,
+            ("content-type: application/json",),
+            True,
+            expect=b'"data":[8]',
         ),
         Target(
             "grpc",
@@ -252,8 +320,21 @@ def run(
         ),
         Target("grpc-body", f"{deployment.url}{method}", grpc_body, grpc_headers, False),
     ]
+    if peer is not None:
+        targets += [
+            Target(
+                "mls-rest",
+                peer.infer_url,
+                oip_body,
+                ("content-type: application/json",),
+                True,
+                expect=b'"data":[8]',
+                envoy="",
+            ),
+            Target("mls-grpc", peer.grpc_url, mls_grpc_body, grpc_headers, False, envoy=""),
+        ]
     for target in targets:
-        check(target, b'"8"')
+        check(target)
 
     print(
         f"gateway overhead: 1 pod, sklearn-mnist (SVC), {args.rounds} x {args.seconds:g} s per run, "
@@ -270,24 +351,31 @@ def run(
         print(f"\nconcurrency {concurrency}")
         print(
             f"{'path':<10} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'x direct':>8} {'x static':>8} {'failed':>6}"
-            f"   CPU us/request: {'pod':>5} {'envoy':>6} {'gateway':>8}"
+            f"   CPU us/request: {'pod':>5} {'envoy':>6} {'gateway':>8} {'mlserver':>9}"
         )
-        for name, r in median.items():
-            envoy = (
-                r.cpu_us["static envoy" if name == "static" else "envoy"]
-                if name != "direct"
-                else 0.0
-            )
+        for target in targets:
+            r = median[target.name]
+            envoy = r.cpu_us[target.envoy] if target.envoy else 0.0
+            peer_run = target.name.startswith("mls-")
+            mlserver = r.cpu_us.get("mlserver", 0.0) if peer_run else 0.0
+            pod_cpu = 0.0 if peer_run else r.cpu_us["pod"]
             print(
-                f"{name:<10} {r.rps:7.0f} {r.p50_ms:7.3f} {r.p99_ms:7.3f} {r.rps / median['direct'].rps:8.2f} "
-                f"{r.rps / median['static'].rps:8.2f} {r.failed:6d}   {'':16}{r.cpu_us['pod']:5.0f} "
-                f"{envoy:6.0f} {r.cpu_us['gateway']:8.0f}"
+                f"{target.name:<10} {r.rps:7.0f} {r.p50_ms:7.3f} {r.p99_ms:7.3f} "
+                f"{r.rps / median['direct'].rps:8.2f} {r.rps / median['static'].rps:8.2f} "
+                f"{r.failed:6d}   {'':16}{pod_cpu:5.0f} {envoy:6.0f} {r.cpu_us['gateway']:8.0f} "
+                f"{mlserver:9.0f}"
             )
         added = median["gateway"].p50_ms - median["static"].p50_ms
         print(
-            f"gateway REST vs static: {median['gateway'].rps / median['static'].rps:.2f}x throughput, "
-            f"{added * 1000:+.0f} us p50"
+            f"seed REST (gateway) vs static: {median['gateway'].rps / median['static'].rps:.2f}x "
+            f"throughput, {added * 1000:+.0f} us p50"
         )
+        if peer is not None:
+            oip, mls = median["oip"], median["mls-rest"]
+            print(
+                f"OIP REST through :8008 vs MLServer REST: {oip.rps / mls.rps:.2f}x throughput, "
+                f"p50 {oip.p50_ms - mls.p50_ms:+.3f} ms"
+            )
     return 0
 
 
