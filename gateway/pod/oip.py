@@ -250,6 +250,10 @@ def _from_json(data: Any, datatype: str, label: str, shape: tuple[int, ...]) -> 
     if parsed.size != math.prod(shape):
         raise tensors.count_error(label, shape, parsed.size)
     kinds = _KINDS[datatype]
+    if kinds == "iu" and parsed.dtype.kind in "fO":
+        # floats, or integers past int64 (UINT64's upper half, which numpy widens to float64
+        # beside smaller ones): element by element, exactly
+        return _big_integers(data, datatype, label)
     if parsed.size and parsed.dtype.kind not in kinds:
         raise InvalidInput(f"{label}: {datatype} data must be JSON {_JSON_TYPE[kinds]}")
     flat = parsed.reshape(-1)
@@ -258,17 +262,37 @@ def _from_json(data: Any, datatype: str, label: str, shape: tuple[int, ...]) -> 
     return flat.astype(datatypes.DTYPES[datatype])
 
 
-def _bytes_from_json(data: list[Any], label: str, shape: tuple[int, ...]) -> np.ndarray:
-    flat: list[bytes] = []
+def _big_integers(data: list[Any], datatype: str, label: str) -> np.ndarray:
+    flat = _flatten(data)
+    if not all(type(v) is int for v in flat):
+        raise InvalidInput(f"{label}: {datatype} data must be JSON integers")
+    try:
+        return np.array(flat, dtype=datatypes.DTYPES[datatype])
+    except OverflowError:
+        limits = np.iinfo(datatypes.DTYPES[datatype])
+        raise InvalidInput(
+            f"{label}: values outside the {datatype} range [{limits.min}, {limits.max}]"
+        ) from None
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    """The leaves of nested lists, row-major."""
+    flat: list[Any] = []
     pending: list[Any] = [data]
-    while pending:  # depth first, in order: row-major
+    while pending:  # depth first, in order
         item = pending.pop()
         if isinstance(item, list):
             pending.extend(reversed(item))
-        elif isinstance(item, str):
-            flat.append(item.encode("utf-8", "surrogatepass"))
         else:
-            raise InvalidInput(f"{label}: BYTES data must be JSON strings")
+            flat.append(item)
+    return flat
+
+
+def _bytes_from_json(data: list[Any], label: str, shape: tuple[int, ...]) -> np.ndarray:
+    leaves = _flatten(data)
+    if not all(isinstance(v, str) for v in leaves):
+        raise InvalidInput(f"{label}: BYTES data must be JSON strings")
+    flat = [v.encode("utf-8", "surrogatepass") for v in leaves]
     if len(flat) != math.prod(shape):
         raise tensors.count_error(label, shape, len(flat))
     array = np.empty(len(flat), dtype=object)

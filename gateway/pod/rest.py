@@ -81,6 +81,12 @@ MAX_HEADER_BYTES = 64 * 1024
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 _VERSION = "1"  # a pod holds one version of a concrete model
+# The spec's health answers: the status says it, the body says it again.
+_LIVE, _READY, _NOT_READY = (
+    oip.dumps({"live": True}),
+    oip.dumps({"ready": True}),
+    oip.dumps({"ready": False}),
+)
 _SERVER_METADATA = oip.dumps(
     {"name": SERVER_NAME, "version": gateway.__version__, "extensions": ["binary_tensor_data"]}
 )
@@ -119,6 +125,8 @@ class OipApp:
             return await self._route(request)
         except _MethodNotAllowed as exc:
             return Reply.error(405, exc.message)
+        except UnknownRoute as exc:
+            return Reply.error(404, exc.message)
         except Exception as exc:
             code, details = grpc_status(exc)
             if code is grpc.StatusCode.INTERNAL and not isinstance(exc, GatewayError):
@@ -133,10 +141,12 @@ class OipApp:
         rest = parts[2:]
         if rest in ([], [""]):
             return self._only(request, "GET", _SERVER_METADATA)
-        if rest[0] == "health" and len(rest) == 2 and rest[1] in ("live", "ready"):
+        if rest == ["health", "live"]:
+            return self._only(request, "GET", _LIVE)
+        if rest == ["health", "ready"]:
             self._only(request, "GET", b"")
-            live = rest[1] == "live" or self._ready.is_set()
-            return Reply(200) if live else Reply.error(503, "the pod is not ready")
+            ready = self._ready.is_set()
+            return Reply(200 if ready else 503, _READY if ready else _NOT_READY)
         if rest[0] != "models" or len(rest) < 2 or not rest[1]:
             raise UnknownRoute(f"unknown path {path!r}")
         name, version, tail = unquote(rest[1]), _VERSION, rest[2:]
@@ -150,7 +160,7 @@ class OipApp:
         if tail == ["ready"]:
             self._only(request, "GET", b"")
             self._models.get(model_id)
-            return Reply(200)
+            return Reply(200, oip.dumps({"name": model_id, "ready": True}))
         if tail == ["infer"]:
             self._only(request, "POST", b"")
             return await self._infer(request, model_id, version)
@@ -167,8 +177,8 @@ class OipApp:
             return Reply.error(
                 415, f"Content-Encoding {encoding!r} is not supported; send identity"
             )
-        body = oip.decode_infer(bytes(request.body), request.headers.get(oip.HEADER_LENGTH))
         with self._models.serving(model_id) as model:
+            body = oip.decode_infer(bytes(request.body), request.headers.get(oip.HEADER_LENGTH))
             outputs = await self._models.predict(model, body.request)
             data, header_length = oip.encode_infer(model_id, version, body, outputs)
         if header_length is None:
@@ -209,14 +219,18 @@ class HttpConnection(asyncio.Protocol):
             self._worker.cancel()
 
     def data_received(self, data: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
         try:
             self._parser.feed_data(data)
-        except _Refused as refused:
-            self._fail(refused.reply)
         except httptools.HttpParserUpgrade:
             self._fail(Reply.error(400, "protocol upgrades are not supported"))
-        except httptools.HttpParserError as exc:
-            self._fail(Reply.error(400, f"malformed HTTP request: {exc}"))
+        except httptools.HttpParserError as exc:  # a callback's refusal arrives wrapped in one
+            refused = exc.__context__
+            if isinstance(refused, _Refused):
+                self._fail(refused.reply)
+            else:
+                self._fail(Reply.error(400, f"malformed HTTP request: {exc}"))
 
     # -- httptools callbacks
 

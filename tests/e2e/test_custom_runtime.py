@@ -17,7 +17,9 @@ from typing import Any
 
 import grpc
 import httpx
+import numpy as np
 import pytest
+import tritonclient.http as triton
 import yaml
 
 from examples.custom_runtime import train
@@ -113,8 +115,8 @@ def test_rest_bytes_in_protobuf_json(running: launcher.Deployment) -> None:
 
         metadata = rest.get("/v2/models/sentiment").json()
         assert metadata["platform"] == "sentiment"
-        assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": ["-1"]}]
-        assert metadata["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": ["-1"]}]
+        assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        assert metadata["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [-1]}]
 
         wrong = dict(
             body["inputs"][0], datatype="FP32", contents={"fp32_contents": [1.0] * len(SENTENCES)}
@@ -143,3 +145,34 @@ def test_the_model_is_on_the_pod_that_serves_its_format(running: launcher.Deploy
     }
     assert [m["state"] for m in table[custom_pod]["models"]] == ["LOADED"]
     assert table[plain_pod]["models"] == []
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_oip_rest_bytes_with_tritonclient_http(running: launcher.Deployment, binary: bool) -> None:
+    client = triton.InferenceServerClient(running.url.removeprefix("http://"))
+    try:
+        tensor = triton.InferInput("text", [len(SENTENCES)], "BYTES")
+        tensor.set_data_from_numpy(np.array(SENTENCES, dtype=object), binary_data=binary)
+        wanted = [triton.InferRequestedOutput("label", binary_data=binary)]
+        result = client.infer("sentiment", [tensor], outputs=wanted)
+    finally:
+        client.close()
+    labels = result.as_numpy("label").tolist()  # bytes from binary data, str from JSON
+    assert [v.decode() if isinstance(v, bytes) else v for v in labels] == LABELS
+
+
+def test_oip_rest_bytes_as_json_strings(running: launcher.Deployment) -> None:
+    body = {
+        "inputs": [
+            {"name": "text", "datatype": "BYTES", "shape": [len(SENTENCES)], "data": SENTENCES}
+        ]
+    }
+    response = httpx.post(f"{running.url}/v2/models/sentiment/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    assert output == {
+        "name": "label",
+        "datatype": "BYTES",
+        "shape": [len(SENTENCES)],
+        "data": LABELS,
+    }

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+import tritonclient.http as triton
 
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway.pod import tensors
@@ -100,8 +101,8 @@ def test_rest_infer_and_metadata(
 
     metadata = rest.get(f"/v2/models/{name}").json()
     assert metadata["platform"] == ("onnx" if name == ONNX_NAME else "pytorch")
-    assert metadata["inputs"] == [{"name": input_name, "datatype": "FP32", "shape": ["-1", "4"]}]
-    assert metadata["outputs"] == [{"name": output_name, "datatype": "FP32", "shape": ["-1", "3"]}]
+    assert metadata["inputs"] == [{"name": input_name, "datatype": "FP32", "shape": [-1, 4]}]
+    assert metadata["outputs"] == [{"name": output_name, "datatype": "FP32", "shape": [-1, 3]}]
 
 
 @pytest.mark.parametrize("name", [ONNX_NAME, TORCH_NAME])
@@ -123,3 +124,25 @@ def test_a_wrong_shape_is_invalid_argument(
         stub.ModelInfer(request, timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "shape [1, 5] given, model expects [-1, 4]" in err.value.details()
+
+
+@pytest.mark.parametrize(("name", "input_name"), [(ONNX_NAME, "x"), (TORCH_NAME, "features")])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_http(
+    models: dict[str, Path],
+    deployment: launcher.Deployment,
+    name: str,
+    input_name: str,
+    binary: bool,
+) -> None:
+    client = triton.InferenceServerClient(deployment.url.removeprefix("http://"))
+    try:
+        tensor = triton.InferInput(input_name, list(ROWS.shape), "FP32")
+        tensor.set_data_from_numpy(ROWS, binary_data=binary)
+        result = client.infer(name, [tensor])  # every output, in binary (the client's default)
+        metadata = client.get_model_metadata(name)
+    finally:
+        client.close()
+    (output,) = result.get_response()["outputs"]
+    np.testing.assert_allclose(result.as_numpy(output["name"]), _expected(models, name), rtol=1e-6)
+    assert metadata["inputs"] == [{"name": input_name, "datatype": "FP32", "shape": [-1, 4]}]

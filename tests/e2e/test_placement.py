@@ -287,7 +287,7 @@ def test_copies_follow_traffic_and_a_dead_pods_requests_go_to_another_copy(
     assert lost == []  # the dead pod's copies are gone from the table
     assert answer(rest.post("/v2/models/m19/infer", json=infer_body())) == sum(ROW)
     # Restarting the pod brings it back into the pool.
-    pool.start_pod(index, pool.ports.pods[index])
+    pool.start_pod(index)
     wait_healthy(api, first, True)
 
 
@@ -301,7 +301,7 @@ def test_a_model_whose_only_copy_died_loads_elsewhere(
     wait_healthy(api, holder, False)
     assert answer(rest.post("/v2/models/m7/infer", json=infer_body())) == sum(ROW)
     assert holders(api, "m7") != [holder]
-    pool.start_pod(index, pool.ports.pods[index])
+    pool.start_pod(index)
     wait_healthy(api, holder, True)
 
 

@@ -89,10 +89,16 @@ def test_native_grpc(
 def test_rest_metadata_ready_and_server_endpoints(rest: httpx.Client) -> None:
     metadata = rest.get("/v2/models/sklearn-mnist").json()
     assert CONCRETE.match(metadata["name"])
-    assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": ["-1", "64"]}]
-    assert metadata["outputs"] == [{"name": "predict", "datatype": "INT64", "shape": ["-1", "1"]}]
+    # GETs carry no body to tell the forms apart: they answer in the Open Inference
+    # Protocol's JSON (numeric shapes, versions), which the standard clients read.
+    assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": [-1, 64]}]
+    assert metadata["outputs"] == [{"name": "predict", "datatype": "INT64", "shape": [-1, 1]}]
+    assert (metadata["platform"], metadata["versions"]) == ("sklearn", ["1"])
     assert rest.get("/v2/models/sklearn-mnist/versions/1").status_code == 200
-    assert rest.get("/v2/models/sklearn-mnist/ready").json() == {"ready": True}
+    assert rest.get("/v2/models/sklearn-mnist/ready").json() == {
+        "name": metadata["name"],
+        "ready": True,
+    }
     assert rest.get("/v2/health/live").json() == {"live": True}
     assert rest.get("/v2/health/ready").json() == {"ready": True}
     server = rest.get("/v2").json()

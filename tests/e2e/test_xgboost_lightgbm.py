@@ -13,6 +13,7 @@ import httpx
 import lightgbm
 import numpy as np
 import pytest
+import tritonclient.http as triton
 import xgboost
 from sklearn.datasets import load_iris
 
@@ -91,10 +92,10 @@ def test_rest_metadata(expected: dict[str, np.ndarray], rest: httpx.Client, name
     model_format, _, datatype, _ = FORMATS[name]
     metadata = rest.get(f"/v2/models/{name}").json()
     assert metadata["platform"] == model_format
-    assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": ["-1", "4"]}]
+    assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": [-1, 4]}]
     assert metadata["outputs"] == [
-        {"name": "predict", "datatype": datatype, "shape": ["-1", "3"]},
-        {"name": "predict_proba", "datatype": datatype, "shape": ["-1", "3"]},
+        {"name": "predict", "datatype": datatype, "shape": [-1, 3]},
+        {"name": "predict_proba", "datatype": datatype, "shape": [-1, 3]},
     ]
 
 
@@ -162,3 +163,27 @@ def test_a_cut_short_model_fails_to_load_and_the_pods_go_on(
         assert all(process.popen.poll() is None for process in deployment.processes)
     finally:
         assert api.delete(f"{ISVCS}/xgboost-cut").status_code in (200, 404)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_http_with_requested_outputs(
+    expected: dict[str, np.ndarray], deployment: launcher.Deployment, name: str, binary: bool
+) -> None:
+    """The OIP REST form, as tritonclient.http sends it (binary by default)."""
+    _, _, datatype, _ = FORMATS[name]
+    client = triton.InferenceServerClient(deployment.url.removeprefix("http://"))
+    try:
+        tensor = triton.InferInput("input-0", list(ROWS.shape), "FP32")
+        tensor.set_data_from_numpy(ROWS, binary_data=binary)
+        wanted = [triton.InferRequestedOutput("predict_proba", binary_data=binary)]
+        result = client.infer(name, [tensor], outputs=wanted)
+    finally:
+        client.close()
+    (output,) = result.get_response()["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == (
+        "predict_proba",
+        datatype,
+        [5, 3],
+    )
+    np.testing.assert_allclose(result.as_numpy("predict_proba"), expected[name], rtol=1e-6)
