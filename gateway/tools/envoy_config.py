@@ -212,9 +212,14 @@ def _is_ip(host: str) -> bool:
 
 
 def _make_static(source: FilterConfig, upstream: str, rest_upstream: str | None) -> None:
-    source.hcm["http_filters"] = [f for f in source.http_filters if f["name"] != EXT_PROC]
+    """No ext_proc and no Lua form check: the seed's REST form transcoded, as before the OIP
+    form existed (the benchmark's floor); ``rest_upstream`` for a request that names the OIP
+    form in x-mmgw-form itself."""
+    dropped = (EXT_PROC, LUA)
+    source.hcm["http_filters"] = [f for f in source.http_filters if f["name"] not in dropped]
     for route in source.routes:
-        route.get("typed_per_filter_config", {}).pop(EXT_PROC, None)
+        for name in dropped:
+            route.get("typed_per_filter_config", {}).pop(name, None)
     source.clusters[:] = [c for c in source.clusters if c["name"] != EXT_PROC_CLUSTER]
     pods = source.cluster(PODS_CLUSTER)
     pods.pop("load_balancing_policy")
