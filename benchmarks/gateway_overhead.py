@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         pod = ports.pod_addresses[0]
         static = launcher.Deployment(
             data_dir=work / "static",
-            ports=launcher.Ports(static_port, static_admin, 0, 0, ()),
+            ports=launcher.Ports(static_port, static_admin, 0, 0, (), ()),
         )
         static.start_envoy(static_upstream=pod)
         static.wait_for_envoy()
