@@ -5,7 +5,9 @@ stubs >=7.35), so it gets a virtualenv of its own, made once under
 ``.mmgw/bench/mlserver-venv`` from PyPI (mlserver and mlserver-sklearn, with the
 scikit-learn version the model is trained with here). ``running`` starts
 ``mlserver start`` on free loopback ports with its defaults otherwise (one
-parallel inference worker, metrics on) and stops it afterwards.
+parallel inference worker, metrics on) and stops it afterwards. MLServer
+answers 422 to a body without ``content-type: application/json``; the
+benchmark sends that header to every REST path.
 """
 
 from __future__ import annotations
@@ -47,24 +49,33 @@ class MLServer:
         return f"http://127.0.0.1:{self.grpc_port}/inference.GRPCInferenceService/ModelInfer"
 
 
+def requirements() -> list[str]:
+    return [
+        f"mlserver=={VERSION}",
+        f"mlserver-sklearn=={VERSION}",
+        f"scikit-learn=={sklearn.__version__}",  # the version mnist-svm.joblib is saved with
+        # MLServer 1.7.1's inference workers call asyncio.get_event_loop() before setting one,
+        # which uvloop 0.22 and later refuse: its workers die at start with a newer one.
+        "uvloop==0.21.0",
+    ]
+
+
 def ensure_venv() -> Path:
-    """The virtualenv's ``mlserver`` executable; made and installed on first use."""
+    """The virtualenv's ``mlserver`` executable; made (or brought up to ``requirements``) on
+    first use."""
     executable = VENV / "bin" / "mlserver"
-    if executable.exists():
+    stamp = VENV / ".requirements"
+    wanted = "\n".join(requirements())
+    if executable.exists() and stamp.exists() and stamp.read_text() == wanted:
         return executable
     print(f"installing MLServer {VERSION} into {VENV} (once) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    if not (VENV / "bin" / "pip").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     subprocess.run(
-        [
-            str(VENV / "bin" / "pip"),
-            "install",
-            "--quiet",
-            f"mlserver=={VERSION}",
-            f"mlserver-sklearn=={VERSION}",
-            f"scikit-learn=={sklearn.__version__}",  # the version mnist-svm.joblib is saved with
-        ],
+        [str(VENV / "bin" / "pip"), "install", "--quiet", *requirements()],
         check=True,
     )
+    stamp.write_text(wanted)
     return executable
 
 

@@ -141,13 +141,14 @@ def _apply_and_wait(api_url: str, timeout: float = 120.0) -> None:
     raise TimeoutError(f"{name} was not ready after {timeout:g} s")
 
 
-def curl_command(envoy_port: int) -> str:
-    """The seed's curl, pointed at this demo's Envoy."""
+def curl_command(envoy_port: int, *, oip: bool = False) -> str:
+    """The seed's curl (protobuf JSON), or with ``oip`` the KServe docs' (the Open Inference
+    Protocol's "data"), pointed at this demo's Envoy."""
     pixels = ", ".join(f"{v:.1f}" for v in samples.sample_input())
-    body = (
-        '{"inputs": [{"name": "predict", "shape": [1, 64], "datatype": "FP32", '
-        '"contents": {"fp32_contents": [' + pixels + "]}}]}"
+    tensor = (
+        '"data": [' + pixels + "]" if oip else '"contents": {"fp32_contents": [' + pixels + "]}"
     )
+    body = '{"inputs": [{"name": "predict", "shape": [1, 64], "datatype": "FP32", ' + tensor + "}]}"
     url = f"http://127.0.0.1:{envoy_port}/v2/models/sklearn-mnist/infer"
     return f"""curl -X POST -k "{url}" -d '{body}'"""
 
@@ -156,9 +157,11 @@ def _print_help(ports: launcher.Ports) -> None:
     server = "" if ports.api == launcher.Ports().api else f" -s http://127.0.0.1:{ports.api}"
     say(
         f"""
-Try it (in another terminal):
+Try it (in another terminal), the seed's request and the Open Inference Protocol's:
 
   {curl_command(ports.envoy)}
+
+  {curl_command(ports.envoy, oip=True)}
 
   .venv/bin/mmgw get isvc{server}
   .venv/bin/mmgw get placement{server}

@@ -107,6 +107,8 @@ class Demo:
             str(ports.extproc),
             "--pod-ports",
             *map(str, ports.pods),
+            "--pod-rest-ports",
+            *map(str, ports.pod_rest),
             *options,
         ]
         self.popen = subprocess.Popen(
@@ -185,6 +187,11 @@ def test_demo_serves_the_seed_curl_and_stops_everything(demo: Demo, sig: signal.
     result = subprocess.run([*argv, "-sS"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert '"int64Contents":["8"]' in result.stdout
+    oip = demo.wait_for_line(lambda line: '"data": [' in line, 5).strip()
+    result = subprocess.run([*shlex.split(oip), "-sS"], capture_output=True, text=True, timeout=30)
+    assert '"outputs":[{"name":"predict","datatype":"INT64","shape":[1,1],"data":[8]}]' in (
+        result.stdout
+    )
 
     children = started_by(demo.popen.pid, str(demo.data_dir))
     names = " | ".join(child.cmdline for child in children)
@@ -196,7 +203,7 @@ def test_demo_serves_the_seed_curl_and_stops_everything(demo: Demo, sig: signal.
     assert time.monotonic() - started < STOP_TIMEOUT
     assert demo.lines[-1].endswith("stopped every process")
     assert [child for child in children if alive(child)] == []
-    for port in (demo.ports.envoy, demo.ports.api, *demo.ports.pods):
+    for port in (demo.ports.envoy, demo.ports.api, *demo.ports.pods, *demo.ports.pod_rest):
         assert not launcher.listening(port)
 
 
@@ -242,7 +249,9 @@ def test_demo_refuses_a_port_given_twice(tmp_path: Path) -> None:
     ports = launcher.Ports.free()
     demo = Demo(
         tmp_path / "demo",
-        launcher.Ports(ports.envoy, ports.envoy_admin, ports.envoy, ports.extproc, ports.pods),
+        launcher.Ports(
+            ports.envoy, ports.envoy_admin, ports.envoy, ports.extproc, ports.pods, ports.pod_rest
+        ),
     )
     assert demo.popen.wait(60) == 1
     assert f"port {ports.envoy} is given twice (Envoy, API)" in demo.stderr()
@@ -257,6 +266,14 @@ def test_demo_port_options_default_to_the_launchers_ports() -> None:
         args.api_port,
         args.extproc_port,
         tuple(args.pod_ports),
-    ) == (defaults.envoy, defaults.envoy_admin, defaults.api, defaults.extproc, defaults.pods)
+        tuple(args.pod_rest_ports),
+    ) == (
+        defaults.envoy,
+        defaults.envoy_admin,
+        defaults.api,
+        defaults.extproc,
+        defaults.pods,
+        defaults.pod_rest,
+    )
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["demo", "--pod-ports", "70000"])

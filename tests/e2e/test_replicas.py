@@ -117,7 +117,12 @@ def pair(tmp_path: Path) -> Iterator[tuple[Pair, EtcdServer]]:
         b = Deployment(
             data_dir=tmp_path / "b",
             ports=launcher.Ports(
-                ports_b.envoy, ports_b.envoy_admin, ports_b.api, ports_b.extproc, a.ports.pods
+                ports_b.envoy,
+                ports_b.envoy_admin,
+                ports_b.api,
+                ports_b.extproc,
+                a.ports.pods,
+                a.ports.pod_rest,
             ),
             store=etcd.url,
             own_pods=False,
