@@ -335,6 +335,8 @@ def run(
         ]
     for target in targets:
         check(target)
+    if peer is not None:
+        peer.pause()
 
     print(
         f"gateway overhead: 1 pod, sklearn-mnist (SVC), {args.rounds} x {args.seconds:g} s per run, "
@@ -344,6 +346,8 @@ def run(
         results: dict[str, list[Result]] = {p.name: [] for p in targets}
         for _ in range(args.rounds):
             for target in targets:  # interleaved, so drift hits every target alike
+                if peer is not None:
+                    (peer.resume if target.name.startswith("mls-") else peer.pause)()
                 results[target.name].append(
                     h2load(target, concurrency, args.seconds, args.warmup, work, pids)
                 )

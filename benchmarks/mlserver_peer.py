@@ -38,7 +38,15 @@ MODEL_NAME = "mnist-svm"
 class MLServer:
     http_port: int
     grpc_port: int
-    pid: int
+    pid: int  # also its process group: the server, its inference worker, its metrics
+
+    def pause(self) -> None:
+        """SIGSTOP the whole server while other paths are measured: idle, MLServer still
+        spends CPU (its worker and metrics loops), which would be taken from them."""
+        os.killpg(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.pid, signal.SIGCONT)
 
     @property
     def infer_url(self) -> str:
@@ -125,6 +133,7 @@ def running(model: Path, work: Path, timeout: float = 120.0) -> Iterator[MLServe
         yield MLServer(http_port, grpc_port, process.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGCONT)  # if paused
             os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)

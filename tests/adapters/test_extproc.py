@@ -102,6 +102,39 @@ async def test_client_sent_routing_headers_are_overwritten(
     )
 
 
+async def test_an_oip_request_goes_to_the_pods_rest_listener(tmp_path: Path) -> None:
+    """The Lua filter's x-mmgw-form: oip sends the request to the REST port the pod reported,
+    for REST paths only; the other forms keep the gRPC address."""
+    h = await harness(tmp_path, FakePods(**{POD: FakePod(rest_port=9111)}))
+    record, _ = await h.registry.apply(isvc())
+    await h.placement.ensure_loaded(record.serving.model_id)
+    processor, model_id = ExternalProcessor(h.router, miss_timeout=100), record.serving.model_id
+    oip = headers("/v2/models/sklearn-mnist/infer", x_mmgw_form="oip")
+    assert await run(processor, oip) == [forward("10.0.0.1:9111", model_id)]
+    assert await run(processor, headers("/v2", x_mmgw_form="oip")) == [
+        forward("10.0.0.1:9111", None)
+    ]
+    assert await run(processor, headers("/v2/models/sklearn-mnist/infer")) == [
+        forward(POD, model_id)
+    ]
+    grpc_call = headers(
+        "/inference.GRPCInferenceService/ModelInfer",
+        mm_vmodel_id="sklearn-mnist",
+        x_mmgw_form="oip",
+    )
+    assert await run(processor, grpc_call) == [forward(POD, model_id)]
+
+
+async def test_an_oip_request_to_a_pod_without_a_rest_listener_is_503(
+    loaded: tuple[Harness, ExternalProcessor, str],
+) -> None:
+    _, processor, _ = loaded
+    [response] = await run(processor, headers("/v2/models/sklearn-mnist/infer", x_mmgw_form="oip"))
+    immediate = response.immediate_response
+    assert immediate.status.code == 503
+    assert b"serves no Open Inference Protocol REST listener" in immediate.body
+
+
 async def test_grpc_with_header_needs_no_body(
     loaded: tuple[Harness, ExternalProcessor, str],
 ) -> None:

@@ -18,6 +18,7 @@ class FakePod:
     fail_loads: str | None = None  # message; loads fail with LoadFailed
     bad_format: bool = False
     down: bool = False
+    rest_port: int = 0  # the OIP REST listener it reports (0: none)
 
 
 class FakePods:
@@ -60,7 +61,11 @@ class FakePods:
         if pod.down:
             raise ConnectionError("down")
         return PodStatus(
-            pod.capacity, ("sklearn",), dict(pod.loaded), self.inflight.get(address, {})
+            pod.capacity,
+            ("sklearn",),
+            dict(pod.loaded),
+            self.inflight.get(address, {}),
+            rest_port=pod.rest_port,
         )
 
 

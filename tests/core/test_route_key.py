@@ -114,3 +114,15 @@ def test_grpc_frame_field_one_after_other_fields() -> None:
 def test_grpc_frame_errors(body: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         route_key.from_grpc_frame(body)
+
+
+def test_the_rest_form_is_read_from_x_mmgw_form_on_rest_paths_only() -> None:
+    infer = "/v2/models/m/infer"
+    assert route_key.from_headers(path(infer, x_mmgw_form="oip")) == RouteKey(
+        "m", grpc=False, oip=True
+    )
+    assert route_key.from_headers(path(infer, x_mmgw_form="other")).oip is False
+    grpc_path = "/inference.GRPCInferenceService/ModelInfer"
+    assert route_key.from_headers(path(grpc_path, mm_vmodel_id="m", x_mmgw_form="oip")) == (
+        RouteKey("m", grpc=True)
+    )

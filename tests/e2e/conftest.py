@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,19 @@ def seed_body(**overrides: Any) -> dict[str, Any]:
     }
     tensor.update(overrides)
     return {"inputs": [tensor]}
+
+
+def curl_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` with curl, as the KServe docs do (``-d``, curl's own content type)."""
+    result = subprocess.run(
+        ["curl", "-sS", "-w", "\\n%{http_code}", "-X", "POST", url, "-d", json.dumps(body)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    payload, _, status = result.stdout.rpartition("\n")
+    return int(status), json.loads(payload)
 
 
 def wait_ready(api: httpx.Client, name: str, timeout: float = 60.0) -> dict[str, Any]:

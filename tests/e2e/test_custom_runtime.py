@@ -28,7 +28,7 @@ from gateway.pod import tensors
 from gateway.pod.model import Tensor
 from gateway.tools import launcher
 
-from .conftest import ISVCS, wait_ready
+from .conftest import ISVCS, curl_json, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "custom_runtime"
@@ -167,9 +167,9 @@ def test_oip_rest_bytes_as_json_strings(running: launcher.Deployment) -> None:
             {"name": "text", "datatype": "BYTES", "shape": [len(SENTENCES)], "data": SENTENCES}
         ]
     }
-    response = httpx.post(f"{running.url}/v2/models/sentiment/infer", json=body, timeout=30)
-    assert response.status_code == 200, response.text
-    (output,) = response.json()["outputs"]
+    status, answer = curl_json(f"{running.url}/v2/models/sentiment/infer", body)
+    assert status == 200, answer
+    (output,) = answer["outputs"]
     assert output == {
         "name": "label",
         "datatype": "BYTES",

@@ -22,7 +22,7 @@ from gateway.pod.model import Tensor
 from gateway.tools import launcher
 
 from ..pod import graphs
-from .conftest import ISVCS, inference_service, wait_ready
+from .conftest import ISVCS, curl_json, inference_service, wait_ready
 
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning"
@@ -146,3 +146,19 @@ def test_tritonclient_http(
     (output,) = result.get_response()["outputs"]
     np.testing.assert_allclose(result.as_numpy(output["name"]), _expected(models, name), rtol=1e-6)
     assert metadata["inputs"] == [{"name": input_name, "datatype": "FP32", "shape": [-1, 4]}]
+
+
+@pytest.mark.parametrize(("name", "input_name"), [(ONNX_NAME, "x"), (TORCH_NAME, "features")])
+def test_curl_with_the_kserve_docs_body(
+    models: dict[str, Path], deployment: launcher.Deployment, name: str, input_name: str
+) -> None:
+    body = {
+        "inputs": [{"name": input_name, "shape": [3, 4], "datatype": "FP32", "data": ROWS.tolist()}]
+    }
+    status, answer = curl_json(f"{deployment.url}/v2/models/{name}/infer", body)
+    assert status == 200, answer
+    (output,) = answer["outputs"]
+    assert (output["datatype"], output["shape"]) == ("FP32", [3, 3])
+    np.testing.assert_allclose(
+        np.array(output["data"]).reshape(3, 3), _expected(models, name), rtol=1e-6
+    )

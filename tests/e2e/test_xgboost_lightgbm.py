@@ -22,7 +22,7 @@ from gateway.pod import tensors
 from gateway.pod.model import Tensor
 from gateway.tools import launcher
 
-from .conftest import ISVCS, inference_service, wait_ready
+from .conftest import ISVCS, curl_json, inference_service, wait_ready
 
 XGB_NAME = "xgboost-iris"
 LGB_NAME = "lightgbm-iris"
@@ -187,3 +187,18 @@ def test_tritonclient_http_with_requested_outputs(
         [5, 3],
     )
     np.testing.assert_allclose(result.as_numpy("predict_proba"), expected[name], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_curl_with_the_kserve_docs_body(
+    expected: dict[str, np.ndarray], deployment: launcher.Deployment, name: str
+) -> None:
+    body = {
+        "inputs": [{"name": "input-0", "shape": [5, 4], "datatype": "FP32", "data": ROWS.tolist()}]
+    }
+    status, answer = curl_json(f"{deployment.url}/v2/models/{name}/infer", body)
+    assert status == 200, answer
+    assert answer["model_name"].startswith(f"{name}__isvc-")
+    (output,) = answer["outputs"]  # the default output: the class probabilities
+    assert (output["name"], output["shape"]) == ("predict", [5, 3])
+    np.testing.assert_allclose(np.array(output["data"]).reshape(5, 3), expected[name], rtol=1e-6)
