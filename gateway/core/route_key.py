@@ -2,7 +2,8 @@
 
 - REST: the path, /v2/models/<name>[/versions/<v>][/infer|/ready], and the form
   Envoy found the request in (the x-mmgw-form header: protobuf JSON or OIP);
-- native gRPC: the mm-vmodel-id or mm-model-id header, or else field 1 of the
+- native gRPC: the mm-vmodel-id or mm-model-id header (one of them, not empty:
+  INVALID_ARGUMENT otherwise, as ModelMesh answers), or else field 1 of the
   request message (model_name / name), read from the raw gRPC frame.
 
 Server-level calls (/v2, /v2/health/*, ServerLive/Ready/Metadata) name no
@@ -45,8 +46,8 @@ _MODEL_SUFFIXES = frozenset({"infer", "ready"})
 
 
 def from_headers(headers: Iterable[Header]) -> RouteKey | NeedBody:
-    path = ""
-    vmodel = model = form = ""
+    path = form = ""
+    vmodel = model = None  # None: the header is absent
     for header in headers:
         key = header.key
         if key == ":path":
@@ -63,9 +64,22 @@ def from_headers(headers: Iterable[Header]) -> RouteKey | NeedBody:
             return RouteKey(None, grpc=True)
         if method not in protocol.MODEL_METHODS:
             raise UnknownRoute(f"unknown method {protocol.GRPC_SERVICE}/{method}", grpc=True)
-        name = vmodel or model
-        return RouteKey(name, grpc=True) if name else NEED_BODY
+        return _named_by_headers(vmodel, model)
     return RouteKey(rest_model(path), grpc=False, oip=form == protocol.REST_FORM_OIP)
+
+
+def _named_by_headers(vmodel: str | None, model: str | None) -> RouteKey | NeedBody:
+    """The model a gRPC call's headers name, as ModelMesh reads them (ModelMeshApi: one of the
+    two headers, never both, and not empty); NEED_BODY when it sends neither."""
+    if vmodel is not None and model is not None:
+        raise InvalidInput("must include only one of model id and vmodel id")
+    name = vmodel if vmodel is not None else model
+    if name is None:
+        return NEED_BODY
+    if not name:
+        which = "vmodel" if vmodel is not None else "model"
+        raise InvalidInput(f"provided {which}-id header must be non-empty")
+    return RouteKey(name, grpc=True)
 
 
 def _text(header: Header) -> str:

@@ -118,6 +118,26 @@ class ModelMetadata:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
+    def check_datatypes(self, given: Sequence[tuple[str, str]]) -> None:
+        """InvalidInput for an input (name, datatype) whose datatype is not the declared one.
+
+        Inputs pair with the declared ones as the runtimes pair them: one and one whatever
+        the name, else by name (names the model does not declare are left to the runtime).
+        The pods ask this when a request's tensors cannot even be decoded, so that a wrong
+        datatype is reported before the element count it also gets wrong, as Triton does.
+        """
+        specs = self.inputs
+        if len(specs) == 1 and len(given) == 1:
+            pairs = [(given[0], specs[0])]
+        else:
+            by_name = {spec.name: spec for spec in specs}
+            pairs = [(item, by_name[item[0]]) for item in given if item[0] in by_name]
+        for (name, datatype), spec in pairs:
+            if datatype != spec.datatype:
+                raise InvalidInput(
+                    f"input '{name}': datatype '{datatype}' given, model expects '{spec.datatype}'"
+                )
+
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
@@ -162,3 +182,13 @@ class Model(abc.ABC):
     async def unload(self) -> None:
         """Release what ``load`` acquired; the default does nothing."""
         return None
+
+
+def check_declared_datatypes(model: Model, given: Sequence[tuple[str, str]]) -> None:
+    """``model``'s metadata().check_datatypes(given), unless the model cannot say (a runtime
+    whose metadata fails is reported by the error the request already has)."""
+    try:
+        metadata = model.metadata()
+    except Exception:  # noqa: BLE001 - the caller raises the request's own error next
+        return
+    metadata.check_datatypes(given)

@@ -96,6 +96,25 @@ def decode_infer(body: bytes, header_length: str | None) -> InferBody:
     )
 
 
+def declared_inputs(body: bytes, header_length: str | None) -> list[tuple[str, str]]:
+    """The (name, datatype) of each input a request names, as far as it can be read; for
+    reporting a wrong datatype before the other faults of a request that did not decode."""
+    try:
+        document, _ = _split(body, header_length)
+    except InvalidInput:
+        return []
+    items = document.get("inputs") if isinstance(document, dict) else None
+    if not isinstance(items, list):
+        return []
+    return [
+        (item["name"], item["datatype"])
+        for item in items
+        if isinstance(item, dict)
+        and isinstance(item.get("name"), str)
+        and isinstance(item.get("datatype"), str)
+    ]
+
+
 def encode_infer(
     model_id: str, version: str, body: InferBody, outputs: Sequence[Tensor]
 ) -> tuple[bytes, int | None]:

@@ -38,6 +38,7 @@ from gateway.core.errors import GatewayError, InvalidInput, UnknownRoute
 from gateway.core.protocol import MODEL_ID_HEADER
 
 from . import oip
+from .model import check_declared_datatypes
 from .repository import ModelRepository
 from .servicer import SERVER_NAME, grpc_status
 
@@ -177,8 +178,14 @@ class OipApp:
             return Reply.error(
                 415, f"Content-Encoding {encoding!r} is not supported; send identity"
             )
+        json_length = request.headers.get(oip.HEADER_LENGTH)
         with self._models.serving(model_id) as model:
-            body = oip.decode_infer(bytes(request.body), request.headers.get(oip.HEADER_LENGTH))
+            try:
+                body = oip.decode_infer(bytes(request.body), json_length)
+            except InvalidInput:
+                given = oip.declared_inputs(bytes(request.body), json_length)
+                check_declared_datatypes(model, given)
+                raise
             outputs = await self._models.predict(model, body.request)
             data, header_length = oip.encode_infer(model_id, version, body, outputs)
         if header_length is None:

@@ -71,7 +71,7 @@ from gateway.kserve.locations import S3Location
 from gateway.kserve.storage import StorageRoots
 
 from . import tensors
-from .model import ModelConfig
+from .model import ModelConfig, check_declared_datatypes
 from .repository import ModelRepository, predicted_size
 from .settings import PodSettings
 
@@ -181,7 +181,12 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     ) -> v2.ModelInferResponse:
         model_id = _model_id(context, request.model_name)
         with self._models.serving(model_id) as model:
-            outputs = await self._models.predict(model, tensors.decode_request(request))
+            try:
+                decoded = tensors.decode_request(request)
+            except InvalidInput:
+                check_declared_datatypes(model, [(t.name, t.datatype) for t in request.inputs])
+                raise
+            outputs = await self._models.predict(model, decoded)
             try:
                 return tensors.encode_response(model_id, request, outputs)
             except (ValueError, TypeError) as exc:

@@ -56,14 +56,12 @@ def test_unknown_rest_paths(p: str) -> None:
         route_key.from_headers(path(p))
 
 
-def test_grpc_headers_name_the_model_vmodel_first() -> None:
+def test_grpc_headers_name_the_model() -> None:
     infer = "/inference.GRPCInferenceService/ModelInfer"
     assert route_key.from_headers(path(infer, mm_model_id="c__isvc-1")) == RouteKey(
         "c__isvc-1", grpc=True
     )
-    assert route_key.from_headers(path(infer, mm_vmodel_id="v", mm_model_id="c")) == RouteKey(
-        "v", grpc=True
-    )
+    assert route_key.from_headers(path(infer, mm_vmodel_id="v")) == RouteKey("v", grpc=True)
     assert route_key.from_headers(path(infer)) is NEED_BODY
     assert route_key.from_headers(path("/inference.GRPCInferenceService/ServerLive")) == RouteKey(
         None, grpc=True
@@ -126,3 +124,26 @@ def test_the_rest_form_is_read_from_x_mmgw_form_on_rest_paths_only() -> None:
     assert route_key.from_headers(path(grpc_path, mm_vmodel_id="m", x_mmgw_form="oip")) == (
         RouteKey("m", grpc=True)
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (
+            {"mm_vmodel_id": "v", "mm_model_id": "c"},
+            "must include only one of model id and vmodel id",
+        ),
+        (
+            {"mm_vmodel_id": "", "mm_model_id": "c"},
+            "must include only one of model id and vmodel id",
+        ),
+        ({"mm_vmodel_id": ""}, "provided vmodel-id header must be non-empty"),
+        ({"mm_model_id": ""}, "provided model-id header must be non-empty"),
+    ],
+)
+def test_model_id_headers_are_refused_as_modelmesh_refuses_them(
+    given: dict[str, str], message: str
+) -> None:
+    """ModelMeshApi's answers (getModelIdsFromHeaders, validateModelId): INVALID_ARGUMENT."""
+    with pytest.raises(InvalidInput, match=message):
+        route_key.from_headers(path("/inference.GRPCInferenceService/ModelInfer", **given))

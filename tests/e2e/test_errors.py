@@ -8,6 +8,7 @@ import grpc
 import httpx
 import pytest
 
+from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway.tools import launcher
 
@@ -57,6 +58,48 @@ def test_wrong_datatype(rest: httpx.Client, stub: v2_grpc.GRPCInferenceServiceSt
         stub.ModelInfer(request, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "model expects 'FP32'" in info.value.details()
+
+
+def test_a_wrong_datatype_is_reported_before_a_wrong_element_count(
+    rest: httpx.Client, stub: v2_grpc.GRPCInferenceServiceStub
+) -> None:
+    """ModelMesh's FVT case: INT32 [0, 1, 2, 3] to the FP32 model. The count is wrong too;
+    the datatype is what Triton and the FVT report, in all three forms."""
+    expected = "input 'predict': datatype 'INT32' given, model expects 'FP32'"
+    seed = seed_body(datatype="INT32", shape=[1, 64], contents={"int_contents": [0, 1, 2, 3]})
+    response = rest.post("/v2/models/sklearn-mnist/infer", json=seed)
+    assert (response.status_code, response.json()["message"]) == (400, expected)
+    oip = {
+        "inputs": [{"name": "predict", "shape": [1, 64], "datatype": "INT32", "data": [0, 1, 2, 3]}]
+    }
+    response = rest.post("/v2/models/sklearn-mnist/infer", json=oip)
+    assert (response.status_code, response.json()["error"]) == (400, expected)
+    request = v2.ModelInferRequest(model_name="sklearn-mnist")
+    tensor = request.inputs.add(name="predict", datatype="INT32", shape=[1, 64])
+    tensor.contents.int_contents.extend([0, 1, 2, 3])
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request, timeout=30)
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, expected)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        (
+            (("mm-vmodel-id", "sklearn-mnist"), ("mm-model-id", "sklearn-mnist")),
+            "must include only one of model id and vmodel id",
+        ),
+        ((("mm-vmodel-id", ""),), "provided vmodel-id header must be non-empty"),
+        ((("mm-model-id", ""),), "provided model-id header must be non-empty"),
+    ],
+    ids=["both", "empty-vmodel-id", "empty-model-id"],
+)
+def test_model_id_headers_as_modelmesh_checks_them(
+    stub: v2_grpc.GRPCInferenceServiceStub, metadata: tuple[tuple[str, str], ...], message: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(infer_request(), metadata=metadata, timeout=30)
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 @pytest.mark.parametrize(

@@ -164,3 +164,15 @@ async def test_a_stopping_pod_finishes_the_request_it_is_answering(
         await asyncio.sleep(0.1)
         await pod.server.stop(grace=5)
         assert (await answer).status_code == 200
+
+
+async def test_a_wrong_datatype_is_named_before_a_wrong_count(loaded: Pod) -> None:
+    body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "INT32", "data": [0, 1, 2, 3]}]}
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(url(loaded, "/v2/models/svc/infer"), json=body)
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "input 'x': datatype 'INT32' given, model expects 'FP32'"}
+    body["inputs"][0]["datatype"] = "FP32"  # the right datatype: the count is what is wrong
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(url(loaded, "/v2/models/svc/infer"), json=body)
+    assert "shape [1, 64] needs 64 elements, got 4" in answer.json()["error"]

@@ -127,7 +127,7 @@ class ExternalProcessor:
                 return PartialAnswer(_passthrough(kind))
         except UnknownRoute as exc:
             return self._reject(exc, grpc_call=exc.grpc)
-        except InvalidInput as exc:  # only a gRPC body can be malformed
+        except InvalidInput as exc:  # only a gRPC call's headers or body can be malformed
             return self._reject(exc, grpc_call=True)
         assert isinstance(key, RouteKey)
         try:
