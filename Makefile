@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard proto/*.proto)
 GEN    := gateway/_proto/__init__.py
 
-.PHONY: install proto manifests demo test lint bench clean debs
+.PHONY: install proto manifests demo test lint bench clean debs compose
 
 install: $(STAMP)
 
@@ -56,6 +56,15 @@ bench: proto
 	@echo; $(BIN)/python -m benchmarks.load_queue
 	@command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server; }
 	@echo; $(BIN)/python -m benchmarks.etcd_store
+
+# docker compose reads .env: the management API's bearer token, made once (kept if it exists)
+# so that the first `docker compose up` works and the API is never open without one.
+.env:
+	@umask 077 && printf 'MMGW_API_TOKEN=%s\n' "$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(16))')" > $@
+	@echo "wrote $@ with a new MMGW_API_TOKEN (mmgw reads it as MMGW_TOKEN: see the README)"
+
+compose: .env
+	docker compose up --build
 
 clean:
 	rm -rf $(VENV) gateway/_proto envoy/kserve_v2.pb .mmgw
