@@ -4,6 +4,8 @@ and diabetes, saved as JSON and UBJSON."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -328,3 +330,27 @@ async def test_loading_runs_in_a_worker_thread(
 
 def test_registered_as_a_builtin_runtime() -> None:
     assert RuntimeRegistry().get("xgboost") is XGBoostModel
+
+
+async def test_a_json_model_saved_before_1_6_loads_converted_with_a_warning(
+    saved: dict[str, Path],
+    classifier: xgboost.XGBClassifier,
+    rows: np.ndarray,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ModelMesh's mushroom.json is such a file: XGBoost marks the format by the version the
+    file names, and drops its reader after 3.2. The pod holds it as the current format."""
+    document = json.loads(saved[".json"].read_text())
+    document["version"] = [1, 5, 1]
+    old = tmp_path / "mushroom.json"
+    old.write_text(json.dumps(document))
+    with caplog.at_level(logging.WARNING, logger="gateway.pod.runtimes.xgboost"):
+        model = await _loaded(old)
+    assert "saved by XGBoost 1.5.1 (before 1.6): converted at load" in caplog.text
+    (out,) = await model.predict(_request(rows))
+    np.testing.assert_allclose(out.array, classifier.predict_proba(rows), rtol=1e-6)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gateway.pod.runtimes.xgboost"):
+        await _loaded(saved[".json"])  # a current file: nothing to say
+    assert "before 1.6" not in caplog.text

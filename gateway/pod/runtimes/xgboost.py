@@ -30,6 +30,11 @@ Tensors:
 With no outputs requested the answer is ``predict``; both can be asked for in
 one request (XGBoost then predicts once).
 
+A JSON model saved before XGBoost 1.6 (ModelMesh's mushroom.json) is read, then
+held as this version writes it, with a warning to re-save the file: XGBoost
+drops the old JSON reader after 3.2 (pyproject pins xgboost below 3.3, the
+versions tested).
+
 Size: the bytes of the booster serialised as UBJSON (``save_raw("ubj")``): about
 its in-memory trees, and the same whether the file was JSON (larger) or UBJSON.
 
@@ -41,6 +46,7 @@ of online inference.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,8 @@ from gateway.core.errors import ModelFormatError
 from ..model import TensorSpec
 from .common import model_file, read_model_bytes
 from .tabular import BoosterModel
+
+log = logging.getLogger(__name__)
 
 SUFFIXES = (".json", ".ubj")
 DATATYPE = "FP32"  # XGBoost predicts in float32
@@ -94,7 +102,8 @@ def _read(path: Path) -> tuple[Any, int]:
         raise ModelFormatError(
             f"cannot read '{file}' as an XGBoost model: not a JSON or UBJSON object"
         )
-    if not data.startswith((b'{"', b"{}", b"{ ", b"{\n", b"{\r", b"{\t")):  # not JSON: UBJSON
+    is_json = data.startswith(_JSON_STARTS)
+    if not is_json:  # UBJSON
         problem = _ubjson_problem(data)
         if problem:
             raise ModelFormatError(f"cannot read '{file}' as an XGBoost model: {problem}")
@@ -105,7 +114,34 @@ def _read(path: Path) -> tuple[Any, int]:
         raise ModelFormatError(
             f"cannot read '{file}' as an XGBoost model: {_message(exc)}"
         ) from exc
-    return booster, len(booster.save_raw(raw_format="ubj"))
+    raw = booster.save_raw(raw_format="ubj")
+    saved_by = _json_version(data) if is_json else None
+    if saved_by is not None and saved_by < (1, 6, 0):
+        # XGBoost reads a JSON model saved before 1.6 through a path it drops after 3.2: hold it
+        # as this version writes it, and say how to keep the file readable.
+        booster = xgboost.Booster()
+        booster.load_model(raw)
+        log.warning(
+            "model file '%s' was saved by XGBoost %s (before 1.6): converted at load; "
+            "re-save it with save_model to keep it readable by XGBoost after 3.2",
+            file,
+            ".".join(map(str, saved_by)),
+        )
+    return booster, len(raw)
+
+
+_JSON_STARTS = (b'{"', b"{}", b"{ ", b"{\n", b"{\r", b"{\t")
+_VERSION = re.compile(rb'"version"\s*:\s*\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]')
+
+
+def _json_version(data: bytes) -> tuple[int, int, int] | None:
+    """The XGBoost version a JSON model names (its top-level "version", written last); None
+    when it names none."""
+    matches = list(_VERSION.finditer(data, max(0, len(data) - 4096)))
+    if not matches:
+        return None
+    major, minor, patch = (int(part) for part in matches[-1].groups())
+    return major, minor, patch
 
 
 def _message(exc: Exception) -> str:
