@@ -162,3 +162,47 @@ def test_curl_with_the_kserve_docs_body(
     np.testing.assert_allclose(
         np.array(output["data"]).reshape(3, 3), _expected(models, name), rtol=1e-6
     )
+
+
+def test_a_pytorch_model_in_tritons_layout(
+    deployment: launcher.Deployment, stub: v2_grpc.GRPCInferenceServiceStub
+) -> None:
+    """The FVT's CIFAR case: config.pbtxt + 1/model.pt; the config's INPUT__0 [-1,3,32,32] and
+    OUTPUT__0 in metadata and answers, and a [1,3,16,64] image refused as INVALID_ARGUMENT."""
+    root = deployment.data_dir / "models"
+    source = graphs.save_script(graphs.Cifar(), root / "cifar-src" / "model.pt")
+    graphs.triton_layout(root / "pytorch-cifar", graphs.CIFAR_CONFIG, {1: source})
+    with httpx.Client(base_url=deployment.api_url, timeout=30) as api:
+        api.put(
+            f"{ISVCS}/pytorch-cifar",
+            json=inference_service("pytorch-cifar", "pytorch", "pytorch-cifar"),
+        ).raise_for_status()
+        try:
+            item = wait_ready(api, "pytorch-cifar")
+            assert item["status"]["conditions"][0]["status"] == "True", item["status"]
+            metadata = httpx.get(f"{deployment.url}/v2/models/pytorch-cifar", timeout=30).json()
+            assert metadata["inputs"] == [
+                {"name": "INPUT__0", "datatype": "FP32", "shape": [-1, 3, 32, 32]}
+            ]
+            assert metadata["outputs"] == [
+                {"name": "OUTPUT__0", "datatype": "FP32", "shape": [-1, 10]}
+            ]
+            images = np.zeros((1, 3, 32, 32), np.float32)
+            request = tensors.make_request(
+                "pytorch-cifar", [Tensor.of("INPUT__0", images)], raw=True
+            )
+            (out,) = tensors.decode_response(stub.ModelInfer(request, timeout=30))
+            assert (out.name, out.shape) == ("OUTPUT__0", (1, 10))
+            wrong = tensors.make_request(
+                "pytorch-cifar",
+                [Tensor.of("INPUT__0", np.zeros((1, 3, 16, 64), np.float32))],
+                raw=True,
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ModelInfer(wrong, timeout=30)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (
+                "shape [1, 3, 16, 64] given, model expects [-1, 3, 32, 32]" in err.value.details()
+            )
+        finally:
+            assert api.delete(f"{ISVCS}/pytorch-cifar").status_code in (200, 404)

@@ -125,6 +125,43 @@ class Picky(torch.nn.Module):
         return x
 
 
+class Cifar(torch.nn.Module):
+    """The shape of the FVT's CIFAR model: FP32 [batch, 3, 32, 32] -> FP32 [batch, 10], with a
+    ``view`` that fails for any other image size (as the FVT's does, "shape '[-1, 98]' is
+    invalid for input of size ...")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 2, 5)  # 32 -> 28
+        self.pool = torch.nn.AvgPool2d(4)  # 28 -> 7
+        self.linear = torch.nn.Linear(98, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.pool(self.conv(x)).view(-1, 98))
+
+
+CIFAR_CONFIG = """name: "cifar"
+platform: "pytorch_libtorch"
+max_batch_size: 16
+input [ { name: "INPUT__0" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 3, 32, 32 ] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 10 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+dynamic_batching { preferred_batch_size: [ 4, 8 ] }
+"""
+
+
+def triton_layout(folder: Path, config: str, versions: dict[int, Path]) -> Path:
+    """Triton's repository layout: ``folder/config.pbtxt`` and each version's model file
+    (copied as ``folder/<version>/<its name>``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text(config)
+    for version, file in versions.items():
+        (folder / str(version)).mkdir(exist_ok=True)
+        (folder / str(version) / file.name).write_bytes(file.read_bytes())
+    return folder
+
+
 def save_script(module: torch.nn.Module, path: Path) -> Path:
     """``torch.jit.script`` the module and ``torch.jit.save`` it to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

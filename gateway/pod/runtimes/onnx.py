@@ -1,7 +1,10 @@
 """The ONNX runtime: ``.onnx`` graphs run with onnxruntime on the CPU.
 
 Model path: a ``.onnx`` file, or a folder holding exactly one (external weight
-files beside it are fine: onnxruntime finds them relative to the graph).
+files beside it are fine: onnxruntime finds them relative to the graph), or a
+model in Triton's repository layout (``config.pbtxt`` and ``<version>/model.onnx``:
+gateway.pod.runtimes.triton_layout); the graph's own tensors are the metadata
+there too, as Triton checks the config against them.
 
 Tensors (``metadata()``): the graph's own inputs and outputs, by name; element
 types map to V2 datatypes (``tensor(float)`` -> FP32, ``tensor(string)`` ->
@@ -54,6 +57,7 @@ from gateway.core.errors import InvalidInput, ModelFormatError
 
 from .. import datatypes
 from ..model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor, TensorSpec
+from . import triton_layout
 from .common import match_inputs, model_file, requested_outputs
 
 SUFFIX = ".onnx"
@@ -160,7 +164,8 @@ def _open(path: Path) -> tuple[Any, int]:
     """An InferenceSession for the graph behind ``path``, and its size (worker thread)."""
     import onnxruntime
 
-    file = model_file(path, (SUFFIX,))
+    layout = triton_layout.resolve(path, "model.onnx")
+    file = layout.file if layout is not None else model_file(path, (SUFFIX,))
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     try:
@@ -171,8 +176,9 @@ def _open(path: Path) -> tuple[Any, int]:
         raise ModelFormatError(
             f"cannot read '{file}' as an ONNX model: {type(exc).__name__}: {exc}"
         ) from exc
-    if path.is_dir():
-        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    if path.is_dir():  # the graph and its external weights (in Triton's layout: its version)
+        folder = file.parent
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     else:
         size = file.stat().st_size
     return session, size

@@ -1,7 +1,10 @@
 """The PyTorch runtime: TorchScript modules saved with ``torch.jit.save``, on the CPU.
 
 Model path: a ``.pt``, ``.pth`` or ``.torchscript`` file, or a folder holding
-exactly one. Only TorchScript archives load: a pickled module or a state_dict
+exactly one, or a model in Triton's repository layout (``config.pbtxt`` and
+``<version>/model.pt``: gateway.pod.runtimes.triton_layout), whose config
+declares the tensors as a sidecar does (below), ``INPUT__0`` / ``OUTPUT__0``
+and the batch dimension included. Only TorchScript archives load: a pickled module or a state_dict
 saved with ``torch.save`` needs the Python class that made it, and is reported
 as such (``ModelFormatError``); script or trace it, then ``torch.jit.save``.
 
@@ -66,6 +69,7 @@ from gateway.core.errors import InvalidInput, ModelFormatError, PredictFailed
 
 from .. import datatypes
 from ..model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor, TensorSpec
+from . import triton_layout
 from .common import check_outputs, match_inputs, model_file, quoted
 
 log = logging.getLogger(__name__)
@@ -209,8 +213,12 @@ def _read(path: Path) -> tuple[Any, Signature, int]:
     import torch
 
     torch.set_num_threads(1)  # measured: see the module docstring
-    file = model_file(path, SUFFIXES)
-    signature = _signature(file.with_suffix(SIDECAR_SUFFIX))
+    layout = triton_layout.resolve(path, "model.pt")
+    if layout is not None:
+        file, signature = layout.file, _declared(layout)
+    else:
+        file = model_file(path, SUFFIXES)
+        signature = _signature(file.with_suffix(SIDECAR_SUFFIX))
     try:
         module = torch.jit.load(str(file), map_location="cpu")
     except Exception as exc:
@@ -243,6 +251,17 @@ def _saved_with_torch_save(file: Path) -> bool:
 
 
 # -- the sidecar -------------------------------------------------------------------------
+
+
+def _declared(layout: triton_layout.TritonModel) -> Signature:
+    """The tensors a Triton config.pbtxt declares, held to what TorchScript can take."""
+    for spec in (*layout.inputs, *layout.outputs):
+        if spec.datatype == datatypes.BYTES:
+            raise ModelFormatError(
+                f"'{layout.file}': tensor '{spec.name}' is TYPE_STRING; TorchScript tensors hold "
+                "numbers"
+            )
+    return Signature(layout.inputs, layout.outputs)
 
 
 def _signature(sidecar: Path) -> Signature:
