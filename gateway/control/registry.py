@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
 from collections.abc import Coroutine
@@ -364,7 +365,12 @@ class Registry:
             size = None
         predicted = int(size * self._settings.size_multiplier) if size else default
         if isinstance(location, Path):
-            return ModelSpec(model_id, model_type, str(location), predicted), ""
+            try:
+                schema = self._roots.schema(isvc.model)
+            except StorageError as exc:
+                return ModelSpec(model_id, model_type, "", default), exc.message
+            key = json.dumps({"schema_path": str(schema)}) if schema is not None else ""
+            return ModelSpec(model_id, model_type, str(location), predicted, key), ""
         return ModelSpec(model_id, model_type, location.path, predicted, location.to_key()), ""
 
     def _set_storage_problem(self, name: str, problem: str) -> None:

@@ -91,6 +91,20 @@ class StorageRoots:
             raise StorageError(f"unknown PVC '{pvc}' (configured PVCs: {known})")
         return _inside(root, path, pvc)
 
+    def schema(self, model: PredictorModel) -> Path | None:
+        """The file ModelMesh's ``storage.schemaPath`` names (the model's inputs and outputs,
+        as JSON), found as ``storage.path`` is, in the same storage; None when there is none.
+        StorageError as ``resolve`` says it (a path that leaves the PVC, ...), and for S3
+        storage, not read there yet."""
+        storage = model.storage
+        if storage is None or not storage.schemaPath:
+            return None
+        moved = storage.model_copy(update={"path": storage.schemaPath})
+        location = self.resolve(model.model_copy(update={"storage": moved}))
+        if not isinstance(location, Path):
+            raise StorageError("storage.schemaPath is read from PVC storage only, not S3")
+        return location
+
     async def measure(self, location: Location) -> int | None:
         """Bytes the model's files hold; None when a PVC path does not exist.
 

@@ -206,3 +206,42 @@ def test_a_pytorch_model_in_tritons_layout(
             )
         finally:
             assert api.delete(f"{ISVCS}/pytorch-cifar").status_code in (200, 404)
+
+
+def test_storage_schema_path_declares_a_pytorch_models_tensors(
+    deployment: launcher.Deployment,
+) -> None:
+    """ModelMesh's storage.schemaPath, in the model's PVC: the metadata and the names it gives."""
+    root = deployment.data_dir / "models"
+    graphs.save_script(graphs.Dense(), root / "schema-dense" / "model.pt")
+    (root / "schemas").mkdir(exist_ok=True)
+    (root / "schemas" / "dense.json").write_text(json.dumps(SIDECAR))
+    isvc = inference_service("pytorch-schema", "pytorch", "schema-dense/model.pt")
+    isvc["spec"]["predictor"]["model"]["storage"]["schemaPath"] = "schemas/dense.json"  # type: ignore[index]
+    with httpx.Client(base_url=deployment.api_url, timeout=30) as api:
+        api.put(f"{ISVCS}/pytorch-schema", json=isvc).raise_for_status()
+        try:
+            item = wait_ready(api, "pytorch-schema")
+            assert item["status"]["conditions"][0]["status"] == "True", item["status"]
+            status, answer = curl_json(
+                f"{deployment.url}/v2/models/pytorch-schema/infer",
+                {
+                    "inputs": [
+                        {
+                            "name": "features",
+                            "shape": [3, 4],
+                            "datatype": "FP32",
+                            "data": ROWS.tolist(),
+                        }
+                    ]
+                },
+            )
+            assert status == 200, answer
+            assert [o["name"] for o in answer["outputs"]] == ["scores"]
+            escape = dict(isvc)
+            escape["spec"] = json.loads(json.dumps(isvc["spec"]))
+            escape["spec"]["predictor"]["model"]["storage"]["schemaPath"] = "../outside.json"
+            refused = api.put(f"{ISVCS}/pytorch-schema", json=escape)
+            assert refused.status_code in (400, 422) or "leaves PVC" in refused.text, refused.text
+        finally:
+            assert api.delete(f"{ISVCS}/pytorch-schema").status_code in (200, 404)

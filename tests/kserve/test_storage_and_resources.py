@@ -89,3 +89,21 @@ def test_storage_that_leaves_its_root_or_is_unknown_is_refused(
 ) -> None:
     with pytest.raises(StorageError, match=message):
         roots.resolve(parse_inference_service(seed(**storage)).model)
+
+
+def test_schema_path_is_found_as_the_model_path_is(roots: StorageRoots) -> None:
+    model = parse_inference_service(seed(path="model.joblib", schemaPath="sub/schema.json")).model
+    assert roots.schema(model) == roots.pvcs["my-models-pvc"].resolve() / "sub" / "schema.json"
+    assert roots.schema(parse_inference_service(seed(path="model.joblib")).model) is None
+    for escape, message in (
+        ("../secret", "leaves PVC"),
+        ("escape", "leaves PVC"),
+        ("/etc/x", "relative"),
+    ):
+        with pytest.raises(StorageError, match=message):
+            roots.schema(parse_inference_service(seed(schemaPath=escape)).model)
+    s3 = seed(
+        parameters={"type": "s3", "bucket": "b"}, path="m/model.pt", schemaPath="m/schema.json"
+    )
+    with pytest.raises(StorageError, match="PVC storage only"):
+        roots.schema(parse_inference_service(s3).model)

@@ -356,3 +356,24 @@ async def test_through_a_pod_a_predict_error_is_reported_and_the_pod_goes_on(
     good = tensors.make_request("dense__isvc-1", [Tensor.of("x", ROWS)], raw=True)
     (out,) = tensors.decode_response(await pod.infer.ModelInfer(good))
     np.testing.assert_allclose(out.array, _direct(dense, ROWS).numpy(), rtol=1e-6)
+
+
+async def test_the_schema_path_the_gateway_passes_declares_the_tensors(
+    dense: Path, tmp_path: Path
+) -> None:
+    """ModelMesh's storage.schemaPath: the file the load's key names, in the sidecar's form,
+    instead of a sidecar."""
+    schema = tmp_path / "schemas" / "dense.json"
+    schema.parent.mkdir()
+    schema.write_text(
+        '{"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}],'
+        ' "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 3]}]}'
+    )
+    key = json.dumps({"schema_path": str(schema)})
+    model = TorchScriptModel(ModelConfig("m__isvc-1", "pytorch", dense, key))
+    await model.load()
+    assert [s.name for s in model.metadata().inputs] == ["features"]
+    assert [s.name for s in model.metadata().outputs] == ["scores"]
+    missing = json.dumps({"schema_path": str(tmp_path / "none.json")})
+    with pytest.raises(ModelFormatError, match="schemaPath file not found"):
+        await TorchScriptModel(ModelConfig("m__isvc-2", "pytorch", dense, missing)).load()

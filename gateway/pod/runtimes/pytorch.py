@@ -8,8 +8,9 @@ and the batch dimension included. Only TorchScript archives load: a pickled modu
 saved with ``torch.save`` needs the Python class that made it, and is reported
 as such (``ModelFormatError``); script or trace it, then ``torch.jit.save``.
 
-TorchScript carries no tensor metadata, so it may come from a JSON sidecar with
-the model file's name and the suffix ``.json`` (``model.pt`` -> ``model.json``)::
+TorchScript carries no tensor metadata, so it may come from the file ModelMesh's
+``storage.schemaPath`` names, or from a JSON sidecar with the model file's name
+and the suffix ``.json`` (``model.pt`` -> ``model.json``), in the same form::
 
     {"inputs":  [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
      "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 3]}]}
@@ -103,7 +104,7 @@ class TorchScriptModel(Model):
 
     async def load(self) -> None:
         self._module, self._signature, self._size = await asyncio.to_thread(
-            _read, Path(self.config.path)
+            _read, Path(self.config.path), _schema_path(self.config.key)
         )
 
     async def unload(self) -> None:
@@ -208,8 +209,20 @@ def _forward(module: Any, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     return arrays_out
 
 
-def _read(path: Path) -> tuple[Any, Signature, int]:
-    """Load the module behind ``path``, its sidecar and its size (in a worker thread)."""
+def _schema_path(key: str) -> Path | None:
+    """ModelMesh's ``storage.schemaPath``, as the gateway passes it (resolved inside the PVC)
+    in the load's key: ``{"schema_path": "/models/..."}``."""
+    try:
+        document = json.loads(key) if key else {}
+    except json.JSONDecodeError:
+        return None
+    schema = document.get("schema_path") if isinstance(document, dict) else None
+    return Path(schema) if isinstance(schema, str) and schema else None
+
+
+def _read(path: Path, schema: Path | None = None) -> tuple[Any, Signature, int]:
+    """Load the module behind ``path``, its declared tensors (a Triton config, else the
+    schemaPath file, else the sidecar) and its size (in a worker thread)."""
     import torch
 
     torch.set_num_threads(1)  # measured: see the module docstring
@@ -218,7 +231,9 @@ def _read(path: Path) -> tuple[Any, Signature, int]:
         file, signature = layout.file, _declared(layout)
     else:
         file = model_file(path, SUFFIXES)
-        signature = _signature(file.with_suffix(SIDECAR_SUFFIX))
+        if schema is not None and not schema.is_file():
+            raise ModelFormatError(f"schemaPath file not found: {schema}")
+        signature = _signature(schema or file.with_suffix(SIDECAR_SUFFIX))
     try:
         module = torch.jit.load(str(file), map_location="cpu")
     except Exception as exc:
