@@ -46,7 +46,7 @@ class StorageRoots:
     pvcs: Mapping[str, Path]
     config: StorageConfig = field(default_factory=dict)
 
-    def resolve(self, model: PredictorModel) -> Location:
+    def resolve(self, model: PredictorModel, what: str = "model path") -> Location:
         """Where ``model``'s files are; StorageError says why a reference cannot be used."""
         key, params, path = _reference(model)
         if key is not None:
@@ -63,7 +63,7 @@ class StorageRoots:
         merged = {**entry, **params}
         kind = merged.get("type")
         if kind == "pvc":
-            return self._pvc(merged, path)
+            return self._pvc(merged, path, what)
         if kind == "s3":
             bucket = merged.get("bucket") or merged.get("default_bucket")
             if not bucket:
@@ -81,7 +81,7 @@ class StorageRoots:
             )
         raise StorageError(f"storage type {kind!r} is not supported: use 'pvc' or 's3'")
 
-    def _pvc(self, merged: Mapping[str, str], path: str) -> Path:
+    def _pvc(self, merged: Mapping[str, str], path: str, what: str) -> Path:
         pvc = merged.get("name")
         if not pvc:
             raise StorageError("storage.parameters.name must name the PVC")
@@ -89,7 +89,7 @@ class StorageRoots:
         if root is None:
             known = ", ".join(sorted(self.pvcs)) or "none"
             raise StorageError(f"unknown PVC '{pvc}' (configured PVCs: {known})")
-        return _inside(root, path, pvc)
+        return _inside(root, path, pvc, what)
 
     def schema(self, model: PredictorModel) -> Path | None:
         """The file ModelMesh's ``storage.schemaPath`` names (the model's inputs and outputs,
@@ -100,7 +100,7 @@ class StorageRoots:
         if storage is None or not storage.schemaPath:
             return None
         moved = storage.model_copy(update={"path": storage.schemaPath})
-        location = self.resolve(model.model_copy(update={"storage": moved}))
+        location = self.resolve(model.model_copy(update={"storage": moved}), "schema path")
         if not isinstance(location, Path):
             raise StorageError("storage.schemaPath is read from PVC storage only, not S3")
         return location
@@ -142,14 +142,14 @@ def _reference(model: PredictorModel) -> tuple[str | None, dict[str, str], str]:
     )
 
 
-def _inside(root: Path, path: str, pvc: str) -> Path:
+def _inside(root: Path, path: str, pvc: str, what: str = "model path") -> Path:
     relative = PurePosixPath(path)
     if relative.is_absolute() or not path.strip():
-        raise StorageError(f"model path {path!r} must be relative to PVC '{pvc}'")
+        raise StorageError(f"{what} {path!r} must be relative to PVC '{pvc}'")
     base = root.resolve()
     resolved = (base / relative).resolve()
     if not resolved.is_relative_to(base):
-        raise StorageError(f"model path {path!r} leaves PVC '{pvc}'")
+        raise StorageError(f"{what} {path!r} leaves PVC '{pvc}'")
     return resolved
 
 

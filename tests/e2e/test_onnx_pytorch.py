@@ -241,7 +241,9 @@ def test_storage_schema_path_declares_a_pytorch_models_tensors(
             escape = dict(isvc)
             escape["spec"] = json.loads(json.dumps(isvc["spec"]))
             escape["spec"]["predictor"]["model"]["storage"]["schemaPath"] = "../outside.json"
-            refused = api.put(f"{ISVCS}/pytorch-schema", json=escape)
-            assert refused.status_code in (400, 422) or "leaves PVC" in refused.text, refused.text
+            refused = api.put(f"{ISVCS}/pytorch-schema", json=escape).json()
+            (condition,) = refused["status"]["conditions"]
+            assert condition["status"] == "False"
+            assert "schema path '../outside.json' leaves PVC" in condition["message"]
         finally:
             assert api.delete(f"{ISVCS}/pytorch-schema").status_code in (200, 404)
