@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import uvicorn
 
 from gateway.adapters.api import build_api
+from gateway.adapters.eds import EndpointFiles
 from gateway.adapters.extproc.processor import ExternalProcessor
 from gateway.adapters.extproc.server import ExtProcServer
 from gateway.adapters.metrics import Metrics
@@ -98,6 +99,15 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     )
     tasks = [
         asyncio.create_task(api.serve(), name="management API"),
+        *(
+            [
+                asyncio.create_task(
+                    EndpointFiles(placement, settings.envoy_eds_dir).run(), name="eds"
+                )
+            ]
+            if settings.envoy_eds_dir is not None
+            else []
+        ),
         asyncio.create_task(placement.watch_pods(), name="pod health"),
         asyncio.create_task(coordinator.run(), name="replica coordination"),
         asyncio.create_task(registry.rollouts.watch(), name="rollouts"),

@@ -41,6 +41,9 @@ class GatewaySettings(BaseSettings):
     # ModelMesh's storage-config (S3 storage keys): a file or a folder, see gateway.kserve.storage
     storage_config: Path | None = None
     public_url: str = DEFAULT_PUBLIC_URL  # where users reach InferenceServices (status.url)
+    # A local Envoy's pod endpoints: the folder of its EDS files (gateway.adapters.eds), which
+    # the gateway keeps equal to the registered pods; None: Envoy's pods are static.
+    envoy_eds_dir: Path | None = None
     # The placement engine's and the registry's settings, each with its default declared
     # once where it is used (gateway.core.placement.settings, gateway.control.registry).
     placement: PlacementSettings = PlacementSettings()

@@ -397,6 +397,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "store_wait_seconds": args.store_wait,
         "pvcs": dict(args.pvc) if args.pvc else None,
         "public_url": args.public_url,
+        "envoy_eds_dir": args.envoy_eds_dir,
         "namespace": args.namespace,
         "log_level": args.log_level,
         "storage_config": args.storage_config,
@@ -446,6 +447,7 @@ def cmd_envoy(args: argparse.Namespace) -> int:
             pods=tuple(args.pods),
             rest_pods=tuple(args.rest_pods),
             api=args.api,
+            eds_dir=args.eds_dir,
         )
     )
     path = envoy_config.write(config, args.data_dir / "envoy.yaml")
@@ -532,6 +534,12 @@ def parser() -> argparse.ArgumentParser:
         "--pvc", action="append", type=_pvc, metavar="NAME=DIR", help="map a PVC name to a folder"
     )
     p.add_argument("--public-url", help="Envoy's URL, shown in InferenceService status")
+    p.add_argument(
+        "--envoy-eds-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep a local Envoy's pod endpoints in this folder's EDS files (mmgw envoy --eds-dir)",
+    )
     p.add_argument(
         "--storage-config",
         type=Path,
@@ -636,6 +644,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         default=list(Ports().pod_rest_addresses),
         help="the same pods' REST listeners (mmgw pod --rest-port), in the order of --pods",
+    )
+    p.add_argument(
+        "--eds-dir",
+        type=Path,
+        metavar="DIR",
+        help="read the pods' endpoints from the EDS files the gateway writes there (mmgw serve "
+        "--envoy-eds-dir): pods that register later are routable; default: --pods, fixed",
     )
     p.add_argument(
         "--api",

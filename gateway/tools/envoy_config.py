@@ -54,6 +54,9 @@ class EnvoyPorts:
     # the same pods' OIP REST listeners (gateway.pod.rest), and the management API
     rest_pods: tuple[str, ...] = ("127.0.0.1:9111", "127.0.0.1:9112", "127.0.0.1:9113")
     api: str = "127.0.0.1:8080"
+    # The folder of the pods' EDS files (gateway.adapters.eds): the two pod clusters read
+    # their endpoints there, kept current by the gateway; None: ``pods``/``rest_pods`` fixed.
+    eds_dir: Path | None = None
 
 
 def _find(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -164,17 +167,36 @@ def render(
     extproc_cluster.update(
         _members(EXT_PROC_CLUSTER, (f"{ports.extproc_host}:{ports.extproc_port}",))
     )
-    pods = source.cluster(PODS_CLUSTER)
-    pods["per_connection_buffer_limit_bytes"] = ports.max_request_bytes
-    pods.update(_members(PODS_CLUSTER, ports.pods))
-    rest_pods = source.cluster(PODS_REST_CLUSTER)
-    rest_pods["per_connection_buffer_limit_bytes"] = ports.max_request_bytes
-    rest_pods.update(_members(PODS_REST_CLUSTER, ports.rest_pods))
+    for name, addresses in ((PODS_CLUSTER, ports.pods), (PODS_REST_CLUSTER, ports.rest_pods)):
+        cluster = source.cluster(name)
+        cluster["per_connection_buffer_limit_bytes"] = ports.max_request_bytes
+        if ports.eds_dir is None or static_upstream is not None:
+            cluster.update(_members(name, addresses))
+        else:
+            _watch_endpoints(cluster, name, ports.eds_dir)
+            config["node"] = {"id": "mmgw-envoy", "cluster": "mmgw"}  # xDS, files too, need one
     source.cluster(API_CLUSTER).update(_members(API_CLUSTER, (ports.api,)))
 
     if static_upstream is not None:
         _make_static(source, static_upstream, static_rest_upstream)
     return config
+
+
+def _watch_endpoints(cluster: dict[str, Any], name: str, folder: Path) -> None:
+    """Make ``cluster`` read its endpoints from ``folder/<name>.yaml``, reloaded on each move
+    into the folder (gateway.adapters.eds writes them)."""
+    cluster.pop("load_assignment", None)
+    cluster["type"] = "EDS"
+    cluster["eds_cluster_config"] = {
+        "service_name": name,
+        "eds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {
+                "path": str(folder.resolve() / f"{name}.yaml"),
+                "watched_directory": {"path": str(folder.resolve())},
+            },
+        },
+    }
 
 
 def _members(cluster: str, addresses: tuple[str, ...]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import IO
 
 import httpx
 
+from gateway.adapters import eds
 from gateway.tools import envoy_config
 
 _PR_SET_PDEATHSIG = 1
@@ -174,12 +175,21 @@ class Deployment:
         self._wait("envoy", lambda: _http_ok(ready), time.monotonic() + timeout)
 
     def start_pod(self, index: int) -> Process:
-        extra = self.pod_args.get(index, [])
-        port, rest_port = self.ports.pods[index], self.ports.pod_rest[index]
+        """Pod ``index`` of ``ports``, with its ``pod_args``."""
+        return self.spawn_pod(
+            f"pod-{index}",
+            self.ports.pods[index],
+            self.ports.pod_rest[index],
+            self.pod_args.get(index, []),
+        )
+
+    def spawn_pod(self, name: str, port: int, rest_port: int, extra: Sequence[str] = ()) -> Process:
+        """A pod on these ports, registering in this deployment's store: also one Envoy was
+        not started with (it learns it from the gateway's endpoint files)."""
         # A pod of a ServingRuntime takes its capacity from the runtime's YAML, unless given one.
         capacity = [] if "--runtime-name" in extra else ["--capacity", str(self.pod_capacity)]
         return self._spawn(
-            f"pod-{index}",
+            name,
             [
                 sys.executable,
                 "-m",
@@ -191,7 +201,7 @@ class Deployment:
                 str(rest_port),
                 *capacity,
                 "--id",
-                f"pod-{index}",
+                name,
                 "--store",
                 self.store,
                 "--data-dir",
@@ -216,10 +226,25 @@ class Deployment:
             self.url,
             "--store",
             self.store,
+            "--envoy-eds-dir",
+            str(self.eds_dir),
         ]
         return self._spawn("gateway", args, env=self.gateway_env)
 
+    @property
+    def eds_dir(self) -> Path:
+        """Envoy's pod endpoint files: the launched pods at first, then what the gateway knows."""
+        return self.data_dir / "eds"
+
     def start_envoy(self, static_upstream: str | None = None) -> Process:
+        if static_upstream is None:
+            # Unless the gateway wrote them already, Envoy starts with the pods this deployment
+            # launches: the gateway rewrites the files as pods register and leave.
+            for cluster, addresses in zip(
+                eds.CLUSTERS, (self.ports.pod_addresses, self.ports.pod_rest_addresses), strict=True
+            ):
+                if not eds.file_of(self.eds_dir, cluster).exists():
+                    eds.write(self.eds_dir, cluster, addresses, version=0)
         config = envoy_config.render(
             envoy_config.EnvoyPorts(
                 listen_host=self.listen_host,
@@ -229,6 +254,7 @@ class Deployment:
                 pods=self.ports.pod_addresses,
                 rest_pods=self.ports.pod_rest_addresses,
                 api=f"127.0.0.1:{self.ports.api}",
+                eds_dir=None if static_upstream is not None else self.eds_dir,
             ),
             static_upstream=static_upstream,
         )

@@ -94,6 +94,10 @@ class Placement:
     def observe(self, address: str, models: Mapping[str, int]) -> None:
         self._monitor.observe(address, models)
 
+    def endpoints(self) -> list[tuple[str, str]]:
+        """Every pod in the table: its address and its REST listener's ("" until known)."""
+        return [(pod.address, pod.rest_address) for pod in self._table.pods.values()]
+
     def rest_address(self, address: str) -> str:
         """The OIP REST listener of the pod at gRPC ``address``; "" if it has none (or is gone)."""
         pod = self._table.pods.get(address)
