@@ -27,6 +27,7 @@ import yaml
 
 from gateway.core.domain import LOAD_TIMEOUT_SECONDS
 from gateway.core.errors import GatewayError
+from gateway.kserve import documents as kserve_documents
 from gateway.kserve.resources import DEFAULT_NAMESPACE, parse_quantity
 from gateway.tools.launcher import Ports
 
@@ -152,15 +153,30 @@ def _kind_of(resource: str) -> str:
     return "InferenceService"
 
 
+def _read_bounded(path: str) -> str:
+    """The file's text (stdin for "-"), refused past what the management API takes."""
+    limit = kserve_documents.MAX_BYTES
+    if path == "-":
+        text = sys.stdin.read(limit + 1)
+    else:
+        with Path(path).open(encoding="utf-8") as file:
+            text = file.read(limit + 1)
+    if len(text) > limit:
+        raise CliError(f"{path}: larger than {limit // (1024 * 1024)} MiB, the API's request limit")
+    return text
+
+
 def documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
     for path in paths:
         try:
-            text = sys.stdin.read() if path == "-" else Path(path).read_text()
-            loaded = list(yaml.safe_load_all(text))
+            text = _read_bounded(path)
+            loaded = kserve_documents.load_all(text)
         except OSError as exc:
             raise CliError(f"{path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
             raise CliError(f"{path}: not valid YAML: {exc}") from None
+        except kserve_documents.TooManyNodes as exc:
+            raise CliError(f"{path}: {exc}") from None
         for doc in loaded:
             if doc is None:
                 continue

@@ -231,6 +231,19 @@ BAD = {
         "spec.predictor.model.modelFormat: Field required",
     ),
     "bad-name": (isvc_yaml("cli-Bad_name"), "invalid name 'cli-Bad_name'"),
+    # a "billion laughs": 10^7 nodes through aliases, refused before anything is expanded
+    "alias-bomb": (
+        "".join(
+            f"{n}: &{n} [{', '.join([f'*{p}'] * 10 if p else ['x'] * 10)}]\n"
+            for p, n in zip(["", *"abcdef"], "abcdefg", strict=True)
+        )
+        + "kind: InferenceService\n",
+        "document 1 expands to more than 100,000 nodes through its aliases",
+    ),
+    "over-3-MiB": (
+        isvc_yaml("cli-bad") + "# " + "x" * (3 << 20) + "\n",
+        "larger than 3 MiB, the API's request limit",
+    ),
     "metadata-not-a-mapping": (
         re.sub(r"metadata:\n(  .*\n)+", "metadata: cli-bad\n", isvc_yaml("cli-bad")),
         "with metadata.name can be applied",

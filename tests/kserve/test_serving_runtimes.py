@@ -460,3 +460,20 @@ async def test_a_model_goes_only_to_pods_of_its_runtime_and_is_runtime_unhealthy
     assert await h.router.route(RouteKey("sklearn-mnist", grpc=False)) is not None
     assert {pod for pod, _ in pods.loads} == {"10.0.0.1:9000"}
     assert h.status(h.registry.get("sklearn-mnist"))["conditions"][0]["status"] == "True"
+
+
+async def test_the_api_refuses_a_body_over_3_mib_and_json_nested_too_deep(tmp_path: Path) -> None:
+    h = await harness(tmp_path)
+    app = build_api(h.registry, h.placement, namespace="modelmesh-serving")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api"
+    ) as api:
+        big = b'{"spec": "' + b"x" * (3 << 20) + b'"}'
+        response = await api.put(f"{SRS}/too-big", content=big)
+        assert response.status_code == 413
+        assert response.json()["reason"] == "RequestEntityTooLarge"
+        assert "larger than 3 MiB" in response.json()["message"]
+        deep = b"[" * 100_000 + b"]" * 100_000
+        response = await api.put(f"{SRS}/too-deep", content=deep)
+        assert response.status_code == 400 and "nested too deeply" in response.json()["message"]
+        assert (await api.get(SRS)).json()["items"] == []  # nothing was stored

@@ -12,12 +12,15 @@
 With a token (MMGW_API_TOKEN, required off loopback), every request but
 /healthz (probes) and /metrics (Prometheus scrapes, read-only figures) needs
 ``Authorization: Bearer <token>``, else 401. Errors are Kubernetes Status objects; the table below maps core errors to
-HTTP statuses. The apply result (created, configured, unchanged) is in the
+HTTP statuses. A request body is at most 3 MiB (Kubernetes' limit): 413 past it, before more
+is read; a large body is parsed in a worker thread, so ext_proc on the same loop is not held up.
+The apply result (created, configured, unchanged) is in the
 ``mmgw-apply-result`` response header, for the CLI to print as kubectl does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -41,6 +44,7 @@ from gateway.core.errors import (
     Unavailable,
 )
 from gateway.core.placement import Placement
+from gateway.kserve.documents import MAX_BYTES
 from gateway.kserve.resources import (
     API_VERSION,
     CLUSTER_RUNTIME_KIND,
@@ -84,6 +88,32 @@ def _status(
     return JSONResponse(body, status_code=code, headers=headers)
 
 
+# Bodies under this are parsed on the event loop (microseconds); larger ones in a thread.
+_INLINE_PARSE = 64 * 1024
+
+
+class _TooLarge(Exception):
+    """A request body past MAX_BYTES: 413, before more of it is read."""
+
+
+async def capped_body(request: Request) -> bytes:
+    """The request's body, read up to MAX_BYTES (Kubernetes' API server limit); _TooLarge past
+    it, at once from Content-Length or as soon as the bytes pass it."""
+    limit = MAX_BYTES
+    message = f"the request body is larger than {limit // (1024 * 1024)} MiB, the API's limit"
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(message)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(message)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def build_api(
     registry: Registry,
     placement: Placement,
@@ -116,6 +146,10 @@ def build_api(
                 f"{problem}: send 'Authorization: Bearer <token>' (mmgw --token or MMGW_TOKEN)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+
+    @app.exception_handler(_TooLarge)
+    async def _too_large(request: Request, exc: _TooLarge) -> JSONResponse:
+        return _status(413, "RequestEntityTooLarge", str(exc), headers={"connection": "close"})
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
@@ -158,10 +192,18 @@ def build_api(
         }
 
     async def body_of(request: Request, name: str, namespace: str | None) -> dict[str, Any]:
+        body = await capped_body(request)
         try:
-            document = json.loads(await request.body())
+            # a large body is parsed in a worker thread: the loop serves ext_proc meanwhile
+            document = (
+                json.loads(body)
+                if len(body) < _INLINE_PARSE
+                else await asyncio.to_thread(json.loads, body)
+            )
         except ValueError as exc:
             raise InvalidSpec(f"the request body is not JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidSpec("the request body is JSON nested too deeply") from None
         if not isinstance(document, dict):
             raise InvalidSpec("the request body must be one resource (a JSON object)")
         metadata = document.setdefault("metadata", {})
@@ -265,7 +307,7 @@ def build_api(
     @app.post("/v2/repository/index")
     async def repository_index(request: Request) -> JSONResponse:
         try:
-            ready = repository.ready_only(await request.body())
+            ready = repository.ready_only(await capped_body(request))
         except InvalidInput as exc:
             return JSONResponse({"error": exc.message}, status_code=400)
         views = [registry.view(r) for r in registry.list()]
