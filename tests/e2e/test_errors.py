@@ -82,6 +82,22 @@ def test_a_wrong_datatype_is_reported_before_a_wrong_element_count(
     assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, expected)
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_400(rest: httpx.Client, value: str) -> None:
+    """A client error (scikit-learn's SVC takes finite numbers only), in both REST forms."""
+    pixels: list[object] = [0.0] * 63
+    seed = seed_body(contents={"fp32_contents": [value, *pixels]})
+    response = rest.post("/v2/models/sklearn-mnist/infer", json=seed)
+    assert response.status_code == 400 and "NaN or infinite values" in response.json()["message"]
+    oip = (
+        '{"inputs": [{"name": "predict", "shape": [1, 64], "datatype": "FP32", "data": ['
+        + ", ".join([value, *map(str, pixels)])
+        + "]}]}"
+    )
+    response = rest.post("/v2/models/sklearn-mnist/infer", content=oip)
+    assert response.status_code == 400 and "NaN or infinite values" in response.json()["error"]
+
+
 @pytest.mark.parametrize(
     ("metadata", "message"),
     [

@@ -219,3 +219,14 @@ async def test_loading_runs_in_a_worker_thread(
     witness = asyncio.create_task(loop_side())
     await _loaded(svc_file)
     await witness
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+async def test_nan_and_infinity_are_the_requests_fault(svc_file: Path, value: float) -> None:
+    """scikit-learn's SVC refuses them (ValueError): a client error, 400 / INVALID_ARGUMENT."""
+    model = SKLearnModel(ModelConfig("m", "sklearn", svc_file))
+    await model.load()
+    row = np.zeros((1, 64), np.float32)
+    row[0, 3] = value
+    with pytest.raises(InvalidInput, match="NaN or infinite values"):
+        await model.predict(InferenceRequest((Tensor.of("predict", row),)))

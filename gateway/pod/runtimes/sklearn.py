@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.core.errors import ModelFormatError
+from gateway.core.errors import InvalidInput, ModelFormatError
 
 from ..model import ModelConfig, Tensor, TensorSpec
 from .common import model_file
@@ -69,7 +69,16 @@ class SKLearnModel(TabularModel):
 
 
 def _run(estimator: Any, spec: TensorSpec, x: np.ndarray) -> Tensor:
-    result = np.asarray(getattr(estimator, spec.name)(x))
+    try:
+        result = np.asarray(getattr(estimator, spec.name)(x))
+    except ValueError as exc:
+        # scikit-learn's input validation: NaN or infinity for an estimator that takes neither
+        # is the request's fault (estimators that accept NaN never raise this)
+        if "NaN" in str(exc) or "infinity" in str(exc):
+            raise InvalidInput(
+                f"input '{INPUT_NAME}': NaN or infinite values; this model takes finite numbers"
+            ) from None
+        raise
     if result.ndim == 1:
         result = result.reshape(-1, 1)
     if spec.datatype == "BYTES":
