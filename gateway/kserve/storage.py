@@ -143,6 +143,8 @@ def _reference(model: PredictorModel) -> tuple[str | None, dict[str, str], str]:
 
 
 def _inside(root: Path, path: str, pvc: str, what: str = "model path") -> Path:
+    if "\x00" in path:
+        raise StorageError(f"{what} {path!r} holds a NUL byte")
     relative = PurePosixPath(path)
     if relative.is_absolute() or not path.strip():
         raise StorageError(f"{what} {path!r} must be relative to PVC '{pvc}'")

@@ -247,6 +247,10 @@ def _shape(value: Any, label: str) -> tuple[int, ...]:
         isinstance(d, int) and not isinstance(d, bool) for d in value
     ):
         raise InvalidInput(f"{label}: 'shape' must be an array of integers")
+    if len(value) > tensors.MAX_RANK:
+        raise InvalidInput(
+            f"{label}: rank {len(value)} is over the {tensors.MAX_RANK} dimensions allowed"
+        )
     if any(d < 0 for d in value):
         raise InvalidInput(f"{label}: shape {value} has a negative dimension")
     if any(d > _MAX_DIMENSION for d in value):

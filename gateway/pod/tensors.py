@@ -61,6 +61,8 @@ _WIDENED: Mapping[str, np.dtype] = MappingProxyType(
     }
 )
 _NO_PARAMETERS: Mapping[str, Parameter] = MappingProxyType({})
+# The most dimensions a tensor may have: numpy's own limit (NPY_MAXDIMS).
+MAX_RANK = 64
 _LENGTH = struct.Struct("<I")
 
 Wire = Any  # an InferInputTensor or InferOutputTensor: same fields 1-3 and 5
@@ -166,6 +168,8 @@ def decode_tensor(tensor: Wire, raw: bytes | None = None, role: str = "input") -
             f"{label}: unknown datatype '{datatype}'; expected one of {', '.join(datatypes.DTYPES)}"
         )
     shape = tuple(tensor.shape)
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"{label}: rank {len(shape)} is over the {MAX_RANK} dimensions allowed")
     if any(d < 0 for d in shape):
         raise InvalidInput(f"{label}: shape {list(shape)} has a negative dimension")
     if raw is None:

@@ -79,6 +79,7 @@ def test_pvc_paths_resolve_inside_the_root(roots: StorageRoots) -> None:
         ({"path": "../secret"}, "leaves PVC"),
         ({"path": "escape"}, "leaves PVC"),
         ({"path": "/etc/passwd"}, "must be relative"),
+        ({"path": "model.joblib\x00.txt"}, "holds a NUL byte"),
         ({"parameters": {"type": "pvc", "name": "nope"}}, "unknown PVC 'nope'"),
         ({"parameters": {"type": "gcs"}}, "storage type 'gcs' is not supported"),
         ({"path": None}, "storage.path"),

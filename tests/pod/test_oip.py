@@ -181,6 +181,7 @@ def test_binary_outputs_when_asked_for_all_or_by_name() -> None:
         (body(tensor(datatype="UINT8", data=[0, 1, 2, -1])), "values outside the UINT8 range"),
         (body(tensor(data=[None, 1, 2, 3])), "FP32 data must be JSON numbers"),
         (body(tensor(shape=[2, -2], data=[1.0] * 4)), "has a negative dimension"),
+        (body(tensor(shape=[1] * 65, data=[1.0])), "rank 65 is over the 64 dimensions allowed"),
         (body(tensor(shape=["2", 2], data=[1.0] * 4)), "'shape' must be an array of integers"),
         (body(tensor(data=5)), "'data' must be an array"),
         (body(tensor()), "has no 'data'"),

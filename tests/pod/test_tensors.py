@@ -151,6 +151,8 @@ def test_unknown_datatype_and_negative_shape() -> None:
         tensors.decode_request(request)
     with pytest.raises(InvalidInput, match=r"shape \[-1, 64\] has a negative dimension"):
         tensors.decode_request(_fp32_input([-1, 64], fp32_contents=[0.0] * 64))
+    with pytest.raises(InvalidInput, match="rank 65 is over the 64 dimensions allowed"):
+        tensors.decode_request(_fp32_input([1] * 65, fp32_contents=[0.0]))
 
 
 def test_narrow_integers_are_range_checked() -> None:
