@@ -369,7 +369,14 @@ class Registry:
                 schema = self._roots.schema(isvc.model)
             except StorageError as exc:
                 return ModelSpec(model_id, model_type, "", default), exc.message
-            key = json.dumps({"schema_path": str(schema)}) if schema is not None else ""
+            # the pod checks again at each load that the files stay in the PVC (gateway.pod.puller)
+            fields: dict[str, str] = {}
+            root = self._roots.root_of(location)
+            if root is not None:
+                fields["pvc_root"] = str(root)
+            if schema is not None:
+                fields["schema_path"] = str(schema)
+            key = json.dumps(fields) if fields else ""
             return ModelSpec(model_id, model_type, str(location), predicted, key), ""
         return ModelSpec(model_id, model_type, location.path, predicted, location.to_key()), ""
 

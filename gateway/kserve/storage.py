@@ -91,6 +91,13 @@ class StorageRoots:
             raise StorageError(f"unknown PVC '{pvc}' (configured PVCs: {known})")
         return _inside(root, path, pvc, what)
 
+    def root_of(self, location: Path) -> Path | None:
+        """The PVC folder holding ``location`` (a resolved PVC path), for the pods' own check."""
+        for root in self.pvcs.values():
+            if location.is_relative_to(root.resolve()):
+                return root.resolve()
+        return None
+
     def schema(self, model: PredictorModel) -> Path | None:
         """The file ModelMesh's ``storage.schemaPath`` names (the model's inputs and outputs,
         as JSON), found as ``storage.path`` is, in the same storage; None when there is none.

@@ -6,7 +6,9 @@ names S3 storage (``gateway.kserve.storage.S3Location.to_key``) is downloaded in
 ``model_key`` without the storage fields). The storage key is looked up in the
 pod's own storage configuration (``mmgw pod --storage-config``): credentials
 never travel in requests. Any other request names a local path (a PVC the
-gateway already checked), which goes to the runtime as it is.
+gateway already checked at apply): when the key names its PVC folder
+(``pvc_root``), the path and everything under it must still resolve inside it
+(``confine``, at each load), else the load fails naming the escape.
 
 - A download goes to a hidden ``.partial-*`` folder first and is renamed into
   place only once complete: a failed or abandoned download leaves nothing.
@@ -33,7 +35,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from gateway.core.errors import StorageError
+from gateway.core.errors import ModelFormatError, StorageError
 from gateway.kserve.locations import S3Location, StorageConfig
 
 from .model import ModelConfig
@@ -64,6 +66,9 @@ class Puller:
         """``config`` with a local path whose files are there and readable."""
         location = S3Location.from_request(str(config.path), config.key)
         if location is None:
+            root = _pvc_root(config.key)
+            if root is not None:
+                await asyncio.to_thread(confine, config.path, root)
             return config
         abandoned = threading.Event()
         try:
@@ -107,6 +112,33 @@ class Puller:
             final,
         )
         return final / local.relative_to(partial)
+
+
+def _pvc_root(key: str) -> Path | None:
+    """The PVC folder the gateway names in the load's key (``{"pvc_root": ...}``), if any."""
+    try:
+        data = json.loads(key) if key else None
+    except json.JSONDecodeError:
+        return None
+    root = data.get("pvc_root") if isinstance(data, dict) else None
+    return Path(root) if isinstance(root, str) and root else None
+
+
+def confine(path: Path, root: Path) -> None:
+    """ModelFormatError unless ``path``, and every file and folder under it, resolves inside
+    ``root``: checked at each load, not only at apply, so a symlink or a file swapped in
+    after the gateway checked the path cannot make the pod read outside the PVC."""
+    base = root.resolve()
+    entries = [path]
+    if path.is_dir() and not path.is_symlink():
+        entries += list(path.rglob("*"))
+    for entry in entries:
+        resolved = entry.resolve()
+        if not resolved.is_relative_to(base):
+            raise ModelFormatError(
+                f"model file '{entry}' resolves to '{resolved}', outside its PVC folder '{base}': "
+                "refused"
+            )
 
 
 def _folder_name(model_id: str) -> str:

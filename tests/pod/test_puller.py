@@ -20,11 +20,11 @@ import pytest
 
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import model_runtime_pb2 as rt
-from gateway.core.errors import StorageFailure
+from gateway.core.errors import ModelFormatError, StorageFailure
 from gateway.kserve import s3 as s3_module
 from gateway.kserve.locations import S3Location
 from gateway.pod.model import ModelConfig
-from gateway.pod.puller import Puller
+from gateway.pod.puller import Puller, confine
 from tests.s3server import S3Server
 
 from .harness import Pod, StartPod, rpc_error
@@ -272,3 +272,38 @@ async def test_a_file_the_pod_may_not_read_is_permission_denied(
     err = await rpc_error(pod.load("locked", svc_file))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert err.details() == f"model file '{svc_file}' cannot be read: permission denied"
+
+
+def test_confine_refuses_what_resolves_outside_the_pvc(tmp_path: Path) -> None:
+    pvc, outside = tmp_path / "pvc", tmp_path / "outside"
+    (pvc / "folder").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "other.joblib").write_bytes(b"x")
+    (pvc / "model.joblib").write_bytes(b"x")
+    (pvc / "inside-link.joblib").symlink_to(pvc / "model.joblib")
+    confine(pvc / "model.joblib", pvc)
+    confine(pvc / "inside-link.joblib", pvc)  # a link that stays inside is fine
+    (pvc / "swapped.joblib").symlink_to(outside / "other.joblib")
+    with pytest.raises(ModelFormatError, match="outside its PVC folder"):
+        confine(pvc / "swapped.joblib", pvc)
+    (pvc / "folder" / "weights.bin").symlink_to(outside / "other.joblib")
+    with pytest.raises(ModelFormatError, match="weights.bin"):
+        confine(pvc / "folder", pvc)  # a folder model: every file under it is checked
+
+
+async def test_a_load_whose_file_was_swapped_for_a_link_out_of_the_pvc_fails(
+    start_pod: StartPod, svc_file: Path, tmp_path: Path
+) -> None:
+    """#13 item 4: the gateway checked the path at apply; the file became a symlink out of the
+    PVC afterwards. The pod refuses it at load (FAILED_PRECONDITION: retrying will not help)."""
+    pvc = tmp_path / "pvc"
+    pvc.mkdir()
+    (pvc / "model.joblib").symlink_to(svc_file)  # svc_file lives outside this PVC
+    pod = await start_pod()
+    key = json.dumps({"pvc_root": str(pvc)})
+    err = await rpc_error(pod.load("m__isvc-1", pvc / "model.joblib", model_key=key))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "outside its PVC folder" in err.details()
+    (pvc / "model.joblib").unlink()
+    (pvc / "model.joblib").write_bytes(svc_file.read_bytes())
+    assert await pod.load("m__isvc-1", pvc / "model.joblib", model_key=key) > 0
