@@ -310,8 +310,9 @@ def test_a_restarted_gateway_keeps_every_model_and_learns_the_placement(
 ) -> None:
     for i in range(3):
         answer(rest.post(f"/v2/models/m{i}/infer", json=infer_body()))
+    # (model, pod) pairs: a model may have a copy on more than one pod
     before = {
-        m: p["pod"] for p in placement(api)["pods"] for m in (x["model_id"] for x in p["models"])
+        (m, p["pod"]) for p in placement(api)["pods"] for m in (x["model_id"] for x in p["models"])
     }
     pool.stop_process("gateway")
     pool.start_gateway()
@@ -329,7 +330,7 @@ def test_a_restarted_gateway_keeps_every_model_and_learns_the_placement(
     names = {item["metadata"]["name"] for item in api.get(ISVCS).json()["items"]}
     assert {f"m{i}" for i in range(20)} <= names
     after = {
-        m: p["pod"] for p in placement(api)["pods"] for m in (x["model_id"] for x in p["models"])
+        (m, p["pod"]) for p in placement(api)["pods"] for m in (x["model_id"] for x in p["models"])
     }
     assert after == before  # learned from the pods, nothing loaded again
     assert metric(api, "mmgw_model_load_seconds_count") == 0
