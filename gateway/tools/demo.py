@@ -173,9 +173,26 @@ Ctrl-C stops the demo and every process it started.
 
 
 def _watch(deployment: launcher.Deployment) -> None:
+    """Until a signal: a pod that dies is started again, as Kubernetes restarts a pod's
+    container (its models load again on demand, on it or elsewhere); Envoy or the gateway
+    dying ends the demo."""
     while True:
-        for process in deployment.processes:
-            if process.popen.poll() is not None:
-                code = process.popen.returncode
+        for process in list(deployment.processes):
+            if process.popen.poll() is None:
+                continue
+            code = process.popen.returncode
+            index = _pod_index(process.name, deployment)
+            if index is None:
                 raise RuntimeError(f"{process.name} exited with {code}; see {process.log}")
+            say(f"{process.name} exited with {code} (see {process.log}); starting it again")
+            deployment.processes.remove(process)
+            deployment.start_pod(index)
         time.sleep(0.5)
+
+
+def _pod_index(name: str, deployment: launcher.Deployment) -> int | None:
+    """The index of the deployment's pod called ``name`` ("pod-<i>"), None for another process."""
+    prefix, _, number = name.partition("-")
+    if prefix == "pod" and number.isdigit() and int(number) < len(deployment.ports.pods):
+        return int(number)
+    return None

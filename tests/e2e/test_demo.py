@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import shlex
 import signal
@@ -243,6 +244,32 @@ def test_demo_refuses_a_taken_port(tmp_path: Path, which: str) -> None:
     assert status == 1
     assert f"port(s) {taken} (" in stderr and "already in use" in stderr
     assert not (tmp_path / "demo" / "logs").exists()  # nothing was started
+
+
+def test_a_pod_that_dies_is_started_again_and_the_demo_goes_on(demo: Demo) -> None:
+    """As Kubernetes restarts a pod's container: SIGKILL of a pod is logged, the pod comes back
+    on its ports, and the seed's request is answered again (the model loads again on demand)."""
+    demo.wait_for_line(lambda line: line == "sklearn-mnist is ready", READY_TIMEOUT)
+    curl = shlex.split(
+        demo.wait_for_line(lambda line: line.strip().startswith("curl -X POST"), 5).strip()
+    )
+    pods = [c for c in started_by(demo.popen.pid, str(demo.data_dir)) if " pod " in c.cmdline]
+    victim = next(c for c in pods if f"--port {demo.ports.pods[0]} " in c.cmdline + " ")
+    os.kill(victim.pid, signal.SIGKILL)
+    line = demo.wait_for_line(lambda line: line.startswith("pod-0 exited with -9"), 10)
+    assert line.endswith("starting it again")
+    deadline = time.monotonic() + 60
+    while not launcher.listening(demo.ports.pods[0]):
+        assert time.monotonic() < deadline, "pod-0 did not come back"
+        time.sleep(0.1)
+    while True:
+        result = subprocess.run([*curl, "-sS"], capture_output=True, text=True, timeout=30)
+        if '"int64Contents":["8"]' in result.stdout:
+            break
+        assert time.monotonic() < deadline, result.stdout
+        time.sleep(0.2)
+    assert demo.popen.poll() is None  # still running
+    assert demo.stop(signal.SIGTERM) == 0
 
 
 def test_demo_refuses_a_port_given_twice(tmp_path: Path) -> None:
