@@ -27,7 +27,6 @@ from pathlib import Path
 
 import grpc
 
-from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway._proto import model_runtime_pb2_grpc as rt_grpc
 from gateway.store import open_store
 
@@ -37,7 +36,7 @@ from .registration import Registration
 from .repository import ModelRepository
 from .rest import OipApp, RestServer
 from .runtimes import RuntimeRegistry
-from .servicer import InferenceServicer, RuntimeServicer
+from .servicer import InferenceServicer, RuntimeServicer, inference_handler
 from .settings import PodSettings
 
 __all__ = ["PodServer", "PodSettings", "main", "serve"]
@@ -105,8 +104,10 @@ class PodServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.models, self._ready), server
+        # the data plane's messages come from clients: one that does not parse is answered
+        # INVALID_ARGUMENT (servicer.tolerant), not grpc's UNKNOWN
+        server.add_generic_rpc_handlers(
+            (inference_handler(InferenceServicer(self.models, self._ready)),)
         )
         rt_grpc.add_ModelRuntimeServicer_to_server(
             RuntimeServicer(self.models, self._ready, settings, lambda: self.rest_port or 0),

@@ -41,10 +41,12 @@ import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 import gateway
 from gateway._proto import grpc_predict_v2_pb2 as v2
@@ -105,6 +107,43 @@ def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A request message that did not parse: what the tolerant deserializer hands the servicer
+    instead of raising (grpc reports a deserializer's exception as UNKNOWN, with the class
+    name), so that it is answered INVALID_ARGUMENT naming the message type."""
+
+    type_name: str
+    reason: str
+
+
+def tolerant(message: Any) -> Callable[[bytes], Any]:
+    """``message.FromString`` that returns an Undecodable instead of raising."""
+    name = message.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(name, str(exc) or "not a protobuf message")
+
+    return deserialize
+
+
+def inference_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """The GRPCInferenceService methods of ``servicer``, with tolerant deserializers."""
+    service = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=tolerant(getattr(v2, method.input_type.name)),
+            response_serializer=getattr(v2, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 S = TypeVar("S")
@@ -117,6 +156,10 @@ def _rpc(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
     @functools.wraps(method)
     async def handler(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
+            if isinstance(request, Undecodable):
+                raise InvalidInput(
+                    f"the request is not a valid {request.type_name}: {request.reason}"
+                )
             return await method(self, request, context)
         except Exception as exc:
             code, details = grpc_status(exc)

@@ -82,6 +82,15 @@ def test_a_wrong_datatype_is_reported_before_a_wrong_element_count(
     assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, expected)
 
 
+def test_an_undecodable_grpc_message_is_invalid_argument(deployment: launcher.Deployment) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{deployment.ports.envoy}") as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"\xff\xff\xff", metadata=(("mm-vmodel-id", "sklearn-mnist"),), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid inference.ModelInferRequest" in info.value.details()
+
+
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_infinity_are_400(rest: httpx.Client, value: str) -> None:
     """A client error (scikit-learn's SVC takes finite numbers only), in both REST forms."""

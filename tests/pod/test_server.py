@@ -414,3 +414,15 @@ def test_a_bad_pod_setting_is_a_usage_error_naming_it(capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert "max_loading_concurrency" in err and "greater than or equal to 1" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("method", ["ModelInfer", "ModelMetadata", "ModelReady"])
+async def test_an_undecodable_message_is_invalid_argument(pod: Pod, method: str) -> None:
+    """grpc answers a deserializer's exception UNKNOWN, with the Python class name; the pod's
+    tolerant deserializers make it INVALID_ARGUMENT naming the message type."""
+    async with grpc.aio.insecure_channel(pod.server.address) as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+        err = await _error(call(b"\xff\xff\xff", metadata=(("mm-model-id", "m"),)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith("the request is not a valid inference.")
+    assert "class" not in err.details()
