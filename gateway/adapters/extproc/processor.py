@@ -140,30 +140,34 @@ class ExternalProcessor:
         if answer is not None:
             return answer
         if isinstance(found, Miss):
-            return self._load_then_forward(found, key, in_body)
+            return self._load_then_forward(found, key, memo, in_body)
         try:
-            return self._forward(found, in_body, key.oip)
+            return self._forward(found, key, memo, in_body)
         except Exception as exc:
             return self._reject(exc, grpc_call=key.grpc)
 
-    async def _load_then_forward(self, miss: Miss, key: RouteKey, in_body: bool) -> Answer:
+    async def _load_then_forward(
+        self, miss: Miss, key: RouteKey, memo: dict[Route | Miss, Answer], in_body: bool
+    ) -> Answer:
         try:
-            return self._forward(await self._router.load(miss), in_body, key.oip)
+            route = await self._router.load(miss)
+            return memo.get(route) or self._forward(route, key, memo, in_body)
         except Exception as exc:
             return self._reject(exc, grpc_call=key.grpc)
 
-    def _forward(self, route: Route, in_body: bool, oip: bool) -> Answer:
-        memo = self._for_body if in_body else self._for_oip if oip else self._for_headers
-        answer = memo.get(route)
-        if answer is None:
-            if len(memo) >= _MAX_CACHED:
-                memo.clear()
-            upstream = (
-                self._router.rest_upstream(route)
-                if oip
-                else ",".join((route.address, *route.fallbacks))
-            )
-            answer = memo[route] = Answer(_forward_response(route, upstream, in_body))
+    def _forward(
+        self, route: Route, key: RouteKey, memo: dict[Route | Miss, Answer], in_body: bool
+    ) -> Answer:
+        """Serialize the forward of a Route not in ``memo`` (the memo of the request's form)
+        and keep it there."""
+        if len(memo) >= _MAX_CACHED:
+            memo.clear()
+        upstream = (
+            self._router.rest_upstream(route)
+            if key.oip
+            else ",".join((route.address, *route.fallbacks))
+        )
+        answer = memo[route] = Answer(_forward_response(route, upstream, in_body))
         return answer
 
     def _reject(self, error: BaseException, *, grpc_call: bool) -> Answer:
