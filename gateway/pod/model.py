@@ -20,11 +20,11 @@ Input arrays may be read-only views of the request's bytes: copy before writing.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from . import datatypes
 Parameter = bool | int | float | str
 
 _NO_PARAMETERS: Mapping[str, Parameter] = MappingProxyType({})
+Decoded = TypeVar("Decoded")
 _TO_BYTES = np.frompyfunc(lambda v: v if isinstance(v, bytes) else str(v).encode(), 1, 1)
 
 
@@ -184,11 +185,21 @@ class Model(abc.ABC):
         return None
 
 
-def check_declared_datatypes(model: Model, given: Sequence[tuple[str, str]]) -> None:
-    """``model``'s metadata().check_datatypes(given), unless the model cannot say (a runtime
-    whose metadata fails is reported by the error the request already has)."""
+def decode_for(
+    model: Model,
+    decode: Callable[[], Decoded],
+    declared: Callable[[], Sequence[tuple[str, str]]],
+) -> Decoded:
+    """``decode()`` a request for ``model``; when it fails, a wrong datatype among the
+    ``declared()`` inputs (name, datatype) is reported first, as Triton does
+    (ModelMetadata.check_datatypes). Nothing is asked of a request that decodes."""
     try:
-        metadata = model.metadata()
-    except Exception:  # noqa: BLE001 - the caller raises the request's own error next
-        return
-    metadata.check_datatypes(given)
+        return decode()
+    except InvalidInput:
+        try:
+            metadata: ModelMetadata | None = model.metadata()
+        except Exception:  # noqa: BLE001 - the model cannot say: the request's own error stands
+            metadata = None
+        if metadata is not None:
+            metadata.check_datatypes(declared())
+        raise

@@ -38,7 +38,7 @@ from gateway.core.errors import GatewayError, InvalidInput, UnknownRoute
 from gateway.core.protocol import MODEL_ID_HEADER
 
 from . import oip
-from .model import check_declared_datatypes
+from .model import decode_for
 from .repository import ModelRepository
 from .servicer import SERVER_NAME, grpc_status
 
@@ -180,12 +180,12 @@ class OipApp:
             )
         json_length = request.headers.get(oip.HEADER_LENGTH)
         with self._models.serving(model_id) as model:
-            try:
-                body = oip.decode_infer(bytes(request.body), json_length)
-            except InvalidInput:
-                given = oip.declared_inputs(bytes(request.body), json_length)
-                check_declared_datatypes(model, given)
-                raise
+            raw = bytes(request.body)
+            body = decode_for(
+                model,
+                lambda: oip.decode_infer(raw, json_length),
+                lambda: oip.declared_inputs(raw, json_length),
+            )
             outputs = await self._models.predict(model, body.request)
             data, header_length = oip.encode_infer(model_id, version, body, outputs)
         if header_length is None:

@@ -73,7 +73,7 @@ from gateway.kserve.locations import S3Location
 from gateway.kserve.storage import StorageRoots
 
 from . import tensors
-from .model import ModelConfig, check_declared_datatypes
+from .model import ModelConfig, decode_for
 from .repository import ModelRepository, predicted_size
 from .settings import PodSettings
 
@@ -224,11 +224,11 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     ) -> v2.ModelInferResponse:
         model_id = _model_id(context, request.model_name)
         with self._models.serving(model_id) as model:
-            try:
-                decoded = tensors.decode_request(request)
-            except InvalidInput:
-                check_declared_datatypes(model, [(t.name, t.datatype) for t in request.inputs])
-                raise
+            decoded = decode_for(
+                model,
+                lambda: tensors.decode_request(request),
+                lambda: [(t.name, t.datatype) for t in request.inputs],
+            )
             outputs = await self._models.predict(model, decoded)
             try:
                 return tensors.encode_response(model_id, request, outputs)

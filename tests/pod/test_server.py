@@ -20,10 +20,16 @@ import gateway
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway._proto import model_runtime_pb2 as rt
-from gateway.core.errors import LoadFailed, LoadTimeout, ModelFormatError, ModelNotFound
+from gateway.core.errors import (
+    InvalidInput,
+    LoadFailed,
+    LoadTimeout,
+    ModelFormatError,
+    ModelNotFound,
+)
 from gateway.core.protocol import MODEL_ID_HEADER
 from gateway.pod import tensors
-from gateway.pod.model import Tensor
+from gateway.pod.model import Tensor, decode_for
 from gateway.pod.runtimes import BUILTIN_RUNTIMES
 from gateway.pod.server import PodServer, PodSettings, serve
 from gateway.pod.servicer import grpc_status
@@ -426,3 +432,18 @@ async def test_an_undecodable_message_is_invalid_argument(pod: Pod, method: str)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.details().startswith("the request is not a valid inference.")
     assert "class" not in err.details()
+
+
+def test_a_model_whose_metadata_fails_keeps_the_requests_own_error() -> None:
+    """decode_for asks the model for its declared datatypes only when decoding failed; a
+    model that cannot say leaves the decoding error as it was."""
+
+    class Mute:
+        def metadata(self) -> None:
+            raise RuntimeError("no metadata")
+
+    def decode() -> None:
+        raise InvalidInput("input 'x': shape [1, 2] needs 2 elements, got 1")
+
+    with pytest.raises(InvalidInput, match="needs 2 elements"):
+        decode_for(Mute(), decode, lambda: [("x", "INT32")])  # type: ignore[arg-type]
