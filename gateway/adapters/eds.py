@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -39,13 +40,7 @@ def write(folder: Path, cluster: str, addresses: Iterable[str], version: int) ->
     folder.mkdir(parents=True, exist_ok=True)
     document = {
         "version_info": str(version),
-        "resources": [
-            {
-                "@type": _ASSIGNMENT,
-                "cluster_name": cluster,
-                "endpoints": [{"lb_endpoints": [_endpoint(a) for a in sorted(addresses)]}],
-            }
-        ],
+        "resources": [{"@type": _ASSIGNMENT, **load_assignment(cluster, sorted(addresses))}],
     }
     target = file_of(folder, cluster)
     scratch = folder / f".{cluster}.yaml.writing"
@@ -53,12 +48,18 @@ def write(folder: Path, cluster: str, addresses: Iterable[str], version: int) ->
     os.replace(scratch, target)
 
 
-def _endpoint(address: str) -> dict[str, object]:
-    host, port = address.rsplit(":", 1)
+def load_assignment(cluster: str, addresses: Iterable[str]) -> dict[str, Any]:
+    """Envoy's ClusterLoadAssignment of ``cluster``: one endpoint per "host:port", in order
+    (a static cluster's load_assignment, or an EDS file's resource)."""
+
+    def endpoint(address: str) -> dict[str, Any]:
+        host, port = address.rsplit(":", 1)
+        socket = {"address": host.strip("[]"), "port_value": int(port)}
+        return {"endpoint": {"address": {"socket_address": socket}}}
+
     return {
-        "endpoint": {
-            "address": {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
-        }
+        "cluster_name": cluster,
+        "endpoints": [{"lb_endpoints": [endpoint(a) for a in addresses]}],
     }
 
 

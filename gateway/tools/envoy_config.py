@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from gateway.adapters.eds import load_assignment
 from gateway.core import protocol
 
 ENVOY_DIR = Path(__file__).resolve().parents[2] / "envoy"
@@ -202,22 +203,9 @@ def _watch_endpoints(cluster: dict[str, Any], name: str, folder: Path) -> None:
 def _members(cluster: str, addresses: tuple[str, ...]) -> dict[str, Any]:
     """A cluster's type and load_assignment: STATIC for IP literals, STRICT_DNS for host names."""
 
-    def endpoint(address: str) -> dict[str, Any]:
-        host, port = address.rsplit(":", 1)
-        return {
-            "endpoint": {
-                "address": {
-                    "socket_address": {"address": host.strip("[]"), "port_value": int(port)}
-                }
-            }
-        }
-
     members: dict[str, Any] = {
         "type": "STATIC",
-        "load_assignment": {
-            "cluster_name": cluster,
-            "endpoints": [{"lb_endpoints": [endpoint(a) for a in addresses]}],
-        },
+        "load_assignment": load_assignment(cluster, addresses),
     }
     if not all(_is_ip(a.rsplit(":", 1)[0].strip("[]")) for a in addresses):
         # Pods advertise their IPv4 address; override_host compares it with the resolved one.
