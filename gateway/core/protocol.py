@@ -39,5 +39,9 @@ SERVER_METHODS = frozenset({"ServerLive", "ServerReady", "ServerMetadata"})
 GRPC_CONTENT_TYPE = "application/grpc"
 JSON_CONTENT_TYPE = "application/json"
 
+# The version a pod reports for every model (a pod holds one version of a concrete model):
+# OIP metadata's "versions", answers' "model_version", the repository index's "version".
+MODEL_VERSION = "1"
+
 # InferenceService -> concrete model id, as ModelMesh names them.
 CONCRETE_ID_SEPARATOR = "__isvc-"

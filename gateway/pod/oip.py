@@ -292,10 +292,7 @@ def _big_integers(data: list[Any], datatype: str, label: str) -> np.ndarray:
     try:
         return np.array(flat, dtype=datatypes.DTYPES[datatype])
     except OverflowError:
-        limits = np.iinfo(datatypes.DTYPES[datatype])
-        raise InvalidInput(
-            f"{label}: values outside the {datatype} range [{limits.min}, {limits.max}]"
-        ) from None
+        raise tensors.range_error(datatype, label) from None
 
 
 def _flatten(data: list[Any]) -> list[Any]:

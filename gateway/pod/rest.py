@@ -35,7 +35,7 @@ import httptools
 
 import gateway
 from gateway.core.errors import GatewayError, InvalidInput, UnknownRoute
-from gateway.core.protocol import MODEL_ID_HEADER
+from gateway.core.protocol import MODEL_ID_HEADER, MODEL_VERSION
 
 from . import oip
 from .model import decode_for
@@ -81,7 +81,6 @@ _REASONS = {
 MAX_HEADER_BYTES = 64 * 1024
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
-_VERSION = "1"  # a pod holds one version of a concrete model
 # The spec's health answers: the status says it, the body says it again.
 _LIVE, _READY, _NOT_READY = (
     oip.dumps({"live": True}),
@@ -150,7 +149,7 @@ class OipApp:
             return Reply(200 if ready else 503, _READY if ready else _NOT_READY)
         if rest[0] != "models" or len(rest) < 2 or not rest[1]:
             raise UnknownRoute(f"unknown path {path!r}")
-        name, version, tail = unquote(rest[1]), _VERSION, rest[2:]
+        name, version, tail = unquote(rest[1]), MODEL_VERSION, rest[2:]
         if tail[:1] == ["versions"] and len(tail) >= 2 and tail[1]:
             version, tail = unquote(tail[1]), tail[2:]
         model_id = request.headers.get(MODEL_ID_HEADER) or name

@@ -197,10 +197,16 @@ def narrowed(wide: np.ndarray, datatype: str, label: str) -> np.ndarray:
     dtype = datatypes.DTYPES[datatype]
     limits = np.iinfo(dtype)
     if wide.size and (wide.min() < limits.min or wide.max() > limits.max):
-        raise InvalidInput(
-            f"{label}: values outside the {datatype} range [{limits.min}, {limits.max}]"
-        )
+        raise range_error(datatype, label)
     return wide.astype(dtype)
+
+
+def range_error(datatype: str, label: str) -> InvalidInput:
+    """Integers out of an integer datatype's range, in one wording for every wire form."""
+    limits = np.iinfo(datatypes.DTYPES[datatype])
+    return InvalidInput(
+        f"{label}: values outside the {datatype} range [{limits.min}, {limits.max}]"
+    )
 
 
 def count_error(label: str, shape: tuple[int, ...], got: int) -> InvalidInput:

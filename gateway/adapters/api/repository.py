@@ -17,8 +17,7 @@ from typing import Any
 from gateway.control.records import ServingView
 from gateway.core.domain import ModelState
 from gateway.core.errors import InvalidInput
-
-VERSION = "1"  # the version the pods report for every concrete model (gateway.pod.rest)
+from gateway.core.protocol import MODEL_VERSION
 
 _STATES = {
     ModelState.PENDING: "LOADING",
@@ -56,6 +55,6 @@ def index(views: list[ServingView], *, ready: bool) -> list[dict[str, Any]]:
         if ready and state != "READY":
             continue
         entries.append(
-            {"name": view.record.name, "version": VERSION, "state": state, "reason": reason}
+            {"name": view.record.name, "version": MODEL_VERSION, "state": state, "reason": reason}
         )
     return entries
