@@ -32,24 +32,15 @@ from typing import Any
 
 from gateway.core.errors import ModelFormatError
 
+from .. import datatypes
 from ..model import TensorSpec
 
 CONFIG = "config.pbtxt"
 
+# Triton's data_type -> V2 datatype: TYPE_<name> for each numeric one, TYPE_STRING for BYTES.
 DATATYPES: Mapping[str, str] = {
-    "TYPE_BOOL": "BOOL",
-    "TYPE_UINT8": "UINT8",
-    "TYPE_UINT16": "UINT16",
-    "TYPE_UINT32": "UINT32",
-    "TYPE_UINT64": "UINT64",
-    "TYPE_INT8": "INT8",
-    "TYPE_INT16": "INT16",
-    "TYPE_INT32": "INT32",
-    "TYPE_INT64": "INT64",
-    "TYPE_FP16": "FP16",
-    "TYPE_FP32": "FP32",
-    "TYPE_FP64": "FP64",
-    "TYPE_STRING": "BYTES",
+    **{f"TYPE_{name}": name for name in datatypes.DTYPES if name != datatypes.BYTES},
+    "TYPE_STRING": datatypes.BYTES,
 }
 
 Fields = dict[str, list[Any]]  # a message: field name -> its values, in order
