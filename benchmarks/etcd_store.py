@@ -54,20 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     work = Path(tempfile.mkdtemp(prefix="mmgw-bench-etcd-"))
     body = work / "rest.json"
-    body.write_text(
-        json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "predict",
-                        "shape": [1, 64],
-                        "datatype": "FP32",
-                        "contents": {"fp32_contents": samples.sample_input()},
-                    }
-                ]
-            }
-        )
-    )
+    body.write_text(json.dumps(samples.sample_request()))
     with launcher.EtcdServer(work / "etcd") as etcd:
         embedded = deploy(work / "embedded", "embedded")
         on_etcd = deploy(work / "on-etcd", etcd.url)

@@ -229,35 +229,9 @@ def run(
     peer: mlserver_peer.MLServer | None,
 ) -> int:
     oip_body = work / "oip.json"
-    oip_body.write_text(
-        json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "predict",
-                        "shape": [1, 64],
-                        "datatype": "FP32",
-                        "data": samples.sample_input(),
-                    }
-                ]
-            }
-        )
-    )
+    oip_body.write_text(json.dumps(samples.sample_request(oip=True)))
     rest_body = work / "rest.json"
-    rest_body.write_text(
-        json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "predict",
-                        "shape": [1, 64],
-                        "datatype": "FP32",
-                        "contents": {"fp32_contents": samples.sample_input()},
-                    }
-                ]
-            }
-        )
-    )
+    rest_body.write_text(json.dumps(samples.sample_request()))
     request = v2.ModelInferRequest(model_name="sklearn-mnist")
     tensor = request.inputs.add(name="predict", datatype="FP32", shape=[1, 64])
     tensor.contents.fp32_contents.extend(samples.sample_input())

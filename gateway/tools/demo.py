@@ -9,6 +9,7 @@ Ctrl-C or SIGTERM stops every process it started and exits with status 0.
 from __future__ import annotations
 
 import functools
+import json
 import signal
 import sys
 import time
@@ -144,11 +145,7 @@ def _apply_and_wait(api_url: str, timeout: float = 120.0) -> None:
 def curl_command(envoy_port: int, *, oip: bool = False) -> str:
     """The seed's curl (protobuf JSON), or with ``oip`` the KServe docs' (the Open Inference
     Protocol's "data"), pointed at this demo's Envoy."""
-    pixels = ", ".join(f"{v:.1f}" for v in samples.sample_input())
-    tensor = (
-        '"data": [' + pixels + "]" if oip else '"contents": {"fp32_contents": [' + pixels + "]}"
-    )
-    body = '{"inputs": [{"name": "predict", "shape": [1, 64], "datatype": "FP32", ' + tensor + "}]}"
+    body = json.dumps(samples.sample_request(oip=oip))
     url = f"http://127.0.0.1:{envoy_port}/v2/models/sklearn-mnist/infer"
     return f"""curl -X POST -k "{url}" -d '{body}'"""
 

@@ -7,6 +7,7 @@ of the data set is the seed curl's digit, an 8, and the model predicts 8.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,15 @@ def sample_input() -> list[float]:
     """The 64 pixel values of the seed's curl."""
     features, _ = digits()
     return [float(v) for v in features[SAMPLE_ROW]]
+
+
+def sample_request(*, oip: bool = False) -> dict[str, Any]:
+    """The seed curl's request for the sample digit: protobuf JSON (``contents``), or with
+    ``oip`` the Open Inference Protocol's form of the KServe docs (``data``)."""
+    pixels = sample_input()
+    tensor: dict[str, Any] = {"name": "predict", "shape": [1, 64], "datatype": "FP32"}
+    tensor.update({"data": pixels} if oip else {"contents": {"fp32_contents": pixels}})
+    return {"inputs": [tensor]}
 
 
 def train_mnist_svm(path: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -23,14 +24,10 @@ ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/modelmesh-serving/inferences
 
 
 def seed_body(**overrides: Any) -> dict[str, Any]:
-    tensor = {
-        "name": "predict",
-        "shape": [1, 64],
-        "datatype": "FP32",
-        "contents": {"fp32_contents": samples.sample_input()},
-    }
-    tensor.update(overrides)
-    return {"inputs": [tensor]}
+    """The seed's request (protobuf JSON), its tensor's fields replaced by ``overrides``."""
+    body = samples.sample_request()
+    body["inputs"][0].update(overrides)
+    return body
 
 
 def curl_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -71,11 +68,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
-@pytest.fixture(scope="session")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.Deployment]:
-    data = tmp_path_factory.mktemp("deployment")
+@contextlib.contextmanager
+def sample_deployment(data: Path, ports: launcher.Ports) -> Iterator[launcher.Deployment]:
+    """A deployment on ``ports`` with the seed's sklearn-mnist applied and ready; every
+    process stopped afterwards."""
     samples.train_mnist_svm(data / "models" / samples.SAMPLE_FILE)
-    with launcher.Deployment(data_dir=data, ports=launcher.Ports.free()) as running:
+    with launcher.Deployment(data_dir=data, ports=ports) as running:
         with httpx.Client(base_url=running.api_url, timeout=30) as api:
             api.put(
                 f"{ISVCS}/sklearn-mnist", json=yaml.safe_load(EXAMPLE.read_text())
@@ -84,6 +82,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.De
         yield running
     for process in running.processes:
         assert process.popen.poll() is not None
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.Deployment]:
+    with sample_deployment(tmp_path_factory.mktemp("deployment"), launcher.Ports.free()) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

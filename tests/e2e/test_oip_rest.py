@@ -32,9 +32,9 @@ DIGIT = np.array([samples.sample_input()], dtype=np.float32)  # the seed's 8
 
 def oip_body(**overrides: Any) -> dict[str, Any]:
     """The KServe docs' V2 REST request for the seed's digit."""
-    tensor = {"name": "predict", "shape": [1, 64], "datatype": "FP32", "data": DIGIT[0].tolist()}
-    tensor.update(overrides)
-    return {"inputs": [tensor]}
+    body = samples.sample_request(oip=True)
+    body["inputs"][0].update(overrides)
+    return body
 
 
 @pytest.fixture(scope="module")

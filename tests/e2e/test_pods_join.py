@@ -15,11 +15,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import yaml
 
-from gateway.tools import launcher, samples
+from gateway.tools import launcher
 
-from .conftest import EXAMPLE, ISVCS, seed_body, wait_ready
+from .conftest import sample_deployment, seed_body
 
 
 def envoy_hosts(deployment: launcher.Deployment, cluster: str) -> set[str]:
@@ -44,13 +43,7 @@ def until(what: str, check: object, timeout: float) -> float:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.Deployment]:
     data = tmp_path_factory.mktemp("pods-join")
-    samples.train_mnist_svm(data / "models" / samples.SAMPLE_FILE)
-    with launcher.Deployment(data_dir=data, ports=launcher.Ports.free(pods=1)) as running:
-        with httpx.Client(base_url=running.api_url, timeout=30) as api:
-            api.put(
-                f"{ISVCS}/sklearn-mnist", json=yaml.safe_load(EXAMPLE.read_text())
-            ).raise_for_status()
-            wait_ready(api, "sklearn-mnist")
+    with sample_deployment(data, launcher.Ports.free(pods=1)) as running:
         yield running
 
 
