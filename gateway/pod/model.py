@@ -48,13 +48,16 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]
 
+    def check_datatype(self, name: str, datatype: str) -> None:
+        """Raise InvalidInput unless input ``name``'s ``datatype`` is this one."""
+        if datatype != self.datatype:
+            raise InvalidInput(
+                f"input '{name}': datatype '{datatype}' given, model expects '{self.datatype}'"
+            )
+
     def check(self, tensor: Tensor) -> None:
         """Raise InvalidInput unless ``tensor`` has this datatype and a matching shape."""
-        if tensor.datatype != self.datatype:
-            raise InvalidInput(
-                f"input '{tensor.name}': datatype '{tensor.datatype}' given, "
-                f"model expects '{self.datatype}'"
-            )
+        self.check_datatype(tensor.name, tensor.datatype)
         shape = tensor.array.shape
         if len(shape) != len(self.shape) or any(
             want != -1 and got != want for got, want in zip(shape, self.shape, strict=True)
@@ -134,10 +137,7 @@ class ModelMetadata:
             by_name = {spec.name: spec for spec in specs}
             pairs = [(item, by_name[item[0]]) for item in given if item[0] in by_name]
         for (name, datatype), spec in pairs:
-            if datatype != spec.datatype:
-                raise InvalidInput(
-                    f"input '{name}': datatype '{datatype}' given, model expects '{spec.datatype}'"
-                )
+            spec.check_datatype(name, datatype)
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,11 +140,13 @@ class OipApp:
             raise UnknownRoute(f"unknown path {path!r}")
         rest = parts[2:]
         if rest in ([], [""]):
-            return self._only(request, "GET", _SERVER_METADATA)
+            _require(request, "GET")
+            return Reply(200, _SERVER_METADATA)
         if rest == ["health", "live"]:
-            return self._only(request, "GET", _LIVE)
+            _require(request, "GET")
+            return Reply(200, _LIVE)
         if rest == ["health", "ready"]:
-            self._only(request, "GET", b"")
+            _require(request, "GET")
             ready = self._ready.is_set()
             return Reply(200 if ready else 503, _READY if ready else _NOT_READY)
         if rest[0] != "models" or len(rest) < 2 or not rest[1]:
@@ -154,22 +156,17 @@ class OipApp:
             version, tail = unquote(tail[1]), tail[2:]
         model_id = request.headers.get(MODEL_ID_HEADER) or name
         if not tail:
-            self._only(request, "GET", b"")
+            _require(request, "GET")
             metadata = self._models.get(model_id).metadata()
             return Reply(200, oip.encode_metadata(model_id, version, metadata))
         if tail == ["ready"]:
-            self._only(request, "GET", b"")
+            _require(request, "GET")
             self._models.get(model_id)
             return Reply(200, oip.dumps({"name": model_id, "ready": True}))
         if tail == ["infer"]:
-            self._only(request, "POST", b"")
+            _require(request, "POST")
             return await self._infer(request, model_id, version)
         raise UnknownRoute(f"unknown path {path!r}")
-
-    def _only(self, request: Request, method: str, body: bytes) -> Reply:
-        if request.method != method and not (method == "GET" and request.method == "HEAD"):
-            raise _MethodNotAllowed(f"{request.method} is not allowed here; use {method}")
-        return Reply(200, body)
 
     async def _infer(self, request: Request, model_id: str, version: str) -> Reply:
         encoding = request.headers.get("content-encoding", "identity")
@@ -194,6 +191,12 @@ class OipApp:
 
 class _MethodNotAllowed(InvalidInput):
     pass
+
+
+def _require(request: Request, method: str) -> None:
+    """_MethodNotAllowed (405) unless ``request`` uses ``method`` (HEAD counts as GET)."""
+    if request.method != method and not (method == "GET" and request.method == "HEAD"):
+        raise _MethodNotAllowed(f"{request.method} is not allowed here; use {method}")
 
 
 class HttpConnection(asyncio.Protocol):
