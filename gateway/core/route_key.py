@@ -102,15 +102,23 @@ def rest_model(path: str) -> str | None:
     raise UnknownRoute(f"unknown path {path!r}")
 
 
+NO_MESSAGE = "the gRPC request has no message"
+
+
 def from_grpc_frame(body: bytes) -> RouteKey:
     """The model named in field 1 of a gRPC request message (after the 5-byte frame header)."""
     if len(body) < 5:
-        raise InvalidInput("the gRPC request has no message")
+        raise InvalidInput(NO_MESSAGE)
     if body[0] != 0:
         raise InvalidInput(
             f"compressed gRPC messages need the {protocol.VMODEL_ID_HEADER} header to name the model"
         )
     end = 5 + int.from_bytes(body[1:5], "big")
+    if end > len(body):
+        raise InvalidInput(
+            f"the gRPC request is truncated: its length prefix says {end - 5} bytes, "
+            f"{len(body) - 5} came"
+        )
     pos = 5
     while pos < end:
         tag, pos = _varint(body, pos)

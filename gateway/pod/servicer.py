@@ -40,7 +40,7 @@ import asyncio
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -131,17 +131,45 @@ def tolerant(message: Any) -> Callable[[bytes], Any]:
 
 
 def inference_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
-    """The GRPCInferenceService methods of ``servicer``, with tolerant deserializers."""
+    """The GRPCInferenceService methods of ``servicer``, with tolerant deserializers.
+
+    Each unary method is served as a client-streaming one (the same bytes on the wire)
+    that takes the first message: grpc's own unary handling never answers a call that
+    ends without a complete message (an empty body, or fewer bytes than its length
+    prefix says), and each such call would hold a stream until the client's deadline.
+    """
     service = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers = {
-        method.name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
+        method.name: grpc.stream_unary_rpc_method_handler(
+            _first_message(getattr(servicer, method.name), method.input_type.full_name),
             request_deserializer=tolerant(getattr(v2, method.input_type.name)),
             response_serializer=getattr(v2, method.output_type.name).SerializeToString,
         )
         for method in service.methods
     }
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _first_message(
+    unary: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], type_name: str
+) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Awaitable[Any]]:
+    """``unary`` called with a call's first message; a call that ended before one came
+    gets an Undecodable, answered INVALID_ARGUMENT. Later messages are not read (as grpc's
+    unary handling ignores them)."""
+    missing = Undecodable(
+        type_name,
+        "the call ended before a complete message arrived "
+        "(an empty body, or fewer bytes than its length prefix says)",
+    )
+
+    async def handler(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = await anext(aiter(requests))
+        except StopAsyncIteration:
+            request = missing
+        return await unary(request, context)
+
+    return handler
 
 
 Req = TypeVar("Req")

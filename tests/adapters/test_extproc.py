@@ -247,6 +247,18 @@ async def test_body_without_a_model_name(loaded: tuple[Harness, ExternalProcesso
     )
 
 
+async def test_a_call_that_ends_with_its_headers_is_answered_not_asked_for_a_body(
+    loaded: tuple[Harness, ExternalProcessor, str],
+) -> None:
+    # no body will ever come: asking for one would hold the stream until Envoy gives up
+    _, processor, _ = loaded
+    call = headers("/inference.GRPCInferenceService/ModelInfer", content_type="application/grpc")
+    call.request_headers.end_of_stream = True
+    assert await run(processor, call) == [
+        grpc_error(grpc.StatusCode.INVALID_ARGUMENT, "the gRPC request has no message")
+    ]
+
+
 async def test_failed_load_is_503_with_the_reason(tmp_path: Path) -> None:
     h = await harness(tmp_path, FakePods(**{POD: FakePod(fail_loads="disk on fire")}))
     await h.registry.apply(isvc())

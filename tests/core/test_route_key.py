@@ -107,6 +107,7 @@ def test_grpc_frame_field_one_after_other_fields() -> None:
         (frame(b"", flag=1), "compressed"),
         (frame(v2.ModelInferRequest(id="x").SerializeToString()), "names no model"),
         (frame(b"\x0a\xff"), "truncated"),
+        (frame(b"\x0a\x01m")[:-1], "truncated: its length prefix says 3 bytes, 2 came"),
     ],
 )
 def test_grpc_frame_errors(body: bytes, message: str) -> None:

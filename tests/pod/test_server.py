@@ -35,6 +35,7 @@ from gateway.pod.server import PodServer, PodSettings, serve
 from gateway.pod.servicer import grpc_status
 from gateway.tools import cli, launcher
 
+from .. import rawgrpc
 from .fakes import key
 from .harness import Pod, StartPod
 from .harness import rpc_error as _error
@@ -432,6 +433,36 @@ async def test_an_undecodable_message_is_invalid_argument(pod: Pod, method: str)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.details().startswith("the request is not a valid inference.")
     assert "class" not in err.details()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(None, id="headers-end-the-stream"),
+        pytest.param(b"", id="empty-data"),
+        pytest.param(b"\x00\x00\x00", id="3-bytes"),
+        pytest.param(rawgrpc.grpc_message(b"\x0a\x01m")[:-1], id="prefix-says-one-more"),
+    ],
+)
+async def test_a_call_without_a_complete_message_is_answered_at_once(
+    pod: Pod, body: bytes | None
+) -> None:
+    """grpc's unary handling never answers these; each held a stream until the client's
+    deadline (and 1,100 of them, Envoy's circuit breaker for everyone)."""
+
+    def call() -> rawgrpc.Answer:
+        assert pod.server.port is not None
+        with rawgrpc.RawConnection(pod.server.port) as connection:
+            stream = connection.call(body, metadata=(("mm-model-id", "m"),))
+            return connection.wait(stream, timeout=10)
+
+    answer = await asyncio.to_thread(call)
+    assert not answer.timed_out
+    assert answer.grpc_status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    assert answer.grpc_message.startswith(
+        "the request is not a valid inference.ModelInferRequest: the call ended before a "
+        "complete message arrived"
+    )
 
 
 def test_a_model_whose_metadata_fails_keeps_the_requests_own_error() -> None:

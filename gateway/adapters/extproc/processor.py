@@ -119,6 +119,8 @@ class ExternalProcessor:
             if kind == "request_headers":
                 key = route_key.from_headers(request.request_headers.headers.headers)
                 if key is NEED_BODY:
+                    if request.request_headers.end_of_stream:  # no body will come to ask for
+                        raise InvalidInput(route_key.NO_MESSAGE)
                     return self._ask_for_body
             elif in_body:
                 key = route_key.from_grpc_frame(request.request_body.body)
