@@ -19,7 +19,13 @@ import grpc
 from gateway._proto import model_runtime_pb2 as rt
 from gateway._proto import model_runtime_pb2_grpc as rt_grpc
 from gateway.core.domain import ModelSpec
-from gateway.core.errors import LoadFailed, LoadTimeout, ModelFormatError, PodFull
+from gateway.core.errors import (
+    LoadFailed,
+    LoadTimeout,
+    ModelFormatError,
+    PodFull,
+    PodUnresponsive,
+)
 from gateway.core.placement import PodStatus
 
 _FORMAT_CODES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT})
@@ -73,9 +79,14 @@ class GrpcPodClient:
         )
 
     async def status(self, address: str, timeout: float) -> PodStatus:
-        response = await self._stub(address).RuntimeStatus(
-            rt.RuntimeStatusRequest(), timeout=timeout
-        )
+        try:
+            response = await self._stub(address).RuntimeStatus(
+                rt.RuntimeStatusRequest(), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise PodUnresponsive(f"no answer from pod {address} in {timeout:g} s") from None
+            raise
         if response.status != rt.RuntimeStatusResponse.READY:
             raise LoadFailed(f"pod {address} is not ready")
         return PodStatus(

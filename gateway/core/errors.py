@@ -58,6 +58,11 @@ class Unavailable(GatewayError):
     """No pod is available right now; a retry later may succeed."""
 
 
+class PodUnresponsive(Unavailable):
+    """A pod's connection is up but it did not answer in time: busy, or hung (stopped,
+    swapping). Unlike a refused connection, not yet a sign that it is gone."""
+
+
 class StoreUnavailable(Unavailable):
     """The shared store cannot be reached (etcd is down): writes and loads wait for it."""
 

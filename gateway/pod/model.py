@@ -10,6 +10,9 @@ as in MLServer's ``MLModel``, and never sees protobuf or grpc:
   variable dimension); valid after ``load``.
 - ``size_bytes()``: memory the loaded model occupies, 0 when unknown.
 - ``async predict(request)``: ``InferenceRequest`` in, sequence of ``Tensor`` out.
+  Work of more than a few milliseconds belongs in a worker thread too
+  (``gateway.pod.offload.sized``): the event loop answers the gateway's health
+  checks, and a pod silent for three of them is taken for dead.
   Raise ``gateway.core.errors.InvalidInput`` for requests that do not fit the model;
   any other exception is reported as ``PredictFailed`` and the pod goes on.
 - ``async unload()``: optional; release what ``load`` acquired.

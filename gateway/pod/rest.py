@@ -37,7 +37,7 @@ import gateway
 from gateway.core.errors import GatewayError, InvalidInput, UnknownRoute
 from gateway.core.protocol import MODEL_ID_HEADER, MODEL_VERSION
 
-from . import oip
+from . import offload, oip
 from .model import decode_for
 from .repository import ModelRepository
 from .servicer import SERVER_NAME, grpc_status
@@ -177,10 +177,14 @@ class OipApp:
         json_length = request.headers.get(oip.HEADER_LENGTH)
         with self._models.serving(model_id) as model:
             raw = bytes(request.body)
-            body = decode_for(
-                model,
-                lambda: oip.decode_infer(raw, json_length),
-                lambda: oip.declared_inputs(raw, json_length),
+            body = await offload.sized(
+                lambda: decode_for(
+                    model,
+                    lambda: oip.decode_infer(raw, json_length),
+                    lambda: oip.declared_inputs(raw, json_length),
+                ),
+                size=len(raw),
+                inline_below=offload.DECODE_INLINE_BYTES,
             )
             outputs = await self._models.predict(model, body.request)
             data, header_length = oip.encode_infer(model_id, version, body, outputs)

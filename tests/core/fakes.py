@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from gateway.core.domain import ModelSpec
-from gateway.core.errors import LoadFailed, ModelFormatError, PodFull
+from gateway.core.errors import LoadFailed, ModelFormatError, PodFull, PodUnresponsive
 from gateway.core.placement import PodStatus
 
 
@@ -17,7 +17,8 @@ class FakePod:
     loading: dict[str, int] = field(default_factory=dict)  # loads in progress -> expected bytes
     fail_loads: str | None = None  # message; loads fail with LoadFailed
     bad_format: bool = False
-    down: bool = False
+    down: bool = False  # its connection is refused
+    hung: bool = False  # connected, but answers no health check in time (busy, or stopped)
     rest_port: int = 0  # the OIP REST listener it reports (0: none)
 
 
@@ -60,6 +61,8 @@ class FakePods:
         pod = self.pods[address]
         if pod.down:
             raise ConnectionError("down")
+        if pod.hung:
+            raise PodUnresponsive(f"no answer from pod {address} in {timeout:g} s")
         return PodStatus(
             pod.capacity,
             ("sklearn",),

@@ -199,6 +199,34 @@ async def test_dead_pod_loses_its_copies_and_the_model_loads_elsewhere() -> None
     assert await placement.ensure_loaded("m") == "b"
 
 
+async def test_a_pod_that_stops_answering_is_tried_last_then_taken_for_dead() -> None:
+    """Busy is not dead: a pod connected but silent keeps its copies for
+    ``unresponsive_checks`` checks, ranked after the copies that answer; a refused
+    connection loses them at once."""
+    pods = FakePods(a=FakePod(), b=FakePod())
+    placement = await engine(pods)
+    placement.register(spec("m"))
+    assert await placement.ensure_copies("m", 2) == 2
+    routed = placement.route("m")
+    assert routed is not None
+    first, (second,) = routed
+    pods.inflight[second] = {"m": 5}  # busier: without a hung pod, the first copy serves
+    pods.pods[first].hung = True
+    for _ in range(PlacementSettings().unresponsive_checks - 1):
+        await placement.check_pods()
+        assert placement.route("m") == (second, (first,))  # kept, but tried last
+    pods.pods[first].hung = False
+    await placement.check_pods()  # it answers again: ranked by its load as before
+    assert placement.route("m") == (first, (second,))
+    pods.pods[first].hung = True
+    for _ in range(PlacementSettings().unresponsive_checks):
+        await placement.check_pods()
+    assert placement.route("m") == (second, ())  # dead: its copy is gone
+    pods.pods[second].down = True
+    await placement.check_pods()  # refused: gone at the first check
+    assert placement.route("m") is None
+
+
 async def test_a_restarted_gateway_adopts_what_pods_hold_and_unloads_strays() -> None:
     pods = FakePods(a=FakePod(loaded={"m": 10, "stray": 10}))
     clock = Clock()

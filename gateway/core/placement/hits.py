@@ -27,8 +27,8 @@ _DRAIN_AT = 1024
 _ROOM = 2 * _DRAIN_AT
 
 
-def _busy(entry: CopyRecord) -> int:
-    return entry.busy()
+# what a copy on a pod that has stopped answering its health checks ranks as: after every other
+_UNRESPONSIVE = 1 << 40
 
 
 class HitBuffer:
@@ -111,7 +111,7 @@ class Hits:
         if not loaded:
             return None
         self._table.settle()
-        ranked = picker.rank_copies(loaded, _busy)
+        ranked = picker.rank_copies(loaded, self._busy)
         self._table.count_now(model, ranked[0])
         self._table.hits += 1
         addresses = [self._pods[e.pod].address for e in ranked]
@@ -129,7 +129,13 @@ class Hits:
             return ()
         others = [e for e in model.loaded() if self._pods[e.pod].address != chosen]
         self._table.settle()
-        return tuple(self._pods[e.pod].address for e in picker.rank_copies(others, _busy))
+        return tuple(self._pods[e.pod].address for e in picker.rank_copies(others, self._busy))
+
+    def _busy(self, entry: CopyRecord) -> int:
+        """A copy's requests in flight, for ranking; a copy on a pod that stopped answering
+        ranks last (the retry after a per-try timeout goes to a copy that answers)."""
+        busy = entry.busy()
+        return busy + _UNRESPONSIVE if self._pods[entry.pod].missed_checks else busy
 
     def any_healthy_pod(self) -> str:
         """A pod for server-level calls (ServerLive, ServerMetadata, ...)."""

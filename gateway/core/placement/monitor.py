@@ -1,9 +1,11 @@
 """Watching the pods: health, what each holds, request rates, copies by traffic.
 
-Every ``health_interval`` each pod is asked for its status: a pod that does
-not answer loses its copies (the next request loads them elsewhere), a pod
-that (re)joins has what it already holds adopted, and the requests in flight
-it reports are kept for eviction. ``tick`` turns the routed counts into rates;
+Every ``health_interval`` each pod is asked for its status. A pod that refuses
+the connection loses its copies at once (the next request loads them
+elsewhere); one that is connected but answers nothing in time (busy, or hung)
+has its copies tried last, and loses them after ``unresponsive_checks`` such
+checks in a row. A pod that (re)joins has what it already holds adopted, and
+the requests in flight it reports are kept for eviction. ``tick`` turns the routed counts into rates;
 on the leader replica it also adds a copy of a model whose traffic per copy
 stays above ``copy_rate_threshold``, fits pods that run over capacity, unloads
 what nobody registered and expires failure records.
@@ -16,6 +18,7 @@ import logging
 from collections.abc import Mapping
 
 from gateway.core.domain import CopyState
+from gateway.core.errors import PodUnresponsive
 from gateway.core.placement.loader import Loader, in_background
 from gateway.core.placement.ports import Coordinator, PodClient, PodStatus
 from gateway.core.placement.table import ModelRecord, PodRecord, Table
@@ -87,16 +90,27 @@ class Monitor:
     async def _check(self, pod: PodRecord) -> None:
         try:
             status = await self._client.status(pod.address, self._settings.health_timeout)
-        except Exception as exc:  # any failure to answer means the pod is gone
-            if pod.healthy:
+        except PodUnresponsive as exc:  # busy or hung: dead only after several in a row
+            pod.missed_checks += 1
+            if pod.healthy and pod.missed_checks < self._settings.unresponsive_checks:
                 log.warning(
-                    "pod %s is unreachable (%s): dropping its %d copies",
+                    "pod %s did not answer its health check (%s), %d of %d: its copies are "
+                    "tried last",
                     pod.pod,
                     exc,
-                    len(pod.copies),
+                    pod.missed_checks,
+                    self._settings.unresponsive_checks,
                 )
-                self._table.lose_copies(pod)
+            else:
+                self._lose(pod, f"{exc}, {pod.missed_checks} checks in a row")
             return
+        except Exception as exc:  # a refused connection, or any other failure: gone
+            self._lose(pod, str(exc))
+            return
+        if pod.missed_checks:
+            if pod.healthy:
+                log.info("pod %s answers its health checks again", pod.pod)
+            pod.missed_checks = 0
         pod.capacity, pod.model_types = status.capacity, status.model_types
         rest_address = _rest_address(pod.address, status.rest_port)
         if rest_address != pod.rest_address:  # routes made for the old one must be made again
@@ -135,6 +149,16 @@ class Monitor:
             if model is not None and model_id not in pod.copies and model_id not in pod.unloading:
                 self._table.put(pod, model, CopyState.LOADED, size, now)
                 model.ever_loaded = True
+
+    def _lose(self, pod: PodRecord, reason: str) -> None:
+        if pod.healthy:
+            log.warning(
+                "pod %s is unreachable (%s): dropping its %d copies",
+                pod.pod,
+                reason,
+                len(pod.copies),
+            )
+            self._table.lose_copies(pod)
 
     def tick(self) -> None:
         """Update request rates and add a copy where traffic per copy stays high."""

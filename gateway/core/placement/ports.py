@@ -35,7 +35,9 @@ class PodClient(Protocol):
     """How the engine reaches pods.
 
     ``load`` raises LoadFailed (or ModelFormatError) with the pod's reason, or
-    PodFull when the pod has no room for ``expected`` bytes.
+    PodFull when the pod has no room for ``expected`` bytes. ``status`` raises
+    PodUnresponsive when the pod answers nothing within ``timeout`` (busy or hung),
+    anything else when it cannot be reached at all.
     """
 
     async def load(self, address: str, spec: ModelSpec, timeout: float, expected: int) -> int: ...

@@ -23,6 +23,10 @@ class PlacementSettings:
     loads_per_pod: int = 1  # loads at once per pod; more wait in its queue
     health_interval: float = 1.0  # seconds between pod checks (and rate ticks)
     health_timeout: float = 1.0
+    # Health checks in a row a pod may leave unanswered (busy, or hung) before it is taken
+    # for dead and loses its copies; after the first, its copies are tried last. A pod whose
+    # connection is refused is dead at once.
+    unresponsive_checks: int = 3
     copy_rate_threshold: float = 200.0  # requests/s per copy that call for another copy
     scale_ticks: int = 3  # consecutive ticks above the threshold before adding one
     quiet_rate: float = 0.1  # requests/s under which an extra copy is idle

@@ -77,6 +77,7 @@ class PodRecord:
     runtime: str = ""  # the ServingRuntime the pod serves ("" : any)
     name: str = ""  # as it registered (its pod id)
     rest_address: str = ""  # "host:port" of its OIP REST listener, from its status ("": none)
+    missed_checks: int = 0  # health checks in a row it left unanswered (0: it answers)
 
     def view(self) -> PodView:
         """Capacity and use; no cache age (Table.cache_age, asked for only when pods are full)."""
@@ -216,6 +217,7 @@ class Table:
         """Whether ``pod`` could load a model of this runtime and type now."""
         return (
             pod.healthy
+            and not pod.missed_checks
             and pod.runtime in ("", runtime)
             and (not pod.model_types or model_type in pod.model_types)
         )

@@ -30,8 +30,9 @@ one request (LightGBM then predicts once).
 Size: the model file's size. The text format is the whole model (trees,
 parameters, feature names), of the same order as the trees in memory.
 
-Loading runs in a worker thread; predict runs inline on the event loop, fast
-for the small batches of online inference.
+Loading runs in a worker thread; predict runs inline on the event loop for the
+small batches of online inference, in a worker thread for large ones
+(gateway.pod.offload).
 """
 
 from __future__ import annotations

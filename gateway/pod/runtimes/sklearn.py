@@ -23,8 +23,9 @@ to a sink (no copy is kept, numpy buffers are counted out of band): close to its
 in-memory footprint, and unlike the file size not shrunk by joblib compression.
 Falls back to the file size if the estimator cannot be pickled.
 
-Loading runs in a worker thread; predict runs inline on the event loop, which is
-the fastest choice for the small, quick models this runtime is meant for.
+Loading runs in a worker thread; predict runs inline on the event loop for a
+small batch, the fastest choice for online inference, and in a worker thread
+for a large one (gateway.pod.offload), so the pod keeps answering meanwhile.
 """
 
 from __future__ import annotations

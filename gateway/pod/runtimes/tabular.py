@@ -5,7 +5,8 @@ One input, any name, shown in metadata as ``input-0`` with shape
 ``predict`` unless the request asks for others (``predict_proba`` for
 classifiers). A runtime opens its file in a worker thread (``_open``: the
 library's model kept on the instance, its tensor specs and size returned) and
-computes the outputs asked for (``_predict``).
+computes the outputs asked for (``_predict``: inline for a small batch, in a
+worker thread for a large one, gateway.pod.offload).
 
 ``BoosterModel`` adds what the two gradient-boosting runtimes share: the
 booster scores the rows once, ``predict`` is those scores and
@@ -23,6 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import offload
 from ..model import InferenceRequest, Model, ModelConfig, ModelMetadata, Tensor, TensorSpec
 from .common import requested_outputs, single_input
 
@@ -54,7 +56,12 @@ class TabularModel(Model):
 
     async def predict(self, request: InferenceRequest) -> Sequence[Tensor]:
         tensor = single_input(request, self._input)
-        return self._predict(tensor.array, requested_outputs(request, self._outputs, PREDICT))
+        wanted = requested_outputs(request, self._outputs, PREDICT)
+        return await offload.sized(
+            lambda: self._predict(tensor.array, wanted),
+            size=tensor.array.size,
+            inline_below=offload.PREDICT_INLINE_VALUES,
+        )
 
     @abc.abstractmethod
     def _open(self, path: Path) -> tuple[TensorSpec, dict[str, TensorSpec], int]:

@@ -38,9 +38,9 @@ versions tested).
 Size: the bytes of the booster serialised as UBJSON (``save_raw("ubj")``): about
 its in-memory trees, and the same whether the file was JSON (larger) or UBJSON.
 
-Loading runs in a worker thread; predict runs inline on the event loop
-(``inplace_predict`` on a numpy array, no DMatrix), fast for the small batches
-of online inference.
+Loading runs in a worker thread; predict (``inplace_predict`` on a numpy array,
+no DMatrix) runs inline on the event loop for the small batches of online
+inference, in a worker thread for large ones (gateway.pod.offload).
 """
 
 from __future__ import annotations
