@@ -105,8 +105,12 @@ def rest_model(path: str) -> str | None:
 NO_MESSAGE = "the gRPC request has no message"
 
 
-def from_grpc_frame(body: bytes) -> RouteKey:
-    """The model named in field 1 of a gRPC request message (after the 5-byte frame header)."""
+def from_grpc_frame(body: bytes, *, complete: bool = True) -> RouteKey:
+    """The model named in field 1 of a gRPC request message (after the 5-byte frame header).
+
+    ``complete``: ``body`` is the whole request; else its first bytes (Envoy sends ext_proc
+    at most its buffer's worth of a larger message), which hold field 1 in any message
+    serialized in field order, as protobuf libraries do."""
     if len(body) < 5:
         raise InvalidInput(NO_MESSAGE)
     if body[0] != 0:
@@ -114,18 +118,18 @@ def from_grpc_frame(body: bytes) -> RouteKey:
             f"compressed gRPC messages need the {protocol.VMODEL_ID_HEADER} header to name the model"
         )
     end = 5 + int.from_bytes(body[1:5], "big")
-    if end > len(body):
+    if end > len(body) and complete:
         raise InvalidInput(
             f"the gRPC request is truncated: its length prefix says {end - 5} bytes, "
             f"{len(body) - 5} came"
         )
-    pos = 5
-    while pos < end:
+    pos, present = 5, min(end, len(body))
+    while pos < present:
         tag, pos = _varint(body, pos)
         field, wire = tag >> 3, tag & 7
         if wire == 2:
             length, pos = _varint(body, pos)
-            if field == 1:
+            if field == 1 and pos + length <= present:
                 return RouteKey(body[pos : pos + length].decode("utf-8", "replace"), grpc=True)
             pos += length
         elif wire == 0:
@@ -134,6 +138,11 @@ def from_grpc_frame(body: bytes) -> RouteKey:
             pos += 8 if wire == 1 else 4
         else:
             break
+    if end > len(body):
+        raise InvalidInput(
+            f"the request names no model in its first {len(body) - 5} bytes: set model_name "
+            "(serialized first, as protobuf libraries do) or the mm-vmodel-id header"
+        )
     raise InvalidInput("the request names no model: set model_name (or the mm-vmodel-id header)")
 
 

@@ -156,7 +156,7 @@ async def test_grpc_without_header_asks_for_the_body(
     responses = await run(processor, call, body(message))
     ask = pb.ProcessingResponse(
         request_headers=pb.HeadersResponse(),
-        mode_override=ProcessingMode(request_body_mode=ProcessingMode.BUFFERED),
+        mode_override=ProcessingMode(request_body_mode=ProcessingMode.BUFFERED_PARTIAL),
     )
     assert responses == [ask, forward(POD, model_id, in_body=True)]
 

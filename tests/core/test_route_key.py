@@ -115,6 +115,19 @@ def test_grpc_frame_errors(body: bytes, message: str) -> None:
         route_key.from_grpc_frame(body)
 
 
+def test_the_first_bytes_of_a_large_message_name_its_model() -> None:
+    """Envoy sends ext_proc at most its buffer's worth of a large message (not complete):
+    field 1 comes first, so the name is read there; a short prefix is not truncation."""
+    message = v2.ModelInferRequest(model_name="big", raw_input_contents=[b"x" * 1000])
+    start = frame(message.SerializeToString())[:100]
+    assert route_key.from_grpc_frame(start, complete=False).model == "big"
+    with pytest.raises(InvalidInput, match="truncated"):
+        route_key.from_grpc_frame(start)
+    nameless = frame(v2.ModelInferRequest(raw_input_contents=[b"x" * 1000]).SerializeToString())
+    with pytest.raises(InvalidInput, match="names no model in its first 95 bytes"):
+        route_key.from_grpc_frame(nameless[:100], complete=False)
+
+
 def test_the_rest_form_is_read_from_x_mmgw_form_on_rest_paths_only() -> None:
     infer = "/v2/models/m/infer"
     assert route_key.from_headers(path(infer, x_mmgw_form="oip")) == RouteKey(

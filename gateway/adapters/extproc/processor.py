@@ -105,7 +105,8 @@ class ExternalProcessor:
         self._ask_for_body = PartialAnswer(
             pb.ProcessingResponse(
                 request_headers=pb.HeadersResponse(),
-                mode_override=ProcessingMode(request_body_mode=ProcessingMode.BUFFERED),
+                # the body up to Envoy's buffer limit; the rest of a larger one streams on
+                mode_override=ProcessingMode(request_body_mode=ProcessingMode.BUFFERED_PARTIAL),
             ).SerializeToString()
         )
         self.extend_timeout = pb.ProcessingResponse(
@@ -123,7 +124,8 @@ class ExternalProcessor:
                         raise InvalidInput(route_key.NO_MESSAGE)
                     return self._ask_for_body
             elif in_body:
-                key = route_key.from_grpc_frame(request.request_body.body)
+                sent = request.request_body
+                key = route_key.from_grpc_frame(sent.body, complete=sent.end_of_stream)
             else:  # not enabled in envoy.yaml; let it pass unchanged
                 log.warning("ext_proc: unexpected %s message", kind)
                 return PartialAnswer(_passthrough(kind))
