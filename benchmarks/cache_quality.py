@@ -196,6 +196,9 @@ class InstantPods:
     async def unload(self, address: str, model_id: str) -> None:
         self.loaded.get(address, {}).pop(model_id, None)
 
+    def on_disconnect(self, callback: Callable[[str], None]) -> None:
+        """Simulated pods never disconnect."""
+
     async def status(self, address: str, timeout: float) -> PodStatus:
         loaded = dict(self.loaded.get(address, {}))
         return PodStatus(capacity=self.capacity, model_types=("sklearn",), loaded=loaded)

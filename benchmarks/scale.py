@@ -152,6 +152,9 @@ class MemoryPods:
     async def unload(self, address: str, model_id: str) -> None:
         self.loaded[address].pop(model_id, None)
 
+    def on_disconnect(self, callback: Callable[[str], None]) -> None:
+        """Simulated pods never disconnect."""
+
     async def status(self, address: str, timeout: float) -> PodStatus:
         return PodStatus(self.capacity, ("synthetic",), dict(self.loaded[address]))
 

@@ -14,6 +14,9 @@ longer than that.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 import grpc
 
 from gateway._proto import model_runtime_pb2 as rt
@@ -36,18 +39,37 @@ class GrpcPodClient:
         self._unload_timeout = unload_timeout
         self._stubs: dict[str, rt_grpc.ModelRuntimeStub] = {}
         self._channels: list[grpc.aio.Channel] = []
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._on_disconnect: list[Callable[[str], None]] = []
         self._options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
+
+    def on_disconnect(self, callback: Callable[[str], None]) -> None:
+        self._on_disconnect.append(callback)
 
     def _stub(self, address: str) -> rt_grpc.ModelRuntimeStub:
         stub = self._stubs.get(address)
         if stub is None:
             channel = grpc.aio.insecure_channel(address, options=self._options)
             self._channels.append(channel)
+            watcher = asyncio.create_task(self._watch(address, channel), name=f"watch {address}")
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
             stub = self._stubs[address] = rt_grpc.ModelRuntimeStub(channel)
         return stub
+
+    async def _watch(self, address: str, channel: grpc.aio.Channel) -> None:
+        """Tell the callbacks when ``channel`` leaves READY: its pod's connection broke."""
+        state = channel.get_state()
+        while True:
+            await channel.wait_for_state_change(state)
+            new = channel.get_state()
+            if state is grpc.ChannelConnectivity.READY and new is not state:
+                for callback in self._on_disconnect:
+                    callback(address)
+            state = new
 
     async def load(self, address: str, spec: ModelSpec, timeout: float, expected: int) -> int:
         request = rt.LoadModelRequest(
@@ -99,5 +121,8 @@ class GrpcPodClient:
         )
 
     async def close(self) -> None:
+        for watcher in list(self._watchers):
+            watcher.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
         for channel in self._channels:
             await channel.close(grace=None)

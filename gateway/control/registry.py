@@ -42,6 +42,7 @@ from gateway.core.errors import (
     StorageFailure,
 )
 from gateway.core.placement import Coordinator, Placement, Solo
+from gateway.core.protocol import INFERENCE_SERVICES_PREFIX
 from gateway.kserve.resources import (
     DEFAULT_NAMESPACE,
     InferenceService,
@@ -60,7 +61,7 @@ from gateway.store.sync import Mirror
 
 log = logging.getLogger(__name__)
 
-_PREFIX = "inferenceservices/"
+_PREFIX = INFERENCE_SERVICES_PREFIX
 INVALID_STORAGE = "InvalidPredictorSpec"  # KServe's failure reason for a spec that cannot be served
 
 
@@ -89,6 +90,8 @@ class Registry:
         ] = {}  # InferenceService name -> why its storage is unusable
         # name or concrete id -> concrete id to route to; read on every request.
         self._routes: dict[str, str] = {}
+        # concrete id -> its InferenceService's per-try timeout (ms), when it sets one
+        self._per_try_ms: dict[str, int] = {}
         self.generation = (
             0  # bumped on every change of _routes: what resolve said before may be stale
         )
@@ -214,6 +217,11 @@ class Registry:
                     f"{self._storage_problems[name]}",
                 ) from None
             raise ModelNotFound(name) from None
+
+    def per_try_timeout_ms(self, model_id: str) -> int | None:
+        """The per-try timeout the InferenceService serving ``model_id`` sets (its
+        ``mmgw.io/per-try-timeout``); None: envoy.yaml's default."""
+        return self._per_try_ms.get(model_id)
 
     def get(self, name: str) -> Record:
         try:
@@ -411,11 +419,18 @@ class Registry:
         self._routes[record.name] = record.serving.model_id
         self._routes[record.serving.model_id] = record.serving.model_id
         self._routes[record.target.model_id] = record.target.model_id
+        per_try = self._isvc(record).per_try_timeout_ms()
+        for model_id in (record.serving.model_id, record.target.model_id):
+            if per_try is None:
+                self._per_try_ms.pop(model_id, None)
+            else:
+                self._per_try_ms[model_id] = per_try
         self.generation += 1
 
     def _unroute(self, *keys: str) -> None:
         for key in keys:
             self._routes.pop(key, None)
+            self._per_try_ms.pop(key, None)
         self.generation += 1
 
     # -- what the rollouts (gateway.control.rollouts) ask of the registry ----------------

@@ -38,6 +38,8 @@ class Route:
     # The model's only loaded copy, when this route is kept for its name: the hit buffer
     # counts the requests routed to it.
     copy: CopyRecord | None = None
+    # how long one try may take on a pod before the next copy is tried (ms); None: the default
+    per_try_timeout_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +83,10 @@ class Router:
         sole = self._placement.route_sole(handle)  # counts this request
         if sole is not None:
             address, copy = sole
-            kept = self._kept[name] = Route(address, copy.model_id, copy=copy)
+            per_try = self._registry.per_try_timeout_ms(copy.model_id)
+            kept = self._kept[name] = Route(
+                address, copy.model_id, copy=copy, per_try_timeout_ms=per_try
+            )
             return kept
         model_id = handle.spec.model_id
         found = self._placement.route(model_id)
@@ -128,5 +133,8 @@ class Router:
         if route is None:
             if len(self._interned) >= _MAX_INTERNED:
                 self._interned.clear()
-            route = self._interned[wire] = Route(address, model_id, fallbacks)
+            per_try = None if model_id is None else self._registry.per_try_timeout_ms(model_id)
+            route = self._interned[wire] = Route(
+                address, model_id, fallbacks, per_try_timeout_ms=per_try
+            )
         return route

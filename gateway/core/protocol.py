@@ -13,6 +13,12 @@ from __future__ import annotations
 # without mutation_rules.allow_envoy, and it always overwrites a client's value.
 UPSTREAM_HEADER = "x-mmgw-upstream"
 
+# An InferenceService's own per-try timeout (ms), set by ext_proc for Envoy's router:
+# after it, the try is abandoned and the request retried on the model's next copy. An
+# x-envoy-* header, so ext_proc's mutation_rules.allow_envoy lets it set it; Envoy
+# removes a client's own value (use_remote_address: every client is external).
+PER_TRY_TIMEOUT_HEADER = "x-envoy-upstream-rq-per-try-timeout-ms"
+
 # Which V2 REST form a request is in, set by Envoy's Lua filter from the request itself
 # (envoy/envoy.yaml) and always overwritten there: REST_FORM_OIP for the Open Inference
 # Protocol's JSON ("data", the binary extension, and every GET), which goes to the pod's
@@ -45,3 +51,8 @@ MODEL_VERSION = "1"
 
 # InferenceService -> concrete model id, as ModelMesh names them.
 CONCRETE_ID_SEPARATOR = "__isvc-"
+
+# Where the shared store keeps each InferenceService (gateway.control.records.Record,
+# by name): gateway replicas mirror it, and a pod reads it to load a registered model it
+# was sent without holding a copy (gateway.pod.on_demand).
+INFERENCE_SERVICES_PREFIX = "inferenceservices/"

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.core.errors import InvalidSpec
 from gateway.core.protocol import CONCRETE_ID_SEPARATOR
@@ -25,6 +26,12 @@ RUNTIME_API_VERSION = "serving.kserve.io/v1alpha1"
 RUNTIME_KIND = "ServingRuntime"
 CLUSTER_RUNTIME_KIND = "ClusterServingRuntime"
 RUNTIME_KINDS = (RUNTIME_KIND, CLUSTER_RUNTIME_KIND)
+# How long one try of a request may take on a pod before Envoy gives up on that pod and
+# retries on the model's next copy; envoy.yaml's retry_policy holds the default.
+PER_TRY_TIMEOUT_ANNOTATION = "mmgw.io/per-try-timeout"
+MAX_PER_TRY_TIMEOUT_MS = 120_000  # the routes' timeout: a try cannot outlast its request
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
+_DURATION_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000}
 # DNS-1123 label, as Kubernetes requires of an InferenceService name.
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # DNS-1123 subdomain, as Kubernetes requires of most other names ("mlserver-1.x").
@@ -83,9 +90,22 @@ class InferenceService(_Open):
     metadata: ObjectMeta
     spec: InferenceServiceSpec
 
+    @field_validator("metadata")
+    @classmethod
+    def _known_annotations_parse(cls, metadata: ObjectMeta) -> ObjectMeta:
+        text = metadata.annotations.get(PER_TRY_TIMEOUT_ANNOTATION)
+        if text is not None:
+            duration_ms(text, PER_TRY_TIMEOUT_ANNOTATION)
+        return metadata
+
     @property
     def name(self) -> str:
         return self.metadata.name
+
+    def per_try_timeout_ms(self) -> int | None:
+        """The ``mmgw.io/per-try-timeout`` annotation in milliseconds; None when not set."""
+        text = self.metadata.annotations.get(PER_TRY_TIMEOUT_ANNOTATION)
+        return None if text is None else duration_ms(text, PER_TRY_TIMEOUT_ANNOTATION)
 
     @property
     def model(self) -> PredictorModel:
@@ -121,6 +141,21 @@ _QUANTITY_UNITS = {
     "G": 10**9,
     "T": 10**12,
 }
+
+
+def duration_ms(text: str, what: str) -> int:
+    """Milliseconds from a duration as Kubernetes and Envoy write them (500ms, 2s, 1.5s,
+    1m), over 0 and at most MAX_PER_TRY_TIMEOUT_MS; ValueError naming ``what`` otherwise."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise ValueError(f"annotation {what}: {text!r} is not a duration (e.g. 500ms, 2s, 1m)")
+    ms = round(float(match.group(1)) * _DURATION_UNIT_MS[match.group(2)])
+    if not 0 < ms <= MAX_PER_TRY_TIMEOUT_MS:
+        raise ValueError(
+            f"annotation {what}: {text!r} must be over 0 and at most "
+            f"{MAX_PER_TRY_TIMEOUT_MS // 1000}s (the request's own timeout)"
+        )
+    return ms
 
 
 def parse_quantity(text: str) -> int:

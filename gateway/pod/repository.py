@@ -40,7 +40,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,10 +114,24 @@ class ModelRepository:
         self._unloading: dict[str, asyncio.Task[None]] = {}
         self._closing = False
         self.on_change: Callable[[], None] = lambda: None  # what ``loaded()`` lists changed
+        # Loads a registered model a request names that this pod is absent of
+        # (gateway.pod.on_demand, when the pod has the shared store); None: NOT_FOUND.
+        self.load_on_demand: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def model_types(self) -> tuple[str, ...]:
         return self._runtimes.model_types
+
+    def absent(self, model_id: str) -> bool:
+        """Whether this pod neither holds nor unloads ``model_id`` (it may be loading it: a
+        ``load`` then joins that load)."""
+        return model_id not in self._models and model_id not in self._unloading
+
+    async def prepare(self, model_id: str) -> None:
+        """Before an inference request for ``model_id``: load it on demand if it is absent
+        and ``load_on_demand`` is set (``serving`` then finds it)."""
+        if self.load_on_demand is not None and self.absent(model_id):
+            await self.load_on_demand(model_id)
 
     def get(self, model_id: str) -> Model:
         """The loaded model ``model_id``; ModelNotFound if this pod does not hold it

@@ -175,6 +175,7 @@ class OipApp:
                 415, f"Content-Encoding {encoding!r} is not supported; send identity"
             )
         json_length = request.headers.get(oip.HEADER_LENGTH)
+        await self._models.prepare(model_id)
         with self._models.serving(model_id) as model:
             raw = bytes(request.body)
             body = await offload.sized(

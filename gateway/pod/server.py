@@ -31,6 +31,7 @@ from gateway._proto import model_runtime_pb2_grpc as rt_grpc
 from gateway.store import open_store
 
 from . import profile
+from .on_demand import OnDemand
 from .puller import Puller
 from .registration import Registration
 from .repository import ModelRepository
@@ -192,6 +193,8 @@ async def serve(settings: PodSettings, *, ready: asyncio.Event | None = None) ->
                 settings.model_loading_timeout_ms,
             )
         pod = PodServer(settings)
+        if store is not None:
+            pod.models.load_on_demand = OnDemand(store, pod.models).ensure
         await pod.start()
         if store is not None:
             registration = Registration(store, settings.pod_id, pod.registration_info(), pod.models)

@@ -251,6 +251,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> v2.ModelInferResponse:
         model_id = _model_id(context, request.model_name)
+        await self._models.prepare(model_id)
         with self._models.serving(model_id) as model:
             decoded = decode_for(
                 model,

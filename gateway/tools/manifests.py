@@ -128,6 +128,26 @@ def _before_router(http_filter: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# What Istio's ingress gateway takes from envoy.yaml's HttpConnectionManager and pod
+# clusters: path handling, error bodies, the limits one client cannot get around.
+SHARED_HCM_FIELDS = (
+    "normalize_path",
+    "merge_slashes",
+    "local_reply_config",
+    "use_remote_address",
+    "http2_protocol_options",
+    "request_headers_timeout",
+    "request_timeout",
+    "stream_idle_timeout",
+)
+SHARED_POD_CLUSTER_FIELDS = (
+    "connect_timeout",
+    "per_connection_buffer_limit_bytes",
+    "load_balancing_policy",
+    "circuit_breakers",
+)
+
+
 def istio_envoy_filters(source: FilterConfig, descriptor: bytes) -> list[dict[str, Any]]:
     """The EnvoyFilters that give Istio's ingress gateway envoy.yaml's filters, routes and clusters.
 
@@ -140,9 +160,7 @@ def istio_envoy_filters(source: FilterConfig, descriptor: bytes) -> list[dict[st
     # ext_proc and the filters before it (the buffer, the Lua form check), then the rest
     split = 1 + next(i for i, f in enumerate(filters) if f["name"] == EXT_PROC)
     ext_proc, transcoding = filters[:split], filters[split:]
-    hcm_fields = {
-        key: source.hcm[key] for key in ("normalize_path", "merge_slashes", "local_reply_config")
-    }
+    hcm_fields = {key: source.hcm[key] for key in SHARED_HCM_FIELDS}
 
     extproc_cluster = copy.deepcopy(source.cluster(EXT_PROC_CLUSTER))
     extproc_cluster.update(
@@ -152,14 +170,7 @@ def istio_envoy_filters(source: FilterConfig, descriptor: bytes) -> list[dict[st
         )
     )
     pod_patches = {
-        name: {
-            key: source.cluster(name)[key]
-            for key in (
-                "connect_timeout",
-                "per_connection_buffer_limit_bytes",
-                "load_balancing_policy",
-            )
-        }
+        name: {key: source.cluster(name)[key] for key in SHARED_POD_CLUSTER_FIELDS}
         for name in (PODS_CLUSTER, PODS_REST_CLUSTER)
     }
     routes = copy.deepcopy(source.routes)

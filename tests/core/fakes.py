@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.core.domain import ModelSpec
@@ -29,6 +30,7 @@ class FakePods:
         self.unloads: list[tuple[str, str]] = []
         self.gate: asyncio.Event | None = None  # when set, loads wait for it
         self.inflight: dict[str, dict[str, int]] = {}  # pod -> model -> requests in flight
+        self.disconnect_callbacks: list[Callable[[str], None]] = []
 
     async def load(self, address: str, spec: ModelSpec, timeout: float, expected: int) -> int:
         pod = self.pods[address]
@@ -56,6 +58,9 @@ class FakePods:
     async def unload(self, address: str, model_id: str) -> None:
         self.unloads.append((address, model_id))
         self.pods[address].loaded.pop(model_id, None)
+
+    def on_disconnect(self, callback: Callable[[str], None]) -> None:
+        self.disconnect_callbacks.append(callback)
 
     async def status(self, address: str, timeout: float) -> PodStatus:
         pod = self.pods[address]

@@ -167,7 +167,7 @@ def test_the_ingress_gateway_gets_envoy_yaml_filters_routes_and_policies(
     hcm = istio_gateway.hcm_of(ingress)
     assert hcm["http_filters"] == source.http_filters
     assert hcm["http_filters"][-1]["name"] == ROUTER
-    for field in ("local_reply_config", "normalize_path", "merge_slashes"):
+    for field in manifests.SHARED_HCM_FIELDS:
         assert hcm[field] == source.hcm[field]
     expected_routes = copy.deepcopy(source.routes)
     for route in expected_routes:
@@ -183,7 +183,7 @@ def test_the_ingress_gateway_gets_envoy_yaml_filters_routes_and_policies(
     ]
     assert len(to_pods) == 3  # native gRPC, the OIP form, the transcoded form
     assert {r["route"]["retry_policy"]["retry_on"] for r in to_pods} == {
-        "connect-failure,refused-stream,reset-before-request"
+        "connect-failure,refused-stream,reset"
     }
     assert (
         ingress["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"]
@@ -193,8 +193,8 @@ def test_the_ingress_gateway_gets_envoy_yaml_filters_routes_and_policies(
     clusters = {c["name"]: c for c in ingress["static_resources"]["clusters"]}
     for name in (PODS_CLUSTER, PODS_REST_CLUSTER):
         pods, envoy_pods = clusters[manifests.ISTIO_CLUSTERS[name]], source.cluster(name)
-        assert pods["load_balancing_policy"] == envoy_pods["load_balancing_policy"]
-        assert pods["connect_timeout"] == envoy_pods["connect_timeout"]
+        for field in ("load_balancing_policy", "connect_timeout", "circuit_breakers"):
+            assert pods[field] == envoy_pods[field]
     extproc = clusters[EXT_PROC_CLUSTER]
     assert extproc["type"] == "STRICT_DNS"
     address = extproc["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][

@@ -194,6 +194,8 @@ def _forward_response(route: Route, upstream: str, body: bool) -> bytes:
     headers = [_set(protocol.UPSTREAM_HEADER, upstream)]
     if route.model_id is not None:
         headers.append(_set(protocol.MODEL_ID_HEADER, route.model_id))
+    if route.per_try_timeout_ms is not None:
+        headers.append(_set(protocol.PER_TRY_TIMEOUT_HEADER, str(route.per_try_timeout_ms)))
     common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=headers))
     if body:
         response = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))

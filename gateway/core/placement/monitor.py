@@ -1,6 +1,7 @@
 """Watching the pods: health, what each holds, request rates, copies by traffic.
 
-Every ``health_interval`` each pod is asked for its status. A pod that refuses
+Every ``health_interval``, and at once when a connection to a pod breaks, each
+pod is asked for its status. A pod that refuses
 the connection loses its copies at once (the next request loads them
 elsewhere); one that is connected but answers nothing in time (busy, or hung)
 has its copies tried last, and loses them after ``unresponsive_checks`` such
@@ -14,6 +15,7 @@ what nobody registered and expires failure records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 
@@ -39,6 +41,9 @@ class Monitor:
         self._models = table.models
         self._strangers: dict[tuple[str, str], float] = {}  # (pod, model id) -> first seen
         self._last_tick = table.clock()
+        # set when a connection to a pod broke: the pods are checked now, not at the interval
+        self._disconnected = asyncio.Event()
+        client.on_disconnect(lambda _address: self._disconnected.set())
 
     def remove_pod(self, address: str) -> None:
         """A pod left the pool (its registration is gone): its copies go with it."""
@@ -82,7 +87,9 @@ class Monitor:
         while True:
             await self.check_pods()
             self.tick()
-            await asyncio.sleep(self._settings.health_interval)
+            self._disconnected.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._disconnected.wait(), self._settings.health_interval)
 
     async def check_pods(self) -> None:
         await asyncio.gather(*(self._check(pod) for pod in list(self._pods.values())))

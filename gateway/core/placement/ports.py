@@ -8,7 +8,7 @@ and reports what happens through ``PlacementEvents`` (gateway.adapters.metrics).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,6 +45,11 @@ class PodClient(Protocol):
     async def unload(self, address: str, model_id: str) -> None: ...
 
     async def status(self, address: str, timeout: float) -> PodStatus: ...
+
+    def on_disconnect(self, callback: Callable[[str], None]) -> None:
+        """Have ``callback(address)`` called as soon as an open connection to a pod breaks
+        (its process died, say), so that its health is checked at once, not at the next
+        interval."""
 
 
 class Coordinator(Protocol):
