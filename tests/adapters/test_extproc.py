@@ -259,6 +259,24 @@ async def test_a_call_that_ends_with_its_headers_is_answered_not_asked_for_a_bod
     ]
 
 
+async def test_an_inference_services_per_try_timeout_goes_to_envoys_router(
+    tmp_path: Path,
+) -> None:
+    h = await harness(tmp_path, FakePods(**{POD: FakePod()}))
+    document = isvc()
+    document["metadata"]["annotations"]["mmgw.io/per-try-timeout"] = "1500ms"
+    record, _ = await h.registry.apply(document)
+    await h.placement.ensure_loaded(record.serving.model_id)
+    processor = ExternalProcessor(h.router, miss_timeout=100)
+    (answer,) = await run(processor, headers("/v2/models/sklearn-mnist/infer"))
+    sets = list(answer.request_headers.response.header_mutation.set_headers)
+    assert sets[2:] == [setting("x-envoy-upstream-rq-per-try-timeout-ms", "1500")]
+    document["metadata"]["annotations"].pop("mmgw.io/per-try-timeout")
+    await h.registry.apply(document)  # removed: envoy.yaml's default again
+    (answer,) = await run(processor, headers("/v2/models/sklearn-mnist/infer"))
+    assert answer == forward(POD, record.serving.model_id)
+
+
 async def test_failed_load_is_503_with_the_reason(tmp_path: Path) -> None:
     h = await harness(tmp_path, FakePods(**{POD: FakePod(fail_loads="disk on fire")}))
     await h.registry.apply(isvc())

@@ -227,6 +227,27 @@ async def test_a_pod_that_stops_answering_is_tried_last_then_taken_for_dead() ->
     assert placement.route("m") is None
 
 
+async def test_a_broken_connection_is_checked_at_once_not_at_the_interval() -> None:
+    pods = FakePods(a=FakePod(), b=FakePod())
+    placement = await engine(pods, health_interval=3600.0)
+    placement.register(spec("m"))
+    holder = await placement.ensure_loaded("m")
+    watching = asyncio.create_task(placement.watch_pods())
+    try:
+        await asyncio.sleep(0)  # the first round of checks
+        pods.pods[holder].down = True
+        for callback in pods.disconnect_callbacks:  # as the pod client does on a broken channel
+            callback(holder)
+        for _ in range(100):  # an hour's interval: only the wake-up can find it (bounded)
+            if placement.lookup("m") is None:
+                break
+            await asyncio.sleep(0.01)
+        assert placement.lookup("m") is None
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+
+
 async def test_a_restarted_gateway_adopts_what_pods_hold_and_unloads_strays() -> None:
     pods = FakePods(a=FakePod(loaded={"m": 10, "stray": 10}))
     clock = Clock()

@@ -8,6 +8,7 @@ import time
 
 import grpc
 import httpx
+import numpy as np
 import pytest
 
 from gateway._proto import grpc_predict_v2_pb2 as v2
@@ -111,3 +112,28 @@ def test_one_client_holding_1100_streams_does_not_keep_another_from_the_pods(
     finally:
         for connection in connections:
             connection.close()
+
+
+@pytest.mark.parametrize(
+    "header", ["x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-rq-per-try-timeout-ms"]
+)
+def test_a_clients_own_envoy_timeouts_are_removed(
+    deployment: launcher.Deployment,
+    rest: httpx.Client,
+    stub: v2_grpc.GRPCInferenceServiceStub,
+    header: str,
+) -> None:
+    """Envoy honours these from an internal client, which a client may claim to be with an
+    x-forwarded-for of a private address: a 1 ms timeout would fail its request (1,024
+    rows take some milliseconds to predict). Only the gateway sets them: Envoy takes the
+    client's address from the connection (use_remote_address) and removes a client's."""
+    spoofed = {header: "1", "x-forwarded-for": "10.0.0.1"}
+    rows = [samples.sample_input()] * 1024
+    body = {"inputs": [{"name": "predict", "shape": [1024, 64], "datatype": "FP32", "data": rows}]}
+    response = rest.post("/v2/models/sklearn-mnist/infer", json=body, headers=spoofed)
+    assert response.status_code == 200, response.text
+    request = v2.ModelInferRequest(model_name="sklearn-mnist")
+    request.inputs.add(name="predict", datatype="FP32", shape=[1024, 64])
+    request.raw_input_contents.append(np.array(rows, np.float32).tobytes())
+    answer = stub.ModelInfer(request, metadata=tuple(spoofed.items()), timeout=30)
+    assert np.frombuffer(answer.raw_output_contents[0], np.int64).tolist() == [8] * 1024

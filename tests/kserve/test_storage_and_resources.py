@@ -47,6 +47,40 @@ def test_invalid_documents_say_what_is_wrong(mutate: Any, message: str) -> None:
         parse_inference_service(doc)
 
 
+def _annotated(value: str) -> dict[str, Any]:
+    doc = copy.deepcopy(SEED_ISVC)
+    doc["metadata"].setdefault("annotations", {})["mmgw.io/per-try-timeout"] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("value", "ms"), [("500ms", 500), ("2s", 2000), ("1.5s", 1500), ("1m", 60_000), (" 3s ", 3000)]
+)
+def test_the_per_try_timeout_annotation_reads_as_kubernetes_durations(value: str, ms: int) -> None:
+    assert parse_inference_service(_annotated(value)).per_try_timeout_ms() == ms
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("2x", "'2x' is not a duration"),
+        ("2", "'2' is not a duration"),
+        ("-1s", "is not a duration"),
+        ("0s", "must be over 0 and at most 120s"),
+        ("3m", "must be over 0 and at most 120s"),
+    ],
+)
+def test_a_per_try_timeout_that_is_no_duration_is_refused_naming_the_annotation(
+    value: str, message: str
+) -> None:
+    with pytest.raises(InvalidSpec, match=f"metadata: .*mmgw.io/per-try-timeout: .*{message}"):
+        parse_inference_service(_annotated(value))
+
+
+def test_without_the_annotation_the_default_applies() -> None:
+    assert parse_inference_service(SEED_ISVC).per_try_timeout_ms() is None
+
+
 def test_non_mapping_document() -> None:
     with pytest.raises(InvalidSpec, match="mapping"):
         parse_inference_service(["not", "a", "doc"])
