@@ -92,6 +92,9 @@ class Registry:
         self._routes: dict[str, str] = {}
         # concrete id -> its InferenceService's per-try timeout (ms), when it sets one
         self._per_try_ms: dict[str, int] = {}
+        # name -> (latest concrete id, its percent) while a canary holds the rollout
+        # (canaryTrafficPercent under 100, the latest spec not rolled out yet)
+        self._splits: dict[str, tuple[str, int]] = {}
         self.generation = (
             0  # bumped on every change of _routes: what resolve said before may be stale
         )
@@ -218,6 +221,15 @@ class Registry:
                 ) from None
             raise ModelNotFound(name) from None
 
+    def split(self, name: str) -> tuple[str, int] | None:
+        """(latest concrete id, percent of requests for it once it is loaded) while
+        ``name``'s rollout is held at a canary; None otherwise."""
+        return self._splits.get(name)
+
+    def holds_canary(self, name: str) -> bool:
+        """Whether ``name``'s latest spec waits at a canary percent instead of rolling out."""
+        return name in self._splits
+
     def per_try_timeout_ms(self, model_id: str) -> int | None:
         """The per-try timeout the InferenceService serving ``model_id`` sets (its
         ``mmgw.io/per-try-timeout``); None: envoy.yaml's default."""
@@ -273,12 +285,16 @@ class Registry:
         self._selections[isvc.name] = selection
         self._set_storage_problem(isvc.name, problem)
         self._register(isvc.name, spec)
+        was_held = self.holds_canary(isvc.name)
         self._remember(record)
         if old.target not in (old.serving, spec):  # an unfinished rollout is superseded
             self._unroute(old.target.model_id)
             await self._placement.unregister(old.target.model_id)
-        if spec != record.serving and spec != old.target:
-            self.rollouts.start(record)
+        if spec != record.serving:
+            if self.holds_canary(isvc.name):  # loaded, and given its percent once ready
+                self._placement.load_in_background(spec.model_id)
+            elif spec != old.target or was_held:  # promoted: the rollout moves the rest
+                self.rollouts.start(record)
         return record, "configured"
 
     async def delete(self, name: str) -> None:
@@ -419,7 +435,13 @@ class Registry:
         self._routes[record.name] = record.serving.model_id
         self._routes[record.serving.model_id] = record.serving.model_id
         self._routes[record.target.model_id] = record.target.model_id
-        per_try = self._isvc(record).per_try_timeout_ms()
+        isvc = self._isvc(record)
+        canary = isvc.canary_percent
+        if record.target != record.serving and canary is not None and canary < 100:
+            self._splits[record.name] = (record.target.model_id, canary)
+        else:
+            self._splits.pop(record.name, None)
+        per_try = isvc.per_try_timeout_ms()
         for model_id in (record.serving.model_id, record.target.model_id):
             if per_try is None:
                 self._per_try_ms.pop(model_id, None)
@@ -431,6 +453,7 @@ class Registry:
         for key in keys:
             self._routes.pop(key, None)
             self._per_try_ms.pop(key, None)
+            self._splits.pop(key, None)
         self.generation += 1
 
     # -- what the rollouts (gateway.control.rollouts) ask of the registry ----------------

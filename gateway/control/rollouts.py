@@ -40,6 +40,8 @@ class RolloutHost(Protocol):
 
     def servable(self, name: str) -> bool: ...
 
+    def holds_canary(self, name: str) -> bool: ...
+
     async def move_traffic(self, name: str, target: ModelSpec) -> ModelSpec | None: ...
 
 
@@ -95,6 +97,7 @@ class Rollouts:
             if (
                 record.target != record.serving
                 and self._host.servable(record.name)
+                and not self._host.holds_canary(record.name)
                 and self._blocked.get(record.name) != record.target.model_id
             ):
                 self.start(record)
@@ -133,8 +136,8 @@ class Rollouts:
         """Load the new version with as many copies as the old has, then move the name to it.
         False if the new version cannot be loaded: the rollout waits for the next apply."""
         record = self._host.record(name)
-        if record is None or record.target != target:
-            return True  # finished by another replica, superseded or deleted meanwhile
+        if record is None or record.target != target or self._host.holds_canary(name):
+            return True  # finished by another replica, superseded, held or deleted meanwhile
         copies = self._placement.status(record.serving.model_id).copies
         try:
             await self._placement.ensure_copies(target.model_id, max(1, copies))

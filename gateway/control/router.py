@@ -6,7 +6,10 @@ with no second lookup). The router owns the hot path's cache: for a model with
 one loaded copy it hands out the same immutable Route while the route is valid
 (while neither the registry's nor the placement's generation changes), and
 records each further request for it in the engine's hit buffer, which counts
-them in batches off the request path. Routes
+them in batches off the request path. A name whose rollout is held at a canary
+(``Registry.split``) sends that percent of its requests, drawn at random, to
+the latest spec once it is ready (loaded; not while loading or failed), and
+the rest to the serving one. Routes
 compare by identity, so an adapter may keep what it made of one (its
 serialized answer) in a dict keyed by the Route.
 """
@@ -14,6 +17,7 @@ serialized answer) in a dict keyed by the Route.
 from __future__ import annotations
 
 import operator
+import random as random_module
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -53,9 +57,16 @@ _copy_of = cast(Callable[[Route], CopyRecord], operator.attrgetter("copy"))
 
 
 class Router:
-    def __init__(self, registry: Registry, placement: Placement) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        placement: Placement,
+        *,
+        random: Callable[[], float] = random_module.random,
+    ) -> None:
         self._registry = registry
         self._placement = placement
+        self._random = random  # a canary's draw, in [0, 1)
         # Valid while the registry's and the placement's generations hold:
         self._handles: dict[str, ModelRecord] = {}  # name or concrete id -> its model's record
         self._kept: dict[str, Route] = {}  # name -> the route to its model's only loaded copy
@@ -73,6 +84,11 @@ class Router:
         registry, placement = self._registry.generation, self._placement.generation
         if registry != self._kept_at[0] or placement != self._kept_at[1]:
             self._forget(registry, placement)
+        split = self._registry.split(name)
+        if split is not None:  # a canary: its percent goes to the latest spec, once loaded
+            latest, percent = split
+            if self._random() * 100 < percent and self._placement.ready(latest):
+                name = latest
         kept = self._kept.get(name)
         if kept is not None:  # the hot path: one dict read; counted in the hit buffer
             self._record_hit(kept)

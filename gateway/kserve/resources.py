@@ -78,6 +78,9 @@ class PredictorModel(_Open):
 
 class Predictor(_Open):
     model: PredictorModel
+    # KServe's canary: the share of requests (0-100) the latest spec gets once it is ready,
+    # the previous rolled-out one serving the rest. Not part of the model: no new id.
+    canaryTrafficPercent: int | None = Field(default=None, ge=0, le=100)
 
 
 class InferenceServiceSpec(_Open):
@@ -111,8 +114,15 @@ class InferenceService(_Open):
     def model(self) -> PredictorModel:
         return self.spec.predictor.model
 
+    @property
+    def canary_percent(self) -> int | None:
+        """``spec.predictor.canaryTrafficPercent``; None when not set."""
+        return self.spec.predictor.canaryTrafficPercent
+
     def concrete_id(self) -> str:
-        predictor = self.spec.predictor.model_dump(mode="json", exclude_none=True)
+        predictor = self.spec.predictor.model_dump(
+            mode="json", exclude_none=True, exclude={"canaryTrafficPercent"}
+        )
         canonical = json.dumps(predictor, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
         return f"{self.name}{CONCRETE_ID_SEPARATOR}{digest}"

@@ -330,10 +330,11 @@ def cmd_get(args: argparse.Namespace) -> int:
     if kind != "InferenceService":
         print(runtime_table(items))
         return 0
-    rows = [["NAME", "URL", "READY", "REASON", "AGE"]]
+    rows = [["NAME", "URL", "READY", "PREV", "LATEST", "REASON", "AGE"]]
     now = time.time()
     for item in items:
         ready, reason = _ready(item)
+        prev, latest = _traffic_percents(item)
         created = item.get("metadata", {}).get("creationTimestamp")
         since = now - datetime.fromisoformat(created).timestamp() if created else None
         rows.append(
@@ -341,12 +342,26 @@ def cmd_get(args: argparse.Namespace) -> int:
                 item["metadata"]["name"],
                 item.get("status", {}).get("url", ""),
                 ready,
+                prev,
+                latest,
                 reason,
                 age(since) if since is not None else "-",
             ]
         )
     print(table(rows))
     return 0
+
+
+def _traffic_percents(item: dict[str, Any]) -> tuple[str, str]:
+    """The PREV and LATEST columns, as `kubectl get isvc` shows KServe's traffic split:
+    the rolled-out and the latest revision's percent (PREV empty when there is one)."""
+    traffic = item.get("status", {}).get("components", {}).get("predictor", {}).get("traffic")
+    if not traffic:
+        return "", ""
+    by_tag = {t.get("tag"): str(t.get("percent", "")) for t in traffic}
+    if "prev" in by_tag:
+        return by_tag["prev"], by_tag.get("latest", "")
+    return "", str(traffic[0].get("percent", ""))
 
 
 def _age_of(item: dict[str, Any]) -> str:

@@ -3,7 +3,8 @@
 What ``kubectl get isvc -o yaml`` shows for ModelMesh: the Ready condition
 (with KServe's and ModelMesh's reasons), ``url``, ``runtime``, and
 ``modelStatus`` (active and target model states, the transition, copies, the
-last failure).
+last failure), and ``components.predictor`` (the revisions, which are concrete
+ids, and the traffic split between them during a canary).
 """
 
 from __future__ import annotations
@@ -59,12 +60,43 @@ def render(view: ServingView, public_url: str) -> dict[str, Any]:
             "copies": {"totalCopies": serving.copies},
         },
     }
+    status["components"] = {"predictor": _predictor(view, serving.ready, target.ready)}
     if failed is not None:
         status["modelStatus"]["lastFailureInfo"] = {
             "reason": "ModelLoadFailed",
             "message": failed.message,
         }
     return status
+
+
+def _predictor(view: ServingView, serving_ready: bool, latest_ready: bool) -> dict[str, Any]:
+    """KServe's ``status.components.predictor``: the revisions (concrete ids) and how
+    traffic is split between them. The latest gets its canary percent once it is ready."""
+    record = view.record
+    serving, latest = record.serving.model_id, record.target.model_id
+    canary = record.manifest.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent")
+    predictor: dict[str, Any] = {
+        "latestCreatedRevision": latest,
+        "latestRolledoutRevision": serving,
+    }
+    ready = latest if latest_ready else serving if serving_ready else None
+    if ready is not None:
+        predictor["latestReadyRevision"] = ready
+    if latest == serving:
+        traffic = [{"revisionName": serving, "latestRevision": True, "percent": 100}]
+    else:
+        share = canary if canary is not None and canary < 100 and latest_ready else 0
+        traffic = [
+            {"tag": "latest", "revisionName": latest, "latestRevision": True, "percent": share},
+            {
+                "tag": "prev",
+                "revisionName": serving,
+                "latestRevision": False,
+                "percent": 100 - share,
+            },
+        ]
+    predictor["traffic"] = traffic
+    return predictor
 
 
 def _invalid(url: str, reason: str, message: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.core.domain import ModelSpec, ModelStatus
+from gateway.core.domain import CopyState, ModelSpec, ModelStatus
 from gateway.core.errors import LoadFailed
 from gateway.core.placement.hits import HitBuffer, Hits
 from gateway.core.placement.loader import Loader
@@ -169,6 +169,20 @@ class Placement:
     def settle(self) -> None:
         """Count every buffered hit."""
         self._table.settle()
+
+    def ready(self, model_id: str) -> bool:
+        """Whether ``model_id`` may be sent requests: a copy is loaded, or one was and has been
+        evicted since (a request loads it again). Not while its first load runs, nor after a
+        load failed. Cheap: a canary's draw asks it on the request path."""
+        model = self._table.models.get(model_id)
+        if model is None:
+            return False
+        sole = model.sole
+        if sole is not None and sole.state is CopyState.LOADED:
+            return True
+        if any(c.state is CopyState.LOADED for c in model.copies.values()):
+            return True
+        return model.ever_loaded and model.loading is None and not model.last_error
 
     def lookup(self, model_id: str) -> str | None:
         """The address of a loaded copy (counted as a request to it), or None on a miss."""

@@ -1,0 +1,159 @@
+"""KServe's canaryTrafficPercent on the shared pool (issue 15, item 1): re-applying a
+changed predictor with ``canaryTrafficPercent: N`` keeps the rolled-out version serving
+and sends N% of requests to the new one once it is ready; 100 or no field promotes it
+(the old one is unloaded), 0 sends it nothing. The router's draw is counted over 10,000
+requests, as the issue asks (within 1.5 points)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.control.router import Route, Router
+from gateway.core.errors import InvalidSpec
+from gateway.core.route_key import RouteKey
+
+from ..core.harness import Harness, harness, isvc, settle
+
+KEY = RouteKey("sklearn-mnist", grpc=False)
+REQUESTS = 10_000
+
+
+def canary(percent: int | None, path: str = "v2.joblib") -> dict[str, Any]:
+    document = isvc(path=path)
+    if percent is not None:
+        document["spec"]["predictor"]["canaryTrafficPercent"] = percent
+    return document
+
+
+async def _shares(h: Harness, router: Router) -> Counter[str]:
+    """Which concrete model each of REQUESTS requests is routed to."""
+    served: Counter[str] = Counter()
+    for _ in range(REQUESTS):
+        route = await router.route(KEY)
+        assert isinstance(route, Route) and route.model_id is not None
+        served[route.model_id] += 1
+    return served
+
+
+@pytest.fixture
+async def rolled_out(tmp_path: Path) -> tuple[Harness, Router, str]:
+    h = await harness(tmp_path)
+    old, _ = await h.registry.apply(isvc())
+    await settle()
+    # a seeded draw: the counts below do not change from run to run
+    router = Router(h.registry, h.placement, random=random.Random(15).random)
+    return h, router, old.serving.model_id
+
+
+async def test_a_ten_percent_canary_gets_ten_percent_once_it_is_ready(
+    rolled_out: tuple[Harness, Router, str],
+) -> None:
+    h, router, old = rolled_out
+    h.pods.gate = asyncio.Event()
+    new, action = await h.registry.apply(canary(10))
+    assert action == "configured" and new.serving.model_id == old
+    latest = new.target.model_id
+    await settle()
+    loading = await _shares(h, router)  # loading: a canary that is not ready gets none
+    assert loading == Counter({old: REQUESTS})
+    predictor = h.status(new)["components"]["predictor"]
+    assert [t["percent"] for t in predictor["traffic"]] == [0, 100]
+    h.pods.gate.set()
+    await settle()
+    served = await _shares(h, router)
+    share = 100 * served[latest] / REQUESTS
+    print(f"10% canary: {served[latest]} of {REQUESTS} requests ({share:.2f}%)")
+    assert abs(share - 10) <= 1.5 and served[old] + served[latest] == REQUESTS
+    record = h.registry.get("sklearn-mnist")
+    assert h.registry.resolve("sklearn-mnist") == old  # the rollout is held: nothing moved
+    predictor = h.status(record)["components"]["predictor"]
+    assert predictor["traffic"] == [
+        {"tag": "latest", "revisionName": latest, "latestRevision": True, "percent": 10},
+        {"tag": "prev", "revisionName": old, "latestRevision": False, "percent": 90},
+    ]
+    assert predictor["latestReadyRevision"] == latest
+    assert predictor["latestRolledoutRevision"] == old
+    assert h.pods.unloads == []  # both versions stay loaded
+
+
+async def test_raising_the_percent_then_promoting_moves_everything_and_unloads_the_old(
+    rolled_out: tuple[Harness, Router, str],
+) -> None:
+    h, router, old = rolled_out
+    new, _ = await h.registry.apply(canary(10))
+    await settle()
+    await h.registry.apply(canary(70))  # the same spec: only the share changes
+    await settle()
+    latest = new.target.model_id
+    served = await _shares(h, router)
+    share = 100 * served[latest] / REQUESTS
+    print(f"70% canary: {served[latest]} of {REQUESTS} ({share:.2f}%)")
+    assert abs(share - 70) <= 1.5
+    await h.registry.apply(canary(None))  # promote: the field removed
+    await settle()
+    assert h.registry.resolve("sklearn-mnist") == latest
+    assert await _shares(h, router) == Counter({latest: REQUESTS})
+    assert h.pods.unloads == [("10.0.0.1:9000", old)]
+    traffic = h.status(h.registry.get("sklearn-mnist"))["components"]["predictor"]["traffic"]
+    assert traffic == [{"revisionName": latest, "latestRevision": True, "percent": 100}]
+
+
+async def test_zero_percent_rolls_back_and_the_old_spec_reapplied_drops_the_canary(
+    rolled_out: tuple[Harness, Router, str],
+) -> None:
+    h, router, old = rolled_out
+    new, _ = await h.registry.apply(canary(30))
+    await settle()
+    await h.registry.apply(canary(0))  # rolled back: the latest spec gets nothing
+    await settle()
+    assert await _shares(h, router) == Counter({old: REQUESTS})
+    h.registry.rollouts.check()  # what every replica does every few seconds: still held
+    await settle()
+    assert h.registry.resolve("sklearn-mnist") == old
+    await h.registry.apply(isvc())  # the rolled-out spec again: the canary goes
+    await settle()
+    assert h.pods.unloads == [("10.0.0.1:9000", new.target.model_id)]
+    assert await _shares(h, router) == Counter({old: REQUESTS})
+
+
+async def test_a_canary_that_fails_to_load_gets_no_traffic(
+    rolled_out: tuple[Harness, Router, str],
+) -> None:
+    h, router, old = rolled_out
+    h.pods.pods["10.0.0.1:9000"].fail_loads = "corrupt file"
+    await h.registry.apply(canary(50))
+    await settle()
+    assert await _shares(h, router) == Counter({old: REQUESTS})
+
+
+@pytest.mark.parametrize("percent", [-1, 101, "ten"])
+async def test_a_percent_outside_0_to_100_is_refused_naming_the_field(
+    rolled_out: tuple[Harness, Router, str], percent: Any
+) -> None:
+    h, _, old = rolled_out
+    with pytest.raises(InvalidSpec, match="canaryTrafficPercent"):
+        await h.registry.apply(canary(percent))
+    assert h.registry.get("sklearn-mnist").target.model_id == old  # nothing half-applied
+
+
+async def test_another_replica_reads_the_same_split_and_does_not_promote_it(
+    rolled_out: tuple[Harness, Router, str], tmp_path: Path
+) -> None:
+    h, _, old = rolled_out
+    new, _ = await h.registry.apply(canary(25))
+    await settle()
+    other = await harness(tmp_path, h.pods)  # a second replica over the same store
+    assert other.registry.split("sklearn-mnist") == (new.target.model_id, 25)
+    other.registry.rollouts.check()  # what its watch does every few seconds
+    await settle()
+    assert other.registry.resolve("sklearn-mnist") == old  # held, not rolled out
+    served = await _shares(
+        other, Router(other.registry, other.placement, random=random.Random(1).random)
+    )
+    assert abs(100 * served[new.target.model_id] / REQUESTS - 25) <= 1.5

@@ -1,0 +1,89 @@
+"""A canary through the real Envoy (issue 15, item 1): KServe's canaryTrafficPercent
+splits REST requests between the rolled-out and the latest version once the latest is
+loaded; removing the field promotes it, and every request after is served by it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from gateway.tools import launcher, samples
+
+from .conftest import ISVCS, inference_service
+
+NAME = "canary-mnist"
+REQUESTS = 1000
+
+
+def _document(path: str, percent: int | None) -> dict[str, Any]:
+    document = inference_service(NAME, "sklearn", path)
+    if percent is not None:
+        document["spec"]["predictor"]["canaryTrafficPercent"] = percent
+    return document
+
+
+def _traffic(api: httpx.Client) -> list[dict[str, Any]]:
+    status = api.get(f"{ISVCS}/{NAME}").json()["status"]
+    return status.get("components", {}).get("predictor", {}).get("traffic", [])
+
+
+def _wait(api: httpx.Client, what: str, done: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"{what}: {_traffic(api)}"
+        time.sleep(0.1)
+
+
+def _served(rest: httpx.Client) -> Counter[str]:
+    body, served = samples.sample_request(), Counter[str]()
+    for _ in range(REQUESTS):
+        response = rest.post(f"/v2/models/{NAME}/infer", json=body)
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["contents"]["int64Contents"] == ["8"]
+        served[response.json()["modelName"]] += 1
+    return served
+
+
+def test_a_canary_splits_requests_then_promotion_moves_them_all(
+    deployment: launcher.Deployment, api: httpx.Client, rest: httpx.Client
+) -> None:
+    models = deployment.data_dir / "models"
+    shutil.copy(models / samples.SAMPLE_FILE, models / "mnist-svm-v2.joblib")
+    api.put(f"{ISVCS}/{NAME}", json=_document(samples.SAMPLE_FILE, None)).raise_for_status()
+    _wait(
+        api,
+        "v1 ready",
+        lambda: (
+            [t["percent"] for t in _traffic(api)] == [100]
+            and api.get(f"{ISVCS}/{NAME}").json()["status"]["conditions"][0]["status"] == "True"
+        ),
+    )
+    api.put(f"{ISVCS}/{NAME}", json=_document("mnist-svm-v2.joblib", 20)).raise_for_status()
+    _wait(api, "the canary ready", lambda: [t["percent"] for t in _traffic(api)] == [20, 80])
+    latest, previous = (t["revisionName"] for t in _traffic(api))
+    listed = subprocess.run(
+        [sys.executable, "-m", "gateway.tools.cli", "get", "isvc", NAME],
+        env={**os.environ, "MMGW_SERVER": deployment.api_url},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.splitlines()
+    print("\n".join(listed))
+    assert listed[0].split()[3:5] == ["PREV", "LATEST"] and listed[1].split()[3:5] == ["80", "20"]
+    served = _served(rest)
+    share = 100 * served[latest] / REQUESTS
+    print(f"20% canary through Envoy: {served[latest]} of {REQUESTS} requests ({share:.1f}%)")
+    assert set(served) == {latest, previous}
+    assert abs(share - 20) <= 5  # 4 standard deviations at 1,000 requests
+    api.put(f"{ISVCS}/{NAME}", json=_document("mnist-svm-v2.joblib", None)).raise_for_status()
+    _wait(api, "promoted", lambda: [t["revisionName"] for t in _traffic(api)] == [latest])
+    assert _served(rest) == Counter({latest: REQUESTS})
+    api.delete(f"{ISVCS}/{NAME}").raise_for_status()
