@@ -458,6 +458,16 @@ class Registry:
 
     # -- what the rollouts (gateway.control.rollouts) ask of the registry ----------------
 
+    def versions(self, name: str) -> tuple[str, ...] | None:
+        """The concrete ids InferenceService ``name`` serves now: the rolled-out one, and the
+        latest while a rollout or canary is under way; None if ``name`` is no servable
+        InferenceService (a concrete id, say)."""
+        record = self._records.get(name)
+        if record is None or not self._servable(name):
+            return None
+        serving, target = record.serving.model_id, record.target.model_id
+        return (serving,) if serving == target else (serving, target)
+
     def record(self, name: str) -> Record | None:
         return self._records.get(name)
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from typing import cast
 
 from gateway.control.registry import Registry
-from gateway.core.errors import Unavailable
+from gateway.core.errors import InvalidInput, Unavailable
 from gateway.core.placement import CopyRecord, ModelRecord, Placement
+from gateway.core.protocol import CONCRETE_ID_SEPARATOR, VARIANT_HEADER
 from gateway.core.route_key import RouteKey
 
 # Interned routes kept at most (multi-copy and server-level ones); past it they start over.
@@ -84,8 +85,11 @@ class Router:
         registry, placement = self._registry.generation, self._placement.generation
         if registry != self._kept_at[0] or placement != self._kept_at[1]:
             self._forget(registry, placement)
-        split = self._registry.split(name)
-        if split is not None:  # a canary: its percent goes to the latest spec, once loaded
+        pinned = None if key.variant is None else self._pinned(name, key.variant)
+        if pinned is not None:
+            name = pinned
+        elif (split := self._registry.split(name)) is not None:
+            # a canary: its percent goes to the latest spec, once it is ready
             latest, percent = split
             if self._random() * 100 < percent and self._placement.ready(latest):
                 name = latest
@@ -109,6 +113,20 @@ class Router:
         if found is None:
             return Miss(model_id)
         return self._intern(found[0], model_id, found[1])
+
+    def _pinned(self, name: str, variant: str) -> str | None:
+        """The version ``variant`` names, when it is one ``name`` serves now; None when it is
+        a past version of ``name`` (a sticky client's: drawn again) or ``name`` is no
+        InferenceService. InvalidInput when it is no version of ``name`` at all."""
+        versions = self._registry.versions(name)
+        if versions is None or variant in versions:
+            return variant if versions is not None else None
+        if variant.startswith(name + CONCRETE_ID_SEPARATOR):
+            return None
+        raise InvalidInput(
+            f"header {VARIANT_HEADER}: '{variant}' is not a version of '{name}' "
+            f"(its versions: {', '.join(versions)})"
+        )
 
     def _forget(self, registry: int, placement: int) -> None:
         """A route may have changed: drop every kept and interned route and every handle."""

@@ -13,6 +13,11 @@ from __future__ import annotations
 # without mutation_rules.allow_envoy, and it always overwrites a client's value.
 UPSTREAM_HEADER = "x-mmgw-upstream"
 
+# The version (concrete id) of an InferenceService that served an answer: Envoy adds it to
+# every answer from a pod (the mm-model-id ext_proc chose). A request that carries it is
+# served by that version while the name still has it: pinning, and sticky variants.
+VARIANT_HEADER = "x-mmgw-variant"
+
 # An InferenceService's own per-try timeout (ms), set by ext_proc for Envoy's router:
 # after it, the try is abandoned and the request retried on the model's next copy. An
 # x-envoy-* header, so ext_proc's mutation_rules.allow_envoy lets it set it; Envoy

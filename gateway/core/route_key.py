@@ -7,7 +7,9 @@
   request message (model_name / name), read from the raw gRPC frame.
 
 Server-level calls (/v2, /v2/health/*, ServerLive/Ready/Metadata) name no
-model. Anything else is an UnknownRoute.
+model. Anything else is an UnknownRoute. A request may ask for one version of
+its model in the x-mmgw-variant header (a native gRPC call: when a header names
+the model; one named in the body alone is routed without it).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class RouteKey:
     grpc: bool
     # a REST request in the Open Inference Protocol's form: the pod's REST listener answers it
     oip: bool = False
+    variant: str | None = None  # the version the request asks for (VARIANT_HEADER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +50,15 @@ _MODEL_SUFFIXES = frozenset({"infer", "ready"})
 
 def from_headers(headers: Iterable[Header]) -> RouteKey | NeedBody:
     path = form = ""
-    vmodel = model = None  # None: the header is absent
+    vmodel = model = variant = None  # None: the header is absent
     for header in headers:
         key = header.key
         if key == ":path":
             path = _text(header)
         elif key == protocol.REST_FORM_HEADER:
             form = _text(header)
+        elif key == protocol.VARIANT_HEADER:
+            variant = _text(header) or None
         elif key == protocol.VMODEL_ID_HEADER:
             vmodel = _text(header)
         elif key == protocol.MODEL_ID_HEADER:
@@ -64,11 +69,16 @@ def from_headers(headers: Iterable[Header]) -> RouteKey | NeedBody:
             return RouteKey(None, grpc=True)
         if method not in protocol.MODEL_METHODS:
             raise UnknownRoute(f"unknown method {protocol.GRPC_SERVICE}/{method}", grpc=True)
-        return _named_by_headers(vmodel, model)
-    return RouteKey(rest_model(path), grpc=False, oip=form == protocol.REST_FORM_OIP)
+        return _named_by_headers(vmodel, model, variant)
+    name = rest_model(path)
+    return RouteKey(
+        name, grpc=False, oip=form == protocol.REST_FORM_OIP, variant=variant if name else None
+    )
 
 
-def _named_by_headers(vmodel: str | None, model: str | None) -> RouteKey | NeedBody:
+def _named_by_headers(
+    vmodel: str | None, model: str | None, variant: str | None
+) -> RouteKey | NeedBody:
     """The model a gRPC call's headers name, as ModelMesh reads them (ModelMeshApi: one of the
     two headers, never both, and not empty); NEED_BODY when it sends neither."""
     if vmodel is not None and model is not None:
@@ -79,7 +89,7 @@ def _named_by_headers(vmodel: str | None, model: str | None) -> RouteKey | NeedB
     if not name:
         which = "vmodel" if vmodel is not None else "model"
         raise InvalidInput(f"provided {which}-id header must be non-empty")
-    return RouteKey(name, grpc=True)
+    return RouteKey(name, grpc=True, variant=variant)
 
 
 def _text(header: Header) -> str:

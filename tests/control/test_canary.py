@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.control.router import Route, Router
-from gateway.core.errors import InvalidSpec
+from gateway.core.errors import InvalidInput, InvalidSpec
 from gateway.core.route_key import RouteKey
 
 from ..core.harness import Harness, harness, isvc, settle
@@ -157,3 +157,26 @@ async def test_another_replica_reads_the_same_split_and_does_not_promote_it(
         other, Router(other.registry, other.placement, random=random.Random(1).random)
     )
     assert abs(100 * served[new.target.model_id] / REQUESTS - 25) <= 1.5
+
+
+async def test_a_request_pinned_to_a_version_gets_it_and_a_stale_pin_is_drawn_again(
+    rolled_out: tuple[Harness, Router, str],
+) -> None:
+    """x-mmgw-variant: a version the name serves now is honoured (pinning, and a sticky
+    client sending back what it was served); a past version of the name is drawn again; a
+    value that is no version of the name is a 400 naming its versions."""
+    h, router, old = rolled_out
+    new, _ = await h.registry.apply(canary(10))
+    await settle()
+    latest = new.target.model_id
+    for variant in (latest, old):
+        pinned = RouteKey("sklearn-mnist", grpc=False, variant=variant)
+        chosen = Counter([(await router.route(pinned)).model_id for _ in range(1000)])
+        assert chosen == Counter({variant: 1000})
+    await h.registry.apply(canary(None))  # promoted: the old version is gone
+    await settle()
+    stale = RouteKey("sklearn-mnist", grpc=False, variant=old)
+    assert (await router.route(stale)).model_id == latest
+    other = RouteKey("sklearn-mnist", grpc=True, variant="iris__isvc-0000000000")
+    with pytest.raises(InvalidInput, match=f"is not a version of 'sklearn-mnist' .*{latest}"):
+        await router.route(other)

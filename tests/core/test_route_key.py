@@ -161,3 +161,14 @@ def test_model_id_headers_are_refused_as_modelmesh_refuses_them(
     """ModelMeshApi's answers (getModelIdsFromHeaders, validateModelId): INVALID_ARGUMENT."""
     with pytest.raises(InvalidInput, match=message):
         route_key.from_headers(path("/inference.GRPCInferenceService/ModelInfer", **given))
+
+
+def test_the_variant_header_is_read_with_the_model_name() -> None:
+    variant = "m__isvc-0123456789"
+    rest = route_key.from_headers(path("/v2/models/m/infer", x_mmgw_variant=variant))
+    assert rest == RouteKey("m", grpc=False, variant=variant)
+    grpc_call = route_key.from_headers(
+        path("/inference.GRPCInferenceService/ModelInfer", mm_vmodel_id="m", x_mmgw_variant=variant)
+    )
+    assert grpc_call == RouteKey("m", grpc=True, variant=variant)
+    assert route_key.from_headers(path("/v2/health/ready", x_mmgw_variant=variant)).variant is None

@@ -12,8 +12,12 @@ import time
 from collections import Counter
 from typing import Any
 
+import grpc
 import httpx
+import pytest
 
+from gateway._proto import grpc_predict_v2_pb2 as v2
+from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway.tools import launcher, samples
 
 from .conftest import ISVCS, inference_service
@@ -51,6 +55,45 @@ def _served(rest: httpx.Client) -> Counter[str]:
     return served
 
 
+def _pinning_and_stickiness(
+    deployment: launcher.Deployment, rest: httpx.Client, latest: str, previous: str
+) -> None:
+    """Every answer names its version in x-mmgw-variant (REST and gRPC); sent back, it
+    keeps the client on that version; a value that is no version of the name is a 400."""
+    body = samples.sample_request()
+    for variant in (latest, previous):
+        for _ in range(50):
+            response = rest.post(
+                f"/v2/models/{NAME}/infer", json=body, headers={"x-mmgw-variant": variant}
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["modelName"] == response.headers["x-mmgw-variant"] == variant
+    sticky = rest.post(f"/v2/models/{NAME}/infer", json=body).headers["x-mmgw-variant"]
+    for _ in range(50):  # a client that sends back what it was served stays there
+        response = rest.post(
+            f"/v2/models/{NAME}/infer", json=body, headers={"x-mmgw-variant": sticky}
+        )
+        sticky_after = response.headers["x-mmgw-variant"]
+        assert sticky_after == sticky
+    wrong = rest.post(
+        f"/v2/models/{NAME}/infer", json=body, headers={"x-mmgw-variant": "other__isvc-1"}
+    )
+    assert wrong.status_code == 400 and "is not a version of 'canary-mnist'" in wrong.text
+    request = v2.ModelInferRequest(model_name=NAME)
+    request.inputs.add(name="predict", datatype="FP32", shape=[1, 64]).contents.fp32_contents[:] = (
+        samples.sample_input()
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{deployment.ports.envoy}") as channel:
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        pin = (("mm-vmodel-id", NAME), ("x-mmgw-variant", previous))
+        answer, call = stub.ModelInfer.with_call(request, metadata=pin, timeout=30)
+        assert answer.model_name == previous
+        assert dict(call.initial_metadata())["x-mmgw-variant"] == previous
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(request, metadata=(("mm-vmodel-id", NAME), ("x-mmgw-variant", "x")))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_a_canary_splits_requests_then_promotion_moves_them_all(
     deployment: launcher.Deployment, api: httpx.Client, rest: httpx.Client
 ) -> None:
@@ -83,6 +126,7 @@ def test_a_canary_splits_requests_then_promotion_moves_them_all(
     print(f"20% canary through Envoy: {served[latest]} of {REQUESTS} requests ({share:.1f}%)")
     assert set(served) == {latest, previous}
     assert abs(share - 20) <= 5  # 4 standard deviations at 1,000 requests
+    _pinning_and_stickiness(deployment, rest, latest, previous)
     api.put(f"{ISVCS}/{NAME}", json=_document("mnist-svm-v2.joblib", None)).raise_for_status()
     _wait(api, "promoted", lambda: [t["revisionName"] for t in _traffic(api)] == [latest])
     assert _served(rest) == Counter({latest: REQUESTS})
