@@ -10,6 +10,11 @@ engine tries another pod.
 An UnloadModel answers once the pod has let the model's requests in flight
 finish (its ``unload_drain_seconds``, 30 s by default): ``unload_timeout`` is
 longer than that.
+
+A RuntimeStatus (the health check) past its deadline is PodUnresponsive: the
+pod is connected but silent, busy or hung; any other failure passes as it is.
+Each pod's channel is watched: when it leaves READY (the connection broke),
+the ``on_disconnect`` callbacks are told at once.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Watching the pods: health, what each holds, request rates, copies by traffic.
 
 Every ``health_interval``, and at once when a connection to a pod breaks, each
-pod is asked for its status. A pod that refuses
-the connection loses its copies at once (the next request loads them
-elsewhere); one that is connected but answers nothing in time (busy, or hung)
-has its copies tried last, and loses them after ``unresponsive_checks`` such
-checks in a row. A pod that (re)joins has what it already holds adopted, and
-the requests in flight it reports are kept for eviction. ``tick`` turns the routed counts into rates;
+pod is asked for its status. A pod that refuses the connection loses its copies
+at once (the next request loads them elsewhere); one that is connected but
+answers nothing in time (busy, or hung) has its copies tried last, and loses
+them after ``unresponsive_checks`` such checks in a row. A pod that (re)joins
+has what it already holds adopted, and the requests in flight it reports are
+kept for eviction. ``tick`` turns the routed counts into rates;
 on the leader replica it also adds a copy of a model whose traffic per copy
 stays above ``copy_rate_threshold``, fits pods that run over capacity, unloads
 what nobody registered and expires failure records.
@@ -83,13 +83,18 @@ class Monitor:
                 model.arrived.set()
 
     async def watch_pods(self) -> None:
-        """Check every pod's health, update rates and scale copies, every ``health_interval``."""
+        """Check every pod's health, update rates and scale copies, every ``health_interval``;
+        check the pods (only) again at once when a connection to one breaks."""
+        loop = asyncio.get_running_loop()
+        next_round = loop.time()
         while True:
-            await self.check_pods()
-            self.tick()
             self._disconnected.clear()
+            await self.check_pods()
+            if loop.time() >= next_round:
+                self.tick()
+                next_round = loop.time() + self._settings.health_interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._disconnected.wait(), self._settings.health_interval)
+                await asyncio.wait_for(self._disconnected.wait(), next_round - loop.time())
 
     async def check_pods(self) -> None:
         await asyncio.gather(*(self._check(pod) for pod in list(self._pods.values())))
