@@ -43,6 +43,8 @@ from gateway.core.errors import (
 )
 from gateway.core.placement import Coordinator, Placement, Solo
 from gateway.core.protocol import INFERENCE_SERVICES_PREFIX
+from gateway.kserve.experiments import PREFIX as EXPERIMENTS_PREFIX
+from gateway.kserve.experiments import ExperimentCatalog, ExperimentRecord
 from gateway.kserve.resources import (
     DEFAULT_NAMESPACE,
     InferenceService,
@@ -84,6 +86,7 @@ class Registry:
         self._namespace = namespace
         self._records: dict[str, Record] = {}
         self.runtimes = RuntimeCatalog(store, namespace)
+        self.experiments = ExperimentCatalog(store, namespace)
         self._selections: dict[str, Selection] = {}  # InferenceService name -> its runtime
         self._storage_problems: dict[
             str, str
@@ -112,6 +115,7 @@ class Registry:
     async def restore(self) -> None:
         """Load every runtime and record from the store and register the models that have a runtime."""
         await self.runtimes.restore()
+        await self.experiments.restore()
         for key, data in (await self._store.items(_PREFIX)).items():
             record = Record.from_json(key.removeprefix(_PREFIX), data)
             self._records[record.name] = record
@@ -138,7 +142,12 @@ class Registry:
             Mirror(self._store, prefix, functools.partial(self._absorb_runtime, kind))
             for kind, prefix in RUNTIME_PREFIXES.items()
         ]
-        return [*mirrors, Mirror(self._store, _PREFIX, self._absorb)]
+        experiments = Mirror(
+            self._store,
+            EXPERIMENTS_PREFIX,
+            lambda name, _, data: self.experiments.absorb(name, data),
+        )
+        return [*mirrors, experiments, Mirror(self._store, _PREFIX, self._absorb)]
 
     def _absorb(self, name: str, _: Any, data: dict[str, Any] | None) -> None:
         """An InferenceService written by any replica (this one's own writes come back too:
@@ -251,6 +260,11 @@ class Registry:
 
     async def _apply(self, document: Any) -> tuple[Record, str]:
         isvc = parse_inference_service(document)
+        if isvc.name in self.experiments:
+            raise InvalidSpec(
+                f"metadata.name: '{isvc.name}' is an Experiment's public name; "
+                "an InferenceService needs a name of its own"
+            )
         namespace = isvc.metadata.namespace or self._namespace
         if namespace != self._namespace:
             raise InvalidSpec(
@@ -296,6 +310,27 @@ class Registry:
             elif spec != old.target or was_held:  # promoted: the rollout moves the rest
                 self.rollouts.start(record)
         return record, "configured"
+
+    async def apply_experiment(self, document: Any) -> tuple[ExperimentRecord, str]:
+        """Create or update an Experiment whose candidates are InferenceServices; InvalidSpec
+        for a bad one, with nothing stored."""
+        async with self._writing:
+            experiment, manifest = self.experiments.parse(document)
+            if experiment.name in self._records:
+                raise InvalidSpec(
+                    f"metadata.name: '{experiment.name}' is an InferenceService; an "
+                    "Experiment's public name must be a name of its own"
+                )
+            unknown = [c.name for c in experiment.spec.candidates if c.name not in self._records]
+            if unknown:
+                raise InvalidSpec(
+                    f"candidates: {', '.join(unknown)}: no InferenceService of that name"
+                )
+            return await self.experiments.put(experiment, manifest)
+
+    async def delete_experiment(self, name: str) -> None:
+        async with self._writing:
+            await self.experiments.delete(name)
 
     async def delete(self, name: str) -> None:
         async with self._writing:
@@ -467,6 +502,12 @@ class Registry:
             return None
         serving, target = record.serving.model_id, record.target.model_id
         return (serving,) if serving == target else (serving, target)
+
+    def serving_ready(self, name: str) -> bool:
+        """Whether InferenceService ``name``'s rolled-out version may be sent requests now
+        (loaded, or evicted after it was: see Placement.ready)."""
+        versions = self.versions(name)
+        return versions is not None and self._placement.ready(versions[0])
 
     def record(self, name: str) -> Record | None:
         return self._records.get(name)

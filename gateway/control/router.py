@@ -27,6 +27,7 @@ from gateway.core.errors import InvalidInput, Unavailable
 from gateway.core.placement import CopyRecord, ModelRecord, Placement
 from gateway.core.protocol import CONCRETE_ID_SEPARATOR, VARIANT_HEADER
 from gateway.core.route_key import RouteKey
+from gateway.kserve.experiments import Split
 
 # Interned routes kept at most (multi-copy and server-level ones); past it they start over.
 _MAX_INTERNED = 10_000
@@ -66,8 +67,9 @@ class Router:
         random: Callable[[], float] = random_module.random,
     ) -> None:
         self._registry = registry
+        self._experiments = registry.experiments
         self._placement = placement
-        self._random = random  # a canary's draw, in [0, 1)
+        self._random = random  # a canary's and an experiment's draw, in [0, 1)
         # Valid while the registry's and the placement's generations hold:
         self._handles: dict[str, ModelRecord] = {}  # name or concrete id -> its model's record
         self._kept: dict[str, Route] = {}  # name -> the route to its model's only loaded copy
@@ -85,7 +87,11 @@ class Router:
         registry, placement = self._registry.generation, self._placement.generation
         if registry != self._kept_at[0] or placement != self._kept_at[1]:
             self._forget(registry, placement)
-        pinned = None if key.variant is None else self._pinned(name, key.variant)
+        variant = key.variant
+        experiment = self._experiments.split(name)
+        if experiment is not None:  # a split across InferenceServices: one is drawn
+            name, variant = self._candidate(name, experiment, variant), None
+        pinned = None if variant is None else self._pinned(name, variant)
         if pinned is not None:
             name = pinned
         elif (split := self._registry.split(name)) is not None:
@@ -113,6 +119,35 @@ class Router:
         if found is None:
             return Miss(model_id)
         return self._intern(found[0], model_id, found[1])
+
+    def _candidate(self, public: str, split: Split, variant: str | None) -> str:
+        """The InferenceService (or, pinned, the concrete id) an experiment's request goes to:
+        drawn by weight among the candidates that are ready; the default while none is. A
+        ``variant`` that is a version of a candidate pins it; a past version of one is drawn
+        again; anything else is InvalidInput."""
+        if variant is not None:
+            names = [name for name, _ in split.candidates]
+            for name in names:
+                if variant in (self._registry.versions(name) or ()):
+                    return variant
+            if not any(variant.startswith(name + CONCRETE_ID_SEPARATOR) for name in names):
+                raise InvalidInput(
+                    f"header {VARIANT_HEADER}: '{variant}' is not a version of any candidate "
+                    f"of experiment '{public}' ({', '.join(names)})"
+                )
+        ready = [
+            (name, weight)
+            for name, weight in split.candidates
+            if self._registry.serving_ready(name)
+        ]
+        if not ready:
+            return split.default
+        draw = self._random() * sum(weight for _, weight in ready)
+        for name, weight in ready:
+            draw -= weight
+            if draw < 0:
+                return name
+        return ready[-1][0]
 
     def _pinned(self, name: str, variant: str) -> str | None:
         """The version ``variant`` names, when it is one ``name`` serves now; None when it is

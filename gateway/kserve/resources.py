@@ -216,7 +216,7 @@ class ServingRuntime(_Open):
 
 def parse_serving_runtime(document: Any) -> ServingRuntime:
     """Validate a ServingRuntime or ClusterServingRuntime document."""
-    return _parse(document, ServingRuntime, RUNTIME_KINDS, RUNTIME_API_VERSION)
+    return parse_resource(document, ServingRuntime, RUNTIME_KINDS, RUNTIME_API_VERSION)
 
 
 # The namespace one gateway serves unless told otherwise, as ModelMesh Serving's.
@@ -247,12 +247,14 @@ def stored_manifest(resource: BaseModel) -> dict[str, Any]:
 
 def parse_inference_service(document: Any) -> InferenceService:
     """Validate one document; InvalidSpec says which field is wrong and why."""
-    return _parse(document, InferenceService, (KIND,), API_VERSION)
+    return parse_resource(document, InferenceService, (KIND,), API_VERSION)
 
 
-def _parse(
+def parse_resource(
     document: Any, model: type[_Resource], kinds: tuple[str, ...], api_version: str
 ) -> _Resource:
+    """``document`` as ``model``, one of ``kinds`` in ``api_version``; InvalidSpec naming the
+    field that is wrong and why."""
     if not isinstance(document, dict):
         raise InvalidSpec("a resource must be a mapping with apiVersion, kind, metadata and spec")
     kind = document.get("kind")

@@ -1,10 +1,11 @@
 """mmgw: run the gateway's processes and manage its resources, kubectl-style.
 
 mmgw demo                          Envoy + gateway + 3 pods + the sample model
-mmgw apply -f FILE                 create or update InferenceServices, (Cluster)ServingRuntimes
-mmgw get isvc|sr|csr [NAME]        list resources
+mmgw apply -f FILE                 create or update InferenceServices, (Cluster)ServingRuntimes,
+                                   Experiments
+mmgw get isvc|sr|csr|experiments [NAME]   list resources
 mmgw get placement                 the placement table
-mmgw delete isvc|sr|csr NAME
+mmgw delete isvc|sr|csr|experiment NAME
 mmgw serve | pod | envoy           run one process of a deployment
 """
 
@@ -41,11 +42,14 @@ RUNTIMES_API = "/apis/serving.kserve.io/v1alpha1"  # ServingRuntime and ClusterS
 ISVC_NAMES = ("isvc", "inferenceservice", "inferenceservices")
 SR_NAMES = ("sr", "servingruntime", "servingruntimes")
 CSR_NAMES = ("csr", "clusterservingruntime", "clusterservingruntimes")
+EXPERIMENT_NAMES = ("experiment", "experiments")
 # kind -> (the kubectl-style type printed, the order apply sends it in)
 KINDS = {
     "ClusterServingRuntime": ("clusterservingruntime.serving.kserve.io", 0),
     "ServingRuntime": ("servingruntime.serving.kserve.io", 1),
     "InferenceService": ("inferenceservice.serving.kserve.io", 2),
+    # after the InferenceServices: an Experiment's candidates must exist
+    "Experiment": ("experiment.mlops.seldon.io", 3),
 }
 
 
@@ -99,6 +103,7 @@ class Client:
             "InferenceService": self.isvcs,
             "ServingRuntime": f"{RUNTIMES_API}/namespaces/{quote(namespace, safe='')}/servingruntimes",
             "ClusterServingRuntime": f"{RUNTIMES_API}/clusterservingruntimes",
+            "Experiment": f"/apis/mlops.seldon.io/v1alpha1/namespaces/{quote(namespace, safe='')}/experiments",
         }
 
     def isvc(self, name: str) -> str:
@@ -131,7 +136,7 @@ def check_name(name: object, kind: str = "InferenceService") -> str:
     """``name`` if valid for ``kind`` (an RFC 1123 label; a subdomain for runtimes), else CliError."""
     from gateway.kserve.resources import NAME_PATTERN, SUBDOMAIN_PATTERN
 
-    if kind == "InferenceService":
+    if kind in ("InferenceService", "Experiment"):
         if not isinstance(name, str) or len(name) > 63 or not re.fullmatch(NAME_PATTERN, name):
             raise CliError(
                 f"invalid name {name!r}: lowercase letters, digits and '-', "
@@ -150,6 +155,8 @@ def _kind_of(resource: str) -> str:
         return "ServingRuntime"
     if resource in CSR_NAMES:
         return "ClusterServingRuntime"
+    if resource in EXPERIMENT_NAMES:
+        return "Experiment"
     return "InferenceService"
 
 
@@ -209,7 +216,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
             what = " ".join(str(part) for part in (kind or "a document", name) if part is not None)
             print(
                 f"error: {path}: {what}: only InferenceService (serving.kserve.io/v1beta1), ServingRuntime "
-                "and ClusterServingRuntime (serving.kserve.io/v1alpha1) with metadata.name can be applied",
+                "and ClusterServingRuntime (serving.kserve.io/v1alpha1) and Experiment "
+                "(mlops.seldon.io/v1alpha1) with metadata.name can be applied",
                 file=sys.stderr,
             )
             failed += 1
@@ -327,6 +335,9 @@ def cmd_get(args: argparse.Namespace) -> int:
         where = "" if kind == "ClusterServingRuntime" else f" in {args.namespace} namespace"
         print(f"No resources found{where}.", file=sys.stderr)
         return 0
+    if kind == "Experiment":
+        print(experiment_table(items))
+        return 0
     if kind != "InferenceService":
         print(runtime_table(items))
         return 0
@@ -367,6 +378,21 @@ def _traffic_percents(item: dict[str, Any]) -> tuple[str, str]:
 def _age_of(item: dict[str, Any]) -> str:
     created = item.get("metadata", {}).get("creationTimestamp")
     return age(time.time() - datetime.fromisoformat(created).timestamp()) if created else "-"
+
+
+def experiment_table(items: list[dict[str, Any]]) -> str:
+    """Experiments: their candidates with weights (ready ones marked), default and age."""
+    rows = [["NAME", "READY", "CANDIDATES", "DEFAULT", "AGE"]]
+    for item in items:
+        status = item.get("status", {})
+        candidates = ",".join(
+            f"{c['name']}={c['weight']}{'' if c.get('ready') else '(not ready)'}"
+            for c in status.get("candidates", [])
+        )
+        ready = status.get("conditions", [{}])[0].get("status", "")
+        default = item.get("spec", {}).get("default") or "-"
+        rows.append([item["metadata"]["name"], ready, candidates, default, _age_of(item)])
+    return table(rows)
 
 
 def runtime_table(items: list[dict[str, Any]]) -> str:
@@ -534,13 +560,17 @@ def parser() -> argparse.ArgumentParser:
     p = client_command(
         "get", "show InferenceServices, (Cluster)ServingRuntimes or the placement table"
     )
-    p.add_argument("resource", choices=(*ISVC_NAMES, *SR_NAMES, *CSR_NAMES, "placement"))
+    p.add_argument(
+        "resource", choices=(*ISVC_NAMES, *SR_NAMES, *CSR_NAMES, *EXPERIMENT_NAMES, "placement")
+    )
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     p.set_defaults(func=cmd_get)
 
-    p = client_command("delete", "delete an InferenceService or a (Cluster)ServingRuntime")
-    p.add_argument("resource", choices=(*ISVC_NAMES, *SR_NAMES, *CSR_NAMES))
+    p = client_command(
+        "delete", "delete an InferenceService, a (Cluster)ServingRuntime or an Experiment"
+    )
+    p.add_argument("resource", choices=(*ISVC_NAMES, *SR_NAMES, *CSR_NAMES, *EXPERIMENT_NAMES))
     p.add_argument("name")
     p.set_defaults(func=cmd_delete)
 

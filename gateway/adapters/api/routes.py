@@ -45,6 +45,9 @@ from gateway.core.errors import (
 )
 from gateway.core.placement import Placement
 from gateway.kserve.documents import MAX_BYTES
+from gateway.kserve.experiments import API_VERSION as EXPERIMENT_API_VERSION
+from gateway.kserve.experiments import KIND as EXPERIMENT_KIND
+from gateway.kserve.experiments import ExperimentRecord
 from gateway.kserve.resources import (
     API_VERSION,
     CLUSTER_RUNTIME_KIND,
@@ -59,6 +62,7 @@ log = logging.getLogger(__name__)
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices"
 SR_PATH = "/apis/serving.kserve.io/v1alpha1/namespaces/{namespace}/servingruntimes"
 CSR_PATH = "/apis/serving.kserve.io/v1alpha1/clusterservingruntimes"
+EXPERIMENTS_PATH = "/apis/mlops.seldon.io/v1alpha1/namespaces/{namespace}/experiments"
 APPLY_RESULT_HEADER = "mmgw-apply-result"
 
 # core error -> (HTTP status, Kubernetes Status reason)
@@ -263,6 +267,59 @@ def build_api(
 
     runtime_routes(SR_PATH, RUNTIME_KIND, namespaced=True)
     runtime_routes(CSR_PATH, CLUSTER_RUNTIME_KIND, namespaced=False)
+
+    def experiment_item(record: ExperimentRecord) -> dict[str, Any]:
+        candidates = [
+            {"name": name, "weight": weight, "ready": registry.serving_ready(name)}
+            for name, weight in ((c.name, c.weight) for c in record.experiment.spec.candidates)
+        ]
+        ready = any(c["ready"] and c["weight"] for c in candidates)
+        return {
+            **record.manifest,
+            "metadata": {
+                **record.manifest["metadata"],
+                "creationTimestamp": timestamp(record.created),
+            },
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                "candidates": candidates,
+            },
+        }
+
+    @app.get(EXPERIMENTS_PATH)
+    async def list_experiments(namespace: str) -> dict[str, Any]:
+        check_namespace(namespace)
+        return {
+            "apiVersion": EXPERIMENT_API_VERSION,
+            "kind": f"{EXPERIMENT_KIND}List",
+            "items": [experiment_item(r) for r in registry.experiments.list()],
+        }
+
+    @app.get(EXPERIMENTS_PATH + "/{name}")
+    async def get_experiment(namespace: str, name: str) -> dict[str, Any]:
+        check_namespace(namespace)
+        return experiment_item(registry.experiments.get(name))
+
+    @app.put(EXPERIMENTS_PATH + "/{name}")
+    async def apply_experiment(namespace: str, name: str, request: Request) -> JSONResponse:
+        check_namespace(namespace)
+        record, action = await registry.apply_experiment(await body_of(request, name, namespace))
+        return JSONResponse(
+            experiment_item(record),
+            status_code=201 if action == "created" else 200,
+            headers={APPLY_RESULT_HEADER: action},
+        )
+
+    @app.delete(EXPERIMENTS_PATH + "/{name}")
+    async def delete_experiment(namespace: str, name: str) -> dict[str, Any]:
+        check_namespace(namespace)
+        await registry.delete_experiment(name)
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Success",
+            "details": {"name": name, "kind": "experiments"},
+        }
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
