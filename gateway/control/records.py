@@ -26,6 +26,9 @@ class Record:
     created: float  # unix time
     serving: ModelSpec  # the concrete model the name routes to
     target: ModelSpec  # the concrete model of the latest spec
+    # Counts the record's writes: a replica's mirror that brings back an older write of a
+    # record it has since written again (its own echo, late) leaves the newer one.
+    version: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -33,6 +36,7 @@ class Record:
             "created": self.created,
             "serving": asdict(self.serving),
             "target": asdict(self.target),
+            "version": self.version,
         }
 
     @classmethod
@@ -43,6 +47,7 @@ class Record:
             data["created"],
             ModelSpec(**data["serving"]),
             ModelSpec(**data["target"]),
+            data.get("version", 0),  # records stored before versions were counted
         )
 
 

@@ -125,8 +125,7 @@ class Registry:
                 spec, problem = await self._model_spec(isvc)
                 self._set_storage_problem(record.name, problem)
                 if not problem:
-                    record = replace(record, serving=spec, target=spec)
-                    await self._save(record)
+                    record = await self._save(replace(record, serving=spec, target=spec))
             if not self._servable(record.name):
                 continue
             for spec in {record.serving, record.target}:
@@ -168,6 +167,8 @@ class Registry:
         record = Record.from_json(name, data)
         if record == old:
             return
+        if old is not None and record.version < old.version:
+            return  # an older write, late (this replica's own echo): the newer one stays
         self._records[name] = record
         self._selections[name] = self.runtimes.select(self._isvc(record).model)
         # Stored with an unusable storage reference (no path): the replica that applied it said why.
@@ -281,7 +282,14 @@ class Registry:
         # The store first: if it cannot be written (etcd down), nothing has changed here.
         if old is None or not was_servable or selection.runtime is None or problem:
             # No copy serves it now, or none may: start over with the new spec.
-            record = Record(isvc.name, manifest, old.created if old else time.time(), spec, spec)
+            record = Record(
+                isvc.name,
+                manifest,
+                old.created if old else time.time(),
+                spec,
+                spec,
+                old.version + 1 if old else 1,
+            )
             await self._store.put(_PREFIX + record.name, record.to_json())
             self._selections[isvc.name] = selection
             self._set_storage_problem(isvc.name, problem)
@@ -294,7 +302,7 @@ class Registry:
             if servable:
                 self._placement.load_in_background(spec.model_id)
             return record, "created" if old is None else "configured"
-        record = replace(old, manifest=manifest, target=spec)
+        record = replace(old, manifest=manifest, target=spec, version=old.version + 1)
         await self._store.put(_PREFIX + record.name, record.to_json())
         self._selections[isvc.name] = selection
         self._set_storage_problem(isvc.name, problem)
@@ -445,9 +453,12 @@ class Registry:
         else:
             self._storage_problems.pop(name, None)
 
-    async def _save(self, record: Record) -> None:
+    async def _save(self, record: Record) -> Record:
+        """Write ``record`` as the next version of itself, and keep it; the record kept."""
+        record = replace(record, version=record.version + 1)
         await self._store.put(_PREFIX + record.name, record.to_json())
         self._remember(record)
+        return record
 
     def _remember(self, record: Record) -> None:
         self._records[record.name] = record

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -131,3 +132,94 @@ def test_a_canary_splits_requests_then_promotion_moves_them_all(
     _wait(api, "promoted", lambda: [t["revisionName"] for t in _traffic(api)] == [latest])
     assert _served(rest) == Counter({latest: REQUESTS})
     api.delete(f"{ISVCS}/{NAME}").raise_for_status()
+
+
+def test_rollback_and_promotion_under_steady_requests_fail_none(
+    deployment: launcher.Deployment, api: httpx.Client
+) -> None:
+    """REST and native gRPC clients send requests throughout: a 50% canary, its rollback
+    (0%), then its promotion. None fails, and every request sent after a switch shows in
+    the status is served by the version the switch names."""
+    name = "canary-steady"
+    models = deployment.data_dir / "models"
+    shutil.copy(models / samples.SAMPLE_FILE, models / "mnist-svm-v2.joblib")
+
+    def document(path: str, percent: int | None) -> dict[str, Any]:
+        doc = inference_service(name, "sklearn", path)
+        if percent is not None:
+            doc["spec"]["predictor"]["canaryTrafficPercent"] = percent
+        return doc
+
+    def traffic() -> list[tuple[str, int]]:
+        status = api.get(f"{ISVCS}/{name}").json()["status"]
+        found = status.get("components", {}).get("predictor", {}).get("traffic", [])
+        return [(t["revisionName"], t["percent"]) for t in found]
+
+    api.put(f"{ISVCS}/{name}", json=document(samples.SAMPLE_FILE, None)).raise_for_status()
+    _wait(api, "v1", lambda: len(traffic()) == 1 and traffic()[0][1] == 100)
+    ((previous, _),) = traffic()
+    # (sent at, answered at, client, version or error)
+    answers: list[tuple[float, float, str, str]] = []
+    stop = threading.Event()
+
+    def rest_client() -> None:
+        with httpx.Client(base_url=deployment.url, timeout=30) as client:
+            while not stop.is_set():
+                sent = time.monotonic()
+                response = client.post(f"/v2/models/{name}/infer", json=samples.sample_request())
+                served = response.json()["modelName"] if response.is_success else response.text
+                answers.append((sent, time.monotonic(), "rest", served))
+
+    def grpc_client() -> None:
+        request = v2.ModelInferRequest(model_name=name)
+        request.inputs.add(name="predict", datatype="FP32", shape=[1, 64]).contents.fp32_contents[
+            :
+        ] = samples.sample_input()
+        with grpc.insecure_channel(f"127.0.0.1:{deployment.ports.envoy}") as channel:
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    answer = stub.ModelInfer(
+                        request, metadata=(("mm-vmodel-id", name),), timeout=30
+                    )
+                    answers.append((sent, time.monotonic(), "grpc", answer.model_name))
+                except grpc.RpcError as exc:
+                    error = f"error {exc.code()}: {exc.details()}"
+                    answers.append((sent, time.monotonic(), "grpc", error))
+
+    clients = [threading.Thread(target=t) for t in (rest_client, rest_client, grpc_client)]
+    for client in clients:
+        client.start()
+    try:
+        api.put(f"{ISVCS}/{name}", json=document("mnist-svm-v2.joblib", 50)).raise_for_status()
+        _wait(api, "the 50% canary", lambda: [p for _, p in traffic()] == [50, 50])
+        latest = traffic()[0][0]
+        time.sleep(1)
+        api.put(f"{ISVCS}/{name}", json=document("mnist-svm-v2.joblib", 0)).raise_for_status()
+        _wait(api, "the rollback", lambda: [p for _, p in traffic()] == [0, 100])
+        rolled_back = time.monotonic()
+        time.sleep(1)
+        promoting = time.monotonic()  # from here the switch may come at any moment
+        api.put(f"{ISVCS}/{name}", json=document("mnist-svm-v2.joblib", None)).raise_for_status()
+        _wait(api, "the promotion", lambda: traffic() == [(latest, 100)])
+        promoted = time.monotonic()
+        time.sleep(1)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(timeout=60)
+    versions = {previous, latest}
+    failed = [a for a in answers if a[3] not in versions]
+    # sent after the rollback showed, answered before the promotion was asked for
+    after_rollback = {a[3] for a in answers if a[0] > rolled_back and a[1] < promoting}
+    after_promotion = {a[3] for a in answers if a[0] > promoted}
+    by_client = Counter(a[2] for a in answers)
+    print(
+        f"{len(answers)} requests ({dict(by_client)}) through a canary, its rollback and its "
+        f"promotion: {len(failed)} failed"
+    )
+    assert not failed, failed[:5]
+    assert by_client["rest"] and by_client["grpc"]
+    assert after_rollback == {previous} and after_promotion == {latest}
+    api.delete(f"{ISVCS}/{name}").raise_for_status()

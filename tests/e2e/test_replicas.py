@@ -349,3 +349,55 @@ def test_a_rollout_left_by_a_killed_replica_is_finished_by_the_other(
     until(
         lambda: etcd_keys(etcd, "claims/") == {}, timeout=10, what="b releasing the rollout's claim"
     )
+
+
+def test_a_canary_and_an_experiment_applied_on_one_replica_split_alike_on_the_other(
+    pair: tuple[Pair, EtcdServer],
+) -> None:
+    """Issue 15: the split lives in the store. A 30% canary applied on replica a, then an
+    Experiment applied on replica b, are split through replica b's and a's Envoys."""
+    replicas, _ = pair
+    models = replicas.replicas["a"].data_dir / "models"
+    (models / "mnist-svm-v2.joblib").write_bytes((models / samples.SAMPLE_FILE).read_bytes())
+    document = yaml.safe_load(EXAMPLE.read_text())
+    replicas.api["a"].put(f"{ISVCS}/sklearn-mnist", json=document).raise_for_status()
+    wait_ready(replicas.api["a"], "sklearn-mnist")
+    document["spec"]["predictor"]["model"]["storage"]["path"] = "mnist-svm-v2.joblib"
+    document["spec"]["predictor"]["canaryTrafficPercent"] = 30
+    replicas.api["a"].put(f"{ISVCS}/sklearn-mnist", json=document).raise_for_status()
+
+    def split_on(name: str) -> list[int]:
+        status = replicas.api[name].get(f"{ISVCS}/sklearn-mnist").json()["status"]
+        return [t["percent"] for t in status["components"]["predictor"]["traffic"]]
+
+    until(lambda: split_on("a") == [30, 70] and split_on("b") == [30, 70], 60, "the canary ready")
+    latest = (
+        replicas.api["b"]
+        .get(f"{ISVCS}/sklearn-mnist")
+        .json()["status"]["components"]["predictor"]["latestCreatedRevision"]
+    )
+    served = [
+        replicas.rest["b"]
+        .post("/v2/models/sklearn-mnist/infer", json=seed_body())
+        .headers["x-mmgw-variant"]
+        for _ in range(600)
+    ]
+    share = 100 * served.count(latest) / len(served)
+    print(f"30% canary applied on replica a, through replica b: {share:.1f}% of 600")
+    assert abs(share - 30) <= 8  # 4 standard deviations at 600 requests
+    experiment = {
+        "apiVersion": "mlops.seldon.io/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": "mnist-split"},
+        "spec": {"candidates": [{"name": "sklearn-mnist", "weight": 1}]},
+    }
+    experiments = "/apis/mlops.seldon.io/v1alpha1/namespaces/modelmesh-serving/experiments"
+    replicas.api["b"].put(f"{experiments}/mnist-split", json=experiment).raise_for_status()
+    until(
+        lambda: (
+            replicas.rest["a"].post("/v2/models/mnist-split/infer", json=seed_body()).status_code
+            == 200
+        ),
+        10,
+        "replica a serves the experiment applied on b",
+    )
