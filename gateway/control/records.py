@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from gateway.core.domain import SIZE_MULTIPLIER, ModelSpec, ModelStatus
@@ -29,6 +29,19 @@ class Record:
     # Counts the record's writes: a replica's mirror that brings back an older write of a
     # record it has since written again (its own echo, late) leaves the newer one.
     version: int = 0
+    # The predictor (as applied) of the spec rolled out now, and of the one before it:
+    # what `mmgw rollout undo` goes back to. None: not known (stored before they were kept).
+    rolled_out: dict[str, Any] | None = None
+    previous: dict[str, Any] | None = None
+
+    def rolled_out_to_target(self) -> Record:
+        """This record once its target serves: the rolled-out predictor becomes the previous."""
+        return replace(
+            self,
+            serving=self.target,
+            previous=self.rolled_out,
+            rolled_out=predictor_of(self.manifest),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -37,6 +50,8 @@ class Record:
             "serving": asdict(self.serving),
             "target": asdict(self.target),
             "version": self.version,
+            "rolled_out": self.rolled_out,
+            "previous": self.previous,
         }
 
     @classmethod
@@ -48,7 +63,16 @@ class Record:
             ModelSpec(**data["serving"]),
             ModelSpec(**data["target"]),
             data.get("version", 0),  # records stored before versions were counted
+            data.get("rolled_out"),
+            data.get("previous"),
         )
+
+
+def predictor_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    """An InferenceService manifest's predictor as applied, without its canary percent."""
+    predictor = dict(manifest.get("spec", {}).get("predictor", {}))
+    predictor.pop("canaryTrafficPercent", None)
+    return predictor
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ registry only lists them, to predict the model's size.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import json
 import logging
@@ -32,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gateway.control.records import Record, RegistrySettings, ServingView
+from gateway.control.records import Record, RegistrySettings, ServingView, predictor_of
 from gateway.control.rollouts import Rollouts
 from gateway.core.domain import ModelSpec
 from gateway.core.errors import (
@@ -289,6 +290,8 @@ class Registry:
                 spec,
                 spec,
                 old.version + 1 if old else 1,
+                rolled_out=predictor_of(manifest),
+                previous=(old.rolled_out if old.serving != spec else old.previous) if old else None,
             )
             await self._store.put(_PREFIX + record.name, record.to_json())
             self._selections[isvc.name] = selection
@@ -340,6 +343,23 @@ class Registry:
         async with self._writing:
             await self.experiments.delete(name)
 
+    async def undo(self, name: str) -> tuple[Record, str]:
+        """Back to the rolled-out spec while a rollout or canary is under way (the latest is
+        dropped), else to the spec rolled out before it, as `kubectl rollout undo` does:
+        applied as its owner would. InvalidSpec when there is nothing to go back to."""
+        record = self.get(name)
+        if record.target != record.serving:
+            predictor = record.rolled_out
+        else:
+            predictor = record.previous
+        if predictor is None:
+            raise InvalidSpec(
+                f"inferenceservice '{name}' has no earlier rolled-out version to go back to"
+            )
+        document = copy.deepcopy(record.manifest)
+        document["spec"]["predictor"] = copy.deepcopy(predictor)
+        return await self.apply(document)
+
     async def delete(self, name: str) -> None:
         async with self._writing:
             await self._delete(name)
@@ -377,7 +397,7 @@ class Registry:
             self._selections[name] = self.runtimes.select(self._isvc(record).model)
             if was_servable and not self._servable(name):
                 await self._withdraw(record)
-                await self._save(replace(record, serving=record.target))
+                await self._save(record.rolled_out_to_target())
                 log.info("%s has no runtime now: %s", name, self._selections[name].message)
             elif self._servable(name) and not was_servable:
                 self._register(name, record.target)
@@ -539,7 +559,7 @@ class Registry:
             old = record.serving
             if old == target:
                 return None  # another replica finished it
-            await self._save(replace(record, serving=target))
+            await self._save(record.rolled_out_to_target())
             self._unroute(old.model_id)
             return old
 

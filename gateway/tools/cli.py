@@ -6,6 +6,7 @@ mmgw apply -f FILE                 create or update InferenceServices, (Cluster)
 mmgw get isvc|sr|csr|experiments [NAME]   list resources
 mmgw get placement                 the placement table
 mmgw delete isvc|sr|csr|experiment NAME
+mmgw rollout undo isvc NAME        back to the spec rolled out before
 mmgw serve | pod | envoy           run one process of a deployment
 """
 
@@ -424,6 +425,16 @@ def cmd_delete(args: argparse.Namespace) -> int:
 # -- process commands -----------------------------------------------------
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """`mmgw rollout undo isvc NAME`: back to the spec rolled out before (or, while a rollout
+    or canary is under way, to the one rolled out now), as `kubectl rollout undo`."""
+    client = Client(args.server, args.namespace, args.token)
+    name = check_name(args.name)
+    client.request("POST", f"{client.isvc(name)}/rollback")
+    print(f"{KINDS['InferenceService'][0]}/{name} rolled back")
+    return 0
+
+
 def _settings(kind: type[_Settings], given: dict[str, Any]) -> _Settings:
     """Settings from the flags given (None: not given), the environment and the defaults;
     CliError naming each setting that is wrong."""
@@ -566,6 +577,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     p.set_defaults(func=cmd_get)
+
+    p = client_command("rollout", "roll an InferenceService back: `mmgw rollout undo isvc NAME`")
+    p.add_argument("action", choices=("undo",))
+    p.add_argument("resource", choices=ISVC_NAMES)
+    p.add_argument("name")
+    p.set_defaults(func=cmd_rollout)
 
     p = client_command(
         "delete", "delete an InferenceService, a (Cluster)ServingRuntime or an Experiment"

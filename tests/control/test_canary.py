@@ -201,3 +201,38 @@ async def test_a_late_echo_of_an_older_write_does_not_bring_the_old_split_back(
     await mirror.sync()  # reported to the registry as a change
     assert h.registry.split("sklearn-mnist") == (h.registry.get("sklearn-mnist").target.model_id, 0)
     assert await _shares(h, router) == Counter({old: REQUESTS})
+
+
+async def test_undo_drops_a_canary_then_goes_back_to_the_spec_rolled_out_before(
+    rolled_out: tuple[Harness, Router, str],
+) -> None:
+    """`mmgw rollout undo`: during a canary, back to the rolled-out spec (the latest is
+    unloaded); after a promotion, back to the spec rolled out before it, and again to undo
+    the undo, as `kubectl rollout undo` goes back and forth."""
+    h, router, old = rolled_out
+    new, _ = await h.registry.apply(canary(40))
+    await settle()
+    latest = new.target.model_id
+    record, action = await h.registry.undo("sklearn-mnist")
+    await settle()
+    assert action == "configured" and record.target.model_id == old == record.serving.model_id
+    assert h.registry.split("sklearn-mnist") is None
+    assert ("10.0.0.1:9000", latest) in h.pods.unloads
+    assert await _shares(h, router) == Counter({old: REQUESTS})
+    await h.registry.apply(canary(None))  # rolled out all at once
+    await settle()
+    assert h.registry.resolve("sklearn-mnist") == latest
+    await h.registry.undo("sklearn-mnist")  # back to the one before
+    await settle()
+    assert h.registry.resolve("sklearn-mnist") == old
+    await h.registry.undo("sklearn-mnist")  # and forth
+    await settle()
+    assert h.registry.resolve("sklearn-mnist") == latest
+
+
+async def test_undo_with_nothing_rolled_out_before_is_refused(
+    rolled_out: tuple[Harness, Router, str],
+) -> None:
+    h, _, _ = rolled_out
+    with pytest.raises(InvalidSpec, match="no earlier rolled-out version to go back to"):
+        await h.registry.undo("sklearn-mnist")

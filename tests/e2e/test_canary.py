@@ -131,6 +131,16 @@ def test_a_canary_splits_requests_then_promotion_moves_them_all(
     api.put(f"{ISVCS}/{NAME}", json=_document("mnist-svm-v2.joblib", None)).raise_for_status()
     _wait(api, "promoted", lambda: [t["revisionName"] for t in _traffic(api)] == [latest])
     assert _served(rest) == Counter({latest: REQUESTS})
+    undone = subprocess.run(
+        [sys.executable, "-m", "gateway.tools.cli", "rollout", "undo", "isvc", NAME],
+        env={**os.environ, "MMGW_SERVER": deployment.api_url},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert undone.stdout == f"inferenceservice.serving.kserve.io/{NAME} rolled back\n", undone
+    _wait(api, "rolled back", lambda: [t["revisionName"] for t in _traffic(api)] == [previous])
+    assert _served(rest) == Counter({previous: REQUESTS})
     api.delete(f"{ISVCS}/{NAME}").raise_for_status()
 
 

@@ -350,6 +350,14 @@ def build_api(
             headers={APPLY_RESULT_HEADER: action},
         )
 
+    # The rollback subresource (as extensions/v1beta1 Deployments had): back to the spec
+    # rolled out before, or to the rolled-out one while a rollout or canary is under way.
+    @app.post(ISVC_PATH + "/{name}/rollback")
+    async def rollback_isvc(namespace: str, name: str) -> JSONResponse:
+        check_namespace(namespace)
+        record, action = await registry.undo(name)
+        return JSONResponse(item(record), headers={APPLY_RESULT_HEADER: action})
+
     @app.delete(ISVC_PATH + "/{name}")
     async def delete_isvc(namespace: str, name: str) -> dict[str, Any]:
         check_namespace(namespace)
