@@ -332,10 +332,13 @@ class Registry:
                     f"metadata.name: '{experiment.name}' is an InferenceService; an "
                     "Experiment's public name must be a name of its own"
                 )
-            unknown = [c.name for c in experiment.spec.candidates if c.name not in self._records]
+            named = [c.name for c in experiment.spec.candidates]
+            if experiment.spec.mirror is not None:
+                named.append(experiment.spec.mirror.name)
+            unknown = [name for name in named if name not in self._records]
             if unknown:
                 raise InvalidSpec(
-                    f"candidates: {', '.join(unknown)}: no InferenceService of that name"
+                    f"candidates / mirror: {', '.join(unknown)}: no InferenceService of that name"
                 )
             return await self.experiments.put(experiment, manifest)
 

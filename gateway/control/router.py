@@ -120,6 +120,25 @@ class Router:
             return Miss(model_id)
         return self._intern(found[0], model_id, found[1])
 
+    @property
+    def shadows(self) -> bool:
+        """Whether any Experiment has a mirror (else ``shadow`` is never asked)."""
+        return self._experiments.mirrored
+
+    def shadow(self, key: RouteKey) -> Route | None:
+        """Where a copy of this request goes: an Experiment's mirror, drawn at its percent,
+        when it has a loaded copy; None (the common case: one dict read) otherwise."""
+        name = key.model
+        split = None if name is None else self._experiments.split(name)
+        if split is None or split.mirror is None:
+            return None
+        mirror, percent = split.mirror
+        if not (self._random() * 100 < percent and self._registry.serving_ready(mirror)):
+            return None
+        model_id = self._registry.resolve(mirror)
+        found = self._placement.route(model_id)  # counted: the mirror serves it
+        return None if found is None else self._intern(found[0], model_id, found[1])
+
     def _candidate(self, public: str, split: Split, variant: str | None) -> str:
         """The InferenceService (or, pinned, the concrete id) an experiment's request goes to:
         drawn by weight among the candidates that are ready; the default while none is. A

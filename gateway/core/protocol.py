@@ -18,6 +18,17 @@ UPSTREAM_HEADER = "x-mmgw-upstream"
 # served by that version while the name still has it: pinning, and sticky variants.
 VARIANT_HEADER = "x-mmgw-variant"
 
+# A copy of a request for an Experiment's mirror (shadow traffic). ext_proc names the
+# Envoy cluster to mirror to in SHADOW_CLUSTER_HEADER (the routes' request_mirror_policies
+# read it; a client's own value is always removed), the mirror's pods and concrete id in
+# the other two; Envoy's mirror policy moves them into UPSTREAM_HEADER and MODEL_ID_HEADER
+# of the copy only. The copy's answer is discarded.
+SHADOW_CLUSTER_HEADER = "x-mmgw-shadow"
+SHADOW_UPSTREAM_HEADER = "x-mmgw-shadow-upstream"
+SHADOW_MODEL_HEADER = "x-mmgw-shadow-model-id"
+# the Envoy clusters a copy goes to, by the request's wire form (envoy/envoy.yaml)
+SHADOW_CLUSTERS = {"grpc": "pods", "oip": "pods_rest"}
+
 # An InferenceService's own per-try timeout (ms), set by ext_proc for Envoy's router:
 # after it, the try is abandoned and the request retried on the model's next copy. An
 # x-envoy-* header, so ext_proc's mutation_rules.allow_envoy lets it set it; Envoy

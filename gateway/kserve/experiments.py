@@ -9,6 +9,7 @@ spec:
   candidates:
   - {name: mnist-a, weight: 70}     # InferenceServices, each with a weight
   - {name: mnist-b, weight: 30}
+  mirror: {name: mnist-c, percent: 10}   # optional: gets copies, answers discarded
 ```
 
 Requests for the public name are split by weight among the candidates that are
@@ -16,14 +17,17 @@ ready (gateway.control.router); when none is, they go to ``default`` (or the
 first candidate with a weight), which loads as a first request does. Seldon's
 ``default`` also makes the experiment take over that model's own name; here a
 candidate's own name keeps reaching only that candidate, and ``default`` says
-only where requests go while no candidate is ready. ``mirror`` (shadow traffic)
-and Seldon's pipeline experiments (``resourceType: pipeline``) are refused, as
-not served yet.
+only where requests go while no candidate is ready. ``mirror`` gets ``percent``
+of the requests as copies, sent by Envoy's request mirroring (the body never
+reaches Python); their answers are discarded, and the mirror's failures,
+slowness or absence change nothing for the client. Seldon's pipeline experiments
+(``resourceType: pipeline``) are refused, as not served.
 
 Refused at apply, naming the problem, with nothing stored: weights negative or
-all zero, a candidate named twice, a ``default`` that is no candidate; the
-registry adds what needs the InferenceServices (an unknown candidate, a public
-name that is an InferenceService's).
+all zero, a candidate named twice, a ``default`` that is no candidate, a mirror
+that is also a candidate or whose percent is outside 0-100; the registry adds
+what needs the InferenceServices (an unknown candidate or mirror, a public name
+that is an InferenceService's).
 """
 
 from __future__ import annotations
@@ -50,12 +54,18 @@ class Candidate(BaseModel):
     weight: int = Field(ge=0)
 
 
+class Mirror(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+    percent: int = Field(ge=0, le=100)
+
+
 class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     default: str | None = None
     candidates: list[Candidate] = Field(min_length=1)
     resourceType: Literal["model"] = "model"
-    mirror: dict[str, Any] | None = None
+    mirror: Mirror | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentSpec:
@@ -67,8 +77,11 @@ class ExperimentSpec(BaseModel):
             raise ValueError("candidates: every weight is 0; at least one must be over 0")
         if self.default is not None and self.default not in names:
             raise ValueError(f"default: '{self.default}' is not one of the candidates")
-        if self.mirror is not None:
-            raise ValueError("mirror: shadow traffic is not served yet; remove it")
+        if self.mirror is not None and self.mirror.name in names:
+            raise ValueError(
+                f"mirror: '{self.mirror.name}' is also a candidate; a mirror gets copies of "
+                "requests whose answers are discarded"
+            )
         return self
 
 
@@ -95,6 +108,7 @@ class Split:
 
     candidates: tuple[tuple[str, int], ...]  # (InferenceService name, weight), weight > 0
     default: str  # where requests go while no candidate is ready
+    mirror: tuple[str, int] | None = None  # (InferenceService, percent) that gets copies
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +124,8 @@ class ExperimentRecord:
     def split(self) -> Split:
         spec = self.experiment.spec
         weighted = tuple((c.name, c.weight) for c in spec.candidates if c.weight)
-        return Split(weighted, spec.default or weighted[0][0])
+        mirror = (spec.mirror.name, spec.mirror.percent) if spec.mirror else None
+        return Split(weighted, spec.default or weighted[0][0], mirror)
 
 
 class ExperimentCatalog:
@@ -121,6 +136,7 @@ class ExperimentCatalog:
         self._namespace = namespace
         self._records: dict[str, ExperimentRecord] = {}
         self._splits: dict[str, Split] = {}  # public name -> its split; read per request
+        self.mirrored = False  # whether any experiment has a mirror: read per request
 
     def split(self, name: str) -> Split | None:
         return self._splits.get(name)
@@ -137,6 +153,7 @@ class ExperimentCatalog:
         if data is None:
             self._records.pop(name, None)
             self._splits.pop(name, None)
+            self._note_mirrors()
         else:
             self._keep(self._record(data))
 
@@ -182,6 +199,10 @@ class ExperimentCatalog:
     def _keep(self, record: ExperimentRecord) -> None:
         self._records[record.name] = record
         self._splits[record.name] = record.split()
+        self._note_mirrors()
+
+    def _note_mirrors(self) -> None:
+        self.mirrored = any(split.mirror for split in self._splits.values())
 
     @staticmethod
     def _record(data: dict[str, Any]) -> ExperimentRecord:

@@ -14,6 +14,7 @@ from google.protobuf import duration_pb2
 
 from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway.adapters.extproc.processor import Answer, ExternalProcessor
+from gateway.control.router import Router
 
 from ..core.fakes import FakePod, FakePods
 from ..core.harness import Harness, harness, isvc
@@ -52,7 +53,8 @@ def forward(address: str, model_id: str | None, *, in_body: bool = False) -> pb.
     sets = [setting("x-mmgw-upstream", address)]
     if model_id:
         sets.append(setting("mm-model-id", model_id))
-    common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=sets))
+    mutation = pb.HeaderMutation(set_headers=sets, remove_headers=["x-mmgw-shadow"])
+    common = pb.CommonResponse(header_mutation=mutation)
     if in_body:
         return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
     return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=common))
@@ -344,3 +346,40 @@ async def test_hits_kept_before_a_route_change_are_counted_to_the_copy_that_serv
     await h.registry.apply(isvc("another"))  # the routes change before anyone counted
     assert await run(processor, request) == [forward(POD, model_id)]
     assert h.placement.model_requests()[model_id] == before + 3
+
+
+async def test_an_experiments_mirror_gets_a_copy_named_in_the_shadow_headers(
+    tmp_path: Path,
+) -> None:
+    h = await harness(tmp_path, FakePods(**{POD: FakePod()}))
+    a, _ = await h.registry.apply(isvc("mnist-a"))
+    m, _ = await h.registry.apply(isvc("mnist-m", "v2.joblib"))
+    for record in (a, m):
+        await h.placement.ensure_loaded(record.serving.model_id)
+    await h.registry.apply_experiment(
+        {
+            "apiVersion": "mlops.seldon.io/v1alpha1",
+            "kind": "Experiment",
+            "metadata": {"name": "mnist-ab"},
+            "spec": {
+                "candidates": [{"name": "mnist-a", "weight": 1}],
+                "mirror": {"name": "mnist-m", "percent": 100},
+            },
+        }
+    )
+    processor = ExternalProcessor(
+        Router(h.registry, h.placement, random=lambda: 0.0), miss_timeout=100
+    )
+    call = headers("/v2/models/mnist-ab/infer")
+    await run(processor, call)  # the first answer for a route is made, not drawn from the memo
+    (answer,) = await run(processor, call)
+    sets = {
+        s.header.key: s.header.raw_value.decode()
+        for s in answer.request_headers.response.header_mutation.set_headers
+    }
+    assert sets["mm-model-id"] == a.serving.model_id
+    assert (sets["x-mmgw-shadow"], sets["x-mmgw-shadow-model-id"]) == ("pods", m.serving.model_id)
+    assert sets["x-mmgw-shadow-upstream"] == POD
+    assert not answer.request_headers.response.header_mutation.remove_headers
+    (plain,) = await run(processor, headers("/v2/models/mnist-a/infer"))  # no mirror
+    assert plain == forward(POD, a.serving.model_id)

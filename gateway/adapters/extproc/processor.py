@@ -142,6 +142,8 @@ class ExternalProcessor:
         memo = self._for_body if in_body else self._for_oip if key.oip else self._for_headers
         answer = memo.get(found)
         if answer is not None:
+            if self._router.shadows and isinstance(found, Route):  # a mirror may want a copy
+                return self._with_shadow(found, key, in_body) or answer
             return answer
         if isinstance(found, Miss):
             return self._load_then_forward(found, key, memo, in_body)
@@ -174,6 +176,31 @@ class ExternalProcessor:
         answer = memo[route] = Answer(_forward_response(route, upstream, in_body))
         return answer
 
+    def _with_shadow(self, route: Route, key: RouteKey, in_body: bool) -> Answer | None:
+        """The forward of ``route`` with a copy of the request for the mirror the router
+        draws (never memoized: the draw is per request); None when there is no copy."""
+        try:
+            shadow = self._router.shadow(key)
+            if shadow is None:
+                return None
+            oip = key.oip
+            copy_to = (
+                self._router.rest_upstream(shadow)
+                if oip
+                else ",".join((shadow.address, *shadow.fallbacks))
+            )
+            upstream = (
+                self._router.rest_upstream(route)
+                if oip
+                else ",".join((route.address, *route.fallbacks))
+            )
+        except Exception:  # a mirror never changes what the client gets
+            log.debug("ext_proc: no copy for the mirror", exc_info=True)
+            return None
+        cluster = protocol.SHADOW_CLUSTERS["oip" if oip else "grpc"]
+        copy = (cluster, copy_to, shadow.model_id or "")
+        return Answer(_forward_response(route, upstream, in_body, copy))
+
     def _reject(self, error: BaseException, *, grpc_call: bool) -> Answer:
         http, code = status_for(error)
         if isinstance(error, GatewayError):
@@ -190,13 +217,27 @@ def _set(key: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def _forward_response(route: Route, upstream: str, body: bool) -> bytes:
+def _forward_response(
+    route: Route, upstream: str, body: bool, copy: tuple[str, str, str] | None = None
+) -> bytes:
+    """``copy``: (cluster, pods, concrete id) of a mirror that gets a copy of the request;
+    None: no copy, and a client's own shadow header is removed."""
     headers = [_set(protocol.UPSTREAM_HEADER, upstream)]
     if route.model_id is not None:
         headers.append(_set(protocol.MODEL_ID_HEADER, route.model_id))
     if route.per_try_timeout_ms is not None:
         headers.append(_set(protocol.PER_TRY_TIMEOUT_HEADER, str(route.per_try_timeout_ms)))
-    common = pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=headers))
+    removed: list[str] = []
+    if copy is None:
+        removed.append(protocol.SHADOW_CLUSTER_HEADER)
+    else:
+        cluster, pods, model_id = copy
+        headers.append(_set(protocol.SHADOW_CLUSTER_HEADER, cluster))
+        headers.append(_set(protocol.SHADOW_UPSTREAM_HEADER, pods))
+        headers.append(_set(protocol.SHADOW_MODEL_HEADER, model_id))
+    common = pb.CommonResponse(
+        header_mutation=pb.HeaderMutation(set_headers=headers, remove_headers=removed)
+    )
     if body:
         response = pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
     else:
