@@ -186,6 +186,23 @@ def build_api(
             "status": render_status(registry.view(record), public_url),
         }
 
+    def applied(body: dict[str, Any], action: str) -> JSONResponse:
+        """An apply's answer: the resource, 201 when it was created, what happened."""
+        return JSONResponse(
+            body,
+            status_code=201 if action == "created" else 200,
+            headers={APPLY_RESULT_HEADER: action},
+        )
+
+    def deleted(name: str, plural: str) -> dict[str, Any]:
+        """A delete's answer, a Kubernetes Status."""
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Success",
+            "details": {"name": name, "kind": plural},
+        }
+
     def runtime_item(record: RuntimeRecord) -> dict[str, Any]:
         return {
             **record.manifest,
@@ -244,21 +261,12 @@ def build_api(
             if document.get("kind") != kind:
                 raise InvalidSpec(f"kind must be {kind} at this path, not {document.get('kind')!r}")
             record, action = await registry.apply_runtime(document)
-            return JSONResponse(
-                runtime_item(record),
-                status_code=201 if action == "created" else 200,
-                headers={APPLY_RESULT_HEADER: action},
-            )
+            return applied(runtime_item(record), action)
 
         async def delete_runtime(request: Request, name: str) -> dict[str, Any]:
             check(request)
             await registry.delete_runtime(kind, name)
-            return {
-                "kind": "Status",
-                "apiVersion": "v1",
-                "status": "Success",
-                "details": {"name": name, "kind": plural},
-            }
+            return deleted(name, plural)
 
         app.add_api_route(path, list_runtimes, methods=["GET"])
         app.add_api_route(path + "/{name}", get_runtime, methods=["GET"])
@@ -304,22 +312,13 @@ def build_api(
     async def apply_experiment(namespace: str, name: str, request: Request) -> JSONResponse:
         check_namespace(namespace)
         record, action = await registry.apply_experiment(await body_of(request, name, namespace))
-        return JSONResponse(
-            experiment_item(record),
-            status_code=201 if action == "created" else 200,
-            headers={APPLY_RESULT_HEADER: action},
-        )
+        return applied(experiment_item(record), action)
 
     @app.delete(EXPERIMENTS_PATH + "/{name}")
     async def delete_experiment(namespace: str, name: str) -> dict[str, Any]:
         check_namespace(namespace)
         await registry.delete_experiment(name)
-        return {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "status": "Success",
-            "details": {"name": name, "kind": "experiments"},
-        }
+        return deleted(name, "experiments")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -344,11 +343,7 @@ def build_api(
         check_namespace(namespace)
         document = await body_of(request, name, namespace)
         record, action = await registry.apply(document)
-        return JSONResponse(
-            item(record),
-            status_code=201 if action == "created" else 200,
-            headers={APPLY_RESULT_HEADER: action},
-        )
+        return applied(item(record), action)
 
     # The rollback subresource (as extensions/v1beta1 Deployments had): back to the spec
     # rolled out before, or to the rolled-out one while a rollout or canary is under way.
@@ -362,12 +357,7 @@ def build_api(
     async def delete_isvc(namespace: str, name: str) -> dict[str, Any]:
         check_namespace(namespace)
         await registry.delete(name)
-        return {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "status": "Success",
-            "details": {"name": name, "kind": "inferenceservices"},
-        }
+        return deleted(name, "inferenceservices")
 
     @app.post("/v2/repository/index")
     async def repository_index(request: Request) -> JSONResponse:
