@@ -75,7 +75,9 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     pool.wake()
 
     processor = ExternalProcessor(
-        Router(registry, placement), miss_timeout=settings.placement.load_timeout + 10
+        Router(registry, placement),
+        miss_timeout=settings.placement.load_timeout + 10,
+        shadow_clusters=settings.shadow_clusters,
     )
     extproc = ExtProcServer(processor, settings.extproc_host, settings.extproc_port)
     await extproc.start()

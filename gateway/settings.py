@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.control.records import RegistrySettings
 from gateway.core.placement import PlacementSettings
+from gateway.core.protocol import SHADOW_CLUSTERS
 from gateway.kserve.resources import DEFAULT_NAMESPACE, DEFAULT_PUBLIC_URL
 
 
@@ -46,6 +47,9 @@ class GatewaySettings(BaseSettings):
     envoy_eds_dir: Path | None = None
     # The placement engine's and the registry's settings, each with its default declared
     # once where it is used (gateway.core.placement.settings, gateway.control.registry).
+    # The Envoy clusters an Experiment's mirror copies go to, by wire form ("grpc", "oip"):
+    # envoy.yaml's by default; istio/gateway.yaml sets the ingress gateway's.
+    shadow_clusters: dict[str, str] = Field(default_factory=lambda: dict(SHADOW_CLUSTERS))
     placement: PlacementSettings = PlacementSettings()
     registry: RegistrySettings = RegistrySettings()
     log_level: str = "INFO"

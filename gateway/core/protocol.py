@@ -26,7 +26,8 @@ VARIANT_HEADER = "x-mmgw-variant"
 SHADOW_CLUSTER_HEADER = "x-mmgw-shadow"
 SHADOW_UPSTREAM_HEADER = "x-mmgw-shadow-upstream"
 SHADOW_MODEL_HEADER = "x-mmgw-shadow-model-id"
-# the Envoy clusters a copy goes to, by the request's wire form (envoy/envoy.yaml)
+# the Envoy clusters a copy goes to, by the request's wire form: envoy/envoy.yaml's names
+# (GatewaySettings.shadow_clusters gives others, as Istio's ingress gateway names them)
 SHADOW_CLUSTERS = {"grpc": "pods", "oip": "pods_rest"}
 
 # An InferenceService's own per-try timeout (ms), set by ext_proc for Envoy's router:

@@ -21,7 +21,7 @@ turns it into google.rpc.Status JSON for REST, like the transcoder's errors.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -93,8 +93,15 @@ class ExternalProcessor:
     than Envoy's message_timeout) and then the awaited Answer.
     """
 
-    def __init__(self, router: Router, *, miss_timeout: float) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        miss_timeout: float,
+        shadow_clusters: Mapping[str, str] = protocol.SHADOW_CLUSTERS,
+    ) -> None:
         self._router = router
+        self._shadow_clusters = shadow_clusters  # wire form -> the cluster a copy goes to
         # The serialization memo: Route -> its forward, for request headers (to the pods'
         # gRPC port), for a gRPC body, and for an OIP REST request (to their REST port).
         # Routes the router no longer hands out go with the rest at the bound.
@@ -197,7 +204,7 @@ class ExternalProcessor:
         except Exception:  # a mirror never changes what the client gets
             log.debug("ext_proc: no copy for the mirror", exc_info=True)
             return None
-        cluster = protocol.SHADOW_CLUSTERS["oip" if oip else "grpc"]
+        cluster = self._shadow_clusters["oip" if oip else "grpc"]
         copy = (cluster, copy_to, shadow.model_id or "")
         return Answer(_forward_response(route, upstream, in_body, copy))
 
