@@ -86,3 +86,5 @@ class ServingView:
     serving: ModelStatus | None = None
     target: ModelStatus | None = None
     runtime_up: bool = False  # a pod of its runtime that serves its format is up
+    # the latest's share of requests now while a canary holds the rollout (Registry.canary)
+    canary_share: int | None = None

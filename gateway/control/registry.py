@@ -233,9 +233,19 @@ class Registry:
             raise ModelNotFound(name) from None
 
     def split(self, name: str) -> tuple[str, int] | None:
-        """(latest concrete id, percent of requests for it once it is loaded) while
-        ``name``'s rollout is held at a canary; None otherwise."""
+        """(latest concrete id, its canaryTrafficPercent) while ``name``'s rollout is held at
+        a canary; None otherwise."""
         return self._splits.get(name)
+
+    def canary(self, name: str) -> tuple[str, int] | None:
+        """(latest concrete id, the percent of ``name``'s requests it gets now) while a canary
+        holds: its canaryTrafficPercent once it is ready, 0 while it loads or failed. The one
+        rule the router draws by and the status shows."""
+        split = self._splits.get(name)
+        if split is None:
+            return None
+        latest, percent = split
+        return latest, percent if self._placement.ready(latest) else 0
 
     def holds_canary(self, name: str) -> bool:
         """Whether ``name``'s latest spec waits at a canary percent instead of rolling out."""
@@ -435,6 +445,7 @@ class Registry:
             self._placement.status(record.serving.model_id),
             self._placement.status(record.target.model_id),
             self._placement.serves(runtime.name, record.serving.model_type),
+            canary[1] if (canary := self.canary(record.name)) else None,
         )
 
     async def _model_spec(self, isvc: InferenceService) -> tuple[ModelSpec, str]:

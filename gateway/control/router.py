@@ -94,10 +94,10 @@ class Router:
         pinned = None if variant is None else self._pinned(name, variant)
         if pinned is not None:
             name = pinned
-        elif (split := self._registry.split(name)) is not None:
-            # a canary: its percent goes to the latest spec, once it is ready
-            latest, percent = split
-            if self._random() * 100 < percent and self._placement.ready(latest):
+        elif (canary := self._registry.canary(name)) is not None:
+            # a canary: its share goes to the latest spec (0 until it is ready)
+            latest, share = canary
+            if self._random() * 100 < share:
                 name = latest
         kept = self._kept.get(name)
         if kept is not None:  # the hot path: one dict read; counted in the hit buffer

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from gateway.control.router import Route, Router
+from gateway.control.router import Router
 from gateway.core.errors import InvalidInput, InvalidSpec
 from gateway.core.route_key import RouteKey
 
-from ..core.harness import Harness, harness, isvc, settle
+from ..core.harness import Harness, harness, isvc, routed, settle
 
 KEY = RouteKey("sklearn-mnist", grpc=False)
 REQUESTS = 10_000
@@ -29,16 +29,6 @@ def canary(percent: int | None, path: str = "v2.joblib") -> dict[str, Any]:
     if percent is not None:
         document["spec"]["predictor"]["canaryTrafficPercent"] = percent
     return document
-
-
-async def _shares(h: Harness, router: Router) -> Counter[str]:
-    """Which concrete model each of REQUESTS requests is routed to."""
-    served: Counter[str] = Counter()
-    for _ in range(REQUESTS):
-        route = await router.route(KEY)
-        assert isinstance(route, Route) and route.model_id is not None
-        served[route.model_id] += 1
-    return served
 
 
 @pytest.fixture
@@ -60,13 +50,13 @@ async def test_a_ten_percent_canary_gets_ten_percent_once_it_is_ready(
     assert action == "configured" and new.serving.model_id == old
     latest = new.target.model_id
     await settle()
-    loading = await _shares(h, router)  # loading: a canary that is not ready gets none
+    loading = await routed(router, KEY, REQUESTS)  # loading: a canary that is not ready gets none
     assert loading == Counter({old: REQUESTS})
     predictor = h.status(new)["components"]["predictor"]
     assert [t["percent"] for t in predictor["traffic"]] == [0, 100]
     h.pods.gate.set()
     await settle()
-    served = await _shares(h, router)
+    served = await routed(router, KEY, REQUESTS)
     share = 100 * served[latest] / REQUESTS
     print(f"10% canary: {served[latest]} of {REQUESTS} requests ({share:.2f}%)")
     assert abs(share - 10) <= 1.5 and served[old] + served[latest] == REQUESTS
@@ -91,14 +81,14 @@ async def test_raising_the_percent_then_promoting_moves_everything_and_unloads_t
     await h.registry.apply(canary(70))  # the same spec: only the share changes
     await settle()
     latest = new.target.model_id
-    served = await _shares(h, router)
+    served = await routed(router, KEY, REQUESTS)
     share = 100 * served[latest] / REQUESTS
     print(f"70% canary: {served[latest]} of {REQUESTS} ({share:.2f}%)")
     assert abs(share - 70) <= 1.5
     await h.registry.apply(canary(None))  # promote: the field removed
     await settle()
     assert h.registry.resolve("sklearn-mnist") == latest
-    assert await _shares(h, router) == Counter({latest: REQUESTS})
+    assert await routed(router, KEY, REQUESTS) == Counter({latest: REQUESTS})
     assert h.pods.unloads == [("10.0.0.1:9000", old)]
     traffic = h.status(h.registry.get("sklearn-mnist"))["components"]["predictor"]["traffic"]
     assert traffic == [{"revisionName": latest, "latestRevision": True, "percent": 100}]
@@ -112,14 +102,14 @@ async def test_zero_percent_rolls_back_and_the_old_spec_reapplied_drops_the_cana
     await settle()
     await h.registry.apply(canary(0))  # rolled back: the latest spec gets nothing
     await settle()
-    assert await _shares(h, router) == Counter({old: REQUESTS})
+    assert await routed(router, KEY, REQUESTS) == Counter({old: REQUESTS})
     h.registry.rollouts.check()  # what every replica does every few seconds: still held
     await settle()
     assert h.registry.resolve("sklearn-mnist") == old
     await h.registry.apply(isvc())  # the rolled-out spec again: the canary goes
     await settle()
     assert h.pods.unloads == [("10.0.0.1:9000", new.target.model_id)]
-    assert await _shares(h, router) == Counter({old: REQUESTS})
+    assert await routed(router, KEY, REQUESTS) == Counter({old: REQUESTS})
 
 
 async def test_a_canary_that_fails_to_load_gets_no_traffic(
@@ -129,7 +119,7 @@ async def test_a_canary_that_fails_to_load_gets_no_traffic(
     h.pods.pods["10.0.0.1:9000"].fail_loads = "corrupt file"
     await h.registry.apply(canary(50))
     await settle()
-    assert await _shares(h, router) == Counter({old: REQUESTS})
+    assert await routed(router, KEY, REQUESTS) == Counter({old: REQUESTS})
 
 
 @pytest.mark.parametrize("percent", [-1, 101, "ten"])
@@ -153,9 +143,8 @@ async def test_another_replica_reads_the_same_split_and_does_not_promote_it(
     other.registry.rollouts.check()  # what its watch does every few seconds
     await settle()
     assert other.registry.resolve("sklearn-mnist") == old  # held, not rolled out
-    served = await _shares(
-        other, Router(other.registry, other.placement, random=random.Random(1).random)
-    )
+    router = Router(other.registry, other.placement, random=random.Random(1).random)
+    served = await routed(router, KEY, REQUESTS)
     assert abs(100 * served[new.target.model_id] / REQUESTS - 25) <= 1.5
 
 
@@ -200,7 +189,7 @@ async def test_a_late_echo_of_an_older_write_does_not_bring_the_old_split_back(
     await h.store.put("inferenceservices/sklearn-mnist", stale)  # the older write, again
     await mirror.sync()  # reported to the registry as a change
     assert h.registry.split("sklearn-mnist") == (h.registry.get("sklearn-mnist").target.model_id, 0)
-    assert await _shares(h, router) == Counter({old: REQUESTS})
+    assert await routed(router, KEY, REQUESTS) == Counter({old: REQUESTS})
 
 
 async def test_undo_drops_a_canary_then_goes_back_to_the_spec_rolled_out_before(
@@ -218,7 +207,7 @@ async def test_undo_drops_a_canary_then_goes_back_to_the_spec_rolled_out_before(
     assert action == "configured" and record.target.model_id == old == record.serving.model_id
     assert h.registry.split("sklearn-mnist") is None
     assert ("10.0.0.1:9000", latest) in h.pods.unloads
-    assert await _shares(h, router) == Counter({old: REQUESTS})
+    assert await routed(router, KEY, REQUESTS) == Counter({old: REQUESTS})
     await h.registry.apply(canary(None))  # rolled out all at once
     await settle()
     assert h.registry.resolve("sklearn-mnist") == latest

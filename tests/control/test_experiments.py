@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from gateway.control.router import Route, Router
+from gateway.control.router import Router
 from gateway.core.errors import InvalidInput, InvalidSpec
 from gateway.core.route_key import RouteKey
 
-from ..core.harness import Harness, harness, isvc, settle
+from ..core.harness import Harness, harness, isvc, routed, settle
 
 REQUESTS = 10_000
 PUBLIC = RouteKey("mnist-ab", grpc=False)
@@ -45,12 +45,7 @@ async def two(tmp_path: Path) -> tuple[Harness, Router, dict[str, str]]:
 
 
 async def _served(router: Router, key: RouteKey = PUBLIC) -> Counter[str]:
-    served: Counter[str] = Counter()
-    for _ in range(REQUESTS):
-        route = await router.route(key)
-        assert isinstance(route, Route) and route.model_id is not None
-        served[route.model_id] += 1
-    return served
+    return await routed(router, key, REQUESTS)
 
 
 async def test_a_70_30_split_lands_within_one_and_a_half_points(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any
 from gateway.adapters.api.status import render as render_status
 from gateway.control.records import Record, RegistrySettings
 from gateway.control.registry import Registry
-from gateway.control.router import Router
+from gateway.control.router import Route, Router
 from gateway.core.placement import Coordinator, Placement
+from gateway.core.route_key import RouteKey
 from gateway.kserve.resources import DEFAULT_PUBLIC_URL
 from gateway.kserve.storage import StorageRoots
 from gateway.store import EmbeddedStore
@@ -76,3 +78,13 @@ async def settle() -> None:
     """Let the event loop run the tasks a call started (background loads, rollouts)."""
     for _ in range(20):
         await asyncio.sleep(0)
+
+
+async def routed(router: Router, key: RouteKey, count: int) -> Counter[str]:
+    """Which concrete model each of ``count`` requests for ``key`` is routed to."""
+    served: Counter[str] = Counter()
+    for _ in range(count):
+        route = await router.route(key)
+        assert isinstance(route, Route) and route.model_id is not None
+        served[route.model_id] += 1
+    return served

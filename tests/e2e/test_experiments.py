@@ -18,25 +18,18 @@ from gateway.tools import launcher, samples
 from .conftest import wait_ready
 
 REQUESTS = 1000
-DOCUMENTS = """\
+ISVC = """\
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
-metadata: {name: exp-a, namespace: modelmesh-serving}
+metadata: {{name: {name}, namespace: modelmesh-serving}}
 spec:
   predictor:
     model:
-      modelFormat: {name: sklearn}
-      storage: {parameters: {type: pvc, name: my-models-pvc}, path: mnist-svm.joblib}
+      modelFormat: {{name: sklearn}}
+      storage: {{parameters: {{type: pvc, name: my-models-pvc}}, path: mnist-svm.joblib}}
 ---
-apiVersion: serving.kserve.io/v1beta1
-kind: InferenceService
-metadata: {name: exp-b, namespace: modelmesh-serving}
-spec:
-  predictor:
-    model:
-      modelFormat: {name: sklearn}
-      storage: {parameters: {type: pvc, name: my-models-pvc}, path: mnist-svm.joblib}
----
+"""
+EXPERIMENT = """\
 apiVersion: mlops.seldon.io/v1alpha1
 kind: Experiment
 metadata: {name: exp-ab}
@@ -46,6 +39,7 @@ spec:
   - {name: exp-a, weight: 70}
   - {name: exp-b, weight: 30}
 """
+DOCUMENTS = ISVC.format(name="exp-a") + ISVC.format(name="exp-b") + EXPERIMENT
 
 
 def _mmgw(
@@ -85,7 +79,7 @@ def test_an_experiment_splits_a_public_name_between_two_inference_services(
     share = 100 * served[ids["exp-a"]] / REQUESTS
     print(f"70/30 experiment through Envoy: {dict(served)} ({share:.1f}% to exp-a)")
     assert set(served) == set(ids.values()) and abs(share - 70) <= 6  # 4 standard deviations
-    bad = DOCUMENTS.split("---\n")[2].replace("weight: 30", "weight: -3")
+    bad = EXPERIMENT.replace("weight: 30", "weight: -3")
     refused = _mmgw(deployment, "apply", "-f", "-", text=bad)
     assert refused.returncode == 1 and "candidates.1.weight" in refused.stderr, refused.stderr
     for args in (("experiment", "exp-ab"), ("isvc", "exp-a"), ("isvc", "exp-b")):

@@ -123,10 +123,11 @@ def test_a_clients_own_envoy_timeouts_are_removed(
     stub: v2_grpc.GRPCInferenceServiceStub,
     header: str,
 ) -> None:
-    """Envoy honours these from an internal client, which a client may claim to be with an
-    x-forwarded-for of a private address: a 1 ms timeout would fail its request (1,024
-    rows take some milliseconds to predict). Only the gateway sets them: Envoy takes the
-    client's address from the connection (use_remote_address) and removes a client's."""
+    """Envoy honours these from a client it takes for internal, which a client may claim
+    to be with an x-forwarded-for of a private address: a 1 ms timeout would fail its
+    request (1,024 rows take some milliseconds to predict). This fails when envoy.yaml
+    trusts that address (use_remote_address off with such an internal_address_config);
+    with Envoy 1.40's defaults the header is not honoured either way."""
     spoofed = {header: "1", "x-forwarded-for": "10.0.0.1"}
     rows = [samples.sample_input()] * 1024
     body = {"inputs": [{"name": "predict", "shape": [1024, 64], "datatype": "FP32", "data": rows}]}

@@ -71,10 +71,9 @@ def render(view: ServingView, public_url: str) -> dict[str, Any]:
 
 def _predictor(view: ServingView, serving_ready: bool, latest_ready: bool) -> dict[str, Any]:
     """KServe's ``status.components.predictor``: the revisions (concrete ids) and how
-    traffic is split between them. The latest gets its canary percent once it is ready."""
+    traffic is split between them now (the router's rule: Registry.canary)."""
     record = view.record
     serving, latest = record.serving.model_id, record.target.model_id
-    canary = record.manifest.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent")
     predictor: dict[str, Any] = {
         "latestCreatedRevision": latest,
         "latestRolledoutRevision": serving,
@@ -85,7 +84,7 @@ def _predictor(view: ServingView, serving_ready: bool, latest_ready: bool) -> di
     if latest == serving:
         traffic = [{"revisionName": serving, "latestRevision": True, "percent": 100}]
     else:
-        share = canary if canary is not None and canary < 100 and latest_ready else 0
+        share = view.canary_share or 0  # a rollout under way, not held: 0 until it moves
         traffic = [
             {"tag": "latest", "revisionName": latest, "latestRevision": True, "percent": share},
             {

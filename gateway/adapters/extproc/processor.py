@@ -148,16 +148,16 @@ class ExternalProcessor:
         # The hot path: a Route served before (a Miss is never in the memo).
         memo = self._for_body if in_body else self._for_oip if key.oip else self._for_headers
         answer = memo.get(found)
-        if answer is not None:
-            if self._router.shadows and isinstance(found, Route):  # a mirror may want a copy
-                return self._with_shadow(found, key, in_body) or answer
-            return answer
-        if isinstance(found, Miss):
-            return self._load_then_forward(found, key, memo, in_body)
-        try:
-            return self._forward(found, key, memo, in_body)
-        except Exception as exc:
-            return self._reject(exc, grpc_call=key.grpc)
+        if answer is None:
+            if isinstance(found, Miss):
+                return self._load_then_forward(found, key, memo, in_body)
+            try:
+                answer = self._forward(found, key, memo, in_body)
+            except Exception as exc:
+                return self._reject(exc, grpc_call=key.grpc)
+        if self._router.shadows and isinstance(found, Route):  # a mirror may want a copy
+            return self._with_shadow(found, key, in_body) or answer
+        return answer
 
     async def _load_then_forward(
         self, miss: Miss, key: RouteKey, memo: dict[Route | Miss, Answer], in_body: bool
@@ -175,13 +175,17 @@ class ExternalProcessor:
         and keep it there."""
         if len(memo) >= _MAX_CACHED:
             memo.clear()
-        upstream = (
-            self._router.rest_upstream(route)
-            if key.oip
-            else ",".join((route.address, *route.fallbacks))
+        answer = memo[route] = Answer(
+            _forward_response(route, self._upstream(route, key.oip), in_body)
         )
-        answer = memo[route] = Answer(_forward_response(route, upstream, in_body))
         return answer
+
+    def _upstream(self, route: Route, oip: bool) -> str:
+        """x-mmgw-upstream for ``route``: its pods' REST listeners for the OIP form, their
+        gRPC ports otherwise; the chosen pod first, then the model's other copies."""
+        if oip:
+            return self._router.rest_upstream(route)
+        return ",".join((route.address, *route.fallbacks))
 
     def _with_shadow(self, route: Route, key: RouteKey, in_body: bool) -> Answer | None:
         """The forward of ``route`` with a copy of the request for the mirror the router
@@ -190,21 +194,12 @@ class ExternalProcessor:
             shadow = self._router.shadow(key)
             if shadow is None:
                 return None
-            oip = key.oip
-            copy_to = (
-                self._router.rest_upstream(shadow)
-                if oip
-                else ",".join((shadow.address, *shadow.fallbacks))
-            )
-            upstream = (
-                self._router.rest_upstream(route)
-                if oip
-                else ",".join((route.address, *route.fallbacks))
-            )
+            copy_to = self._upstream(shadow, key.oip)
+            upstream = self._upstream(route, key.oip)
         except Exception:  # a mirror never changes what the client gets
             log.debug("ext_proc: no copy for the mirror", exc_info=True)
             return None
-        cluster = self._shadow_clusters["oip" if oip else "grpc"]
+        cluster = self._shadow_clusters["oip" if key.oip else "grpc"]
         copy = (cluster, copy_to, shadow.model_id or "")
         return Answer(_forward_response(route, upstream, in_body, copy))
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.core.domain import CopyState, ModelSpec, ModelStatus
+from gateway.core.domain import CopyState, ModelSpec, ModelState, ModelStatus
 from gateway.core.errors import LoadFailed
 from gateway.core.placement.hits import HitBuffer, Hits
 from gateway.core.placement.loader import Loader
@@ -179,10 +179,10 @@ class Placement:
             return False
         sole = model.sole
         if sole is not None and sole.state is CopyState.LOADED:
-            return True
-        if any(c.state is CopyState.LOADED for c in model.copies.values()):
-            return True
-        return model.ever_loaded and model.loading is None and not model.last_error
+            return True  # the common case, without building the status
+        state = self._table.status(model_id).state
+        # Standby counts only after a load (a deferred model that never loaded is not ready)
+        return state is ModelState.LOADED or (state is ModelState.STANDBY and model.ever_loaded)
 
     def lookup(self, model_id: str) -> str | None:
         """The address of a loaded copy (counted as a request to it), or None on a miss."""
