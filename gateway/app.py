@@ -18,6 +18,7 @@ import uvicorn
 
 from gateway.adapters.api import build_api
 from gateway.adapters.eds import EndpointFiles
+from gateway.adapters.extproc.accesslog import AccessLogReader
 from gateway.adapters.extproc.processor import ExternalProcessor
 from gateway.adapters.extproc.server import ExtProcServer
 from gateway.adapters.metrics import Metrics
@@ -25,8 +26,10 @@ from gateway.adapters.podclient import GrpcPodClient
 from gateway.control.registry import Registry
 from gateway.control.replicas import FailureBook, PodPool, StoreCoordinator
 from gateway.control.router import Router
+from gateway.control.traffic import TrafficBook
 from gateway.core.errors import StoreUnavailable
 from gateway.core.placement import Placement
+from gateway.core.traffic import Tally
 from gateway.kserve.storage import StorageRoots, load_storage_config
 from gateway.settings import GatewaySettings
 from gateway.store import open_store
@@ -79,7 +82,14 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
         miss_timeout=settings.placement.load_timeout + 10,
         shadow_clusters=settings.shadow_clusters,
     )
-    extproc = ExtProcServer(processor, settings.extproc_host, settings.extproc_port)
+    traffic = TrafficBook(registry, Tally(settings.traffic_max_series))
+    metrics.watch_traffic(traffic.tally)
+    extproc = ExtProcServer(
+        processor,
+        settings.extproc_host,
+        settings.extproc_port,
+        access_log=AccessLogReader(traffic.record),
+    )
     await extproc.start()
 
     api = _ApiServer(
@@ -90,6 +100,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
                 namespace=settings.namespace,
                 public_url=settings.public_url,
                 metrics=metrics.exposition,
+                served=traffic.variants,
                 token=settings.api_token.get_secret_value() if settings.api_token else None,
             ),
             host=settings.api_host,

@@ -4,6 +4,8 @@ Events the engine reports as they happen (loads, failures, evictions) update
 histograms and counters here. Everything per request (requests per model,
 cache hits and misses) is counted by the engine in plain integers on its hot
 path and read only when Prometheus scrapes, as are copies and bytes per pod.
+What clients were served (per public name, variant, protocol and code, with the
+latency; gateway.core.traffic, from Envoy's access log) is read the same way.
 """
 
 from __future__ import annotations
@@ -11,10 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from gateway.core.placement import Placement
+from gateway.core.traffic import Tally
 
 _LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -51,6 +59,9 @@ class Metrics:
 
     def watch(self, placement: Placement) -> None:
         self.registry.register(_PlacementCollector(placement))
+
+    def watch_traffic(self, tally: Tally) -> None:
+        self.registry.register(_TrafficCollector(tally))
 
     def loaded(self, model_id: str, pod: str, seconds: float, queued_seconds: float) -> None:
         self._load_seconds.observe(seconds)
@@ -103,3 +114,31 @@ class _PlacementCollector(Collector):
         yield used
         yield capacity
         yield held
+
+
+class _TrafficCollector(Collector):
+    """mmgw_api_request_seconds: every request that named a model, as Envoy answered it."""
+
+    def __init__(self, tally: Tally) -> None:
+        self._tally = tally
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "mmgw_api_request_seconds",
+            "Inference requests as Envoy answered them, first byte in to last byte out, per "
+            "public name (InferenceService or Experiment), variant (the concrete model that "
+            "served it; empty: refused before a pod), protocol (grpc, rest) and code (gRPC "
+            "status name, or HTTP status)",
+            labels=["name", "variant", "protocol", "code"],
+        )
+        for labels, series in self._tally.series():
+            family.add_metric(
+                [labels.name, labels.variant, labels.protocol, labels.code],
+                [(_bound(bound), count) for bound, count in series.cumulative()],
+                series.seconds,
+            )
+        yield family
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)

@@ -139,6 +139,7 @@ SHARED_HCM_FIELDS = (
     "request_headers_timeout",
     "request_timeout",
     "stream_idle_timeout",
+    "access_log",
 )
 SHARED_POD_CLUSTER_FIELDS = (
     "connect_timeout",

@@ -4,6 +4,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.adapters.metrics import Metrics
 from gateway.core.placement import Placement, PlacementSettings
+from gateway.core.traffic import Labels, Tally
 
 from ..core.fakes import FakePod, FakePods, spec
 
@@ -46,3 +47,21 @@ async def test_the_exposition_tells_requests_hits_misses_loads_evictions_and_pod
     assert got[("mmgw_model_copies", (("model", "m1"),))] == 0
     assert got[("mmgw_pod_used_bytes", (("pod", "a"),))] == 10
     assert got[("mmgw_pod_capacity_bytes", (("pod", "b"),))] == 10
+
+
+def test_served_requests_are_a_histogram_per_name_variant_protocol_and_code() -> None:
+    metrics = Metrics()
+    tally = Tally()
+    metrics.watch_traffic(tally)
+    tally.add(Labels("mnist", "mnist__isvc-1", "rest", "200"), 0.002, ok=True)
+    tally.add(Labels("mnist", "mnist__isvc-1", "rest", "200"), 0.3, ok=True)
+    tally.add(Labels("mnist", "", "grpc", "NOT_FOUND"), 0.0001, ok=False)
+    got = samples(metrics)
+    ok = (("code", "200"), ("name", "mnist"), ("protocol", "rest"), ("variant", "mnist__isvc-1"))
+    assert got[("mmgw_api_request_seconds_count", ok)] == 2
+    assert abs(got[("mmgw_api_request_seconds_sum", ok)] - 0.302) < 1e-9
+    for le, count in (("0.001", 0), ("0.0025", 1), ("0.25", 1), ("0.5", 2), ("+Inf", 2)):
+        bucket = tuple(sorted((*ok, ("le", le))))
+        assert got[("mmgw_api_request_seconds_bucket", bucket)] == count, le
+    refused = (("code", "NOT_FOUND"), ("name", "mnist"), ("protocol", "grpc"), ("variant", ""))
+    assert got[("mmgw_api_request_seconds_count", refused)] == 1

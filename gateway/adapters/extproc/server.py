@@ -18,6 +18,10 @@ Two methods are served:
 - ``/grpc.health.v1.Health/Check``: SERVING for the whole server ("") and for
   the ExternalProcessor service, NOT_FOUND for any other name; Envoy's active
   health check of the ext_proc cluster asks it.
+- ``/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs``, when the
+  server is given an AccessLogReader: Envoy's access log, a long-lived stream
+  of batches of finished requests (gateway.adapters.extproc.accesslog); it is
+  answered only when Envoy ends it.
 
 Any other path gets UNIMPLEMENTED; a malformed message ends its stream with an
 error status, which Envoy turns into status_on_error.
@@ -34,6 +38,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf.message import DecodeError
 
 from gateway.adapters.extproc import h2
+from gateway.adapters.extproc.accesslog import STREAM_ACCESS_LOGS_PATH, AccessLogReader
 from gateway.adapters.extproc.processor import Answer, ExternalProcessor
 
 log = logging.getLogger(__name__)
@@ -73,9 +78,16 @@ def health_service(request: bytes) -> str:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, processor: ExternalProcessor, connections: set[_Connection]) -> None:
+    def __init__(
+        self,
+        processor: ExternalProcessor,
+        connections: set[_Connection],
+        access_log: AccessLogReader | None,
+    ) -> None:
         self._processor = processor
         self._connections = connections
+        self._access_log = access_log
+        self._logs: set[int] = set()  # streams of StreamAccessLogs
         self._transport: asyncio.Transport | None = None
         self._h2 = h2.Connection(self)
         self._health: set[int] = set()  # streams of Health/Check
@@ -110,6 +122,8 @@ class _Connection(asyncio.Protocol):
     def request(self, stream_id: int, path: bytes) -> None:
         if path == HEALTH_CHECK_PATH:
             self._health.add(stream_id)
+        elif path == STREAM_ACCESS_LOGS_PATH and self._access_log is not None:
+            self._logs.add(stream_id)
         elif path != PROCESS_PATH:
             self._h2.end(
                 stream_id, h2.GRPC_UNIMPLEMENTED, f"unknown method {path.decode(errors='replace')}"
@@ -118,6 +132,10 @@ class _Connection(asyncio.Protocol):
     def message(self, stream_id: int, message: bytes) -> None:
         if stream_id in self._health:
             self._health_check(stream_id, message)
+            return
+        if stream_id in self._logs:
+            assert self._access_log is not None
+            self._access_log.message(message)
             return
         try:
             request = pb.ProcessingRequest.FromString(message)
@@ -134,11 +152,15 @@ class _Connection(asyncio.Protocol):
     def input_ended(self, stream_id: int) -> None:
         """Envoy half-closed its side: end ours unless an answer is still coming."""
         self._health.discard(stream_id)
+        if stream_id in self._logs:  # StreamAccessLogsResponse, an empty message
+            self._logs.discard(stream_id)
+            self._h2.send(stream_id, b"")
         if stream_id not in self._later:
             self._h2.end(stream_id)
 
     def reset(self, stream_id: int) -> None:
         self._health.discard(stream_id)
+        self._logs.discard(stream_id)
         task = self._later.pop(stream_id, None)
         if task is not None:
             task.cancel()
@@ -184,10 +206,19 @@ class _Connection(asyncio.Protocol):
 
 
 class ExtProcServer:
-    """Listens on host:port and serves ExternalProcessor/Process with ``processor``."""
+    """Listens on host:port and serves ExternalProcessor/Process with ``processor`` (and
+    Envoy's access log with ``access_log``, when given)."""
 
-    def __init__(self, processor: ExternalProcessor, host: str, port: int) -> None:
+    def __init__(
+        self,
+        processor: ExternalProcessor,
+        host: str,
+        port: int,
+        *,
+        access_log: AccessLogReader | None = None,
+    ) -> None:
         self._processor = processor
+        self._access_log = access_log
         self._host, self._port = host, port
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
@@ -200,7 +231,9 @@ class ExtProcServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self._processor, self._connections), self._host, self._port
+            lambda: _Connection(self._processor, self._connections, self._access_log),
+            self._host,
+            self._port,
         )
 
     async def stop(self) -> None:
