@@ -29,6 +29,7 @@ import yaml
 
 from gateway.core.domain import LOAD_TIMEOUT_SECONDS
 from gateway.core.errors import GatewayError
+from gateway.core.protocol import CONCRETE_ID_SEPARATOR
 from gateway.kserve import documents as kserve_documents
 from gateway.kserve.resources import DEFAULT_NAMESPACE, parse_quantity
 from gateway.tools.launcher import Ports
@@ -382,8 +383,9 @@ def _age_of(item: dict[str, Any]) -> str:
 
 
 def experiment_table(items: list[dict[str, Any]]) -> str:
-    """Experiments: their candidates with weights (ready ones marked), default and age."""
-    rows = [["NAME", "READY", "CANDIDATES", "DEFAULT", "AGE"]]
+    """Experiments: their candidates with weights (ready ones marked), default, what each
+    candidate served (requests, and failed ones) and age."""
+    rows = [["NAME", "READY", "CANDIDATES", "DEFAULT", "SERVED", "AGE"]]
     for item in items:
         status = item.get("status", {})
         candidates = ",".join(
@@ -392,8 +394,36 @@ def experiment_table(items: list[dict[str, Any]]) -> str:
         )
         ready = status.get("conditions", [{}])[0].get("status", "")
         default = item.get("spec", {}).get("default") or "-"
-        rows.append([item["metadata"]["name"], ready, candidates, default, _age_of(item)])
+        rows.append(
+            [
+                item["metadata"]["name"],
+                ready,
+                candidates,
+                default,
+                served_summary(status.get("served", [])),
+                _age_of(item),
+            ]
+        )
     return table(rows)
+
+
+def served_summary(served: list[dict[str, Any]]) -> str:
+    """``status.served`` in a table cell: requests per InferenceService (a variant's name
+    without its hash), failed ones in brackets; "refused" for those no pod was asked."""
+    totals: dict[str, list[int]] = {}
+    for row in served:
+        variant = row.get("variant") or "refused"
+        owner = variant.rpartition(CONCRETE_ID_SEPARATOR)[0] or variant
+        total = totals.setdefault(owner, [0, 0])
+        total[0] += int(row.get("requests", 0))
+        total[1] += int(row.get("errors", 0))
+    return (
+        ",".join(
+            f"{owner}={requests}" + (f"({errors} failed)" if errors else "")
+            for owner, (requests, errors) in totals.items()
+        )
+        or "-"
+    )
 
 
 def runtime_table(items: list[dict[str, Any]]) -> str:

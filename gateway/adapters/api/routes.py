@@ -24,7 +24,7 @@ import asyncio
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.adapters.api import repository
 from gateway.adapters.api.status import render as render_status
+from gateway.adapters.api.status import served as served_status
 from gateway.control.records import Record
 from gateway.control.registry import Registry
 from gateway.core.errors import (
@@ -44,6 +45,7 @@ from gateway.core.errors import (
     Unavailable,
 )
 from gateway.core.placement import Placement
+from gateway.core.traffic import VariantTotals
 from gateway.kserve.documents import MAX_BYTES
 from gateway.kserve.experiments import API_VERSION as EXPERIMENT_API_VERSION
 from gateway.kserve.experiments import KIND as EXPERIMENT_KIND
@@ -125,8 +127,11 @@ def build_api(
     namespace: str,
     public_url: str = DEFAULT_PUBLIC_URL,
     metrics: Callable[[], bytes] | None = None,
+    served: Callable[[str], Mapping[str, VariantTotals]] | None = None,
     token: str | None = None,
 ) -> FastAPI:
+    """``served``: what a public name served, by variant (gateway.control.traffic), shown
+    in the statuses of InferenceServices and Experiments as ``status.served``."""
     app = FastAPI(title="ModelMesh Gateway management API", docs_url="/docs", redoc_url=None)
 
     if token is not None:
@@ -178,12 +183,20 @@ def build_api(
             .replace("+00:00", "Z")
         )
 
+    def served_by(name: str) -> dict[str, Any]:
+        """``status.served``, when ``name`` served any request."""
+        totals = served(name) if served is not None else {}
+        return {"served": served_status(totals)} if totals else {}
+
     def item(record: Record) -> dict[str, Any]:
         metadata = {**record.manifest["metadata"], "creationTimestamp": timestamp(record.created)}
         return {
             **record.manifest,
             "metadata": metadata,
-            "status": render_status(registry.view(record), public_url),
+            "status": {
+                **render_status(registry.view(record), public_url),
+                **served_by(record.name),
+            },
         }
 
     def applied(body: dict[str, Any], action: str) -> JSONResponse:
@@ -291,6 +304,7 @@ def build_api(
             "status": {
                 "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
                 "candidates": candidates,
+                **served_by(record.name),
             },
         }
 

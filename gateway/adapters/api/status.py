@@ -4,15 +4,19 @@ What ``kubectl get isvc -o yaml`` shows for ModelMesh: the Ready condition
 (with KServe's and ModelMesh's reasons), ``url``, ``runtime``, and
 ``modelStatus`` (active and target model states, the transition, copies, the
 last failure), and ``components.predictor`` (the revisions, which are concrete
-ids, and the traffic split between them during a canary).
+ids, and the traffic split between them during a canary). ``served`` is ours:
+what a public name served, per variant, since the gateway started (Envoy's
+access log; the same figures as mmgw_api_request_seconds).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from gateway.control.records import ServingView
 from gateway.core.domain import ModelState
+from gateway.core.traffic import VariantTotals
 from gateway.kserve.serving_runtimes import RUNTIME_UNHEALTHY
 
 
@@ -113,3 +117,17 @@ def _invalid(url: str, reason: str, message: str) -> dict[str, Any]:
             "lastFailureInfo": {"reason": reason, "message": message},
         },
     }
+
+
+def served(totals: Mapping[str, VariantTotals]) -> list[dict[str, Any]]:
+    """``status.served``: per variant (a concrete id; "" for requests refused before a pod),
+    its requests, the failed ones among them, and their mean latency."""
+    return [
+        {
+            "variant": variant,
+            "requests": total.requests,
+            "errors": total.errors,
+            "meanLatencyMs": round(total.mean_ms, 3),
+        }
+        for variant, total in totals.items()
+    ]
