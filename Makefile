@@ -52,6 +52,7 @@ bench: proto
 	$(BIN)/python -m benchmarks.gateway_overhead
 	@echo; $(BIN)/python -m benchmarks.cache_quality
 	@echo; $(BIN)/python -m benchmarks.scale
+	@echo; $(BIN)/python -m benchmarks.traffic_split
 	@echo; $(BIN)/python -m benchmarks.cold_start
 	@echo; $(BIN)/python -m benchmarks.load_queue
 	@command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server; }
