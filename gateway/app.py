@@ -27,6 +27,7 @@ from gateway.control.registry import Registry
 from gateway.control.replicas import FailureBook, PodPool, StoreCoordinator
 from gateway.control.router import Router
 from gateway.control.traffic import TrafficBook
+from gateway.core import logs
 from gateway.core.errors import StoreUnavailable
 from gateway.core.placement import Placement
 from gateway.core.traffic import Tally
@@ -82,8 +83,13 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
         miss_timeout=settings.placement.load_timeout + 10,
         shadow_clusters=settings.shadow_clusters,
     )
-    traffic = TrafficBook(registry, Tally(settings.traffic_max_series))
-    metrics.watch_traffic(traffic.tally)
+    traffic = TrafficBook(
+        registry,
+        placement,
+        Tally(settings.traffic_max_series),
+        Tally(settings.traffic_max_series, folded=1),
+    )
+    metrics.watch_traffic(traffic.tally, traffic.at_pods)
     extproc = ExtProcServer(
         processor,
         settings.extproc_host,
@@ -180,9 +186,7 @@ async def _reach_store(coordinator: StoreCoordinator, wait: float) -> None:
 
 def main(settings: GatewaySettings) -> None:
     """Run the gateway in the foreground; SIGTERM or SIGINT stops it cleanly."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
 
     async def run() -> None:
         stop = asyncio.Event()

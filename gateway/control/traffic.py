@@ -7,7 +7,9 @@ is counted under UNREGISTERED. The variant is the concrete id ext_proc chose (En
 mm-model-id after ext_proc overwrote it, and only for requests that reached a pod), so a
 client cannot make one up. A request whose name Envoy did not see (a native gRPC call
 naming its model in the body only, or by its concrete id) is counted under the
-InferenceService its variant belongs to.
+InferenceService its variant belongs to. A request's time at its pod is counted per
+name and pod (the pod as the placement table names it: a REST listener's address is
+its pod's).
 """
 
 from __future__ import annotations
@@ -15,15 +17,34 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.control.registry import Registry
+from gateway.core.placement import Placement
 from gateway.core.protocol import CONCRETE_ID_SEPARATOR
-from gateway.core.traffic import NO_VARIANT, UNREGISTERED, Labels, Served, Tally, VariantTotals
+from gateway.core.traffic import (
+    NO_VARIANT,
+    UNREGISTERED,
+    Labels,
+    PodLabels,
+    Served,
+    Tally,
+    VariantTotals,
+)
 
 
 class TrafficBook:
-    def __init__(self, registry: Registry, tally: Tally) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        placement: Placement,
+        tally: Tally,
+        at_pods: Tally | None = None,
+    ) -> None:
         self._registry = registry
         self._experiments = registry.experiments
-        self.tally = tally
+        self._placement = placement
+        self.tally = tally  # requests, by Labels
+        self.at_pods = at_pods if at_pods is not None else Tally(folded=1)  # by PodLabels
+        self._pods: dict[str, str] = {}  # address Envoy reached (gRPC or REST) -> pod
+        self._pods_at = -1  # the placement generation _pods is of
 
     def record(self, served: Served) -> None:
         name = served.name
@@ -41,6 +62,19 @@ class TrafficBook:
             served.seconds,
             served.ok,
         )
+        if served.pod is not None and served.pod_seconds is not None:
+            self.at_pods.add(PodLabels(name, self._pod(served.pod)), served.pod_seconds)
+
+    def _pod(self, address: str) -> str:
+        generation = self._placement.generation
+        if generation != self._pods_at:
+            self._pods = {}
+            for pod, rest in self._placement.endpoints():
+                self._pods[pod] = pod
+                if rest:
+                    self._pods[rest] = pod
+            self._pods_at = generation
+        return self._pods.get(address, address)
 
     def variants(self, name: str) -> Mapping[str, VariantTotals]:
         """What ``name`` (an InferenceService or an Experiment) served, by variant."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # Request latency buckets, in seconds: from a fast hit (0.5 ms) to the longest request
 # Envoy lets through (120 s: a load waited for, then predict).
@@ -56,14 +57,24 @@ class Served:
     code: str  # gRPC status name (gRPC) or HTTP status (REST)
     seconds: float  # first byte in to last byte out
     ok: bool  # the code is a success (gRPC OK, HTTP 2xx)
+    pod: str | None = None  # the pod's address as Envoy reached it; None: no pod answered
+    pod_seconds: float | None = None  # first byte to the pod to last byte from it
 
 
-@dataclass(frozen=True, slots=True)
-class Labels:
+class Labels(NamedTuple):
+    """A served request's labels (mmgw_api_request_seconds)."""
+
     name: str
     variant: str
     protocol: str
     code: str
+
+
+class PodLabels(NamedTuple):
+    """The labels of a request's time at its pod (mmgw_invoke_model_seconds)."""
+
+    name: str
+    pod: str
 
 
 @dataclass(slots=True)
@@ -99,15 +110,19 @@ class VariantTotals:
 
 
 class Tally:
-    def __init__(self, max_series: int = 10_000) -> None:
-        self._max_series = max_series
-        self._series: dict[Labels, Series] = {}
+    """Series by label tuple. Past ``max_series`` label sets, a new one is counted with its
+    first ``folded`` labels (the ones a client's traffic can vary) as OTHER."""
 
-    def add(self, labels: Labels, seconds: float, ok: bool) -> None:
+    def __init__(self, max_series: int = 10_000, *, folded: int = 2) -> None:
+        self._max_series = max_series
+        self._folded = folded
+        self._series: dict[tuple[str, ...], Series] = {}
+
+    def add(self, labels: tuple[str, ...], seconds: float, ok: bool = True) -> None:
         series = self._series.get(labels)
         if series is None:
             if len(self._series) >= self._max_series:
-                labels = Labels(OTHER, OTHER, labels.protocol, labels.code)
+                labels = (OTHER,) * self._folded + labels[self._folded :]
                 series = self._series.get(labels)
             if series is None:
                 series = self._series[labels] = Series(ok=ok)
@@ -118,17 +133,17 @@ class Tally:
     def __len__(self) -> int:
         return len(self._series)
 
-    def series(self) -> Iterator[tuple[Labels, Series]]:
-        return iter(sorted(self._series.items(), key=lambda item: _order(item[0])))
+    def series(self) -> Iterator[tuple[tuple[str, ...], Series]]:
+        return iter(sorted(self._series.items()))
 
     def variants(self, name: str) -> Mapping[str, VariantTotals]:
-        """The requests for ``name`` by the variant that served them (NO_VARIANT: refused
+        """For a tally of Labels: the requests for ``name`` by the variant that served them (NO_VARIANT: refused
         before a pod was reached), over every protocol and code."""
         totals: dict[str, list[float]] = {}
         for labels, series in self._series.items():
-            if labels.name != name:
+            if labels[0] != name:
                 continue
-            row = totals.setdefault(labels.variant, [0, 0, 0.0])
+            row = totals.setdefault(labels[1], [0, 0, 0.0])
             row[0] += series.count
             row[1] += 0 if series.ok else series.count
             row[2] += series.seconds
@@ -136,7 +151,3 @@ class Tally:
             variant: VariantTotals(int(requests), int(errors), seconds)
             for variant, (requests, errors, seconds) in sorted(totals.items())
         }
-
-
-def _order(labels: Labels) -> tuple[str, str, str, str]:
-    return (labels.name, labels.variant, labels.protocol, labels.code)

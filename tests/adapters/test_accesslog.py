@@ -91,6 +91,18 @@ def test_grpc_is_named_by_its_header_and_coded_by_its_grpc_status() -> None:
     assert served(odd).code == "UNKNOWN"  # type: ignore[union-attr]
 
 
+def test_the_time_at_the_pod_and_its_address_come_from_the_upstream_timings() -> None:
+    e = entry("/v2/models/mnist/infer", request_headers={"mm-model-id": VARIANT})
+    e.common_properties.upstream_remote_address.socket_address.address = "127.0.0.1"
+    e.common_properties.upstream_remote_address.socket_address.port_value = 9111
+    e.common_properties.time_to_first_upstream_tx_byte.FromMicroseconds(300)
+    e.common_properties.time_to_last_upstream_rx_byte.FromMicroseconds(2100)
+    got = served(e)
+    assert got is not None and got.pod == "127.0.0.1:9111"
+    assert got.pod_seconds is not None and abs(got.pod_seconds - 0.0018) < 1e-9
+    assert served(entry("/v2/models/mnist/infer")).pod is None  # type: ignore[union-attr]
+
+
 def test_a_refused_request_keeps_no_variant_of_the_clients() -> None:
     """ext_proc overwrites mm-model-id only on requests it lets through: a refused one
     (no upstream cluster) logs the client's own value, which must never become a label."""

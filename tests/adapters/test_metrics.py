@@ -39,9 +39,10 @@ async def test_the_exposition_tells_requests_hits_misses_loads_evictions_and_pod
     assert got[("mmgw_requests_total", (("model", "m2"),))] == 1
     assert got[("mmgw_cache_hits_total", ())] == 1
     assert got[("mmgw_cache_misses_total", ())] == 2
-    assert got[("mmgw_model_load_seconds_count", ())] == 2
-    assert got[("mmgw_model_load_queue_seconds_count", ())] == 2
-    assert got[("mmgw_model_load_failures_total", (("pod", "b"),))] == 2
+    assert got[("mmgw_model_load_seconds_count", (("pod", "a"),))] == 2
+    assert got[("mmgw_model_load_queue_seconds_count", (("pod", "a"),))] == 2
+    assert got[("mmgw_model_load_failures_total", (("model", "m1"), ("pod", "b")))] == 1
+    assert got[("mmgw_model_load_failures_total", (("model", "m2"), ("pod", "b")))] == 1
     assert got[("mmgw_model_evictions_total", (("reason", "room"),))] == 1
     assert got[("mmgw_model_copies", (("model", "m2"),))] == 1
     assert got[("mmgw_model_copies", (("model", "m1"),))] == 0
@@ -65,3 +66,42 @@ def test_served_requests_are_a_histogram_per_name_variant_protocol_and_code() ->
         assert got[("mmgw_api_request_seconds_bucket", bucket)] == count, le
     refused = (("code", "NOT_FOUND"), ("name", "mnist"), ("protocol", "grpc"), ("variant", ""))
     assert got[("mmgw_api_request_seconds_count", refused)] == 1
+
+
+async def test_modelmesh_s_cache_metrics_have_their_counterparts() -> None:
+    """Miss delay, model size, age at eviction, loaded and managed models, LRU age and
+    load queue per pod, time at the pod (ModelMesh's names in the module's docstring)."""
+    metrics = Metrics()
+    clock = [1000.0]
+    pods = FakePods(a=FakePod(capacity=10))
+    placement = Placement(
+        pods,
+        PlacementSettings(churn_guard=0, recent_use_guard=0),
+        events=metrics,
+        clock=lambda: clock[0],
+    )
+    metrics.watch(placement)
+    at_pods = Tally(folded=1)
+    metrics.watch_traffic(Tally(), at_pods)
+    placement.add_pod("a")
+    await placement.check_pods()
+    for m in ("m1", "m2", "m3"):
+        placement.register(spec(m))
+    await placement.ensure_loaded("m1")  # a miss
+    clock[0] += 30
+    await placement.ensure_loaded("m2")  # evicts m1, idle for 30 s
+    at_pods.add(("mnist", "a"), 0.004)
+    got = samples(metrics)
+    assert got[("mmgw_cache_miss_seconds_count", ())] == 2
+    assert got[("mmgw_loaded_model_size_bytes_count", ())] == 2
+    assert got[("mmgw_age_at_eviction_seconds_count", ())] == 1
+    assert got[("mmgw_age_at_eviction_seconds_bucket", (("le", "15.0"),))] == 0
+    assert got[("mmgw_age_at_eviction_seconds_bucket", (("le", "60.0"),))] == 1
+    assert got[("mmgw_models_loaded", ())] == 1
+    assert got[("mmgw_models_managed", ())] == 3
+    clock[0] += 7
+    got = samples(metrics)
+    assert got[("mmgw_pod_lru_age_seconds", (("pod", "a"),))] == 7
+    assert got[("mmgw_pod_load_queue_depth", (("pod", "a"),))] == 0
+    assert got[("mmgw_model_load_seconds_count", (("pod", "a"),))] == 2
+    assert got[("mmgw_invoke_model_seconds_count", (("name", "mnist"), ("pod", "a")))] == 1

@@ -368,14 +368,19 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, ...]] = []
 
-    def loaded(self, model_id: str, pod: str, seconds: float, queued_seconds: float) -> None:
+    def loaded(
+        self, model_id: str, pod: str, seconds: float, queued_seconds: float, size: int
+    ) -> None:
         self.events.append(("loaded", model_id, pod))
 
     def load_failed(self, model_id: str, pod: str, reason: str) -> None:
         self.events.append(("failed", model_id, pod))
 
-    def evicted(self, model_id: str, pod: str, reason: str) -> None:
+    def evicted(self, model_id: str, pod: str, reason: str, idle_seconds: float) -> None:
         self.events.append(("evicted", model_id, pod, reason))
+
+    def waited(self, model_id: str, seconds: float) -> None:
+        self.events.append(("waited", model_id))
 
 
 async def test_a_load_a_request_waits_for_goes_before_proactive_ones() -> None:

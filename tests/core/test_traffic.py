@@ -29,7 +29,7 @@ def test_label_sets_past_the_bound_are_counted_under_other() -> None:
         tally.add(labels(variant=f"m__isvc-{i}"), 0.01, ok=True)
     tally.add(labels(variant="m__isvc-0"), 0.01, ok=True)  # a known set keeps its own series
     assert len(tally) == 4  # three, and the one "(other)" set of this protocol and code
-    got = {(k.name, k.variant): s.count for k, s in tally.series()}
+    got = {(k[0], k[1]): s.count for k, s in tally.series()}
     assert got == {
         ("m", "m__isvc-0"): 2,
         ("m", "m__isvc-1"): 1,

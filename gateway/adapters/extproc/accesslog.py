@@ -15,7 +15,8 @@ What Envoy logs, and how it is read:
   router (``upstream_cluster``), so a refused request's own header is never taken;
 - the code: gRPC's grpc-status (trailers, or headers for a trailers-only answer) by
   name; for REST the HTTP status ("0" when the client went away before an answer);
-- the latency: first byte in to last byte out.
+- the latency: first byte in to last byte out; the time at the pod: first byte sent
+  to it to last byte back, and the pod's address (the last try's, after a retry).
 """
 
 from __future__ import annotations
@@ -76,7 +77,26 @@ def served(entry: accesslog_pb2.HTTPAccessLogEntry) -> Served | None:
         if common.HasField("time_to_last_downstream_tx_byte")
         else common.duration
     )
-    return Served(name or None, variant or None, kind, code, elapsed.ToNanoseconds() / 1e9, ok)
+    pod = pod_seconds = None
+    if common.HasField("time_to_last_upstream_rx_byte") and common.HasField(
+        "time_to_first_upstream_tx_byte"
+    ):
+        address = common.upstream_remote_address.socket_address
+        pod = f"{address.address}:{address.port_value}" if address.address else None
+        pod_seconds = (
+            common.time_to_last_upstream_rx_byte.ToNanoseconds()
+            - common.time_to_first_upstream_tx_byte.ToNanoseconds()
+        ) / 1e9
+    return Served(
+        name or None,
+        variant or None,
+        kind,
+        code,
+        elapsed.ToNanoseconds() / 1e9,
+        ok,
+        pod,
+        pod_seconds,
+    )
 
 
 def _grpc_code(grpc_status: str | None, http_status: int) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.core.domain import CopyState, ModelSpec, ModelState, ModelStatus
@@ -49,9 +50,20 @@ __all__ = [
     "PlacementEvents",
     "PlacementSettings",
     "PodClient",
+    "PodGauges",
     "PodStatus",
     "Solo",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class PodGauges:
+    capacity: int  # bytes of model memory
+    used: int  # bytes of its copies
+    copies: int
+    lru_age: float  # seconds since its least recently used copy served (0: no copies)
+    loads_running: int
+    loads_waiting: int
 
 
 class Placement:
@@ -225,8 +237,22 @@ class Placement:
         self._table.settle()
         return {model_id: m.requests for model_id, m in self._table.models.items()}
 
-    def pod_usage(self) -> dict[str, tuple[int, int, int]]:
-        """Per pod: (capacity, used bytes, copies)."""
+    def pod_gauges(self) -> dict[str, PodGauges]:
+        """Per pod, what Prometheus reads: use, the LRU age, the load queue."""
+        now = self._table.clock()
         return {
-            p.pod: (p.capacity, p.view().used, len(p.copies)) for p in self._table.pods.values()
+            p.pod: PodGauges(
+                p.capacity,
+                p.view().used,
+                len(p.copies),
+                now - min((c.last_used for c in p.copies.values()), default=now),
+                p.queue.running,
+                p.queue.waiting,
+            )
+            for p in self._table.pods.values()
         }
+
+    def model_counts(self) -> tuple[int, int]:
+        """(models with a loaded copy, models registered): ModelMesh's loaded and managed."""
+        models = self._table.models.values()
+        return sum(1 for m in models if m.loaded()), len(models)

@@ -80,6 +80,7 @@ class Loader:
         if address is not None:
             return address
         model = self._table.model(model_id)
+        missed_at = self._table.clock()
         if urgent:
             self._table.misses += 1
         if model.loading is None:
@@ -94,6 +95,7 @@ class Loader:
         entry = model.copies.get(holder)
         if urgent and entry is not None:
             self._table.count_now(model, entry)
+            self._events.waited(model_id, self._table.clock() - missed_at)
         return self._pods[holder].address
 
     def _any_copy(self, model_id: str) -> str | None:
@@ -306,7 +308,7 @@ class Loader:
                     victim.size,
                 )
                 self._table.drop(pod, victim.model_id)
-                self._events.evicted(victim.model_id, pod.pod, "room")
+                self._events.evicted(victim.model_id, pod.pod, "room", idle)
                 await self.unload_quietly(pod, victim.model_id)
             reason = (
                 "it has room, most free space"
@@ -352,7 +354,7 @@ class Loader:
             )
             entry.demand = self._table.demand(model, now)
             model.ever_loaded, model.size = True, entry.size
-            self._events.loaded(spec.model_id, pod.pod, seconds, queued)
+            self._events.loaded(spec.model_id, pod.pod, seconds, queued, entry.size)
             log.info(
                 "loaded %s on pod %s in %.0f ms (%d bytes, %d expected)",
                 spec.model_id,
@@ -377,7 +379,9 @@ class Loader:
                 pod.pod,
             )
             self._table.drop(pod, victim.model_id)
-            self._events.evicted(victim.model_id, pod.pod, "room")
+            self._events.evicted(
+                victim.model_id, pod.pod, "room", self._table.clock() - victim.last_used
+            )
             await self.unload_quietly(pod, victim.model_id)
 
     async def unload_quietly(self, pod: PodRecord, model_id: str) -> None:

@@ -273,9 +273,10 @@ class Table:
     def lose_copies(self, pod: PodRecord) -> None:
         """The pod is gone or unhealthy: none of its copies can serve."""
         pod.healthy = False
-        for model_id in list(pod.copies):
+        now = self.clock()
+        for model_id, copy in list(pod.copies.items()):
             self.drop(pod, model_id)
-            self.events.evicted(model_id, pod.pod, "pod lost")
+            self.events.evicted(model_id, pod.pod, "pod lost", now - copy.last_used)
 
     # -- what evictions and placements read -----------------------------------
 
