@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.control.records import RegistrySettings
+from gateway.core.logs import LogFormat
 from gateway.core.placement import PlacementSettings
 from gateway.core.protocol import SHADOW_CLUSTERS
 from gateway.kserve.resources import DEFAULT_NAMESPACE, DEFAULT_PUBLIC_URL
@@ -56,6 +57,7 @@ class GatewaySettings(BaseSettings):
     placement: PlacementSettings = PlacementSettings()
     registry: RegistrySettings = RegistrySettings()
     log_level: str = "INFO"
+    log_format: LogFormat = "text"  # or "json": one object per line (gateway.core.logs)
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @model_validator(mode="after")

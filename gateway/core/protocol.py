@@ -43,6 +43,11 @@ PER_TRY_TIMEOUT_HEADER = "x-envoy-upstream-rq-per-try-timeout-ms"
 REST_FORM_HEADER = "x-mmgw-form"
 REST_FORM_OIP = "oip"
 
+# The request's id: Envoy keeps a client's own or makes one (envoy.yaml's
+# preserve_external_request_id), passes it to ext_proc and the pod, and returns it in the
+# answer. The gateway's and the pods' log lines for a request name it.
+REQUEST_ID_HEADER = "x-request-id"
+
 # ModelMesh's model-id headers. A native gRPC client may send either; the
 # gateway always sets MODEL_ID_HEADER to the concrete id on the way to a pod,
 # and the pod serves the model that header names.

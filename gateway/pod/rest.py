@@ -34,8 +34,9 @@ import grpc
 import httptools
 
 import gateway
+from gateway.core import logs
 from gateway.core.errors import GatewayError, InvalidInput, UnknownRoute
-from gateway.core.protocol import MODEL_ID_HEADER, MODEL_VERSION
+from gateway.core.protocol import MODEL_ID_HEADER, MODEL_VERSION, REQUEST_ID_HEADER
 
 from . import offload, oip
 from .model import decode_for
@@ -129,8 +130,27 @@ class OipApp:
             return Reply.error(404, exc.message)
         except Exception as exc:
             code, details = grpc_status(exc)
+            request_id = request.headers.get(REQUEST_ID_HEADER, "-")[:128]
+            url = request.url.decode("latin-1")[:256]
             if code is grpc.StatusCode.INTERNAL and not isinstance(exc, GatewayError):
-                log.error("%s %s failed", request.method, request.url.decode(), exc_info=True)
+                log.error(
+                    "request %s: %s %s failed",
+                    request_id,
+                    request.method,
+                    url,
+                    exc_info=True,
+                    extra=logs.for_request(request_id),
+                )
+            else:
+                log.info(
+                    "request %s: %s %s: %s: %s",
+                    request_id,
+                    request.method,
+                    url,
+                    code.name,
+                    details,
+                    extra=logs.for_request(request_id),
+                )
             return Reply.error(HTTP_STATUS.get(code, 500), details)
 
     async def _route(self, request: Request) -> Reply:

@@ -28,6 +28,7 @@ from pathlib import Path
 import grpc
 
 from gateway._proto import model_runtime_pb2_grpc as rt_grpc
+from gateway.core import logs
 from gateway.store import open_store
 
 from . import profile
@@ -214,6 +215,7 @@ async def serve(settings: PodSettings, *, ready: asyncio.Event | None = None) ->
 
 def main(settings: PodSettings) -> None:
     """Run a pod in this process until SIGTERM or SIGINT."""
+    logs.configure(settings.log_level, settings.log_format)
     asyncio.run(_serve_until_signal(settings))
 
 

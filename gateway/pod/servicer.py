@@ -53,6 +53,7 @@ from gateway._proto import grpc_predict_v2_pb2 as v2
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway._proto import model_runtime_pb2 as rt
 from gateway._proto import model_runtime_pb2_grpc as rt_grpc
+from gateway.core import logs
 from gateway.core.errors import (
     GatewayError,
     InvalidInput,
@@ -68,7 +69,7 @@ from gateway.core.errors import (
     Unavailable,
     UnknownRoute,
 )
-from gateway.core.protocol import MODEL_ID_HEADER
+from gateway.core.protocol import MODEL_ID_HEADER, REQUEST_ID_HEADER
 from gateway.kserve.locations import S3Location
 from gateway.kserve.storage import StorageRoots
 
@@ -191,14 +192,36 @@ def _rpc(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
             return await method(self, request, context)
         except Exception as exc:
             code, details = grpc_status(exc)
+            request_id = _request_id(context)
             if code is grpc.StatusCode.INTERNAL and not isinstance(exc, GatewayError):
-                log.error("%s failed", method.__name__, exc_info=True)
-            elif log.isEnabledFor(logging.DEBUG):
-                log.debug("%s: %s %s", method.__name__, code.name, details)
+                log.error(
+                    "request %s: %s failed",
+                    request_id,
+                    method.__name__,
+                    exc_info=True,
+                    extra=logs.for_request(request_id),
+                )
+            else:
+                log.info(
+                    "request %s: %s %s: %s",
+                    request_id,
+                    method.__name__,
+                    code.name,
+                    details,
+                    extra=logs.for_request(request_id),
+                )
             await context.abort(code, details)
             raise  # unreachable: abort raises
 
     return handler
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    """The call's x-request-id (Envoy sets one on every request), for log lines."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str):
+            return value[:128]
+    return "-"
 
 
 def _model_id(context: grpc.aio.ServicerContext, name: str) -> str:

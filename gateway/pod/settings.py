@@ -48,6 +48,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.core.domain import LOAD_TIMEOUT_SECONDS, SIZE_MULTIPLIER
+from gateway.core.logs import LogFormat
 from gateway.kserve.storage import load_storage_config
 
 from .runtimes import BUILTIN_RUNTIMES, RuntimeRef
@@ -78,6 +79,8 @@ class PodSettings(BaseSettings):
     runtime_name: str = ""
     storage_config: dict[str, dict[str, str]] = Field(default_factory=dict)
     model_cache: Path | None = None
+    log_level: str = "INFO"
+    log_format: LogFormat = "text"  # or "json": one object per line (gateway.core.logs)
 
     @field_validator("storage_config", mode="before")
     @classmethod

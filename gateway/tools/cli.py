@@ -498,6 +498,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "envoy_eds_dir": args.envoy_eds_dir,
         "namespace": args.namespace,
         "log_level": args.log_level,
+        "log_format": args.log_format,
         "storage_config": args.storage_config,
     }
     app.main(_settings(GatewaySettings, given))
@@ -525,6 +526,8 @@ def cmd_pod(args: argparse.Namespace) -> int:
         "runtime_name": args.runtime_name,
         "storage_config": args.storage_config,
         "model_cache": args.model_cache,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
     }
     server.main(_settings(server.PodSettings, given))
     return 0
@@ -546,6 +549,7 @@ def cmd_envoy(args: argparse.Namespace) -> int:
             rest_pods=tuple(args.rest_pods),
             api=args.api,
             eds_dir=args.eds_dir,
+            access_log=args.access_log,
         )
     )
     path = envoy_config.write(config, args.data_dir / "envoy.yaml")
@@ -656,6 +660,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--namespace")
     p.add_argument("--log-level")
+    p.add_argument(
+        "--log-format", choices=("text", "json"), help="json: one object per line (default text)"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("pod", help="run one runtime pod")
@@ -731,6 +738,10 @@ def parser() -> argparse.ArgumentParser:
         help="the pod's own folder for downloaded models, emptied at start and stop "
         "(default: a temporary folder)",
     )
+    p.add_argument("--log-level", help="default INFO")
+    p.add_argument(
+        "--log-format", choices=("text", "json"), help="json: one object per line (default text)"
+    )
     p.set_defaults(func=cmd_pod)
 
     p = sub.add_parser("envoy", help="run Envoy with envoy/envoy.yaml rendered for these ports")
@@ -759,6 +770,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="read the pods' endpoints from the EDS files the gateway writes there (mmgw serve "
         "--envoy-eds-dir): pods that register later are routable; default: --pods, fixed",
+    )
+    p.add_argument(
+        "--access-log",
+        metavar="PATH",
+        help="write a JSON line per request (request id, model, variant, pod, status, "
+        "durations) to PATH, or to stdout with -; default: none",
     )
     p.add_argument(
         "--api",

@@ -58,6 +58,34 @@ class EnvoyPorts:
     # The folder of the pods' EDS files (gateway.adapters.eds): the two pod clusters read
     # their endpoints there, kept current by the gateway; None: ``pods``/``rest_pods`` fixed.
     eds_dir: Path | None = None
+    # Envoy's own access log, a JSON line per request (ACCESS_LOG_FORMAT): "-" for
+    # stdout, else a file's path; None: none (the gateway still gets every request's entry).
+    access_log: str | None = None
+
+
+# The fields of Envoy's JSON access log (mmgw envoy --access-log): one line per request.
+ACCESS_LOG_FORMAT: dict[str, str] = {
+    "time": "%START_TIME%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "vmodel": "%REQ(MM-VMODEL-ID)%",
+    "variant": "%REQ(MM-MODEL-ID)%",
+    "pod": "%UPSTREAM_HOST%",
+    "status": "%RESPONSE_CODE%",
+    "grpc_status": "%GRPC_STATUS%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "flags": "%RESPONSE_FLAGS%",
+    "duration_ms": "%DURATION%",
+    "pod_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+    "bytes_in": "%BYTES_RECEIVED%",
+    "bytes_out": "%BYTES_SENT%",
+    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "traceparent": "%REQ(TRACEPARENT)%",
+}
 
 
 def _find(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -177,10 +205,33 @@ def render(
             _watch_endpoints(cluster, name, ports.eds_dir)
             config["node"] = {"id": "mmgw-envoy", "cluster": "mmgw"}  # xDS, files too, need one
     source.cluster(API_CLUSTER).update(_members(API_CLUSTER, (ports.api,)))
+    if ports.access_log is not None:
+        source.hcm.setdefault("access_log", []).append(_json_access_log(ports.access_log))
 
     if static_upstream is not None:
         _make_static(source, static_upstream, static_rest_upstream)
     return config
+
+
+def _json_access_log(where: str) -> dict[str, Any]:
+    """Envoy's access logger writing ACCESS_LOG_FORMAT to stdout ("-") or a file."""
+    log_format = {"json_format": ACCESS_LOG_FORMAT}
+    if where == "-":
+        return {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                "log_format": log_format,
+            },
+        }
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(Path(where).resolve()),
+            "log_format": log_format,
+        },
+    }
 
 
 def _watch_endpoints(cluster: dict[str, Any], name: str, folder: Path) -> None:
@@ -227,6 +278,7 @@ def _make_static(source: FilterConfig, upstream: str, rest_upstream: str | None)
     form in x-mmgw-form itself."""
     dropped = (EXT_PROC, LUA)
     source.hcm["http_filters"] = [f for f in source.http_filters if f["name"] not in dropped]
+    source.hcm.pop("access_log", None)  # it reports to the gateway, which is not there
     for route in source.routes:
         for name in dropped:
             route.get("typed_per_filter_config", {}).pop(name, None)

@@ -128,6 +128,8 @@ class Deployment:
     own_pods: bool = True  # False: another Deployment's pods (a second gateway replica on one etcd)
     # Pods whose start is not waited for: pods of a ServingRuntime not applied yet wait for it.
     later_pods: frozenset[int] = frozenset()
+    # Envoy's JSON access log, a line per request, in <data_dir>/logs/access.log
+    envoy_access_log: bool = True
     processes: list[Process] = field(default_factory=list)
 
     @property
@@ -236,6 +238,10 @@ class Deployment:
         """Envoy's pod endpoint files: the launched pods at first, then what the gateway knows."""
         return self.data_dir / "eds"
 
+    @property
+    def access_log_path(self) -> Path:
+        return self.data_dir / "logs" / "access.log"
+
     def start_envoy(self, static_upstream: str | None = None) -> Process:
         if static_upstream is None:
             # Unless the gateway wrote them already, Envoy starts with the pods this deployment
@@ -255,6 +261,7 @@ class Deployment:
                 rest_pods=self.ports.pod_rest_addresses,
                 api=f"127.0.0.1:{self.ports.api}",
                 eds_dir=None if static_upstream is not None else self.eds_dir,
+                access_log=str(self.access_log_path) if self.envoy_access_log else None,
             ),
             static_upstream=static_upstream,
         )

@@ -140,6 +140,8 @@ SHARED_HCM_FIELDS = (
     "request_timeout",
     "stream_idle_timeout",
     "access_log",
+    "preserve_external_request_id",
+    "always_set_request_id_in_response",
 )
 SHARED_POD_CLUSTER_FIELDS = (
     "connect_timeout",

@@ -31,7 +31,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2
 
 from gateway.control.router import Miss, Route, Router
-from gateway.core import protocol, route_key
+from gateway.core import logs, protocol, route_key
 from gateway.core.errors import (
     GatewayError,
     InvalidInput,
@@ -137,36 +137,48 @@ class ExternalProcessor:
                 log.warning("ext_proc: unexpected %s message", kind)
                 return PartialAnswer(_passthrough(kind))
         except UnknownRoute as exc:
-            return self._reject(exc, grpc_call=exc.grpc)
+            return self._reject(exc, request, grpc_call=exc.grpc)
         except InvalidInput as exc:  # only a gRPC call's headers or body can be malformed
-            return self._reject(exc, grpc_call=True)
+            return self._reject(exc, request, grpc_call=True)
         assert isinstance(key, RouteKey)
         try:
             found = self._router.hit(key)
         except Exception as exc:
-            return self._reject(exc, grpc_call=key.grpc)
+            return self._reject(exc, request, grpc_call=key.grpc)
         # The hot path: a Route served before (a Miss is never in the memo).
         memo = self._for_body if in_body else self._for_oip if key.oip else self._for_headers
         answer = memo.get(found)
         if answer is None:
             if isinstance(found, Miss):
-                return self._load_then_forward(found, key, memo, in_body)
+                return self._load_then_forward(found, key, memo, in_body, request)
             try:
                 answer = self._forward(found, key, memo, in_body)
             except Exception as exc:
-                return self._reject(exc, grpc_call=key.grpc)
+                return self._reject(exc, request, grpc_call=key.grpc)
         if self._router.shadows and isinstance(found, Route):  # a mirror may want a copy
             return self._with_shadow(found, key, in_body) or answer
         return answer
 
     async def _load_then_forward(
-        self, miss: Miss, key: RouteKey, memo: dict[Route | Miss, Answer], in_body: bool
+        self,
+        miss: Miss,
+        key: RouteKey,
+        memo: dict[Route | Miss, Answer],
+        in_body: bool,
+        request: pb.ProcessingRequest,
     ) -> Answer:
+        request_id = _request_id(request)
+        log.info(
+            "request %s: model %s is not loaded: it waits for the load",
+            request_id,
+            miss.model_id,
+            extra=logs.for_request(request_id),
+        )
         try:
             route = await self._router.load(miss)
             return memo.get(route) or self._forward(route, key, memo, in_body)
         except Exception as exc:
-            return self._reject(exc, grpc_call=key.grpc)
+            return self._reject(exc, request, grpc_call=key.grpc)
 
     def _forward(
         self, route: Route, key: RouteKey, memo: dict[Route | Miss, Answer], in_body: bool
@@ -203,14 +215,43 @@ class ExternalProcessor:
         copy = (cluster, copy_to, shadow.model_id or "")
         return Answer(_forward_response(route, upstream, in_body, copy))
 
-    def _reject(self, error: BaseException, *, grpc_call: bool) -> Answer:
+    def _reject(
+        self, error: BaseException, request: pb.ProcessingRequest, *, grpc_call: bool
+    ) -> Answer:
         http, code = status_for(error)
         if isinstance(error, GatewayError):
             message = error.message
+            # the client's mistakes only when asked for; what the gateway could not do, always
+            level = logging.DEBUG if http < 500 else logging.WARNING
+            if log.isEnabledFor(level):
+                request_id = _request_id(request)
+                log.log(
+                    level,
+                    "request %s: %s %s",
+                    request_id,
+                    code.name,
+                    message,
+                    extra=logs.for_request(request_id),
+                )
         else:
-            log.error("ext_proc: unexpected error", exc_info=error)
+            request_id = _request_id(request)
+            log.error(
+                "request %s: unexpected error",
+                request_id,
+                exc_info=error,
+                extra=logs.for_request(request_id),
+            )
             message = "internal error in the gateway"
         return Answer(_immediate(http, code, message, grpc_call).SerializeToString())
+
+
+def _request_id(request: pb.ProcessingRequest) -> str:
+    """The request's x-request-id (Envoy sends it with the headers; "-" for a body message)."""
+    if request.WhichOneof("request") == "request_headers":
+        for header in request.request_headers.headers.headers:
+            if header.key == protocol.REQUEST_ID_HEADER:
+                return (header.raw_value.decode(errors="replace") or header.value)[:128]
+    return "-"
 
 
 def _set(key: str, value: str) -> base_pb2.HeaderValueOption:
