@@ -23,6 +23,7 @@ from gateway.adapters.extproc.processor import ExternalProcessor
 from gateway.adapters.extproc.server import ExtProcServer
 from gateway.adapters.metrics import Metrics
 from gateway.adapters.podclient import GrpcPodClient
+from gateway.control.events import EventBook, EventFanout
 from gateway.control.registry import Registry
 from gateway.control.replicas import FailureBook, PodPool, StoreCoordinator
 from gateway.control.router import Router
@@ -54,7 +55,13 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
     await _reach_store(coordinator, settings.store_wait_seconds)
     pods = GrpcPodClient()
     metrics = Metrics()
-    placement = Placement(pods, settings.placement, events=metrics, coordinator=coordinator)
+    events = EventBook()
+    placement = Placement(
+        pods,
+        settings.placement,
+        events=EventFanout([metrics, events]),
+        coordinator=coordinator,
+    )
     metrics.watch(placement)
     pool = PodPool(store, placement)
     failures = FailureBook(store, placement)
@@ -107,6 +114,7 @@ async def serve(settings: GatewaySettings, *, stop: asyncio.Event | None = None)
                 public_url=settings.public_url,
                 metrics=metrics.exposition,
                 served=traffic.variants,
+                events=events.of,
                 token=settings.api_token.get_secret_value() if settings.api_token else None,
             ),
             host=settings.api_host,
