@@ -1,62 +1,54 @@
 """mmgw: run the gateway's processes and manage its resources, kubectl-style.
 
 mmgw demo                          Envoy + gateway + 3 pods + the sample model
-mmgw apply -f FILE                 create or update InferenceServices, (Cluster)ServingRuntimes,
-                                   Experiments
-mmgw get isvc|sr|csr|experiments [NAME]   list resources
+mmgw apply -f FILE|DIR|- [-R] [--wait]   create or update InferenceServices,
+                                   (Cluster)ServingRuntimes, Experiments
+mmgw get isvc|sr|csr|experiments [NAME] [-o wide|name|json|yaml|jsonpath=...] [-l SEL] [-w]
 mmgw get placement                 the placement table
-mmgw delete isvc|sr|csr|experiment NAME
+mmgw describe isvc|sr|csr|experiment NAME   the resource, its conditions and events
+mmgw delete isvc|sr|csr|experiment NAME  |  mmgw delete -f FILE|DIR
 mmgw rollout undo isvc NAME        back to the spec rolled out before
+mmgw completion bash|zsh           a shell completion script
 mmgw serve | pod | envoy           run one process of a deployment
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import httpx
-import yaml
-
+import gateway
 from gateway.core.domain import LOAD_TIMEOUT_SECONDS
 from gateway.core.errors import GatewayError
-from gateway.core.protocol import CONCRETE_ID_SEPARATOR
-from gateway.kserve import documents as kserve_documents
 from gateway.kserve.resources import DEFAULT_NAMESPACE, parse_quantity
+from gateway.tools import completion
+from gateway.tools.client import (
+    CSR_NAMES,
+    DEFAULT_SERVER,
+    EXPERIMENT_NAMES,
+    ISVC_NAMES,
+    SR_NAMES,
+    CliError,
+)
+from gateway.tools.commands import (
+    cmd_apply,
+    cmd_delete,
+    cmd_describe,
+    cmd_get,
+    cmd_rollout,
+)
 from gateway.tools.launcher import Ports
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
 _Settings = TypeVar("_Settings", bound="BaseModel")
-
-DEFAULT_SERVER = "http://127.0.0.1:8080"
-RUNTIMES_API = "/apis/serving.kserve.io/v1alpha1"  # ServingRuntime and ClusterServingRuntime
-ISVC_NAMES = ("isvc", "inferenceservice", "inferenceservices")
-SR_NAMES = ("sr", "servingruntime", "servingruntimes")
-CSR_NAMES = ("csr", "clusterservingruntime", "clusterservingruntimes")
-EXPERIMENT_NAMES = ("experiment", "experiments")
-# kind -> (the kubectl-style type printed, the order apply sends it in)
-KINDS = {
-    "ClusterServingRuntime": ("clusterservingruntime.serving.kserve.io", 0),
-    "ServingRuntime": ("servingruntime.serving.kserve.io", 1),
-    "InferenceService": ("inferenceservice.serving.kserve.io", 2),
-    # after the InferenceServices: an Experiment's candidates must exist
-    "Experiment": ("experiment.mlops.seldon.io", 3),
-}
-
-
-class CliError(Exception):
-    """Printed as 'error: ...' with exit status 1."""
+__all__ = ["cmd_apply", "cmd_delete", "cmd_describe", "cmd_get", "cmd_rollout", "main", "parser"]
+RESOURCES = (*ISVC_NAMES, *SR_NAMES, *CSR_NAMES, *EXPERIMENT_NAMES)
 
 
 def quantity(text: str) -> int:
@@ -91,378 +83,7 @@ def _runtime(text: str) -> tuple[str, str]:
     return model_type, ref
 
 
-# -- client commands ------------------------------------------------------
-
-
-class Client:
-    def __init__(self, server: str, namespace: str, token: str | None = None) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        self._http = httpx.Client(base_url=server, timeout=30, headers=headers)
-        self._server = server
-        namespaces = "/apis/serving.kserve.io/v1beta1/namespaces"
-        self.isvcs = f"{namespaces}/{quote(namespace, safe='')}/inferenceservices"
-        self.collections = {
-            "InferenceService": self.isvcs,
-            "ServingRuntime": f"{RUNTIMES_API}/namespaces/{quote(namespace, safe='')}/servingruntimes",
-            "ClusterServingRuntime": f"{RUNTIMES_API}/clusterservingruntimes",
-            "Experiment": f"/apis/mlops.seldon.io/v1alpha1/namespaces/{quote(namespace, safe='')}/experiments",
-        }
-
-    def isvc(self, name: str) -> str:
-        return f"{self.isvcs}/{quote(name, safe='')}"
-
-    def path(self, kind: str, name: str | None = None) -> str:
-        return self.collections[kind] + ("" if name is None else f"/{quote(name, safe='')}")
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise CliError(
-                f"cannot reach the management API at {self._server} ({exc}); is `mmgw serve` or `make demo` running?"
-            ) from None
-        if response.status_code >= 400:
-            reason, message = response.reason_phrase, response.text
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
-            if isinstance(body, dict):  # a Kubernetes Status, or FastAPI's {"detail": ...}
-                reason = body.get("reason") or reason
-                message = body.get("message") or body.get("detail") or message
-            raise CliError(f"Error from server ({reason}): {message}")
-        return response
-
-
-def check_name(name: object, kind: str = "InferenceService") -> str:
-    """``name`` if valid for ``kind`` (an RFC 1123 label; a subdomain for runtimes), else CliError."""
-    from gateway.kserve.resources import NAME_PATTERN, SUBDOMAIN_PATTERN
-
-    if kind in ("InferenceService", "Experiment"):
-        if not isinstance(name, str) or len(name) > 63 or not re.fullmatch(NAME_PATTERN, name):
-            raise CliError(
-                f"invalid name {name!r}: lowercase letters, digits and '-', "
-                "starting and ending with a letter or digit, at most 63 characters"
-            )
-    elif not isinstance(name, str) or len(name) > 253 or not re.fullmatch(SUBDOMAIN_PATTERN, name):
-        raise CliError(
-            f"invalid name {name!r}: lowercase letters, digits, '-' and '.', "
-            "each part starting and ending with a letter or digit, at most 253 characters"
-        )
-    return name
-
-
-def _kind_of(resource: str) -> str:
-    if resource in SR_NAMES:
-        return "ServingRuntime"
-    if resource in CSR_NAMES:
-        return "ClusterServingRuntime"
-    if resource in EXPERIMENT_NAMES:
-        return "Experiment"
-    return "InferenceService"
-
-
-def _read_bounded(path: str) -> str:
-    """The file's text (stdin for "-"), refused past what the management API takes."""
-    limit = kserve_documents.MAX_BYTES
-    if path == "-":
-        text = sys.stdin.read(limit + 1)
-    else:
-        with Path(path).open(encoding="utf-8") as file:
-            text = file.read(limit + 1)
-    if len(text) > limit:
-        raise CliError(f"{path}: larger than {limit // (1024 * 1024)} MiB, the API's request limit")
-    return text
-
-
-def documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for path in paths:
-        try:
-            text = _read_bounded(path)
-            loaded = kserve_documents.load_all(text)
-        except OSError as exc:
-            raise CliError(f"{path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise CliError(f"{path}: not valid YAML: {exc}") from None
-        except kserve_documents.TooManyNodes as exc:
-            raise CliError(f"{path}: {exc}") from None
-        for doc in loaded:
-            if doc is None:
-                continue
-            if isinstance(doc, dict) and doc.get("kind") == "List":
-                items = doc.get("items") or []
-                if not isinstance(items, list):
-                    raise CliError(f"{path}: a List's items must be a list")
-                yield from ((path, item) for item in items)
-            else:
-                yield path, doc
-
-
-def cmd_apply(args: argparse.Namespace) -> int:
-    client = Client(args.server, args.namespace, args.token)
-    docs = list(documents(args.filename))
-    if not docs:
-        raise CliError("no objects passed to apply")
-    failed = 0
-    # Runtimes first, so that the InferenceServices of the same files find them.
-    docs.sort(
-        key=lambda d: (
-            KINDS[d[1]["kind"]][1] if isinstance(d[1], dict) and d[1].get("kind") in KINDS else 9
-        )
-    )
-    for path, doc in docs:
-        metadata = doc.get("metadata") if isinstance(doc, dict) else None
-        name = metadata.get("name") if isinstance(metadata, dict) else None
-        kind = doc.get("kind") if isinstance(doc, dict) else None
-        if kind not in KINDS or name is None:
-            what = " ".join(str(part) for part in (kind or "a document", name) if part is not None)
-            print(
-                f"error: {path}: {what}: only InferenceService (serving.kserve.io/v1beta1), ServingRuntime "
-                "and ClusterServingRuntime (serving.kserve.io/v1alpha1) and Experiment "
-                "(mlops.seldon.io/v1alpha1) with metadata.name can be applied",
-                file=sys.stderr,
-            )
-            failed += 1
-            continue
-        printed = KINDS[kind][0]
-        try:
-            response = client.request("PUT", client.path(kind, check_name(name, kind)), json=doc)
-        except CliError as exc:
-            print(f"error: {printed}/{name}: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        print(f"{printed}/{name} {response.headers.get('mmgw-apply-result', 'configured')}")
-    return 1 if failed else 0
-
-
-def _ready(item: dict[str, Any]) -> tuple[str, str]:
-    for condition in item.get("status", {}).get("conditions", []):
-        if condition.get("type") == "Ready":
-            return condition.get("status", "Unknown"), condition.get("reason", "")
-    return "Unknown", ""
-
-
-def age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f}Mi"
-
-
-def placement_table(data: dict[str, Any]) -> str:
-    """The placement table as people read it: a line per pod, then a line per copy on it."""
-    rows = [["POD", "MODEL", "STATE", "SIZE", "LAST USE", "IN FLIGHT", "REQ/S"]]
-    for pod in data["pods"]:
-        health = "healthy" if pod["healthy"] else "UNREACHABLE"
-        queue = pod["load_queue"]
-        rows.append(
-            [
-                pod["pod"],
-                f"({health}, {_mib(pod['used_bytes'])} of {_mib(pod['capacity_bytes'])}, "
-                f"loading {queue['running']}, queued {queue['waiting']})",
-                "",
-                "",
-                "",
-                "",
-                "",
-            ]
-        )
-        for m in pod["models"]:
-            if m["state"] == "FAILED":
-                rows.append(
-                    [
-                        "",
-                        m["model_id"],
-                        "FAILED",
-                        "",
-                        f"{m['failed_seconds_ago']:.0f}s ago",
-                        "",
-                        m["reason"],
-                    ]
-                )
-            else:
-                rows.append(
-                    [
-                        "",
-                        m["model_id"],
-                        m["state"],
-                        _mib(m["size_bytes"]),
-                        f"{m['last_used_seconds_ago']:.0f}s ago",
-                        str(m["in_flight"]),
-                        f"{m['requests_per_second']:.1f}",
-                    ]
-                )
-    return table(rows)
-
-
-def cmd_get(args: argparse.Namespace) -> int:
-    client = Client(args.server, args.namespace, args.token)
-    if args.resource == "placement":
-        if args.name:
-            raise CliError("get placement takes no name")
-        data = client.request("GET", "/v1/placement").json()
-        if args.output == "json":
-            print(json.dumps(data, indent=2))
-        elif args.output == "yaml":
-            print(yaml.safe_dump(data, sort_keys=False), end="")
-        else:
-            print(placement_table(data))
-        return 0
-    kind = _kind_of(args.resource)
-    if args.name:
-        items = [client.request("GET", client.path(kind, check_name(args.name, kind))).json()]
-    else:
-        items = client.request("GET", client.path(kind)).json()["items"]
-    if args.output in ("json", "yaml"):
-        data = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
-        if args.output == "json":
-            print(json.dumps(data, indent=2))
-        else:
-            print(yaml.safe_dump(data, sort_keys=False), end="")
-        return 0
-    if not items:
-        where = "" if kind == "ClusterServingRuntime" else f" in {args.namespace} namespace"
-        print(f"No resources found{where}.", file=sys.stderr)
-        return 0
-    if kind == "Experiment":
-        print(experiment_table(items))
-        return 0
-    if kind != "InferenceService":
-        print(runtime_table(items))
-        return 0
-    rows = [["NAME", "URL", "READY", "PREV", "LATEST", "REASON", "AGE"]]
-    now = time.time()
-    for item in items:
-        ready, reason = _ready(item)
-        prev, latest = _traffic_percents(item)
-        created = item.get("metadata", {}).get("creationTimestamp")
-        since = now - datetime.fromisoformat(created).timestamp() if created else None
-        rows.append(
-            [
-                item["metadata"]["name"],
-                item.get("status", {}).get("url", ""),
-                ready,
-                prev,
-                latest,
-                reason,
-                age(since) if since is not None else "-",
-            ]
-        )
-    print(table(rows))
-    return 0
-
-
-def _traffic_percents(item: dict[str, Any]) -> tuple[str, str]:
-    """The PREV and LATEST columns, as `kubectl get isvc` shows KServe's traffic split:
-    the rolled-out and the latest revision's percent (PREV empty when there is one)."""
-    traffic = item.get("status", {}).get("components", {}).get("predictor", {}).get("traffic")
-    if not traffic:
-        return "", ""
-    by_tag = {t.get("tag"): str(t.get("percent", "")) for t in traffic}
-    if "prev" in by_tag:
-        return by_tag["prev"], by_tag.get("latest", "")
-    return "", str(traffic[0].get("percent", ""))
-
-
-def _age_of(item: dict[str, Any]) -> str:
-    created = item.get("metadata", {}).get("creationTimestamp")
-    return age(time.time() - datetime.fromisoformat(created).timestamp()) if created else "-"
-
-
-def experiment_table(items: list[dict[str, Any]]) -> str:
-    """Experiments: their candidates with weights (ready ones marked), default, what each
-    candidate served (requests, and failed ones) and age."""
-    rows = [["NAME", "READY", "CANDIDATES", "DEFAULT", "SERVED", "AGE"]]
-    for item in items:
-        status = item.get("status", {})
-        candidates = ",".join(
-            f"{c['name']}={c['weight']}{'' if c.get('ready') else '(not ready)'}"
-            for c in status.get("candidates", [])
-        )
-        ready = status.get("conditions", [{}])[0].get("status", "")
-        default = item.get("spec", {}).get("default") or "-"
-        rows.append(
-            [
-                item["metadata"]["name"],
-                ready,
-                candidates,
-                default,
-                served_summary(status.get("served", [])),
-                _age_of(item),
-            ]
-        )
-    return table(rows)
-
-
-def served_summary(served: list[dict[str, Any]]) -> str:
-    """``status.served`` in a table cell: requests per InferenceService (a variant's name
-    without its hash), failed ones in brackets; "refused" for those no pod was asked."""
-    totals: dict[str, list[int]] = {}
-    for row in served:
-        variant = row.get("variant") or "refused"
-        owner = variant.rpartition(CONCRETE_ID_SEPARATOR)[0] or variant
-        total = totals.setdefault(owner, [0, 0])
-        total[0] += int(row.get("requests", 0))
-        total[1] += int(row.get("errors", 0))
-    return (
-        ",".join(
-            f"{owner}={requests}" + (f"({errors} failed)" if errors else "")
-            for owner, (requests, errors) in totals.items()
-        )
-        or "-"
-    )
-
-
-def runtime_table(items: list[dict[str, Any]]) -> str:
-    """(Cluster)ServingRuntimes as `kubectl get servingruntimes` prints them."""
-    rows = [["NAME", "DISABLED", "MODELTYPE", "CONTAINERS", "AGE"]]
-    for item in items:
-        spec = item.get("spec", {})
-        formats = spec.get("supportedModelFormats") or [{}]
-        rows.append(
-            [
-                item["metadata"]["name"],
-                "true" if spec.get("disabled") else "",
-                formats[0].get("name", ""),
-                ",".join(c.get("name", "") for c in spec.get("containers", [])),
-                _age_of(item),
-            ]
-        )
-    return table(rows)
-
-
-def cmd_delete(args: argparse.Namespace) -> int:
-    client = Client(args.server, args.namespace, args.token)
-    kind = _kind_of(args.resource)
-    client.request("DELETE", client.path(kind, check_name(args.name, kind)))
-    print(f'{KINDS[kind][0]} "{args.name}" deleted')
-    return 0
-
-
 # -- process commands -----------------------------------------------------
-
-
-def cmd_rollout(args: argparse.Namespace) -> int:
-    """`mmgw rollout undo isvc NAME`: back to the spec rolled out before (or, while a rollout
-    or canary is under way, to the one rolled out now), as `kubectl rollout undo`."""
-    client = Client(args.server, args.namespace, args.token)
-    name = check_name(args.name)
-    client.request("POST", f"{client.isvc(name)}/rollback")
-    print(f"{KINDS['InferenceService'][0]}/{name} rolled back")
-    return 0
 
 
 def _settings(kind: type[_Settings], given: dict[str, Any]) -> _Settings:
@@ -574,10 +195,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with kubectl's exit status for a usage error: 1, not 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"error: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="mmgw", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    top.add_argument("--version", action="version", version=f"mmgw {gateway.__version__}")
     sub = top.add_subparsers(dest="command", required=True)
 
     def client_command(name: str, help: str) -> argparse.ArgumentParser:
@@ -596,21 +226,52 @@ def parser() -> argparse.ArgumentParser:
         )
         return p
 
+    def files(p: argparse.ArgumentParser, *, required: bool) -> None:
+        p.add_argument(
+            "-f",
+            "--filename",
+            action="append",
+            required=required,
+            help="a YAML or JSON file, a folder of them, or - for stdin (repeatable)",
+        )
+        p.add_argument(
+            "-R", "--recursive", action="store_true", help="with -f DIR: its subfolders too"
+        )
+
     p = client_command("apply", "create or update resources from YAML files")
+    files(p, required=True)
     p.add_argument(
-        "-f", "--filename", action="append", required=True, help="YAML file, or - for stdin"
+        "--wait", action="store_true", help="wait until each InferenceService applied is Ready"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=120.0, help="with --wait: seconds (default %(default)s)"
     )
     p.set_defaults(func=cmd_apply)
 
     p = client_command(
-        "get", "show InferenceServices, (Cluster)ServingRuntimes or the placement table"
+        "get", "show InferenceServices, (Cluster)ServingRuntimes, Experiments or the placement"
+    )
+    p.add_argument("resource", choices=(*RESOURCES, "placement"))
+    p.add_argument("name", nargs="?")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="table",
+        help="wide, name, json, yaml or jsonpath=TEMPLATE (default: a table)",
     )
     p.add_argument(
-        "resource", choices=(*ISVC_NAMES, *SR_NAMES, *CSR_NAMES, *EXPERIMENT_NAMES, "placement")
+        "--no-headers", dest="headers", action="store_false", help="tables without the header"
     )
-    p.add_argument("name", nargs="?")
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    p.add_argument("-l", "--selector", help="label selector: app=mnist,tier!=canary,env in (a,b)")
+    p.add_argument(
+        "-w", "--watch", action="store_true", help="then print each object again as it changes"
+    )
     p.set_defaults(func=cmd_get)
+
+    p = client_command("describe", "show one resource in detail, with its events")
+    p.add_argument("resource", choices=RESOURCES)
+    p.add_argument("name")
+    p.set_defaults(func=cmd_describe)
 
     p = client_command("rollout", "roll an InferenceService back: `mmgw rollout undo isvc NAME`")
     p.add_argument("action", choices=("undo",))
@@ -621,9 +282,14 @@ def parser() -> argparse.ArgumentParser:
     p = client_command(
         "delete", "delete an InferenceService, a (Cluster)ServingRuntime or an Experiment"
     )
-    p.add_argument("resource", choices=(*ISVC_NAMES, *SR_NAMES, *CSR_NAMES, *EXPERIMENT_NAMES))
-    p.add_argument("name")
+    p.add_argument("resource", nargs="?", choices=RESOURCES)
+    p.add_argument("name", nargs="?")
+    files(p, required=False)
     p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("completion", help="print a shell completion script: bash or zsh")
+    p.add_argument("shell", choices=completion.SHELLS)
+    p.set_defaults(func=lambda args: completion.cmd_completion(args, top))
 
     p = sub.add_parser("serve", help="run the gateway: ext_proc, placement engine, management API")
     p.add_argument("--data-dir", type=Path)

@@ -23,7 +23,16 @@ from gateway.tools import launcher, samples
 from .conftest import ISVCS, ROOT, seed_body
 
 KIND = "inferenceservice.serving.kserve.io"
-HEADER = ["NAME", "URL", "READY", "PREV", "LATEST", "REASON", "AGE"]
+HEADER = [
+    "NAME",
+    "URL",
+    "READY",
+    "PREV",
+    "LATEST",
+    "PREVROLLEDOUTREVISION",
+    "LATESTREADYREVISION",
+    "AGE",
+]
 
 
 def isvc_yaml(name: str, path: str = samples.SAMPLE_FILE, *, kind: str = "InferenceService") -> str:
@@ -128,11 +137,12 @@ def test_apply_get_and_rest(cli: CLI, tmp_path: Path) -> None:
 
     table = cli.wait_ready("cli-alpha", "cli-beta")
     header = cli.ok("get", "isvc").splitlines()[0]
-    assert re.fullmatch(r"NAME +URL +READY +PREV +LATEST +REASON +AGE", header)
+    assert header.split() == HEADER  # `kubectl get isvc`'s columns, KServe's
     for name in ("cli-alpha", "cli-beta"):
-        # no PREV without a canary, all traffic to the latest; no REASON when ready
+        # no PREV (and no PREVROLLEDOUTREVISION) without a canary: all traffic to the latest
         assert table[name][:4] == [name, f"{cli.deployment.url}/v2/models/{name}", "True", "100"]
-        assert re.fullmatch(r"\d+[smhd]", table[name][4])
+        assert table[name][4].startswith(f"{name}__isvc-")  # LATESTREADYREVISION
+        assert re.fullmatch(r"\d+[smhd]", table[name][5])
     assert "sklearn-mnist" in table
 
     with httpx.Client(base_url=cli.deployment.url, timeout=30) as rest:

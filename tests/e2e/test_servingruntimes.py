@@ -105,9 +105,9 @@ def test_servingruntimes_and_runtime_selection(deployment: launcher.Deployment) 
             assert seed["conditions"][0]["status"] == "True"
             assert seed["runtime"] == {"kind": "ClusterServingRuntime", "name": "mlserver-1.x"}
 
-        table = ok("get", "isvc")
-        assert re.search(r"sr-no-runtime +\S+ +False +NoSupportingRuntime", table), table
-        assert re.search(r"sr-missing +\S+ +False +RuntimeNotRecognized", table), table
+        table = ok("get", "isvc", "-o", "wide")  # wide has the Ready condition's REASON
+        assert re.search(r"sr-no-runtime +\S+ +False .* NoSupportingRuntime", table), table
+        assert re.search(r"sr-missing +\S+ +False .* RuntimeNotRecognized", table), table
 
         with httpx.Client(base_url=deployment.url, timeout=30) as rest:
             response = rest.post("/v2/models/sr-no-runtime/infer", json=seed_body())
