@@ -28,11 +28,13 @@ manifests: $(STAMP)
 demo: proto
 	$(BIN)/mmgw demo
 
-# Debian packages the tests run: curl (the seed's request) and etcd (the shared-store tests
-# start their own on loopback). Installed when missing, as `make bench` installs h2load.
+# Debian packages the tests run: curl (the seed's request), etcd (the shared-store tests
+# start their own on loopback), and chromium with its WebDriver (the placement page's test
+# drives a real headless browser). Installed when missing, as `make bench` installs h2load.
 debs:
-	@command -v etcd >/dev/null && command -v curl >/dev/null || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server curl; }
+	@command -v etcd >/dev/null && command -v curl >/dev/null && command -v chromium >/dev/null \
+	  && command -v chromedriver >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server curl chromium chromium-driver; }
 	@command -v etcd >/dev/null || { echo "etcd could not be installed (Debian package etcd-server): the tests need it" >&2; exit 1; }
 
 test: proto debs

@@ -1,8 +1,8 @@
 """The Makefile's set-up targets on a machine that lacks what they install.
 
-- ``make debs`` (which ``make test`` depends on) installs etcd and curl from Debian's
-  packages when they are missing: run here with a PATH that has neither, and a stand-in
-  ``apt-get`` that records its arguments and puts the two commands on that PATH.
+- ``make debs`` (which ``make test`` depends on) installs etcd, curl, chromium and
+  chromedriver from Debian's packages when they are missing: run here with a PATH that has
+  none, and a stand-in ``apt-get`` that records its arguments and puts them on that PATH.
 - ``make .env`` gives docker compose the management API's token on a first run, and keeps
   the one a later run finds.
 """
@@ -24,7 +24,7 @@ MAKEFILE = ROOT / "Makefile"
 FAKE_APT = """#!/bin/sh
 echo "$@" >> "{log}"
 case "$1" in install)
-  for tool in etcd curl; do printf '#!/bin/sh\\n' > "{bin}/$tool"; chmod +x "{bin}/$tool"; done;;
+  for tool in etcd curl chromium chromedriver; do printf '#!/bin/sh\\n' > "{bin}/$tool"; chmod +x "{bin}/$tool"; done;;
 esac
 """
 
@@ -40,7 +40,7 @@ def bare_path(tmp_path: Path) -> Path:
     return folder
 
 
-def test_make_debs_installs_etcd_and_curl_when_they_are_missing(tmp_path: Path) -> None:
+def test_make_debs_installs_what_the_tests_run_when_it_is_missing(tmp_path: Path) -> None:
     folder = bare_path(tmp_path)
     log = tmp_path / "apt.log"
     apt = folder / "apt-get"
@@ -56,7 +56,7 @@ def test_make_debs_installs_etcd_and_curl_when_they_are_missing(tmp_path: Path) 
     assert result.returncode == 0, result.stdout + result.stderr
     calls = log.read_text().splitlines()
     assert calls[0] == "update -qq"
-    assert re.fullmatch(r"install -y -qq etcd-server curl", calls[1])
+    assert re.fullmatch(r"install -y -qq etcd-server curl chromium chromium-driver", calls[1])
     # present now: a second run installs nothing
     log.unlink()
     subprocess.run(

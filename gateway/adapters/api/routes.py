@@ -6,6 +6,8 @@
     PUT/GET/DELETE /apis/serving.kserve.io/v1alpha1/namespaces/{ns}/servingruntimes[/{name}]
     PUT/GET/DELETE /apis/serving.kserve.io/v1alpha1/clusterservingruntimes[/{name}]
     GET    /v1/placement
+    GET    /                            the placement page (HTML); /docs: Swagger UI, offline
+    GET    /api/v1/namespaces/{ns}/events?fieldSelector=involvedObject.name=NAME
     GET    /metrics                     Prometheus
     GET    /healthz
 
@@ -25,16 +27,20 @@ import hmac
 import json
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.adapters.api import events as event_api
 from gateway.adapters.api import repository
 from gateway.adapters.api.status import render as render_status
 from gateway.adapters.api.status import served as served_status
+from gateway.control.events import Event
 from gateway.control.records import Record
 from gateway.control.registry import Registry
 from gateway.core.errors import (
@@ -77,7 +83,10 @@ ERROR_TABLE: tuple[tuple[type[GatewayError], int, str], ...] = (
 
 # Open without the token: probes, Prometheus and the model repository index (read-only; nothing
 # there deploys code; the index is what inference clients on :8008 may list).
-OPEN_PATHS = frozenset({"/healthz", "/metrics", "/v2/repository/index"})
+# The placement page itself is open (it holds no data; it asks /v1/placement, with the
+# token it is given, for the placement).
+OPEN_PATHS = frozenset({"/", "/healthz", "/metrics", "/v2/repository/index"})
+PLACEMENT_PAGE = Path(__file__).parent / "static" / "placement.html"
 
 
 def _status(
@@ -128,11 +137,15 @@ def build_api(
     public_url: str = DEFAULT_PUBLIC_URL,
     metrics: Callable[[], bytes] | None = None,
     served: Callable[[str], Mapping[str, VariantTotals]] | None = None,
+    events: Callable[[str], list[Event]] | None = None,
     token: str | None = None,
 ) -> FastAPI:
     """``served``: what a public name served, by variant (gateway.control.traffic), shown
     in the statuses of InferenceServices and Experiments as ``status.served``."""
-    app = FastAPI(title="ModelMesh Gateway management API", docs_url="/docs", redoc_url=None)
+    # Swagger UI at /docs from files that ship in a package (fastapi-offline), not a CDN
+    app = FastAPIOffline(
+        title="ModelMesh Gateway management API", docs_url="/docs", redoc_url=None
+    )
 
     if token is not None:
         expected = f"Bearer {token}".encode()
@@ -385,6 +398,18 @@ def build_api(
     @app.get("/v1/placement")
     async def get_placement() -> dict[str, Any]:
         return placement.snapshot()
+
+    @app.get("/", include_in_schema=False)
+    async def placement_page() -> HTMLResponse:
+        """Pods x models, refreshed live from /v1/placement (static/placement.html)."""
+        return HTMLResponse(PLACEMENT_PAGE.read_bytes())
+
+    @app.get(event_api.PATH)
+    async def list_events(namespace: str, fieldSelector: str | None = None) -> dict[str, Any]:  # noqa: N803 - Kubernetes' query parameter
+        check_namespace(namespace)
+        name = event_api.involved_name(fieldSelector)
+        found = events(name) if events is not None and name is not None else []
+        return event_api.event_list(namespace, name, found)
 
     if metrics is not None:
 
