@@ -37,6 +37,7 @@ import gateway
 from gateway.core import logs
 from gateway.core.errors import GatewayError, InvalidInput, UnknownRoute
 from gateway.core.protocol import MODEL_ID_HEADER, MODEL_VERSION, REQUEST_ID_HEADER
+from gateway.pod.tracing import Tracing
 
 from . import offload, oip
 from .model import decode_for
@@ -117,9 +118,12 @@ class Reply:
 class OipApp:
     """The endpoints: a Request in, a Reply out. Knows nothing of HTTP/1.1 framing."""
 
-    def __init__(self, models: ModelRepository, ready: asyncio.Event) -> None:
+    def __init__(
+        self, models: ModelRepository, ready: asyncio.Event, tracing: Tracing | None = None
+    ) -> None:
         self._models = models
         self._ready = ready
+        self._tracing = tracing or Tracing("", "")
 
     async def handle(self, request: Request) -> Reply:
         try:
@@ -185,6 +189,9 @@ class OipApp:
             return Reply(200, oip.dumps({"name": model_id, "ready": True}))
         if tail == ["infer"]:
             _require(request, "POST")
+            if self._tracing.enabled:
+                with self._tracing.span("infer", request.headers, {"mmgw.model_id": model_id}):
+                    return await self._infer(request, model_id, version)
             return await self._infer(request, model_id, version)
         raise UnknownRoute(f"unknown path {path!r}")
 

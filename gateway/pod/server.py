@@ -40,6 +40,7 @@ from .rest import OipApp, RestServer
 from .runtimes import RuntimeRegistry
 from .servicer import InferenceServicer, RuntimeServicer, inference_handler
 from .settings import PodSettings
+from .tracing import Tracing
 
 __all__ = ["PodServer", "PodSettings", "main", "serve"]
 
@@ -62,6 +63,8 @@ class PodServer:
             capacity_bytes=settings.capacity_bytes,
         )
         self._ready = asyncio.Event()
+        # spans per inference request, when a collector is named (off by default)
+        self.tracing = Tracing(settings.otlp_endpoint, "mmgw-pod", settings.pod_id)
         self._server: grpc.aio.Server | None = None
         self._rest: RestServer | None = None
         self.port: int | None = None
@@ -109,7 +112,7 @@ class PodServer:
         # the data plane's messages come from clients: one that does not parse is answered
         # INVALID_ARGUMENT (servicer.tolerant), not grpc's UNKNOWN
         server.add_generic_rpc_handlers(
-            (inference_handler(InferenceServicer(self.models, self._ready)),)
+            (inference_handler(InferenceServicer(self.models, self._ready, self.tracing)),)
         )
         rt_grpc.add_ModelRuntimeServicer_to_server(
             RuntimeServicer(self.models, self._ready, settings, lambda: self.rest_port or 0),
@@ -125,7 +128,7 @@ class PodServer:
         await server.start()
         self._server, self.port = server, port
         rest = RestServer(
-            OipApp(self.models, self._ready),
+            OipApp(self.models, self._ready, self.tracing),
             settings.host,
             settings.rest_port,
             max_body=settings.max_message_bytes,
@@ -166,6 +169,7 @@ class PodServer:
             await server.stop(grace)
             log.info("pod %s stopped", self.settings.pod_id)
         await self.models.close()
+        self.tracing.close()
         if self.settings.model_cache is None and self.puller.cache is not None:
             shutil.rmtree(self.puller.cache, ignore_errors=True)
             self.puller.cache = None

@@ -72,6 +72,7 @@ from gateway.core.errors import (
 from gateway.core.protocol import MODEL_ID_HEADER, REQUEST_ID_HEADER
 from gateway.kserve.locations import S3Location
 from gateway.kserve.storage import StorageRoots
+from gateway.pod.tracing import Tracing
 
 from . import tensors
 from .model import ModelConfig, decode_for
@@ -236,9 +237,12 @@ def _model_id(context: grpc.aio.ServicerContext, name: str) -> str:
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     """KServe V2 data plane over the pod's repository."""
 
-    def __init__(self, models: ModelRepository, ready: asyncio.Event) -> None:
+    def __init__(
+        self, models: ModelRepository, ready: asyncio.Event, tracing: Tracing | None = None
+    ) -> None:
         self._models = models
         self._ready = ready
+        self._tracing = tracing or Tracing("", "")
 
     async def ServerLive(
         self, request: v2.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -274,6 +278,13 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> v2.ModelInferResponse:
         model_id = _model_id(context, request.model_name)
+        if self._tracing.enabled:
+            headers = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+            with self._tracing.span("ModelInfer", headers, {"mmgw.model_id": model_id}):
+                return await self._infer(request, model_id)
+        return await self._infer(request, model_id)
+
+    async def _infer(self, request: v2.ModelInferRequest, model_id: str) -> v2.ModelInferResponse:
         await self._models.prepare(model_id)
         with self._models.serving(model_id) as model:
             decoded = decode_for(

@@ -81,6 +81,8 @@ class PodSettings(BaseSettings):
     model_cache: Path | None = None
     log_level: str = "INFO"
     log_format: LogFormat = "text"  # or "json": one object per line (gateway.core.logs)
+    # HOST:PORT of an OTLP gRPC collector: a span per inference request (gateway.pod.tracing)
+    otlp_endpoint: str = ""
 
     @field_validator("storage_config", mode="before")
     @classmethod

@@ -149,6 +149,7 @@ def cmd_pod(args: argparse.Namespace) -> int:
         "model_cache": args.model_cache,
         "log_level": args.log_level,
         "log_format": args.log_format,
+        "otlp_endpoint": args.otlp_endpoint,
     }
     server.main(_settings(server.PodSettings, given))
     return 0
@@ -171,6 +172,7 @@ def cmd_envoy(args: argparse.Namespace) -> int:
             api=args.api,
             eds_dir=args.eds_dir,
             access_log=args.access_log,
+            otlp=args.otlp_endpoint,
         )
     )
     path = envoy_config.write(config, args.data_dir / "envoy.yaml")
@@ -408,6 +410,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-format", choices=("text", "json"), help="json: one object per line (default text)"
     )
+    p.add_argument(
+        "--otlp-endpoint",
+        metavar="HOST:PORT",
+        help="export a span per inference request to this OTLP gRPC collector (default: none)",
+    )
     p.set_defaults(func=cmd_pod)
 
     p = sub.add_parser("envoy", help="run Envoy with envoy/envoy.yaml rendered for these ports")
@@ -436,6 +443,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="read the pods' endpoints from the EDS files the gateway writes there (mmgw serve "
         "--envoy-eds-dir): pods that register later are routable; default: --pods, fixed",
+    )
+    p.add_argument(
+        "--otlp-endpoint",
+        metavar="HOST:PORT",
+        help="trace every request (OpenTelemetry, W3C traceparent kept or started) and export "
+        "the spans to this OTLP gRPC collector; default: no tracing",
     )
     p.add_argument(
         "--access-log",

@@ -61,6 +61,10 @@ class EnvoyPorts:
     # Envoy's own access log, a JSON line per request (ACCESS_LOG_FORMAT): "-" for
     # stdout, else a file's path; None: none (the gateway still gets every request's entry).
     access_log: str | None = None
+    # HOST:PORT of an OTLP gRPC collector: Envoy traces every request (OpenTelemetry, the
+    # client's W3C traceparent continued or a trace started) and sends the pod its
+    # traceparent; None: no tracing.
+    otlp: str | None = None
 
 
 # The fields of Envoy's JSON access log (mmgw envoy --access-log): one line per request.
@@ -207,10 +211,45 @@ def render(
     source.cluster(API_CLUSTER).update(_members(API_CLUSTER, (ports.api,)))
     if ports.access_log is not None:
         source.hcm.setdefault("access_log", []).append(_json_access_log(ports.access_log))
+    if ports.otlp is not None:
+        _trace_to(source, ports.otlp)
 
     if static_upstream is not None:
         _make_static(source, static_upstream, static_rest_upstream)
     return config
+
+
+OTLP_CLUSTER = "otel_collector"
+
+
+def _trace_to(source: FilterConfig, collector: str) -> None:
+    """Envoy's OpenTelemetry tracer, every request sampled, spans to ``collector``."""
+    source.hcm["tracing"] = {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+                "service_name": "mmgw-envoy",
+            },
+        },
+        "random_sampling": {"value": 100},
+        "spawn_upstream_span": True,
+    }
+    source.clusters.append(
+        {
+            "name": OTLP_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            },
+            **_members(OTLP_CLUSTER, (collector,)),
+        }
+    )
 
 
 def _json_access_log(where: str) -> dict[str, Any]:

@@ -130,6 +130,8 @@ class Deployment:
     later_pods: frozenset[int] = frozenset()
     # Envoy's JSON access log, a line per request, in <data_dir>/logs/access.log
     envoy_access_log: bool = True
+    # HOST:PORT of an OTLP gRPC collector: Envoy and the pods trace every request; None: off
+    otlp: str | None = None
     processes: list[Process] = field(default_factory=list)
 
     @property
@@ -208,6 +210,7 @@ class Deployment:
                 self.store,
                 "--data-dir",
                 str(self.data_dir),
+                *(["--otlp-endpoint", self.otlp] if self.otlp else []),
                 *extra,
             ],
         )
@@ -262,6 +265,7 @@ class Deployment:
                 api=f"127.0.0.1:{self.ports.api}",
                 eds_dir=None if static_upstream is not None else self.eds_dir,
                 access_log=str(self.access_log_path) if self.envoy_access_log else None,
+                otlp=self.otlp,
             ),
             static_upstream=static_upstream,
         )

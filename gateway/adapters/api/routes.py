@@ -27,8 +27,8 @@ import hmac
 import json
 import logging
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -143,9 +143,7 @@ def build_api(
     """``served``: what a public name served, by variant (gateway.control.traffic), shown
     in the statuses of InferenceServices and Experiments as ``status.served``."""
     # Swagger UI at /docs from files that ship in a package (fastapi-offline), not a CDN
-    app = FastAPIOffline(
-        title="ModelMesh Gateway management API", docs_url="/docs", redoc_url=None
-    )
+    app = FastAPIOffline(title="ModelMesh Gateway management API", docs_url="/docs", redoc_url=None)
 
     if token is not None:
         expected = f"Bearer {token}".encode()
