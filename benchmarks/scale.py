@@ -417,8 +417,9 @@ def registration(
             items = api.get(ISVCS).json()["items"]
             list_seconds = time.perf_counter() - listed
             scraped = time.perf_counter()
-            api.get("/metrics")
+            page = api.get("/metrics").text
             scrape_seconds = time.perf_counter() - scraped
+            samples = sum(1 for line in page.splitlines() if line and not line.startswith("#"))
 
     registered = models - len(failures)
     loaded = sum(len(p["models"]) for p in table["pods"])
@@ -455,7 +456,8 @@ def registration(
     )
     print(
         f"  GET the list of {len(items)} InferenceServices: {list_seconds * 1000:.0f} ms; "
-        f"GET /metrics: {scrape_seconds * 1000:.0f} ms"
+        f"GET /metrics: {scrape_seconds * 1000:.0f} ms, {len(page.encode()) / 1024:.0f} KiB, "
+        f"{samples} samples"
     )
 
 

@@ -174,6 +174,8 @@ def _watched(item: dict[str, Any]) -> str:
 def _get_placement(client: Client, args: argparse.Namespace, output: str) -> int:
     if args.name:
         raise CliError("get placement takes no name")
+    if output == "name":
+        raise CliError("the placement has no name to print: use -o json, yaml or jsonpath=...")
     data = client.request("GET", "/v1/placement").json()
     if output == "json":
         print(json.dumps(data, indent=2))

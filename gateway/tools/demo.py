@@ -104,13 +104,16 @@ def _run(data_dir: Path, ports: launcher.Ports, store: str) -> int:
     deployment = launcher.Deployment(
         data_dir=data_dir, ports=ports, listen_host=LISTEN_HOST, store=store
     )
+    say(f"starting {len(ports.pods)} runtime pods, the gateway and Envoy ...")
     try:
         with deployment:
             pods = ", :".join(map(str, ports.pods))
             say(
                 f"started Envoy :{ports.envoy}, gateway (API :{ports.api}, store {store}), pods :{pods}"
             )
-            say(f"logs: {data_dir / 'logs'}")
+            say(
+                f"logs: {data_dir / 'logs'} (Envoy's access log: access.log, a JSON line per request)"
+            )
             _apply_and_wait(deployment.api_url)
             _print_help(ports)
             _watch(deployment)
@@ -161,8 +164,11 @@ Try it (in another terminal), the seed's request and the Open Inference Protocol
   {curl_command(ports.envoy, oip=True)}
 
   .venv/bin/mmgw get isvc{server}
+  .venv/bin/mmgw describe isvc sklearn-mnist{server}
   .venv/bin/mmgw get placement{server}
   curl http://127.0.0.1:{ports.envoy}/v2/models/sklearn-mnist
+
+The placement, live: http://127.0.0.1:{ports.api}/   Metrics: http://127.0.0.1:{ports.api}/metrics
 
 Ctrl-C stops the demo and every process it started.
 """

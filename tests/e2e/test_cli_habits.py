@@ -109,6 +109,9 @@ def test_output_formats_headers_and_selectors(cli: CLI) -> None:
     assert "unable to match a printer" in cli.refused("get", "isvc", "-o", "tabel")
     assert "error parsing jsonpath" in cli.refused("get", "isvc", "-o", "jsonpath={.items[0")
     assert "unable to parse requirement" in cli.refused("get", "isvc", "-l", "team in a")
+    assert "no name to print" in cli.refused("get", "placement", "-o", "name")
+    pods = cli.ok("get", "placement", "-o", "jsonpath={range .pods[*]}{.pod}{'\\n'}{end}")
+    assert sorted(pods.split()) == sorted(cli.deployment.ports.pod_addresses)
 
 
 def test_apply_a_folder_wait_describe_and_delete_by_file(cli: CLI, tmp_path: Path) -> None:
