@@ -53,7 +53,7 @@ class GatewaySettings(BaseSettings):
     shadow_clusters: dict[str, str] = Field(default_factory=lambda: dict(SHADOW_CLUSTERS))
     # At most this many label sets (name, variant, protocol, code) in the per-variant request
     # metrics (gateway.core.traffic); requests past it are counted under "(other)".
-    traffic_max_series: int = Field(default=10_000, ge=1)
+    traffic_max_series: int = Field(default=2_000, ge=1)
     placement: PlacementSettings = PlacementSettings()
     registry: RegistrySettings = RegistrySettings()
     log_level: str = "INFO"

@@ -98,7 +98,7 @@ class Metrics:
         self.registry.register(_PlacementCollector(placement))
 
     def watch_traffic(self, requests: Tally, at_pods: Tally | None = None) -> None:
-        """``requests``: by (name, variant, protocol, code); ``at_pods``: by (name, pod)."""
+        """``requests``: by (name, variant, protocol, code); ``at_pods``: by pod."""
         self.registry.register(_TrafficCollector(requests, at_pods))
 
     # -- PlacementEvents --------------------------------------------------------
@@ -200,8 +200,8 @@ class _TrafficCollector(Collector):
                 self._at_pods,
                 "mmgw_invoke_model_seconds",
                 "Time at the pod, first byte sent to it to last byte back, as Envoy measured "
-                "it, per public name and pod",
-                ["name", "pod"],
+                "it, per pod",
+                ["pod"],
             )
 
 

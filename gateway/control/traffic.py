@@ -8,8 +8,7 @@ mm-model-id after ext_proc overwrote it, and only for requests that reached a po
 client cannot make one up. A request whose name Envoy did not see (a native gRPC call
 naming its model in the body only, or by its concrete id) is counted under the
 InferenceService its variant belongs to. A request's time at its pod is counted per
-name and pod (the pod as the placement table names it: a REST listener's address is
-its pod's).
+pod (as the placement table names it: a REST listener's address is its pod's).
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ class TrafficBook:
             served.ok,
         )
         if served.pod is not None and served.pod_seconds is not None:
-            self.at_pods.add(PodLabels(name, self._pod(served.pod)), served.pod_seconds)
+            self.at_pods.add(PodLabels(self._pod(served.pod)), served.pod_seconds)
 
     def _pod(self, address: str) -> str:
         generation = self._placement.generation

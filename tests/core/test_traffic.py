@@ -11,16 +11,16 @@ def labels(name: str = "m", variant: str = "m__isvc-1", code: str = "200") -> La
 
 def test_each_request_falls_in_the_first_bucket_at_or_above_its_latency() -> None:
     tally = Tally()
-    for seconds in (0.0004, 0.0005, 0.0007, 0.2, 500.0):
+    for seconds in (0.0004, 0.001, 0.0017, 0.2, 500.0):
         tally.add(labels(), seconds, ok=True)
     [(_, series)] = list(tally.series())
     cumulative = dict(series.cumulative())
-    assert cumulative[0.0005] == 2  # 0.4 ms, and 0.5 ms exactly (the bound is inclusive)
-    assert cumulative[0.001] == 3
+    assert cumulative[0.001] == 2  # 0.4 ms, and 1 ms exactly (the bound is inclusive)
+    assert cumulative[0.0025] == 3
     assert cumulative[0.25] == 4
     assert cumulative[LATENCY_BUCKETS[-1]] == 4
     assert cumulative[float("inf")] == series.count == 5
-    assert abs(series.seconds - 500.2016) < 1e-9
+    assert abs(series.seconds - 500.2031) < 1e-9
 
 
 def test_label_sets_past_the_bound_are_counted_under_other() -> None:
