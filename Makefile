@@ -10,10 +10,15 @@ GEN    := gateway/_proto/__init__.py
 
 install: $(STAMP)
 
+# xds-protos ships an older copy of OpenTelemetry's protos at the same import path as
+# opentelemetry-proto (whichever installs last owns the files); the pods' OTLP exporter needs
+# opentelemetry-proto's own, and Envoy's messages read either. So it is installed again, last.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --force-reinstall --no-deps \
+	  "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	touch $@
 
 $(GEN): $(PROTOS) gateway/tools/codegen.py $(STAMP)

@@ -30,16 +30,20 @@ class Tracing:
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        except ImportError as exc:  # the tracing extra is not installed
+        except ImportError as exc:
+            # the tracing extra is not installed, or xds-protos' older copy of OpenTelemetry's
+            # protos shadows opentelemetry-proto's (the Makefile installs the latter last)
             raise RuntimeError(
-                "tracing needs OpenTelemetry's SDK and OTLP exporter: "
-                "pip install 'modelmesh-gateway[tracing]'"
+                f"tracing needs OpenTelemetry's SDK and OTLP exporter ({exc}): "
+                "pip install 'modelmesh-gateway[tracing]', then "
+                "pip install --force-reinstall --no-deps opentelemetry-proto"
             ) from exc
         resource = Resource.create({"service.name": service, "service.instance.id": pod_id})
         self._provider = TracerProvider(resource=resource)
         self._provider.add_span_processor(
             BatchSpanProcessor(
-                OTLPSpanExporter(endpoint=endpoint, insecure=True), schedule_delay_millis=1000
+                OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=2),
+                schedule_delay_millis=1000,
             )
         )
         self._tracer = self._provider.get_tracer("gateway.pod")
