@@ -8,7 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import httpx
@@ -17,6 +17,9 @@ import yaml
 
 from gateway._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from gateway.tools import launcher, samples
+
+if TYPE_CHECKING:
+    from .cli_helpers import CLI
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "sklearn-mnist.yaml"
@@ -130,3 +133,15 @@ def inference_service(name: str, model_format: str, path: str) -> dict[str, obje
             }
         },
     }
+
+
+@pytest.fixture
+def cli(deployment: launcher.Deployment) -> Iterator[CLI]:
+    """`mmgw` against the session deployment; what a test registers is deleted afterwards."""
+    from .cli_helpers import CLI  # it imports this module's names
+
+    runner = CLI(deployment)
+    try:
+        yield runner
+    finally:
+        runner.cleanup()

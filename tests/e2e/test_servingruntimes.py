@@ -13,8 +13,8 @@ import httpx
 
 from gateway.tools import launcher
 
+from .cli_helpers import isvc_yaml, mmgw
 from .conftest import ISVCS, seed_body
-from .test_cli import isvc_yaml, mmgw
 
 SRS = "/apis/serving.kserve.io/v1alpha1/namespaces/modelmesh-serving/servingruntimes"
 

@@ -167,13 +167,14 @@ class ExternalProcessor:
         in_body: bool,
         request: pb.ProcessingRequest,
     ) -> Answer:
-        request_id = _request_id(request)
-        log.info(
-            "request %s: model %s is not loaded: it waits for the load",
-            request_id,
-            miss.model_id,
-            extra=logs.for_request(request_id),
-        )
+        if log.isEnabledFor(logging.DEBUG):  # one line per waiting request: DEBUG, as a burst
+            request_id = _request_id(request)  # of them waits for one load (logged at INFO)
+            log.debug(
+                "request %s: model %s is not loaded: it waits for the load",
+                request_id,
+                miss.model_id,
+                extra=logs.for_request(request_id),
+            )
         try:
             route = await self._router.load(miss)
             return memo.get(route) or self._forward(route, key, memo, in_body)
