@@ -9,10 +9,8 @@ is left running.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
-import random
 import shutil
 import signal
 import socket
@@ -27,36 +25,8 @@ from typing import IO
 import httpx
 
 from gateway.adapters import eds
+from gateway.core.local_ports import die_with_parent, free_port
 from gateway.tools import envoy_config
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-_handed_out: set[int] = set()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on, below the kernel's ephemeral range.
-
-    Ports from bind(0) come from the ephemeral range, where an outgoing
-    connection may take one before our server binds it; these cannot.
-    """
-    low, _ = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    while True:
-        port = random.randrange(max(1024, low - 12000), low)
-        if port in _handed_out:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
 
 
 def envoy_binary() -> Path:
@@ -296,7 +266,7 @@ class Deployment:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         if out is not self.log_to:
             out.close()
@@ -377,7 +347,7 @@ class EtcdServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.close()
         deadline = time.monotonic() + timeout
