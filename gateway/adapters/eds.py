@@ -4,7 +4,8 @@ running Envoy.
 A local Envoy's clusters "pods" and "pods_rest" are EDS clusters reading
 ``<folder>/pods.yaml`` and ``<folder>/pods_rest.yaml`` (gateway.tools.envoy_config,
 ``eds_dir``). ``EndpointFiles`` writes them from the placement table: every pod the
-gateway knows (registered in the store), at its gRPC address and, once its status
+gateway knows (registered in the store), at its data plane's gRPC address (its own, or
+the MLServer's beside it) and, once its status
 reported one, its REST listener's. Each file is written beside, then moved into the
 folder, the move Envoy's ``watched_directory`` reloads on; a pod that registers after
 Envoy started is one of its hosts within a tick, and a pod that left is gone as fast.
@@ -76,8 +77,8 @@ class EndpointFiles:
     def sync(self) -> bool:
         """Write the files if the pods changed since the last write; whether it wrote."""
         endpoints = self._placement.endpoints()
-        grpc = frozenset(address for address, _ in endpoints)
-        rest = frozenset(rest for _, rest in endpoints if rest)
+        grpc = frozenset(data for _, data, _ in endpoints)
+        rest = frozenset(rest for _, _, rest in endpoints if rest)
         if (grpc, rest) == self._written:
             return False
         self._version += 1

@@ -123,6 +123,8 @@ class GrpcPodClient:
             inflight={m.model_id: m.in_flight for m in response.loaded_models},
             requests={m.model_id: m.requests for m in response.loaded_models},
             rest_port=response.rest_port,
+            data_grpc_port=response.data_grpc_port,
+            model_named_in_request=response.model_named_in_request,
         )
 
     async def close(self) -> None:

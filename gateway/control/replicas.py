@@ -131,12 +131,16 @@ class PodPool:
                     new.get("runtime") or "any",
                 )
             self._placement.add_pod(new["address"], name, new.get("runtime", ""))
-            self._placement.observe(new["address"], new.get("models", {}))
+            self._placement.observe(
+                new["address"], new.get("models", {}), serving=new.get("serving", True)
+            )
 
     def wake(self) -> None:
         """Health checks found pods ready: apply their registrations' model lists."""
         for record in self.mirror.items.values():
-            self._placement.observe(record["address"], record.get("models", {}))
+            self._placement.observe(
+                record["address"], record.get("models", {}), serving=record.get("serving", True)
+            )
 
 
 class FailureBook:

@@ -201,6 +201,17 @@ class Router:
         found = self.hit(key)
         return await self.load(found) if isinstance(found, Miss) else found
 
+    def grpc_upstream(self, route: Route) -> str:
+        """``route``'s pods as the gRPC servers that answer their inference ("host:port": the
+        pod itself, or the MLServer beside it), the chosen one first, then the fallbacks."""
+        data_address = self._placement.data_address
+        return ",".join(map(data_address, (route.address, *route.fallbacks)))
+
+    def named_in_request(self, route: Route) -> bool:
+        """Whether ``route``'s pod picks the model by the request's own name (MLServer), so
+        that Envoy must write the concrete id into the request."""
+        return self._placement.named_in_request(route.address)
+
     def rest_upstream(self, route: Route) -> str:
         """``route``'s pods as their OIP REST listeners ("host:port", the chosen one first, then
         the fallbacks that have one). Raises Unavailable if the chosen pod has none."""

@@ -68,8 +68,8 @@ class TrafficBook:
         generation = self._placement.generation
         if generation != self._pods_at:
             self._pods = {}
-            for pod, rest in self._placement.endpoints():
-                self._pods[pod] = pod
+            for pod, grpc, rest in self._placement.endpoints():
+                self._pods[pod] = self._pods[grpc] = pod
                 if rest:
                     self._pods[rest] = pod
             self._pods_at = generation

@@ -43,6 +43,13 @@ PER_TRY_TIMEOUT_HEADER = "x-envoy-upstream-rq-per-try-timeout-ms"
 REST_FORM_HEADER = "x-mmgw-form"
 REST_FORM_OIP = "oip"
 
+# Set by ext_proc when the chosen pod's data plane picks the model by the request's own
+# name, not by MODEL_ID_HEADER (a real MLServer: gateway.pod.mlserver): Envoy's filter
+# name_the_model (envoy/envoy.yaml) then writes the concrete id (MODEL_ID_HEADER) into
+# field 1 of the gRPC message, or into the REST path. A client's own value is removed.
+NAME_IN_REQUEST_HEADER = "x-mmgw-name-in-request"
+NAME_IN_REQUEST = "model-id"
+
 # The request's id: Envoy keeps a client's own or makes one (envoy.yaml's
 # preserve_external_request_id), passes it to ext_proc and the pod, and returns it in the
 # answer. The gateway's and the pods' log lines for a request name it.

@@ -53,7 +53,8 @@ def forward(address: str, model_id: str | None, *, in_body: bool = False) -> pb.
     sets = [setting("x-mmgw-upstream", address)]
     if model_id:
         sets.append(setting("mm-model-id", model_id))
-    mutation = pb.HeaderMutation(set_headers=sets, remove_headers=["x-mmgw-shadow"])
+    removed = ["x-mmgw-name-in-request", "x-mmgw-shadow"]
+    mutation = pb.HeaderMutation(set_headers=sets, remove_headers=removed)
     common = pb.CommonResponse(header_mutation=mutation)
     if in_body:
         return pb.ProcessingResponse(request_body=pb.BodyResponse(response=common))
@@ -80,6 +81,37 @@ async def loaded(tmp_path: Path) -> tuple[Harness, ExternalProcessor, str]:
     record, _ = await h.registry.apply(isvc())
     await h.placement.ensure_loaded(record.serving.model_id)
     return h, ExternalProcessor(h.router, miss_timeout=100), record.serving.model_id
+
+
+@pytest.mark.parametrize(
+    ("path", "form", "upstream"),
+    [
+        ("/inference.GRPCInferenceService/ModelInfer", "", "10.0.0.1:9201"),  # MLServer's gRPC
+        ("/v2/models/sklearn-mnist/infer", "", "10.0.0.1:9201"),  # transcoded to gRPC
+        ("/v2/models/sklearn-mnist/infer", "oip", "10.0.0.1:9202"),  # MLServer's REST
+    ],
+)
+async def test_a_pod_whose_mlserver_serves_gets_the_request_named_by_envoy(
+    tmp_path: Path, path: str, form: str, upstream: str
+) -> None:
+    """Inference goes to the MLServer beside the pod's adapter, and Envoy is told to write the
+    concrete id into the request (x-mmgw-name-in-request)."""
+    mlserver = FakePod(rest_port=9202, data_grpc_port=9201, named_in_request=True)
+    h = await harness(tmp_path, FakePods(**{POD: mlserver}))
+    record, _ = await h.registry.apply(isvc())
+    await h.placement.ensure_loaded(record.serving.model_id)
+    processor = ExternalProcessor(h.router, miss_timeout=100)
+    extra = {"mm-vmodel-id": "sklearn-mnist"} if path.startswith("/inference") else {}
+    if form:
+        extra["x-mmgw-form"] = form
+    for _ in range(2):  # made, then from the memo
+        (answer,) = await run(processor, headers(path, **extra))
+        mutation = answer.request_headers.response.header_mutation
+        sets = {s.header.key: s.header.raw_value.decode() for s in mutation.set_headers}
+        assert sets["x-mmgw-upstream"] == upstream
+        assert sets["mm-model-id"] == record.serving.model_id
+        assert sets["x-mmgw-name-in-request"] == "model-id"
+        assert "x-mmgw-name-in-request" not in mutation.remove_headers
 
 
 async def test_rest_hit_sets_the_pod_and_the_concrete_id(
@@ -379,6 +411,6 @@ async def test_an_experiments_mirror_gets_a_copy_named_in_the_shadow_headers(
         assert sets["x-mmgw-shadow"] == "pods"
         assert sets["x-mmgw-shadow-model-id"] == m.serving.model_id
         assert sets["x-mmgw-shadow-upstream"] == POD
-        assert not mutation.remove_headers
+        assert list(mutation.remove_headers) == ["x-mmgw-name-in-request"]
     (plain,) = await run(processor, headers("/v2/models/mnist-a/infer"))  # no mirror
     assert plain == forward(POD, a.serving.model_id)

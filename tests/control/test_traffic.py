@@ -54,7 +54,7 @@ async def test_time_at_a_pod_is_counted_under_the_pod_also_when_reached_by_its_r
 ) -> None:
     h = await harness(tmp_path)
     record, _ = await h.registry.apply(isvc("mnist-a"))
-    [(pod, _)] = h.placement.endpoints()
+    [(pod, _, _)] = h.placement.endpoints()
     h.placement._table.pods[pod].rest_address = "10.0.0.1:9111"  # noqa: SLF001 - as reported
     book = TrafficBook(h.registry, h.placement, Tally())
     variant = record.serving.model_id

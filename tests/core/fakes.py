@@ -21,6 +21,8 @@ class FakePod:
     down: bool = False  # its connection is refused
     hung: bool = False  # connected, but answers no health check in time (busy, or stopped)
     rest_port: int = 0  # the OIP REST listener it reports (0: none)
+    data_grpc_port: int = 0  # another server answers its inference there (MLServer; 0: none)
+    named_in_request: bool = False  # that server picks the model by the request's own name
 
 
 class FakePods:
@@ -74,6 +76,8 @@ class FakePods:
             dict(pod.loaded),
             self.inflight.get(address, {}),
             rest_port=pod.rest_port,
+            data_grpc_port=pod.data_grpc_port,
+            model_named_in_request=pod.named_in_request,
         )
 
 

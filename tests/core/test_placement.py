@@ -666,3 +666,24 @@ async def test_failure_records_are_shared_with_other_replicas_and_expired_by_the
     await asyncio.sleep(0)
     assert {("forgive", "m", "a"), ("forgive", "n", "b")} <= set(coordinator.told)
     assert [m["state"] for pod in placement.snapshot()["pods"] for m in pod["models"]] == ["LOADED"]
+
+
+async def test_a_pod_that_registers_it_cannot_serve_leaves_the_pool_at_once() -> None:
+    """An MLServer pod whose MLServer died says so in its registration: its copies are dropped
+    and the next load goes to another pod, before any health check; a check that finds it
+    ready again brings it back."""
+    pods = FakePods(a=FakePod(), b=FakePod())
+    placement = Placement(pods)
+    placement.register(spec("m"))
+    placement.add_pod("a")
+    placement.add_pod("b")
+    await placement.check_pods()
+    first = await placement.ensure_loaded("m")
+    await asyncio.sleep(0)  # the load's done callback
+    other = "b" if first == "a" else "a"
+    pods.pods[first].loaded.clear()  # its MLServer died with the model
+    placement.observe(first, {}, serving=False)
+    assert placement.route("m") is None
+    assert await placement.ensure_loaded("m") == other
+    await placement.check_pods()  # it answers ready again (restarted, empty)
+    assert next(p for p in placement.snapshot()["pods"] if p["pod"] == first)["healthy"]

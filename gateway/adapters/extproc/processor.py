@@ -189,7 +189,12 @@ class ExternalProcessor:
         if len(memo) >= _MAX_CACHED:
             memo.clear()
         answer = memo[route] = Answer(
-            _forward_response(route, self._upstream(route, key.oip), in_body)
+            _forward_response(
+                route,
+                self._upstream(route, key.oip),
+                in_body,
+                named=self._router.named_in_request(route),
+            )
         )
         return answer
 
@@ -198,7 +203,7 @@ class ExternalProcessor:
         gRPC ports otherwise; the chosen pod first, then the model's other copies."""
         if oip:
             return self._router.rest_upstream(route)
-        return ",".join((route.address, *route.fallbacks))
+        return self._router.grpc_upstream(route)
 
     def _with_shadow(self, route: Route, key: RouteKey, in_body: bool) -> Answer | None:
         """The forward of ``route`` with a copy of the request for the mirror the router
@@ -214,7 +219,8 @@ class ExternalProcessor:
             return None
         cluster = self._shadow_clusters["oip" if key.oip else "grpc"]
         copy = (cluster, copy_to, shadow.model_id or "")
-        return Answer(_forward_response(route, upstream, in_body, copy))
+        named = self._router.named_in_request(route)
+        return Answer(_forward_response(route, upstream, in_body, copy, named=named))
 
     def _reject(
         self, error: BaseException, request: pb.ProcessingRequest, *, grpc_call: bool
@@ -262,16 +268,26 @@ def _set(key: str, value: str) -> base_pb2.HeaderValueOption:
 
 
 def _forward_response(
-    route: Route, upstream: str, body: bool, copy: tuple[str, str, str] | None = None
+    route: Route,
+    upstream: str,
+    body: bool,
+    copy: tuple[str, str, str] | None = None,
+    *,
+    named: bool = False,
 ) -> bytes:
     """``copy``: (cluster, pods, concrete id) of a mirror that gets a copy of the request;
-    None: no copy, and a client's own shadow header is removed."""
+    None: no copy, and a client's own shadow header is removed. ``named``: the pod picks
+    the model by the request's own name (MLServer): Envoy writes the concrete id there."""
     headers = [_set(protocol.UPSTREAM_HEADER, upstream)]
     if route.model_id is not None:
         headers.append(_set(protocol.MODEL_ID_HEADER, route.model_id))
     if route.per_try_timeout_ms is not None:
         headers.append(_set(protocol.PER_TRY_TIMEOUT_HEADER, str(route.per_try_timeout_ms)))
     removed: list[str] = []
+    if named and route.model_id is not None:
+        headers.append(_set(protocol.NAME_IN_REQUEST_HEADER, protocol.NAME_IN_REQUEST))
+    else:
+        removed.append(protocol.NAME_IN_REQUEST_HEADER)
     if copy is None:
         removed.append(protocol.SHADOW_CLUSTER_HEADER)
     else:

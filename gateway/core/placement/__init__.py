@@ -103,12 +103,29 @@ class Placement:
     def remove_pod(self, address: str) -> None:
         self._monitor.remove_pod(address)
 
-    def observe(self, address: str, models: Mapping[str, int]) -> None:
-        self._monitor.observe(address, models)
+    def observe(self, address: str, models: Mapping[str, int], *, serving: bool = True) -> None:
+        self._monitor.observe(address, models, serving=serving)
 
-    def endpoints(self) -> list[tuple[str, str]]:
-        """Every pod in the table: its address and its REST listener's ("" until known)."""
-        return [(pod.address, pod.rest_address) for pod in self._table.pods.values()]
+    def endpoints(self) -> list[tuple[str, str, str]]:
+        """Every pod in the table: its address, its data plane's gRPC address (its own address
+        unless another server answers its inference) and its REST listener's ("" until
+        known)."""
+        return [
+            (pod.address, pod.data_address or pod.address, pod.rest_address)
+            for pod in self._table.pods.values()
+        ]
+
+    def data_address(self, address: str) -> str:
+        """Where the inference requests of the pod at ``address`` go over gRPC: the pod itself,
+        or the server beside it that answers them (a real MLServer)."""
+        pod = self._table.pods.get(address)
+        return (pod.data_address or address) if pod is not None else address
+
+    def named_in_request(self, address: str) -> bool:
+        """Whether the pod at ``address`` picks the model by the request's own name (MLServer):
+        Envoy then writes the concrete id into the request."""
+        pod = self._table.pods.get(address)
+        return pod is not None and pod.named_in_request
 
     def rest_address(self, address: str) -> str:
         """The OIP REST listener of the pod at gRPC ``address``; "" if it has none (or is gone)."""

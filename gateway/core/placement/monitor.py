@@ -52,14 +52,18 @@ class Monitor:
             log.info("pod %s left the pool with %d copies", pod.pod, len(pod.copies))
             self._table.lose_copies(pod)
 
-    def observe(self, address: str, models: Mapping[str, int]) -> None:
+    def observe(self, address: str, models: Mapping[str, int], *, serving: bool = True) -> None:
         """A pod's own list of what it holds (from its registration): take in loads
-        and evictions other gateway replicas made there."""
+        and evictions other gateway replicas made there. ``serving`` False: the pod says it
+        cannot serve now (its MLServer died): it leaves the pool at once, without waiting
+        for a health check, and rejoins when a check finds it ready."""
         pod = self._pods.get(address)
         if pod is None:
             return
         pod.reported = dict(models)
         pod.unloading &= pod.reported.keys()
+        if not serving:
+            self._lose(pod, "it reports that it cannot serve")
         if not pod.healthy:
             return
         now = self._table.clock()
@@ -70,7 +74,8 @@ class Monitor:
                 and now - entry.loaded_at > self._settings.report_grace
             ):
                 log.info(
-                    "%s is gone from pod %s (unloaded by another gateway replica)",
+                    "%s is gone from pod %s (unloaded by another gateway replica, or lost with its "
+                    "model server)",
                     model_id,
                     pod.pod,
                 )
@@ -124,9 +129,15 @@ class Monitor:
                 log.info("pod %s answers its health checks again", pod.pod)
             pod.missed_checks = 0
         pod.capacity, pod.model_types = status.capacity, status.model_types
-        rest_address = _rest_address(pod.address, status.rest_port)
-        if rest_address != pod.rest_address:  # routes made for the old one must be made again
-            pod.rest_address = rest_address
+        rest_address = _on_host(pod.address, status.rest_port)
+        data_address = _on_host(pod.address, status.data_grpc_port)
+        if (rest_address, data_address, status.model_named_in_request) != (
+            pod.rest_address,
+            pod.data_address,
+            pod.named_in_request,
+        ):  # routes made for the old ones must be made again
+            pod.rest_address, pod.data_address = rest_address, data_address
+            pod.named_in_request = status.model_named_in_request
             self._table.generation += 1
         if not pod.healthy:
             pod.healthy = True
@@ -232,6 +243,7 @@ class Monitor:
             model.adding = None
 
 
-def _rest_address(address: str, rest_port: int) -> str:
-    """The REST listener's "host:port": the gRPC address's host with ``rest_port``."""
-    return f"{address.rsplit(':', 1)[0]}:{rest_port}" if rest_port else ""
+def _on_host(address: str, port: int) -> str:
+    """ "host:port" of another listener of the pod at ``address`` (its REST listener, its data
+    plane's server): the address's host with ``port``; "" for port 0 (it has none)."""
+    return f"{address.rsplit(':', 1)[0]}:{port}" if port else ""

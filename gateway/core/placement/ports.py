@@ -29,6 +29,11 @@ class PodStatus:
     requests: Mapping[str, int] = field(default_factory=dict)
     # the port of its Open Inference Protocol REST listener, on its gRPC address's host; 0: none
     rest_port: int = 0
+    # the port of the server that answers its inference requests, when not the pod itself (a
+    # real MLServer beside the pod's adapter), on the same host; 0: the pod itself
+    data_grpc_port: int = 0
+    # that server picks the model by the request's own name, not the mm-model-id header
+    model_named_in_request: bool = False
 
 
 class PodClient(Protocol):

@@ -77,6 +77,11 @@ class PodRecord:
     runtime: str = ""  # the ServingRuntime the pod serves ("" : any)
     name: str = ""  # as it registered (its pod id)
     rest_address: str = ""  # "host:port" of its OIP REST listener, from its status ("": none)
+    # "host:port" of the gRPC server that answers its inference requests, from its status
+    # ("": ``address`` itself; a real MLServer's beside the pod's adapter otherwise)
+    data_address: str = ""
+    # its data plane picks the model by the request's own name (MLServer), not mm-model-id
+    named_in_request: bool = False
     missed_checks: int = 0  # health checks in a row it left unanswered (0: it answers)
 
     def view(self) -> PodView:
@@ -382,6 +387,9 @@ class Table:
                     "pod": pod.pod,
                     "name": pod.name or pod.pod,
                     "runtime": pod.runtime,
+                    # where Envoy sends its inference: the pod, or the MLServer beside it
+                    "data_address": pod.data_address or pod.address,
+                    "rest_address": pod.rest_address,
                     "healthy": pod.healthy,
                     "capacity_bytes": view.capacity,
                     "used_bytes": view.used,
