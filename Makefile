@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard proto/*.proto)
 GEN    := gateway/_proto/__init__.py
 
-.PHONY: install proto manifests demo test lint bench clean debs compose
+.PHONY: install proto manifests demo test lint bench clean debs compose mlserver
 
 install: $(STAMP)
 
@@ -19,6 +19,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --force-reinstall --no-deps \
 	  "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+	touch $@
+
+# MLServer's own virtualenv (requirements/mlserver.txt says why it is not beside ours): the
+# pods of MLServer ServingRuntimes start it (gateway/pod/mlserver), the tests and benchmarks too.
+MLSERVER_VENV := .venv-mlserver
+mlserver: $(MLSERVER_VENV)/.installed
+
+$(MLSERVER_VENV)/.installed: requirements/mlserver.txt $(STAMP)
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/pip install --quiet -r requirements/mlserver.txt \
+	  "scikit-learn==$$($(BIN)/python -c 'import sklearn; print(sklearn.__version__)')"
 	touch $@
 
 $(GEN): $(PROTOS) gateway/tools/codegen.py $(STAMP)
@@ -42,7 +54,7 @@ debs:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server curl chromium chromium-driver; }
 	@command -v etcd >/dev/null || { echo "etcd could not be installed (Debian package etcd-server): the tests need it" >&2; exit 1; }
 
-test: proto debs
+test: proto debs mlserver
 	$(BIN)/pytest -q
 
 # The gate CI runs before the tests: lint and format (ruff), types (mypy, strict on
@@ -54,12 +66,13 @@ lint: proto
 	$(BIN)/lint-imports
 
 # Every benchmark, one after another; gateway_overhead needs h2load (Debian's nghttp2-client).
-bench: proto
+bench: proto mlserver
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 	$(BIN)/python -m benchmarks.gateway_overhead
 	@echo; $(BIN)/python -m benchmarks.cache_quality
 	@echo; $(BIN)/python -m benchmarks.scale
 	@echo; $(BIN)/python -m benchmarks.traffic_split
+	@echo; $(BIN)/python -m benchmarks.mlserver_runtime
 	@echo; $(BIN)/python -m benchmarks.cold_start
 	@echo; $(BIN)/python -m benchmarks.load_queue
 	@command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server; }
@@ -75,4 +88,4 @@ compose: .env
 	docker compose up --build
 
 clean:
-	rm -rf $(VENV) gateway/_proto envoy/kserve_v2.pb .mmgw
+	rm -rf $(VENV) $(MLSERVER_VENV) gateway/_proto envoy/kserve_v2.pb .mmgw

@@ -9,12 +9,19 @@ takes from it, as ModelMesh does:
 - capacity: the first container's ``resources.limits.memory`` minus
   ``builtInAdapter.memBufferBytes``;
 - the load timeout: ``builtInAdapter.modelLoadingTimeoutMillis``;
-- the model class: the container's ``MLSERVER_MODEL_IMPLEMENTATION``
-  (``package.module.Class``) serves every format the runtime supports; without
-  it the built-in runtimes serve the formats they know. The image is not
-  pulled: the class is imported from this machine's Python path, plus the
-  folders of the container's ``PYTHONPATH`` entry (relative to the pod's
-  working folder).
+- who serves the models (``model_server``): a runtime of ``builtInAdapter.serverType:
+  mlserver`` gets a real MLServer beside the pod (gateway.pod.mlserver), started with
+  the container's environment, as ModelMesh runs it; except the built-in runtimes, a
+  runtime whose container image is this project's pod (``modelmesh-gateway/pod``), and
+  a runtime whose ``MLSERVER_MODEL_IMPLEMENTATION`` names a class of ours (a
+  ``gateway.pod.model.Model``), which this process serves itself. ``--model-server``
+  decides otherwise.
+- the model class, for a pod that serves its models itself: the container's
+  ``MLSERVER_MODEL_IMPLEMENTATION`` (``package.module.Class``) serves every format the
+  runtime supports; without it the built-in runtimes serve the formats they know. The
+  image is not pulled: the class is imported from this machine's Python path, plus the
+  folders of the container's ``PYTHONPATH`` entry (relative to the pod's working
+  folder). MLServer gets the same ``PYTHONPATH``, made absolute the same way.
 
 Flags given on the command line win over the runtime's values. Deploying a
 runtime thus runs its code on the pods: the management API that accepts
@@ -24,10 +31,11 @@ ServingRuntimes is closed to anyone without its token.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +49,16 @@ from gateway.kserve.serving_runtimes import (
 )
 from gateway.store import Store
 
+from .model import Model
 from .runtimes import RuntimeRef
 from .settings import PodSettings
 
 log = logging.getLogger(__name__)
 
 MODEL_IMPLEMENTATION = "MLSERVER_MODEL_IMPLEMENTATION"
+BUILTIN_ANNOTATION = "mmgw.io/built-in"
+POD_IMAGE = "modelmesh-gateway/pod"  # this project's pod image: its pods serve in-process
+MLSERVER_MODEL = "gateway.pod.mlserver.model:MLServerModel"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +69,10 @@ class RuntimeProfile:
     loading_timeout_ms: int | None = None
     model_class: str | None = None  # "package.module:Class"
     python_path: tuple[str, ...] = ()
+    server_type: str = ""  # builtInAdapter.serverType
+    image: str = ""  # the first container's
+    builtin: bool = False  # one of the gateway's built-in runtimes
+    env: Mapping[str, str] = field(default_factory=dict)  # the first container's, by name
 
 
 def profile(runtime: ServingRuntime) -> RuntimeProfile:
@@ -90,7 +106,31 @@ def profile(runtime: ServingRuntime) -> RuntimeProfile:
         loading_timeout_ms=adapter.modelLoadingTimeoutMillis if adapter else None,
         model_class=model_class,
         python_path=tuple(p for p in str(env.get("PYTHONPATH") or "").split(":") if p),
+        server_type=(adapter.serverType or "") if adapter else "",
+        image=container.image or "",
+        builtin=runtime.metadata.annotations.get(BUILTIN_ANNOTATION) == "true",
+        env={str(k): str(v) for k, v in env.items() if k and v is not None},
     )
+
+
+def served_by_mlserver(runtime: RuntimeProfile) -> bool:
+    """Whether ``runtime``'s pods run a real MLServer (see the module's docstring)."""
+    if runtime.server_type != "mlserver" or runtime.builtin:
+        return False
+    if runtime.image.split(":", 1)[0].endswith(POD_IMAGE):
+        return False
+    return runtime.model_class is None or not _ours(runtime.model_class)
+
+
+def _ours(model_class: str) -> bool:
+    """Whether ``model_class`` ("module:Class") is a ``gateway.pod.model.Model`` this process
+    can import (an MLServer ``MLModel`` imports mlserver, which is not installed here)."""
+    module, _, name = model_class.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), name, None)
+    except Exception:  # noqa: BLE001 - any import failure: not a class of ours
+        return False
+    return isinstance(found, type) and issubclass(found, Model)
 
 
 def configure(settings: PodSettings, runtime: RuntimeProfile) -> PodSettings:
@@ -102,15 +142,24 @@ def configure(settings: PodSettings, runtime: RuntimeProfile) -> PodSettings:
         changes["capacity_bytes"] = runtime.capacity_bytes
     if runtime.loading_timeout_ms is not None and "model_loading_timeout_ms" not in explicit:
         changes["model_loading_timeout_ms"] = runtime.loading_timeout_ms
-    if runtime.model_class is not None:
+    python_path = [str(Path(folder).resolve()) for folder in runtime.python_path]
+    for path in python_path:
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    server = settings.model_server
+    if server == "auto":
+        server = changes["model_server"] = "mlserver" if served_by_mlserver(runtime) else "mmgw"
+    if server == "mlserver":  # every format is MLServer's; it gets the container's environment
+        changes["runtimes"] = dict.fromkeys(runtime.formats, MLSERVER_MODEL)
+        env = dict(runtime.env)
+        if python_path:
+            env["PYTHONPATH"] = ":".join(python_path)
+        changes["mlserver_env"] = env
+    elif runtime.model_class is not None:
         classes: dict[str, RuntimeRef] = {fmt: runtime.model_class for fmt in runtime.formats}
         changes["runtimes"] = classes
     else:  # the built-in classes, for the formats this runtime serves
         changes["runtimes"] = {k: v for k, v in settings.runtimes.items() if k in runtime.formats}
-    for folder in runtime.python_path:
-        path = str(Path(folder).resolve())
-        if path not in sys.path:
-            sys.path.insert(0, path)
     return settings.with_changes(**changes)
 
 

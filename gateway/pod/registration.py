@@ -1,8 +1,9 @@
 """A runtime pod registers itself in the shared store, under a lease it keeps alive.
 
 The key ``pods/<pod id>`` holds the pod's address, its ServingRuntime, its
-capacity and model types, and the models it holds with their sizes; it is
-written again whenever that list changes. Gateways mirror ``pods/``
+capacity and model types, the models it holds with their sizes, and whether it can
+serve now (``serving``: False while an MLServer pod's MLServer is down); it is
+written again whenever these change. Gateways mirror ``pods/``
 (gateway.control.replicas.PodPool): a pod joins the pool when its key appears and
 leaves when its lease expires (it stopped heart-beating) or it stops and
 revokes the lease. The same code runs against etcd and the embedded store.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from gateway.core.errors import StoreUnavailable
@@ -38,17 +40,23 @@ class Registration:
         *,
         ttl: int = 5,
         retry: float = 0.5,
+        serving: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._key = PODS + pod_id
         self._info = info
         self._models = models
         self._retry = retry
+        self._serving = serving  # False while the pod cannot serve (its MLServer is down)
         self.lease = KeptLease(store, ttl, on_new=lambda _: self._write())
         self._dirty = asyncio.Event()
 
     def record(self) -> dict[str, Any]:
-        return {**self._info, "models": {m.model_id: m.size_bytes for m in self._models.loaded()}}
+        return {
+            **self._info,
+            "models": {m.model_id: m.size_bytes for m in self._models.loaded()},
+            "serving": self._serving(),
+        }
 
     async def run(self) -> None:
         """Register, then keep the lease alive and the key current until cancelled."""

@@ -163,6 +163,19 @@ class ModelRepository:
             if mid not in self._unloading
         ]
 
+    def forget_all(self) -> list[str]:
+        """Forget every loaded model without unloading it, as the server that held them is
+        gone (an MLServer that died: gateway.pod.mlserver); loads in progress fail on their
+        own. The ids forgotten."""
+        forgotten = list(self._models)
+        for held in self._models.values():
+            if held.idle is not None:
+                held.idle.set()  # an unload draining it has nothing left to wait for
+        self._models.clear()
+        if forgotten:
+            self.on_change()
+        return forgotten
+
     def _admit(self, model_id: str, expected: int) -> None:
         if not (expected and self._capacity):
             return

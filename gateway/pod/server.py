@@ -8,7 +8,9 @@ event loop and over the same models.
 
 - ``PodServer``: build, ``start()`` (returns the bound port, useful with port 0),
   ``stop(grace)``; what tests and embedders use.
-- ``serve(settings, ready=...)``: run until cancelled, then stop gracefully.
+- ``serve(settings, ready=...)``: run until cancelled, then stop gracefully; a pod whose
+  models a real MLServer serves runs ``gateway.pod.mlserver.adapter.AdapterServer``
+  instead of ``PodServer``.
 - ``main(settings)``: ``serve`` under ``asyncio.run``, stopping on SIGTERM/SIGINT.
 
 No argument parsing and no environment reading here: the CLI builds the
@@ -32,6 +34,7 @@ from gateway.core import logs
 from gateway.store import open_store
 
 from . import profile
+from .mlserver.adapter import AdapterServer
 from .on_demand import OnDemand
 from .puller import Puller
 from .registration import Registration
@@ -39,7 +42,7 @@ from .repository import ModelRepository
 from .rest import OipApp, RestServer
 from .runtimes import RuntimeRegistry
 from .servicer import InferenceServicer, RuntimeServicer, inference_handler
-from .settings import PodSettings
+from .settings import PodSettings, bracketed
 from .tracing import Tracing
 
 __all__ = ["PodServer", "PodSettings", "main", "serve"]
@@ -75,7 +78,7 @@ class PodServer:
         """``host:port`` of the bound server (IPv6 hosts in brackets)."""
         if self.port is None:
             raise RuntimeError("the pod server is not started")
-        return f"{_bracketed(self.settings.host)}:{self.port}"
+        return f"{bracketed(self.settings.host)}:{self.port}"
 
     def registration_info(self) -> dict[str, object]:
         """What the pod tells gateways about itself in the store (gateway.pod.registration)."""
@@ -91,7 +94,7 @@ class PodServer:
         host = self.settings.host
         if host in ("0.0.0.0", "::", "[::]"):
             host = socket.gethostbyname(socket.gethostname())
-        return f"{_bracketed(host)}:{self.port}"
+        return f"{bracketed(host)}:{self.port}"
 
     async def start(self) -> int:
         """Bind and start serving; the bound port."""
@@ -118,7 +121,7 @@ class PodServer:
             RuntimeServicer(self.models, self._ready, settings, lambda: self.rest_port or 0),
             server,
         )
-        target = f"{_bracketed(settings.host)}:{settings.port}"
+        target = f"{bracketed(settings.host)}:{settings.port}"
         try:
             port = server.add_insecure_port(target)
         except RuntimeError as exc:  # grpc raises when it cannot bind
@@ -140,7 +143,7 @@ class PodServer:
             self._server = None
             raise OSError(
                 f"pod {settings.pod_id} cannot bind its REST port "
-                f"{_bracketed(settings.host)}:{settings.rest_port}: {exc.strerror or exc}"
+                f"{bracketed(settings.host)}:{settings.rest_port}: {exc.strerror or exc}"
             ) from exc
         self._rest = rest
         self._ready.set()
@@ -151,6 +154,10 @@ class PodServer:
             self.rest_port,
         )
         return port
+
+    def serving(self) -> bool:
+        """Whether the pod serves now (started, not stopping)."""
+        return self._ready.is_set()
 
     async def wait(self) -> None:
         """Until the server terminates."""
@@ -183,7 +190,7 @@ async def serve(settings: PodSettings, *, ready: asyncio.Event | None = None) ->
     ``ready`` is set once the port is bound and the services answer.
     """
     store = open_store(settings.store, settings.data_dir) if settings.store else None
-    pod: PodServer | None = None
+    pod: PodServer | AdapterServer | None = None
     registering: asyncio.Task[None] | None = None
     try:
         if store is not None and settings.runtime_name:
@@ -197,12 +204,17 @@ async def serve(settings: PodSettings, *, ready: asyncio.Event | None = None) ->
                 ", ".join(sorted(settings.runtimes)),
                 settings.model_loading_timeout_ms,
             )
-        pod = PodServer(settings)
-        if store is not None:
-            pod.models.load_on_demand = OnDemand(store, pod.models).ensure
+        if settings.model_server == "mlserver":
+            pod = AdapterServer(settings, tuple(settings.runtimes), settings.mlserver_env)
+        else:
+            pod = PodServer(settings)
+            if store is not None:
+                pod.models.load_on_demand = OnDemand(store, pod.models).ensure
         await pod.start()
         if store is not None:
-            registration = Registration(store, settings.pod_id, pod.registration_info(), pod.models)
+            registration = Registration(
+                store, settings.pod_id, pod.registration_info(), pod.models, serving=pod.serving
+            )
             registering = asyncio.create_task(registration.run(), name="registration")
         if ready is not None:
             ready.set()
@@ -238,7 +250,3 @@ async def _serve_until_signal(settings: PodSettings) -> None:
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-
-
-def _bracketed(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host

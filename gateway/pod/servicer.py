@@ -309,11 +309,17 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
         ready: asyncio.Event,
         settings: PodSettings,
         rest_port: Callable[[], int] = lambda: 0,
+        *,
+        data_grpc_port: Callable[[], int] = lambda: 0,
+        model_named_in_request: bool = False,
     ) -> None:
         self._models = models
         self._ready = ready
         self._settings = settings
         self._rest_port = rest_port  # the bound REST listener's port, 0: none
+        # another server's gRPC data plane (MLServer beside an adapter), 0: this one
+        self._data_grpc_port = data_grpc_port
+        self._named_in_request = model_named_in_request
 
     @_rpc
     async def LoadModel(
@@ -371,6 +377,8 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
             model_types=self._models.model_types,
             runtime_version=gateway.__version__,
             rest_port=self._rest_port(),
+            data_grpc_port=self._data_grpc_port(),
+            model_named_in_request=self._named_in_request,
             loaded_models=[
                 _LoadedModel(
                     model_id=m.model_id,

@@ -34,6 +34,8 @@ timeout from the runtime's YAML unless they were given (gateway.pod.profile).
 - ``storage_config``: storage key -> entry, for the models the puller
   downloads from S3; given as ModelMesh's storage-config file or folder, it is
   read (gateway.kserve.storage.load_storage_config).
+- ``model_server``, ``mlserver_*``: whether a real MLServer serves this pod's models
+  (gateway.pod.mlserver), and where it is.
 - ``model_cache``: the folder downloaded models go to; the pod owns it and
   empties it at start and stop. None: a temporary folder, removed at stop.
 """
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +81,19 @@ class PodSettings(BaseSettings):
     runtime_name: str = ""
     storage_config: dict[str, dict[str, str]] = Field(default_factory=dict)
     model_cache: Path | None = None
+    # Who serves the models (gateway.pod.mlserver): "mmgw", this process; "mlserver", a real
+    # MLServer beside it; "auto", as its ServingRuntime says (gateway.pod.profile)
+    model_server: Literal["auto", "mmgw", "mlserver"] = "auto"
+    # the ``mlserver`` command that starts it ("": MLServer's virtualenv made by
+    # `make mlserver`, else ``mlserver`` on the PATH)
+    mlserver_executable: str = ""
+    # an MLServer this pod does not start (its sidecar container): its gRPC "host:port",
+    # its REST port on the same host, and the models directory it shares with the pod
+    mlserver_address: str = ""
+    mlserver_rest_port: int = Field(default=0, ge=0, le=65535)
+    mlserver_models_dir: Path | None = None
+    # the environment MLServer starts with (its ServingRuntime container's: gateway.pod.profile)
+    mlserver_env: dict[str, str] = Field(default_factory=dict)
     log_level: str = "INFO"
     log_format: LogFormat = "text"  # or "json": one object per line (gateway.core.logs)
     # HOST:PORT of an OTLP gRPC collector: a span per inference request (gateway.pod.tracing)
@@ -101,3 +116,8 @@ class PodSettings(BaseSettings):
         copy = PodSettings(**{**self.model_dump(), **changes})
         object.__setattr__(copy, "__pydantic_fields_set__", set(self.model_fields_set))
         return copy
+
+
+def bracketed(host: str) -> str:
+    """``host`` as the host part of "host:port" (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

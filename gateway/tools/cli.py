@@ -150,6 +150,11 @@ def cmd_pod(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "log_format": args.log_format,
         "otlp_endpoint": args.otlp_endpoint,
+        "model_server": args.model_server,
+        "mlserver_executable": args.mlserver,
+        "mlserver_address": args.mlserver_address,
+        "mlserver_rest_port": args.mlserver_rest_port,
+        "mlserver_models_dir": args.mlserver_models_dir,
     }
     server.main(_settings(server.PodSettings, given))
     return 0
@@ -414,6 +419,34 @@ def parser() -> argparse.ArgumentParser:
         "--otlp-endpoint",
         metavar="HOST:PORT",
         help="export a span per inference request to this OTLP gRPC collector (default: none)",
+    )
+    p.add_argument(
+        "--model-server",
+        choices=("auto", "mmgw", "mlserver"),
+        help="who serves the models: this process (mmgw), a real MLServer beside it (mlserver), "
+        "or as the ServingRuntime says (auto, the default: serverType mlserver with an MLServer "
+        "model class)",
+    )
+    p.add_argument(
+        "--mlserver",
+        metavar="PATH",
+        help="the mlserver command (default: the virtualenv `make mlserver` makes, else PATH)",
+    )
+    p.add_argument(
+        "--mlserver-address",
+        metavar="HOST:PORT",
+        help="an MLServer started by someone else (a sidecar container): its gRPC address; the "
+        "pod watches it instead of starting one",
+    )
+    p.add_argument(
+        "--mlserver-rest-port", type=int, help="that MLServer's REST port, on the same host"
+    )
+    p.add_argument(
+        "--mlserver-models-dir",
+        type=Path,
+        metavar="DIR",
+        help="MLServer's models directory (MLSERVER_MODELS_DIR), shared with that MLServer "
+        "(default: a temporary folder)",
     )
     p.set_defaults(func=cmd_pod)
 

@@ -25,7 +25,8 @@ def settings(**changes: Any) -> PodSettings:
     return PodSettings(port=0, pod_id="p", **changes)  # capacity: the default, 1 GiB
 
 
-def test_the_seed_runtime_gives_capacity_timeout_and_class() -> None:
+def test_the_seed_runtime_gives_capacity_timeout_and_a_real_mlserver() -> None:
+    """The seed's runtime names an MLServer class: its pods run MLServer with its env."""
     found = profile.profile(parse_serving_runtime(SEED_RUNTIME))
     assert found == profile.RuntimeProfile(
         name="peft-model-server",
@@ -33,9 +34,72 @@ def test_the_seed_runtime_gives_capacity_timeout_and_class() -> None:
         capacity_bytes=5 * GiB - 128 * MiB,
         loading_timeout_ms=90000,
         model_class="peft_model_server:PeftModelServer",
+        server_type="mlserver",
+        image="registry.example/peft-model-server:latest",
+        env={"MLSERVER_MODEL_IMPLEMENTATION": "peft_model_server.PeftModelServer"},
     )
     pod = profile.configure(settings(), found)
     assert (pod.capacity_bytes, pod.model_loading_timeout_ms) == (5 * GiB - 128 * MiB, 90000)
+    assert pod.model_server == "mlserver"
+    assert pod.runtimes == {"peft-model": profile.MLSERVER_MODEL}
+    assert pod.mlserver_env == {
+        "MLSERVER_MODEL_IMPLEMENTATION": "peft_model_server.PeftModelServer"
+    }
+
+
+def seed_with(**container: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(SEED_RUNTIME)
+    doc["spec"]["containers"][0].update(container)
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "served_by"),
+    [
+        # a class of ours (gateway.pod.model.Model): served in this process
+        (
+            seed_with(
+                env=[
+                    {
+                        "name": "MLSERVER_MODEL_IMPLEMENTATION",
+                        "value": "examples.custom_runtime.sentiment_runtime.SentimentRuntime",
+                    }
+                ]
+            ),
+            "mmgw",
+        ),
+        # no class: MLServer's own runtimes (mlserver_sklearn, ...), as ModelMesh lays them out
+        (seed_with(env=[]), "mlserver"),
+        # this project's pod image: its built-in classes
+        (seed_with(env=[], image="modelmesh-gateway/pod:local"), "mmgw"),
+        # not an MLServer runtime
+        (
+            {
+                **SEED_RUNTIME,
+                "spec": {**SEED_RUNTIME["spec"], "builtInAdapter": {"serverType": "triton"}},
+            },
+            "mmgw",
+        ),
+    ],
+)
+def test_who_serves_a_runtimes_models(doc: dict[str, Any], served_by: str) -> None:
+    pod = profile.configure(settings(), profile.profile(parse_serving_runtime(doc)))
+    assert pod.model_server == served_by
+
+
+def test_the_built_in_mlserver_runtime_is_served_in_process() -> None:
+    from gateway.kserve.serving_runtimes import BUILTIN_RUNTIMES as BUILTIN_DOCS
+
+    (doc,) = (d for d in BUILTIN_DOCS if d["metadata"]["name"] == "mlserver-1.x")
+    found = profile.profile(parse_serving_runtime(doc))
+    assert found.builtin and found.server_type == "mlserver"
+    assert profile.configure(settings(), found).model_server == "mmgw"
+
+
+def test_the_command_line_decides_who_serves() -> None:
+    found = profile.profile(parse_serving_runtime(SEED_RUNTIME))
+    pod = profile.configure(settings(model_server="mmgw"), found)
+    assert pod.model_server == "mmgw"
     assert pod.runtimes == {"peft-model": "peft_model_server:PeftModelServer"}
 
 
@@ -54,7 +118,7 @@ def test_values_from_the_environment_win_too(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_without_a_model_class_the_built_in_classes_serve_the_runtimes_formats() -> None:
-    doc = copy.deepcopy(SEED_RUNTIME)
+    doc = seed_with(image="modelmesh-gateway/pod:local")
     doc["spec"]["supportedModelFormats"] = [{"name": "sklearn"}, {"name": "XGBoost"}]
     doc["spec"]["containers"][0].pop("env")
     doc["spec"]["containers"][0].pop("resources")
