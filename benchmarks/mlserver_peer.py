@@ -1,9 +1,10 @@
 """MLServer serving the same mnist-svm model: the peer a user would otherwise run.
 
 MLServer cannot be installed beside the project (mlserver 1.7 needs protobuf<7, our
-stubs >=7.35), so it gets a virtualenv of its own, made once under
-``.mmgw/bench/mlserver-venv`` from PyPI (mlserver and mlserver-sklearn, with the
-scikit-learn version the model is trained with here). ``running`` starts
+stubs >=7.35), so it runs from its own virtualenv, ``.venv-mlserver``, which
+``make mlserver`` makes (``make bench`` does; requirements/mlserver.txt pins it, with
+the scikit-learn version the model is trained with here), the one MLServer-backed
+pods run (gateway.pod.mlserver). ``running`` starts
 ``mlserver start`` on free loopback ports with its defaults otherwise (one
 parallel inference worker, metrics on) and stops it afterwards. MLServer
 answers 422 to a body without ``content-type: application/json``; the
@@ -17,20 +18,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import sklearn
 
+from gateway.pod.mlserver.process import find_executable
 from gateway.tools import launcher
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".mmgw" / "bench" / "mlserver-venv"
-VERSION = "1.7.1"
 MODEL_NAME = "mnist-svm"
 
 
@@ -57,39 +55,9 @@ class MLServer:
         return f"http://127.0.0.1:{self.grpc_port}/inference.GRPCInferenceService/ModelInfer"
 
 
-def requirements() -> list[str]:
-    return [
-        f"mlserver=={VERSION}",
-        f"mlserver-sklearn=={VERSION}",
-        f"scikit-learn=={sklearn.__version__}",  # the version mnist-svm.joblib is saved with
-        # MLServer 1.7.1's inference workers call asyncio.get_event_loop() before setting one,
-        # which uvloop 0.22 and later refuse: its workers die at start with a newer one.
-        "uvloop==0.21.0",
-    ]
-
-
-def ensure_venv() -> Path:
-    """The virtualenv's ``mlserver`` executable; made (or brought up to ``requirements``) on
-    first use."""
-    executable = VENV / "bin" / "mlserver"
-    stamp = VENV / ".requirements"
-    wanted = "\n".join(requirements())
-    if executable.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return executable
-    print(f"installing MLServer {VERSION} into {VENV} (once) ...", flush=True)
-    if not (VENV / "bin" / "pip").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    subprocess.run(
-        [str(VENV / "bin" / "pip"), "install", "--quiet", *requirements()],
-        check=True,
-    )
-    stamp.write_text(wanted)
-    return executable
-
-
 @contextlib.contextmanager
 def running(model: Path, work: Path, timeout: float = 120.0) -> Iterator[MLServer]:
-    executable = ensure_venv()
+    executable = find_executable("")
     folder = work / "mlserver"
     (folder / MODEL_NAME).mkdir(parents=True, exist_ok=True)
     http_port, grpc_port, metrics_port = (launcher.free_port() for _ in range(3))

@@ -392,3 +392,57 @@ def test_the_deployments_commands_and_environment_are_ones_the_program_accepts()
             }
             assert not unknown, f"not gateway settings: {unknown}"
             assert "MMGW_STORE" in names and "MMGW_API_TOKEN" in names
+
+
+def test_the_mlserver_runtimes_pods_are_modelmeshs_two_containers() -> None:
+    """istio/mlserver/pods.yaml: MLServer (the pinned image, the ServingRuntime's own
+    container) beside the adapter, which is told where MLServer listens and shares its
+    models folder; MLServer's ports are the Service's target ports, so Envoy's pod cluster
+    holds them."""
+    from gateway.kserve.resources import parse_serving_runtime
+    from gateway.pod import profile
+
+    (sample,) = documents(ISTIO / "samples" / "mlserver-runtime.yaml")
+    runtime = profile.profile(parse_serving_runtime(sample))
+    assert profile.served_by_mlserver(runtime)
+    (deployment,) = documents(ISTIO / "mlserver" / "pods.yaml")
+    kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
+    template = deployment["spec"]["template"]
+    mlserver, adapter = template["spec"]["containers"]
+    pinned = Requirement(
+        next(
+            line
+            for line in (ROOT / "requirements" / "mlserver.txt").read_text().splitlines()
+            if line.startswith("mlserver==")
+        )
+    )
+    (container,) = sample["spec"]["containers"]
+    (version,) = (spec.version for spec in pinned.specifier)
+    assert mlserver["image"] == container["image"] == f"seldonio/mlserver:{version}"
+    assert mlserver["env"] == container["env"] and mlserver["resources"] == container["resources"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    ports = {p["name"]: p["containerPort"] for p in mlserver["ports"]}
+    assert ports == {"grpc": int(env["MLSERVER_GRPC_PORT"]), "http": int(env["MLSERVER_HTTP_PORT"])}
+    serving = find(documents(ISTIO / "runtimes.yaml"), "Service", manifests.SERVING_SERVICE)
+    assert {p["targetPort"] for p in serving["spec"]["ports"]} == {"grpc", "http"}
+    assert serving["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    args = adapter["args"]
+
+    def flag(name: str) -> str:
+        return str(args[args.index(name) + 1])
+
+    assert flag("--runtime-name") == sample["metadata"]["name"]
+    assert flag("--model-server") == "mlserver"
+    assert flag("--mlserver-address") == f"127.0.0.1:{env['MLSERVER_GRPC_PORT']}"
+    assert flag("--mlserver-rest-port") == env["MLSERVER_HTTP_PORT"]
+    assert flag("--port") == sample["spec"]["grpcEndpoint"].removeprefix("port:")
+    assert sample["spec"]["grpcDataEndpoint"] == f"port:{env['MLSERVER_GRPC_PORT']}"
+    shared = flag("--mlserver-models-dir")
+    assert env["MLSERVER_MODELS_DIR"].rstrip("/") == shared
+    for each in (mlserver, adapter):
+        mounts = {m["mountPath"]: m["name"] for m in each["volumeMounts"]}
+        assert mounts[shared] == "mlserver-models" and mounts["/models"] == "models"
+    parsed = cli.parser().parse_args(
+        [a.replace("$(POD_NAME)", "pod-0") for a in args]
+    )  # the adapter's flags are the CLI's
+    assert parsed.model_server == "mlserver"
