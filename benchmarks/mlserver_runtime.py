@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     deployment = launcher.Deployment(
         data_dir=work,
         ports=launcher.Ports.free(pods=2),
-        pod_args={1: ["--runtime-name", name]},
+        pod_args={0: ["--runtime-name", "mlserver-1.x"], 1: ["--runtime-name", name]},
         later_pods=frozenset({1}),
         envoy_access_log=False,
     )
