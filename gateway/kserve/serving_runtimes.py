@@ -44,7 +44,12 @@ RUNTIME_UNHEALTHY = "RuntimeUnhealthy"  # selected, but none of its pods is up
 
 
 def _builtin(
-    name: str, image: str, server_type: str, formats: Iterable[tuple[str, str]]
+    name: str,
+    image: str,
+    server_type: str,
+    formats: Iterable[tuple[str, str]],
+    *,
+    auto_select: bool = True,
 ) -> dict[str, Any]:
     return {
         "apiVersion": RUNTIME_API_VERSION,
@@ -52,7 +57,8 @@ def _builtin(
         "metadata": {"name": name, "annotations": {"mmgw.io/built-in": "true"}},
         "spec": {
             "supportedModelFormats": [
-                {"name": f, "version": v, "autoSelect": True, "priority": 1} for f, v in formats
+                {"name": f, "version": v, "autoSelect": auto_select, "priority": 1}
+                for f, v in formats
             ],
             "multiModel": True,
             "containers": [{"name": "mmgw-pod", "image": image}],
@@ -77,6 +83,15 @@ BUILTIN_RUNTIMES: tuple[dict[str, Any], ...] = (
     ),
     _builtin(
         "triton-2.x", "modelmesh-gateway/pod:local", "triton", (("onnx", "1"), ("pytorch", "1"))
+    ),
+    # Named, never chosen (autoSelect false): a peft-model InferenceService names its runtime,
+    # this one or the user's own (the seed's PeftModelServer in a real MLServer).
+    _builtin(
+        "huggingface-peft",
+        "modelmesh-gateway/pod:local",
+        "mlserver",
+        (("peft-model", "1"),),
+        auto_select=False,
     ),
     _builtin("mmgw-synthetic", "modelmesh-gateway/pod:local", "mlserver", (("synthetic", "1"),)),
 )

@@ -66,7 +66,7 @@ class Puller:
         """``config`` with a local path whose files are there and readable."""
         location = S3Location.from_request(str(config.path), config.key)
         if location is None:
-            root = _pvc_root(config.key)
+            root = pvc_root(config.key)
             if root is not None:
                 await asyncio.to_thread(confine, config.path, root)
             return config
@@ -114,7 +114,7 @@ class Puller:
         return final / local.relative_to(partial)
 
 
-def _pvc_root(key: str) -> Path | None:
+def pvc_root(key: str) -> Path | None:
     """The PVC folder the gateway names in the load's key (``{"pvc_root": ...}``), if any."""
     try:
         data = json.loads(key) if key else None

@@ -317,7 +317,7 @@ def pins(name: str) -> dict[str, str]:
     ("requirements", "extras"),
     [
         ("requirements-gateway.txt", ()),
-        ("requirements-pod.txt", ("xgboost", "lightgbm", "onnx", "torch", "tracing")),
+        ("requirements-pod.txt", ("xgboost", "lightgbm", "onnx", "torch", "llm", "tracing")),
     ],
 )
 def test_images_pin_every_dependency_within_pyproject(

@@ -90,6 +90,7 @@ def test_servingruntimes_and_runtime_selection(deployment: launcher.Deployment) 
         )
         cluster = ok("get", "clusterservingruntimes").splitlines()
         assert [line.split()[:2] for line in cluster[1:]] == [
+            ["huggingface-peft", "peft-model"],
             ["mlserver-1.x", "sklearn"],
             ["mmgw-synthetic", "synthetic"],
             ["triton-2.x", "onnx"],

@@ -200,7 +200,7 @@ def test_a_named_runtime() -> None:
 async def test_built_in_runtimes_serve_every_pod_format(tmp_path: Path) -> None:
     h = await harness(tmp_path)
     names = [r.name for r in h.registry.runtimes.list("ClusterServingRuntime")]
-    assert names == ["mlserver-1.x", "mmgw-synthetic", "triton-2.x"]
+    assert names == ["huggingface-peft", "mlserver-1.x", "mmgw-synthetic", "triton-2.x"]
     assert h.registry.runtimes.list("ServingRuntime") == []
     assert await h.store.items("") == {}  # present, not stored
     for fmt, expected in [
@@ -388,6 +388,7 @@ async def test_the_api_in_kubernetes_shape(tmp_path: Path) -> None:
         ] == ["peft-model-server"]
         cluster = (await api.get(CSRS)).json()
         assert [i["metadata"]["name"] for i in cluster["items"]] == [
+            "huggingface-peft",
             "mlserver-1.x",
             "mmgw-synthetic",
             "triton-2.x",

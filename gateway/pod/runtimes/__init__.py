@@ -7,6 +7,7 @@ loaded, and a user's own runtime can be named in configuration.
 
 ``BUILTIN_RUNTIMES`` lists the runtimes this package ships: ``sklearn``,
 ``xgboost``, ``lightgbm``, ``onnx`` (onnxruntime), ``pytorch`` (TorchScript),
+``peft-model`` (transformers and peft: a causal language model, with an adapter or not)
 and ``synthetic`` (models that only take memory and time, for scale tests).
 All but sklearn and synthetic need the package's optional extras
 (``pip install 'modelmesh-gateway[runtimes]'``).
@@ -33,6 +34,7 @@ BUILTIN_RUNTIMES: Mapping[str, RuntimeRef] = MappingProxyType(
         "lightgbm": "gateway.pod.runtimes.lightgbm:LightGBMModel",
         "onnx": "gateway.pod.runtimes.onnx:ONNXModel",
         "pytorch": "gateway.pod.runtimes.pytorch:TorchScriptModel",
+        "peft-model": "gateway.pod.runtimes.peft:PeftModelRuntime",
     }
 )
 
