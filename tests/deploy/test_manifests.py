@@ -439,9 +439,11 @@ def test_the_mlserver_runtimes_pods_are_modelmeshs_two_containers() -> None:
     assert sample["spec"]["grpcDataEndpoint"] == f"port:{env['MLSERVER_GRPC_PORT']}"
     shared = flag("--mlserver-models-dir")
     assert env["MLSERVER_MODELS_DIR"].rstrip("/") == shared
+    cache = flag("--model-cache")  # S3 downloads: MLServer reads them too
     for each in (mlserver, adapter):
         mounts = {m["mountPath"]: m["name"] for m in each["volumeMounts"]}
         assert mounts[shared] == "mlserver-models" and mounts["/models"] == "models"
+        assert mounts[cache] == "model-cache"
     parsed = cli.parser().parse_args(
         [a.replace("$(POD_NAME)", "pod-0") for a in args]
     )  # the adapter's flags are the CLI's
