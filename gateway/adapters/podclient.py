@@ -31,6 +31,7 @@ from gateway.core.errors import (
     LoadFailed,
     LoadTimeout,
     ModelFormatError,
+    ModelNotInStorage,
     PodFull,
     PodUnresponsive,
 )
@@ -97,6 +98,8 @@ class GrpcPodClient:
                     if exc.details()
                     else f"pod {address}: load timed out after {timeout:g} s"
                 ) from None
+            if code == grpc.StatusCode.NOT_FOUND:  # its file, object or bucket is not there
+                raise ModelNotInStorage(message) from None
             raise (ModelFormatError if code in _FORMAT_CODES else LoadFailed)(message) from None
         return response.size_in_bytes
 

@@ -687,3 +687,17 @@ async def test_a_pod_that_registers_it_cannot_serve_leaves_the_pool_at_once() ->
     assert await placement.ensure_loaded("m") == other
     await placement.check_pods()  # it answers ready again (restarted, empty)
     assert next(p for p in placement.snapshot()["pods"] if p["pod"] == first)["healthy"]
+
+
+async def test_a_model_that_fails_for_itself_is_not_tried_on_other_pods() -> None:
+    """A file no runtime can read fails alike on every pod (they read the same storage): one
+    attempt, not one per pod, each evicting copies to make room for it first."""
+    pods = FakePods(a=FakePod(bad_format=True), b=FakePod(bad_format=True))
+    placement = Placement(pods)
+    placement.register(spec("m"))
+    placement.add_pod("a")
+    placement.add_pod("b")
+    await placement.check_pods()
+    with pytest.raises(ModelFormatError, match="failed on 1 pod"):
+        await placement.ensure_loaded("m")
+    assert len(pods.loads) == 1

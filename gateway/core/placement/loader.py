@@ -7,7 +7,10 @@ skipping pods far busier than the rest; room is made by evicting what
 ``picker.plan_evictions`` names (recency weighed by demand, never a copy in
 flight or within the churn guard); a failed load is retried on another pod, up
 to ``max_load_attempts``, and the failure keeps that pod out for
-``failure_expiry``.
+``failure_expiry``. A failure of the model itself (ModelNotInStorage: its file
+or object is not there; ModelFormatError: no runtime can read it) is not retried:
+every pod reads the same storage and would fail alike, after evicting copies
+to make room for it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from gateway.core.domain import CopyState, PodView
 from gateway.core.errors import (
     LoadFailed,
     ModelFormatError,
+    ModelNotInStorage,
     NoCapacity,
     PodFull,
     StoreUnavailable,
@@ -202,6 +206,11 @@ class Loader:
                 in_background(self._coordinator.failed(spec.model_id, target.pod, exc))
                 self._events.load_failed(spec.model_id, target.pod, exc.message)
                 errors.append(exc)
+                if isinstance(exc, ModelNotInStorage | ModelFormatError):
+                    # the model's own failure: every pod reads the same storage, so another
+                    # would fail alike, after evicting copies to make room for it
+                    log.info("%s is not tried on other pods: %s", spec.model_id, exc.message)
+                    break
             else:
                 return target.pod
         raise self._load_error(model, errors, no_room=bool(full))
