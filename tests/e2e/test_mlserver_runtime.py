@@ -10,9 +10,11 @@ its filter name_the_model writes the concrete model id into the request.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,6 +137,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.Deployme
         for name in ("digits", "digits-request", "mnist-mls"):
             item = wait_ready(api, name, timeout=120)
             assert item["status"]["conditions"][0]["status"] == "True", item["status"]
+        deadline = time.monotonic() + 120  # both pods up: the tests move models between them
+        while sum(p["healthy"] for p in pods(api)) < 2:
+            assert time.monotonic() < deadline, pods(api)
+            time.sleep(0.2)
         yield deployment
     for process in deployment.processes:
         assert process.popen.poll() is not None
@@ -389,3 +395,51 @@ def mlserver_pid(pod_pid: int) -> int:
             if int(fields[1]) == pod_pid and int(fields[2]) == int(entry.name):  # ppid, pgrp
                 return int(entry.name)
     raise AssertionError(f"pod {pod_pid} has no MLServer child")
+
+
+async def test_a_port_taken_before_mlserver_binds_it_costs_one_start_then_new_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pods picking ports at once can pick the same one: MLServer then runs without its
+    REST listener. That start fails (both ports must answer), and the next takes new ports."""
+    from gateway.pod.mlserver import process
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = taken.getsockname()[1]
+    picks = iter([launcher.free_port(), busy])  # the first start's gRPC port, then REST
+
+    def first_busy(host: str) -> int:
+        return next(picks, None) or launcher.free_port(host)
+
+    monkeypatch.setattr(process, "free_port", first_busy)
+    ups: list[int] = []
+    server = process.MLServerProcess(
+        str(VENV / "bin" / "mlserver"),
+        tmp_path / "models",
+        {},
+        work_dir=tmp_path,
+        host="127.0.0.1",
+        on_up=lambda: ups.append(server.http_port),
+        on_down=lambda reason: None,
+        max_message_bytes=1 << 20,
+        start_timeout_s=10,
+    )
+    (tmp_path / "models").mkdir()
+    assert server.http_port == busy
+    running = asyncio.create_task(server.run())
+    try:
+        for _ in range(600):
+            if ups:
+                break
+            await asyncio.sleep(0.1)
+        assert ups and ups[0] != busy  # up, on a port of its own
+        answer = httpx.get(f"http://127.0.0.1:{server.http_port}/v2/health/ready", timeout=5)
+        assert answer.status_code == 200
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await server.close()
+        taken.close()
+    assert server.pid is None  # stopped with the task

@@ -46,6 +46,15 @@ class MLServerClient:
     """One channel to an MLServer's gRPC port (``host:port``)."""
 
     def __init__(self, target: str) -> None:
+        self._connect(target)
+
+    async def retarget(self, target: str) -> None:
+        """Talk to the MLServer at ``target`` from now on (one restarted on other ports)."""
+        old = self._channel
+        self._connect(target)
+        await old.close(grace=None)
+
+    def _connect(self, target: str) -> None:
         self.target = target
         self._channel = grpc.aio.insecure_channel(
             target, options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)]

@@ -2,10 +2,12 @@
 
 - ``MLServerProcess`` (a local pod): ``mlserver start <models dir>`` on free ports of the
   pod's host, in a process group of its own (MLServer's inference workers die with it),
-  nothing loaded at start. When it dies, ``on_down`` is told (the adapter forgets its
-  models and reports itself not ready) and it is started again after a backoff that
-  doubles from 1 s up to 30 s, as the kubelet restarts a container; ``on_up`` once it
-  answers ready again.
+  nothing loaded at start. It is up once both its gRPC and its REST port answer ready:
+  MLServer goes on running when one of them cannot bind (another process took the port
+  between our check and its bind), so that start fails, and every start takes new ports.
+  When it dies, ``on_down`` is told (the adapter forgets its models and reports itself
+  not ready) and it is started again after a backoff that doubles from 1 s up to 30 s,
+  as the kubelet restarts a container; ``on_up`` once it answers ready again.
 - ``MLServerSidecar`` (Kubernetes: MLServer is the pod's other container, restarted by
   the kubelet): asks it ServerReady every second; three misses in a row are ``on_down``.
 
@@ -23,6 +25,8 @@ import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import httpx
+
 from gateway.core.local_ports import die_with_parent, free_port
 
 from ..settings import bracketed
@@ -30,7 +34,7 @@ from .client import MLServerClient
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 30.0  # nothing is loaded at start: MLServer is up in seconds
 # MLServer's own virtualenv, made by `make mlserver` (it needs protobuf<7: not beside ours)
 VENV = Path(__file__).resolve().parents[3] / ".venv-mlserver"
 _BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
@@ -69,28 +73,31 @@ class MLServerProcess:
         max_message_bytes: int,
         start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
-        self.grpc_port = free_port(host)
-        self.http_port = free_port(host)
+        self._host = host
         self._command = (executable, "start", str(models_dir))
         self._env = {
             **os.environ,
             **env,
             "MLSERVER_MODELS_DIR": str(models_dir),
             "MLSERVER_HOST": host.strip("[]"),
-            "MLSERVER_GRPC_PORT": str(self.grpc_port),
-            "MLSERVER_HTTP_PORT": str(self.http_port),
-            "MLSERVER_METRICS_PORT": str(free_port(host)),
             "MLSERVER_LOAD_MODELS_AT_STARTUP": "false",
             "MLSERVER_GRPC_MAX_MESSAGE_LENGTH": str(max_message_bytes),
             # its Prometheus files: in its own folder, not wherever the pod was started
             "MLSERVER_METRICS_DIR": str(work_dir / ".metrics"),
         }
         self._work_dir = work_dir
+        self._choose_ports()
         self.client = MLServerClient(f"{bracketed(host)}:{self.grpc_port}")
         self._on_up, self._on_down = on_up, on_down
         self._start_timeout = start_timeout_s
         self._process: asyncio.subprocess.Process | None = None
         self._stopping = False
+
+    def _choose_ports(self) -> None:
+        self.grpc_port, self.http_port = free_port(self._host), free_port(self._host)
+        self._env["MLSERVER_GRPC_PORT"] = str(self.grpc_port)
+        self._env["MLSERVER_HTTP_PORT"] = str(self.http_port)
+        self._env["MLSERVER_METRICS_PORT"] = str(free_port(self._host))
 
     @property
     def pid(self) -> int | None:
@@ -99,8 +106,13 @@ class MLServerProcess:
     async def run(self) -> None:
         """Start MLServer, then keep it running until cancelled (then stop it)."""
         failures = 0
+        first = True
         try:
             while True:
+                if not first:
+                    self._choose_ports()
+                    await self.client.retarget(f"{bracketed(self._host)}:{self.grpc_port}")
+                first = False
                 started = await self._start()
                 if started:
                     failures = 0
@@ -137,15 +149,24 @@ class MLServerProcess:
             return False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._start_timeout
-        while loop.time() < deadline:
-            if self._process.returncode is not None:
-                log.error("MLServer exited with %s while starting", _exit(self._process.returncode))
-                return False
-            if await self.client.ready(timeout=1.0):
-                log.info("MLServer is ready (pid %d)", self._process.pid)
-                return True
-            await asyncio.sleep(0.2)
-        log.error("MLServer did not answer ready in %g s", self._start_timeout)
+        ready = f"http://{bracketed(self._host)}:{self.http_port}/v2/health/ready"
+        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as rest:
+            while loop.time() < deadline:
+                if self._process.returncode is not None:
+                    log.error(
+                        "MLServer exited with %s while starting", _exit(self._process.returncode)
+                    )
+                    return False
+                if await self.client.ready(timeout=1.0) and await _answers(rest, ready):
+                    log.info("MLServer is ready (pid %d)", self._process.pid)
+                    return True
+                await asyncio.sleep(0.2)
+        log.error(
+            "MLServer did not answer ready on gRPC port %d and REST port %d in %g s",
+            self.grpc_port,
+            self.http_port,
+            self._start_timeout,
+        )
         await self.stop()
         return False
 
@@ -208,6 +229,13 @@ class MLServerSidecar:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+async def _answers(client: httpx.AsyncClient, url: str) -> bool:
+    try:
+        return (await client.get(url)).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _exit(code: int) -> str:
