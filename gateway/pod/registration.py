@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gateway.core.errors import StoreUnavailable
@@ -24,10 +25,26 @@ from gateway.store import Store
 from gateway.store.sync import KeptLease
 
 from .repository import ModelRepository
+from .settings import PodSettings, bracketed
 
 log = logging.getLogger(__name__)
 
 PODS = "pods/"
+
+
+def pod_info(settings: PodSettings, port: int | None, model_types: Iterable[str]) -> dict[str, Any]:
+    """What a pod listening on ``port`` tells gateways about itself: its address (the one
+    given to advertise, else its host's, this host's own IP for a wildcard), its runtime,
+    its capacity and its model types."""
+    host = settings.host
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = socket.gethostbyname(socket.gethostname())
+    return {
+        "address": settings.advertise or f"{bracketed(host)}:{port}",
+        "runtime": settings.runtime_name,
+        "capacity": settings.capacity_bytes,
+        "model_types": list(model_types),
+    }
 
 
 class Registration:

@@ -23,7 +23,6 @@ import asyncio
 import logging
 import shutil
 import signal
-import socket
 import tempfile
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from . import profile
 from .mlserver.adapter import AdapterServer
 from .on_demand import OnDemand
 from .puller import Puller
-from .registration import Registration
+from .registration import Registration, pod_info
 from .repository import ModelRepository
 from .rest import OipApp, RestServer
 from .runtimes import RuntimeRegistry
@@ -82,19 +81,7 @@ class PodServer:
 
     def registration_info(self) -> dict[str, object]:
         """What the pod tells gateways about itself in the store (gateway.pod.registration)."""
-        settings = self.settings
-        return {
-            "address": settings.advertise or self._advertised(),
-            "runtime": settings.runtime_name,
-            "capacity": settings.capacity_bytes,
-            "model_types": list(self.models.model_types),
-        }
-
-    def _advertised(self) -> str:
-        host = self.settings.host
-        if host in ("0.0.0.0", "::", "[::]"):
-            host = socket.gethostbyname(socket.gethostname())
-        return f"{bracketed(host)}:{self.port}"
+        return pod_info(self.settings, self.port, self.models.model_types)
 
     async def start(self) -> int:
         """Bind and start serving; the bound port."""

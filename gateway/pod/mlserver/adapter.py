@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import socket
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ import grpc
 from gateway._proto import model_runtime_pb2_grpc as rt_grpc
 
 from ..puller import Puller
+from ..registration import pod_info
 from ..repository import ModelRepository
 from ..runtimes import RuntimeRegistry
 from ..servicer import RuntimeServicer
@@ -88,16 +88,7 @@ class AdapterServer:
         return f"{bracketed(self.settings.host)}:{self.port}"
 
     def registration_info(self) -> dict[str, object]:
-        settings = self.settings
-        host = settings.host
-        if host in ("0.0.0.0", "::", "[::]"):
-            host = socket.gethostbyname(socket.gethostname())
-        return {
-            "address": settings.advertise or f"{bracketed(host)}:{self.port}",
-            "runtime": settings.runtime_name,
-            "capacity": settings.capacity_bytes,
-            "model_types": list(self.models.model_types),
-        }
+        return pod_info(self.settings, self.port, self.models.model_types)
 
     def serving(self) -> bool:
         """Whether MLServer is up (the registration says so: gateways act on it at once)."""
