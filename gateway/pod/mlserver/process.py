@@ -91,7 +91,6 @@ class MLServerProcess:
         self._on_up, self._on_down = on_up, on_down
         self._start_timeout = start_timeout_s
         self._process: asyncio.subprocess.Process | None = None
-        self._stopping = False
 
     def _choose_ports(self) -> None:
         self.grpc_port, self.http_port = free_port(self._host), free_port(self._host)
