@@ -85,3 +85,13 @@ CONCRETE_ID_SEPARATOR = "__isvc-"
 # by name): gateway replicas mirror it, and a pod reads it to load a registered model it
 # was sent without holding a copy (gateway.pod.on_demand).
 INFERENCE_SERVICES_PREFIX = "inferenceservices/"
+
+# An adapter's load names the base model it attaches to in its key (ModelConfig.key, JSON):
+# {"base_model_id": "<the base's concrete id>"}; the pod must hold that base.
+BASE_MODEL_KEY = "base_model_id"
+
+# The OpenAI-compatible API on :8008: these POST paths name their model in the JSON body's
+# "model" field, which Envoy's json_to_metadata filter puts in the request's dynamic
+# metadata (namespace OPENAI_METADATA, key "model") for ext_proc, the body staying in Envoy.
+OPENAI_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
+OPENAI_METADATA = "mmgw.openai"

@@ -23,6 +23,7 @@ Input arrays may be read-only views of the request's bytes: copy before writing.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from gateway.core.errors import InvalidInput
+from gateway.core.protocol import BASE_MODEL_KEY
 
 from . import datatypes
 
@@ -148,13 +150,26 @@ class ModelConfig:
     """Where a model comes from: the fields of a LoadModel request.
 
     ``key`` is the free-form JSON (storage parameters, format version) the
-    gateway passes through; runtimes may ignore it.
+    gateway passes through; runtimes may ignore it. An adapter's key names its base
+    model (``{"base_model_id": ...}``, ``base_model_id``); the repository then hands the
+    loaded base to the runtime in ``base``.
     """
 
     model_id: str
     model_type: str
     path: Path
     key: str = ""
+    base: Model | None = None
+
+    @property
+    def base_model_id(self) -> str:
+        """The base model an adapter attaches to, as the key names it ("" for a model)."""
+        try:
+            data = json.loads(self.key) if self.key else None
+        except json.JSONDecodeError:
+            return ""
+        base = data.get(BASE_MODEL_KEY) if isinstance(data, dict) else None
+        return base if isinstance(base, str) else ""
 
 
 class Model(abc.ABC):

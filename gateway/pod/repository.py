@@ -41,7 +41,7 @@ import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.core.domain import LOAD_TIMEOUT_SECONDS
@@ -74,10 +74,11 @@ class LoadedModel:
 class _Held:
     """A loaded model and its request counters."""
 
-    __slots__ = ("model", "in_flight", "requests", "idle")
+    __slots__ = ("model", "in_flight", "requests", "idle", "base")
 
     def __init__(self, model: Model) -> None:
         self.model = model
+        self.base = model.config.base_model_id  # an adapter's base model ("": a model)
         self.in_flight = 0
         self.requests = 0
         self.idle: asyncio.Event | None = None  # set when in_flight drops to 0, while unloading
@@ -95,6 +96,7 @@ class ModelRepository:
         loading_timeout_s: float = LOAD_TIMEOUT_SECONDS,
         unload_drain_s: float = 30.0,
         capacity_bytes: int = 0,
+        max_adapters: int | None = None,
     ) -> None:
         if max_loading_concurrency < 1:
             raise ValueError("max_loading_concurrency must be at least 1")
@@ -110,6 +112,8 @@ class ModelRepository:
         self._models: dict[str, _Held] = {}
         self._loading: dict[str, asyncio.Task[Model]] = {}
         self._capacity = capacity_bytes  # 0: no limit
+        self._max_adapters = max_adapters  # None: no limit
+        self._adapter_loads: set[str] = set()  # loads in progress that are adapters
         self._expected: dict[str, int] = {}  # loads in progress -> the bytes they said to expect
         self._unloading: dict[str, asyncio.Task[None]] = {}
         self._closing = False
@@ -176,16 +180,43 @@ class ModelRepository:
             self.on_change()
         return forgotten
 
-    def _admit(self, model_id: str, expected: int) -> None:
+    def _admit(self, config: ModelConfig, expected: int) -> None:
+        model_id = config.model_id
+        if config.base_model_id:
+            self._admit_adapter(config)
+            return
         if not (expected and self._capacity):
             return
-        held = sum(h.model.size_bytes() for h in self._models.values())
+        held = sum(h.model.size_bytes() for h in self._models.values() if not h.base)
         loading = sum(self._expected.values())
         if held + loading + expected > self._capacity:
             raise NoCapacity(
                 f"this pod has no room for model '{model_id}': it expects {expected} bytes, and "
                 f"{held} held + {loading} loading of {self._capacity} leaves {max(self._capacity - held - loading, 0)}"
             )
+
+    def _admit_adapter(self, config: ModelConfig) -> None:
+        """An adapter attaches to a base this pod holds, within ``max_adapters``."""
+        base = config.base_model_id
+        if base not in self._models or base in self._unloading:
+            raise LoadFailed(
+                f"adapter '{config.model_id}' needs its base model '{base}', "
+                "which this pod does not hold"
+            )
+        if self._max_adapters is None:
+            return
+        adapters = sum(1 for h in self._models.values() if h.base) + sum(
+            1 for mid in self._loading if mid in self._adapter_loads
+        )
+        if adapters >= self._max_adapters:
+            raise NoCapacity(
+                f"this pod has no room for adapter '{config.model_id}': it holds "
+                f"{adapters} of {self._max_adapters} adapters"
+            )
+
+    def adapters(self) -> int:
+        """Adapters held now."""
+        return sum(1 for h in self._models.values() if h.base)
 
     def _held(self, model_id: str) -> _Held:
         if model_id in self._unloading:
@@ -219,9 +250,11 @@ class ModelRepository:
         if model is None:
             task = self._loading.get(config.model_id)
             if task is None:
-                self._admit(config.model_id, expected_bytes)
+                self._admit(config, expected_bytes)
                 task = asyncio.create_task(self._load(config), name=f"load {config.model_id}")
                 self._loading[config.model_id] = task
+                if config.base_model_id:
+                    self._adapter_loads.add(config.model_id)
                 self._expected[config.model_id] = expected_bytes
                 task.add_done_callback(functools.partial(self._load_done, config.model_id))
             model = await asyncio.shield(task)
@@ -263,6 +296,10 @@ class ModelRepository:
         held = self._models.get(model_id)
         if held is None:
             return
+        # a base model's adapters go first (their requests drain as the base's do)
+        adapters = [mid for mid, h in self._models.items() if h.base == model_id]
+        if adapters:
+            await asyncio.gather(*(self.unload(mid) for mid in adapters))
         if held.in_flight and not self._closing:
             log.info(
                 "unloading model %s: waiting for %d requests in flight", model_id, held.in_flight
@@ -301,6 +338,8 @@ class ModelRepository:
             try:
                 async with asyncio.timeout(self._timeout_s) as deadline:
                     local = await self._puller.fetch(config)
+                    if config.base_model_id:
+                        local = replace(local, base=self._held(config.base_model_id).model)
                     model = runtime(local)
                     await model.load()
             except BaseException as exc:
@@ -327,6 +366,7 @@ class ModelRepository:
         if self._loading.get(model_id) is task:
             del self._loading[model_id]
             self._expected.pop(model_id, None)
+            self._adapter_loads.discard(model_id)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("model %s failed to load: %s", model_id, exc)
 

@@ -7,7 +7,11 @@ through the transcoder to the gRPC port instead. Endpoints:
 
 - ``GET /v2``, ``GET /v2/health/live``, ``GET /v2/health/ready``;
 - ``GET /v2/models/{name}[/versions/{v}]`` (metadata), ``.../ready``;
-- ``POST /v2/models/{name}[/versions/{v}]/infer``.
+- ``POST /v2/models/{name}[/versions/{v}]/infer``;
+- ``POST /v1/completions``, ``POST /v1/chat/completions``: OpenAI's API, for models that
+  generate text (gateway.pod.openai_api), streamed as server-sent events when asked
+  (``StreamReply``: chunked, each event written as it comes; a client that goes away
+  cancels the answer, which stops the generation).
 
 The model served is the one the ``mm-model-id`` header names (the concrete id
 the gateway sets), else the path's name. Errors are ``{"error": "<message>"}``
@@ -23,9 +27,10 @@ by ``max_body`` (413), header blocks by 64 KiB (431).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -41,6 +46,7 @@ from gateway.pod.tracing import Tracing
 
 from . import offload, oip
 from .model import decode_for
+from .openai_api import CHAT, COMPLETIONS, OpenAIApp, error_body
 from .repository import ModelRepository
 from .servicer import SERVER_NAME, grpc_status
 
@@ -82,6 +88,8 @@ _REASONS = {
 }
 MAX_HEADER_BYTES = 64 * 1024
 _JSON = b"application/json"
+_EVENTS = b"text/event-stream"
+_OPENAI_PATHS = {"/v1/completions": COMPLETIONS, "/v1/chat/completions": CHAT}
 _BINARY = b"application/octet-stream"
 # The spec's health answers: the status says it, the body says it again.
 _LIVE, _READY, _NOT_READY = (
@@ -115,6 +123,14 @@ class Reply:
         return cls(status, oip.dumps({"error": message}))
 
 
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    """A 200 whose body is written piece by piece as ``chunks`` yields it (chunked)."""
+
+    chunks: AsyncGenerator[bytes, None]
+    content_type: bytes = _EVENTS
+
+
 class OipApp:
     """The endpoints: a Request in, a Reply out. Knows nothing of HTTP/1.1 framing."""
 
@@ -124,8 +140,13 @@ class OipApp:
         self._models = models
         self._ready = ready
         self._tracing = tracing or Tracing("", "")
+        self._openai = OpenAIApp(models)
 
-    async def handle(self, request: Request) -> Reply:
+    async def handle(self, request: Request) -> Reply | StreamReply:
+        path = request.url.decode("latin-1").split("?", 1)[0]
+        kind = _OPENAI_PATHS.get(path)
+        if kind is not None:
+            return await self._openai_answer(request, kind)
         try:
             return await self._route(request)
         except _MethodNotAllowed as exc:
@@ -156,6 +177,24 @@ class OipApp:
                     extra=logs.for_request(request_id),
                 )
             return Reply.error(HTTP_STATUS.get(code, 500), details)
+
+    async def _openai_answer(self, request: Request, kind: str) -> Reply | StreamReply:
+        try:
+            _require(request, "POST")
+            checked, model_id, ids = await self._openai.prepare(
+                kind, request.headers, bytes(request.body)
+            )
+            if checked.stream:
+                return StreamReply(self._openai.events(checked, model_id, ids))
+            return Reply(200, await self._openai.complete(checked, model_id, ids))
+        except _MethodNotAllowed as exc:
+            return Reply(405, error_body(405, exc.message))
+        except Exception as exc:
+            code, details = grpc_status(exc)
+            status = HTTP_STATUS.get(code, 500)
+            if status >= 500:
+                log.error("%s %s failed", request.method, kind, exc_info=exc)
+            return Reply(status, error_body(status, details))
 
     async def _route(self, request: Request) -> Reply:
         path = request.url.decode("latin-1").split("?", 1)[0]
@@ -319,7 +358,10 @@ class HttpConnection(asyncio.Protocol):
         while self._pending and self._transport is not None:
             request = self._pending.popleft()
             reply = await self._app.handle(request)
-            self._write(reply, request.keep_alive, head=request.method == "HEAD")
+            if isinstance(reply, StreamReply):
+                await self._stream(reply, request.keep_alive)
+            else:
+                self._write(reply, request.keep_alive, head=request.method == "HEAD")
             if not request.keep_alive:
                 self.close()
                 return
@@ -340,6 +382,28 @@ class HttpConnection(asyncio.Protocol):
             lines.append(b"connection: close")
         head_bytes = b"\r\n".join(lines) + b"\r\n\r\n"
         self._transport.write(head_bytes if head else head_bytes + reply.body)
+
+    async def _stream(self, reply: StreamReply, keep_alive: bool) -> None:
+        """Write ``reply`` chunk by chunk as it comes. The connection closing cancels this
+        task (connection_lost), which closes ``reply.chunks``: its producer stops."""
+        lines = [
+            b"HTTP/1.1 200 OK",
+            b"content-type: " + reply.content_type,
+            b"cache-control: no-cache",
+            b"transfer-encoding: chunked",
+        ]
+        if not keep_alive:
+            lines.append(b"connection: close")
+        if self._transport is None:
+            return
+        self._transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        async with contextlib.aclosing(reply.chunks) as chunks:
+            async for chunk in chunks:
+                if self._transport is None:
+                    return
+                self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        if self._transport is not None:
+            self._transport.write(b"0\r\n\r\n")
 
     def _fail(self, reply: Reply) -> None:
         """A request that cannot be read: answer it and close (the stream is out of step)."""

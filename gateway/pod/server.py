@@ -63,6 +63,7 @@ class PodServer:
             loading_timeout_s=settings.model_loading_timeout_ms / 1000,
             unload_drain_s=settings.unload_drain_seconds,
             capacity_bytes=settings.capacity_bytes,
+            max_adapters=settings.max_adapters,
         )
         self._ready = asyncio.Event()
         # spans per inference request, when a collector is named (off by default)

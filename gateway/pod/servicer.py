@@ -379,6 +379,8 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
             rest_port=self._rest_port(),
             data_grpc_port=self._data_grpc_port(),
             model_named_in_request=self._named_in_request,
+            max_adapters=settings.max_adapters,
+            adapter_capacity_in_bytes=settings.adapter_capacity_bytes,
             loaded_models=[
                 _LoadedModel(
                     model_id=m.model_id,

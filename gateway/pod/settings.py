@@ -16,6 +16,10 @@ timeout from the runtime's YAML unless they were given (gateway.pod.profile).
 - ``capacity_bytes``: memory the pod offers for models. The gateway's
   placement does the accounting, as in ModelMesh; the pod only refuses a load
   whose expected size no longer fits (0: no limit).
+- ``max_adapters``, ``adapter_capacity_bytes``: room for adapters (``lora`` models over a
+  base the pod holds), as vLLM's ``max_loras``: the gateway keeps at most this many, of
+  at most these bytes together, on the pod, and evicts the least recently used adapter to
+  make room; the pod refuses an adapter beyond the count. Apart from ``capacity_bytes``.
 - ``max_loading_concurrency``, ``model_loading_timeout_ms``: loads at once,
   and the bound on each (reported to the gateway in RuntimeStatus).
 - ``size_multiplier``: PredictModelSize = bytes on disk x this.
@@ -68,6 +72,8 @@ class PodSettings(BaseSettings):
     rest_port: int = Field(default=0, ge=0, le=65535)
     pod_id: str = ""
     capacity_bytes: int = Field(default=1 << 30, ge=0)
+    max_adapters: int = Field(default=8, ge=0)
+    adapter_capacity_bytes: int = Field(default=256 * MiB, ge=0)
     max_loading_concurrency: int = Field(default=1, ge=1)
     model_loading_timeout_ms: int = Field(default=int(1000 * LOAD_TIMEOUT_SECONDS), gt=0)
     size_multiplier: float = Field(default=SIZE_MULTIPLIER, gt=0)

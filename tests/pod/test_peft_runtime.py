@@ -79,7 +79,7 @@ async def test_generation_is_greedy_and_bounded_by_max_new_tokens(models: Path) 
         (request("hi", max_new_tokens=-3), "between 1 and 256, got -3"),
         (request("hi", max_new_tokens="ten"), "must be an integer, got 'ten'"),
         (request("hi", max_new_tokens=True), "must be an integer, got True"),
-        (request("x" * 120, max_new_tokens=16), "exceed the model's context of 128 tokens"),
+        (request("x" * 120, max_new_tokens=16), "maximum context length is 128 tokens"),
         (InferenceRequest((Tensor.of("content", np.ones(2, np.float32)),)), "expects 'BYTES'"),
         (InferenceRequest((Tensor.of("content", [b"\xff\xfe"], "BYTES"),)), "not UTF-8"),
     ],

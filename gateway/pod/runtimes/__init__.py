@@ -35,6 +35,7 @@ BUILTIN_RUNTIMES: Mapping[str, RuntimeRef] = MappingProxyType(
         "onnx": "gateway.pod.runtimes.onnx:ONNXModel",
         "pytorch": "gateway.pod.runtimes.pytorch:TorchScriptModel",
         "peft-model": "gateway.pod.runtimes.peft:PeftModelRuntime",
+        "lora": "gateway.pod.runtimes.peft:LoraAdapterRuntime",
     }
 )
 
