@@ -128,6 +128,8 @@ class GrpcPodClient:
             rest_port=response.rest_port,
             data_grpc_port=response.data_grpc_port,
             model_named_in_request=response.model_named_in_request,
+            max_adapters=response.max_adapters,
+            adapter_capacity=response.adapter_capacity_in_bytes,
         )
 
     async def close(self) -> None:

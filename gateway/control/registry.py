@@ -112,6 +112,8 @@ class Registry:
         )
         # apply and delete read, then write: one at a time, whatever the store awaits.
         self._writing = asyncio.Lock()
+        # an adapter's base model is the InferenceService it names, served by its id now
+        placement.resolve_base = self.resolve
 
     async def restore(self) -> None:
         """Load every runtime and record from the store and register the models that have a runtime."""
@@ -454,6 +456,7 @@ class Registry:
         An unusable one gets a spec with an empty path, never registered.
         """
         model_id, model_type = isvc.concrete_id(), isvc.model.modelFormat.name.lower()
+        base = isvc.base_model
         default = self._settings.default_model_size
         try:
             location = self._roots.resolve(isvc.model)
@@ -478,8 +481,11 @@ class Registry:
             if schema is not None:
                 fields["schema_path"] = str(schema)
             key = json.dumps(fields) if fields else ""
-            return ModelSpec(model_id, model_type, str(location), predicted, key), ""
-        return ModelSpec(model_id, model_type, location.path, predicted, location.to_key()), ""
+            return ModelSpec(model_id, model_type, str(location), predicted, key, base), ""
+        return (
+            ModelSpec(model_id, model_type, location.path, predicted, location.to_key(), base),
+            "",
+        )
 
     def _set_storage_problem(self, name: str, problem: str) -> None:
         if problem:

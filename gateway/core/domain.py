@@ -6,8 +6,12 @@ as a snapshot of the placement table and return a decision, nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import json
 from dataclasses import dataclass
+
+from gateway.core.protocol import BASE_MODEL_KEY
 
 # ModelMesh's size prediction before a model is loaded: bytes on disk x this. The one
 # default for the gateway (MMGW_REGISTRY__SIZE_MULTIPLIER) and the pods' PredictModelSize.
@@ -43,6 +47,19 @@ class ModelSpec:
     path: str
     predicted_size: int  # bytes, before the pod reports the real size
     key: str = ""  # JSON for the pod: ModelMesh's storage_key and storage_params
+    # An adapter's base model, by its public name (the InferenceService an adapter's
+    # mmgw.io/base-model names): the adapter is placed only on pods holding that base.
+    base: str = ""
+
+    def on_base(self, base_id: str) -> ModelSpec:
+        """This adapter's spec as a pod loads it: its key names the base's concrete id."""
+        try:
+            fields = json.loads(self.key) if self.key else {}
+        except json.JSONDecodeError:
+            fields = {}
+        if not isinstance(fields, dict):
+            fields = {}
+        return dataclasses.replace(self, key=json.dumps({**fields, BASE_MODEL_KEY: base_id}))
 
 
 @dataclass(frozen=True, slots=True)

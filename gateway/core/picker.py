@@ -149,3 +149,33 @@ def plan_evictions(
         if needed <= 0:
             return chosen
     return None
+
+
+def plan_adapter_evictions(
+    adapters: Sequence[Copy],
+    slots: int,
+    capacity: int,
+    size: int,
+    *,
+    now: float,
+    churn_guard: float,
+    inflight: Mapping[str, int],
+) -> list[Copy] | None:
+    """The adapters on a pod to unload so that one more, of ``size`` bytes, fits its adapter
+    room (``slots`` adapters of ``capacity`` bytes together), least recently used first, as
+    vLLM's LoRA cache evicts. [] when it fits already; None when it cannot be made to fit
+    without evicting a protected adapter (busy, loading, or too recently loaded)."""
+    if slots <= 0 or size > capacity:
+        return None
+    extra = len(adapters) + 1 - slots
+    over = sum(a.size for a in adapters) + size - capacity
+    if extra <= 0 and over <= 0:
+        return []
+    chosen: list[Copy] = []
+    candidates = evictable(adapters, now=now, churn_guard=churn_guard, inflight=inflight)
+    for adapter in sorted(candidates, key=by_last_use):
+        chosen.append(adapter)
+        extra, over = extra - 1, over - adapter.size
+        if extra <= 0 and over <= 0:
+            return chosen
+    return None

@@ -95,3 +95,6 @@ BASE_MODEL_KEY = "base_model_id"
 # metadata (namespace OPENAI_METADATA, key "model") for ext_proc, the body staying in Envoy.
 OPENAI_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 OPENAI_METADATA = "mmgw.openai"
+# The model formats whose models generate text, served by the OpenAI-compatible API and
+# listed by GET /v1/models: a base language model and an adapter over one.
+TEXT_FORMATS = frozenset({"peft-model", "lora"})

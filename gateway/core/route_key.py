@@ -6,6 +6,10 @@
   INVALID_ARGUMENT otherwise, as ModelMesh answers), or else field 1 of the
   request message (model_name / name), read from the raw gRPC frame.
 
+- OpenAI's API (POST /v1/completions, /v1/chat/completions): the JSON body's
+  ``model``, which Envoy's json_to_metadata filter reads into the request's dynamic
+  metadata: ``from_headers`` answers NEED_OPENAI_MODEL, and ``from_openai`` reads it.
+
 Server-level calls (/v2, /v2/health/*, ServerLive/Ready/Metadata) name no
 model. Anything else is an UnknownRoute. A request may ask for one version of
 its model in the x-mmgw-variant header (a native gRPC call: when a header names
@@ -44,11 +48,19 @@ class NeedBody:
 
 
 NEED_BODY = NeedBody()
+
+
+@dataclass(frozen=True, slots=True)
+class NeedOpenAIModel:
+    """An OpenAI API request: its model is the body's ``model``, in the request's metadata."""
+
+
+NEED_OPENAI_MODEL = NeedOpenAIModel()
 _SERVER_PATHS = frozenset({"/v2", "/v2/", "/v2/health/live", "/v2/health/ready"})
 _MODEL_SUFFIXES = frozenset({"infer", "ready"})
 
 
-def from_headers(headers: Iterable[Header]) -> RouteKey | NeedBody:
+def from_headers(headers: Iterable[Header]) -> RouteKey | NeedBody | NeedOpenAIModel:
     path = form = ""
     vmodel = model = variant = None  # None: the header is absent
     for header in headers:
@@ -70,6 +82,8 @@ def from_headers(headers: Iterable[Header]) -> RouteKey | NeedBody:
         if method not in protocol.MODEL_METHODS:
             raise UnknownRoute(f"unknown method {protocol.GRPC_SERVICE}/{method}", grpc=True)
         return _named_by_headers(vmodel, model, variant)
+    if path.split("?", 1)[0] in protocol.OPENAI_PATHS:
+        return NEED_OPENAI_MODEL
     name = rest_model(path)
     return RouteKey(
         name, grpc=False, oip=form == protocol.REST_FORM_OIP, variant=variant if name else None
@@ -113,6 +127,22 @@ def rest_model(path: str) -> str | None:
 
 
 NO_MESSAGE = "the gRPC request has no message"
+NOT_JSON = (
+    "send the request body as JSON (Content-Type: application/json) naming the model "
+    'in "model", as OpenAI\'s API does'
+)
+
+
+def from_openai(fields: dict[str, object]) -> RouteKey:
+    """The model of an OpenAI API request, from what json_to_metadata read of its body:
+    ``{"model": <the body's model>}``, ``{"invalid": True}`` when the body is not JSON, and
+    nothing when it was not sent as JSON. Sent to the pod's REST listener (``oip``)."""
+    if not fields or fields.get("invalid"):
+        raise InvalidInput(NOT_JSON)
+    model = fields.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidInput("'model' must be a non-empty string naming the model")
+    return RouteKey(model, grpc=False, oip=True)
 
 
 def from_grpc_frame(body: bytes, *, complete: bool = True) -> RouteKey:

@@ -13,7 +13,14 @@ import json
 import re
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.core.errors import InvalidSpec
 from gateway.core.protocol import CONCRETE_ID_SEPARATOR
@@ -30,6 +37,10 @@ RUNTIME_KINDS = (RUNTIME_KIND, CLUSTER_RUNTIME_KIND)
 # retries on the model's next copy; envoy.yaml's retry_policy holds the default.
 PER_TRY_TIMEOUT_ANNOTATION = "mmgw.io/per-try-timeout"
 MAX_PER_TRY_TIMEOUT_MS = 120_000  # the routes' timeout: a try cannot outlast its request
+# An adapter (modelFormat lora) names the InferenceService of its base model, as vLLM's
+# load_lora_adapter names base_model_name: it is placed only on pods holding that base.
+BASE_MODEL_ANNOTATION = "mmgw.io/base-model"
+ADAPTER_FORMAT = "lora"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
 _DURATION_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000}
 # DNS-1123 label, as Kubernetes requires of an InferenceService name.
@@ -101,9 +112,32 @@ class InferenceService(_Open):
             duration_ms(text, PER_TRY_TIMEOUT_ANNOTATION)
         return metadata
 
+    @model_validator(mode="after")
+    def _adapters_name_their_base(self) -> InferenceService:
+        base = self.metadata.annotations.get(BASE_MODEL_ANNOTATION)
+        adapter = self.model.modelFormat.name.lower() == ADAPTER_FORMAT
+        if adapter and not base:
+            raise ValueError(
+                f"an adapter (modelFormat {ADAPTER_FORMAT}) names its base model's "
+                f"InferenceService in the annotation {BASE_MODEL_ANNOTATION}"
+            )
+        if base is not None and not adapter:
+            raise ValueError(
+                f"{BASE_MODEL_ANNOTATION} is for adapters (modelFormat {ADAPTER_FORMAT}); "
+                f"this model's format is {self.model.modelFormat.name}"
+            )
+        if base is not None and base == self.name:
+            raise ValueError(f"{BASE_MODEL_ANNOTATION}: an adapter cannot be its own base")
+        return self
+
     @property
     def name(self) -> str:
         return self.metadata.name
+
+    @property
+    def base_model(self) -> str:
+        """The InferenceService an adapter attaches to ("" for a model)."""
+        return self.metadata.annotations.get(BASE_MODEL_ANNOTATION, "")
 
     def per_try_timeout_ms(self) -> int | None:
         """The ``mmgw.io/per-try-timeout`` annotation in milliseconds; None when not set."""

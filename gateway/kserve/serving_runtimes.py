@@ -49,15 +49,17 @@ def _builtin(
     server_type: str,
     formats: Iterable[tuple[str, str]],
     *,
-    auto_select: bool = True,
+    named_only: Iterable[str] = (),
 ) -> dict[str, Any]:
+    """``named_only``: formats an InferenceService gets this runtime for only by naming it."""
+    never = set(named_only)
     return {
         "apiVersion": RUNTIME_API_VERSION,
         "kind": CLUSTER_RUNTIME_KIND,
         "metadata": {"name": name, "annotations": {"mmgw.io/built-in": "true"}},
         "spec": {
             "supportedModelFormats": [
-                {"name": f, "version": v, "autoSelect": auto_select, "priority": 1}
+                {"name": f, "version": v, "autoSelect": f not in never, "priority": 1}
                 for f, v in formats
             ],
             "multiModel": True,
@@ -84,14 +86,15 @@ BUILTIN_RUNTIMES: tuple[dict[str, Any], ...] = (
     _builtin(
         "triton-2.x", "modelmesh-gateway/pod:local", "triton", (("onnx", "1"), ("pytorch", "1"))
     ),
-    # Named, never chosen (autoSelect false): a peft-model InferenceService names its runtime,
-    # this one or the user's own (the seed's PeftModelServer in a real MLServer).
+    # peft-model is named, never chosen (autoSelect false): a peft-model InferenceService
+    # names its runtime, this one or the user's own (the seed's PeftModelServer in a real
+    # MLServer). lora adapters attach to a peft-model base on this runtime's pods.
     _builtin(
         "huggingface-peft",
         "modelmesh-gateway/pod:local",
         "mlserver",
-        (("peft-model", "1"),),
-        auto_select=False,
+        (("peft-model", "1"), ("lora", "1")),
+        named_only=("peft-model",),
     ),
     _builtin("mmgw-synthetic", "modelmesh-gateway/pod:local", "mlserver", (("synthetic", "1"),)),
 )

@@ -178,8 +178,11 @@ def istio_envoy_filters(source: FilterConfig, descriptor: bytes) -> list[dict[st
     }
     routes = copy.deepcopy(source.routes)
     for route in routes:
-        if "route" in route:
-            route["route"]["cluster"] = ISTIO_CLUSTERS[route["route"]["cluster"]]
+        if "route" in route:  # (a YAML alias shares one action between routes: copy it)
+            route["route"] = {
+                **route["route"],
+                "cluster": ISTIO_CLUSTERS[route["route"]["cluster"]],
+            }
 
     buffer_limit = _envoy_filter(
         "grpcjsontranscoder-increasebufferlimit",

@@ -171,8 +171,9 @@ def test_the_ingress_gateway_gets_envoy_yaml_filters_routes_and_policies(
         assert hcm[field] == source.hcm[field]
     expected_routes = copy.deepcopy(source.routes)
     for route in expected_routes:
-        if "route" in route:
-            route["route"]["cluster"] = manifests.ISTIO_CLUSTERS[route["route"]["cluster"]]
+        if "route" in route:  # (YAML aliases share one action between routes)
+            cluster = manifests.ISTIO_CLUSTERS[route["route"]["cluster"]]
+            route["route"] = {**route["route"], "cluster": cluster}
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     assert routes[: len(expected_routes)] == expected_routes
     to_pods = [
@@ -181,10 +182,19 @@ def test_the_ingress_gateway_gets_envoy_yaml_filters_routes_and_policies(
         if r.get("route", {}).get("cluster")
         in (manifests.ISTIO_PODS_CLUSTER, manifests.ISTIO_CLUSTERS[PODS_REST_CLUSTER])
     ]
-    assert len(to_pods) == 3  # native gRPC, the OIP form, the transcoded form
-    assert {r["route"]["retry_policy"]["retry_on"] for r in to_pods} == {
+    openai = [r for r in to_pods if r["match"].get("path", "").startswith("/v1/")]
+    v2 = [r for r in to_pods if r not in openai]
+    assert len(v2) == 3  # native gRPC, the OIP form, the transcoded form
+    assert {r["route"]["retry_policy"]["retry_on"] for r in v2} == {
         "connect-failure,refused-stream,reset"
     }
+    # OpenAI's completions and chat: long generations, streamed; a retry only when no pod
+    # was reached (never after an answer began), and no per-try timeout to cut a stream
+    assert [r["match"]["path"] for r in openai] == ["/v1/completions", "/v1/chat/completions"]
+    for route in openai:
+        assert route["route"]["timeout"] == "600s"
+        assert route["route"]["retry_policy"]["retry_on"] == "connect-failure,refused-stream"
+        assert "per_try_timeout" not in route["route"]["retry_policy"]
     assert (
         ingress["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"]
         == 100000000

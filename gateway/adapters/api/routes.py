@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.adapters.api import events as event_api
 from gateway.adapters.api import repository
+from gateway.adapters.api.openai_models import model_list as openai_models_list
 from gateway.adapters.api.status import render as render_status
 from gateway.adapters.api.status import served as served_status
 from gateway.control.events import Event
@@ -81,11 +82,12 @@ ERROR_TABLE: tuple[tuple[type[GatewayError], int, str], ...] = (
 )
 
 
-# Open without the token: probes, Prometheus and the model repository index (read-only; nothing
-# there deploys code; the index is what inference clients on :8008 may list).
+# Open without the token: probes, Prometheus, the model repository index and OpenAI's model
+# list (read-only; nothing there deploys code; they are what inference clients on :8008 may
+# list).
 # The placement page itself is open (it holds no data; it asks /v1/placement, with the
 # token it is given, for the placement).
-OPEN_PATHS = frozenset({"/", "/healthz", "/metrics", "/v2/repository/index"})
+OPEN_PATHS = frozenset({"/", "/healthz", "/metrics", "/v2/repository/index", "/v1/models"})
 PLACEMENT_PAGE = Path(__file__).parent / "static" / "placement.html"
 
 
@@ -392,6 +394,10 @@ def build_api(
             return JSONResponse({"error": exc.message}, status_code=400)
         views = [registry.view(r) for r in registry.list()]
         return JSONResponse(repository.index(views, ready=ready))
+
+    @app.get("/v1/models")
+    async def openai_models() -> dict[str, Any]:
+        return openai_models_list([registry.view(r) for r in registry.list()])
 
     @app.get("/v1/placement")
     async def get_placement() -> dict[str, Any]:

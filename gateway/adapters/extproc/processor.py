@@ -28,7 +28,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, json_format
 
 from gateway.control.router import Miss, Route, Router
 from gateway.core import logs, protocol, route_key
@@ -42,7 +42,7 @@ from gateway.core.errors import (
     Unavailable,
     UnknownRoute,
 )
-from gateway.core.route_key import NEED_BODY, RouteKey
+from gateway.core.route_key import NEED_BODY, NEED_OPENAI_MODEL, RouteKey
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,9 @@ class ExternalProcessor:
         try:
             if kind == "request_headers":
                 key = route_key.from_headers(request.request_headers.headers.headers)
-                if key is NEED_BODY:
+                if key is NEED_OPENAI_MODEL:
+                    key = route_key.from_openai(_openai_fields(request))
+                elif key is NEED_BODY:
                     if request.request_headers.end_of_stream:  # no body will come to ask for
                         raise InvalidInput(route_key.NO_MESSAGE)
                     return self._ask_for_body
@@ -138,8 +140,9 @@ class ExternalProcessor:
                 return PartialAnswer(_passthrough(kind))
         except UnknownRoute as exc:
             return self._reject(exc, request, grpc_call=exc.grpc)
-        except InvalidInput as exc:  # only a gRPC call's headers or body can be malformed
-            return self._reject(exc, request, grpc_call=True)
+        except InvalidInput as exc:  # a gRPC call's headers or body, an OpenAI request's body
+            grpc_call = kind != "request_headers" or _path(request) not in protocol.OPENAI_PATHS
+            return self._reject(exc, request, grpc_call=grpc_call)
         assert isinstance(key, RouteKey)
         try:
             found = self._router.hit(key)
@@ -250,6 +253,21 @@ class ExternalProcessor:
             )
             message = "internal error in the gateway"
         return Answer(_immediate(http, code, message, grpc_call).SerializeToString())
+
+
+def _openai_fields(request: pb.ProcessingRequest) -> dict[str, object]:
+    """What Envoy's json_to_metadata filter read of an OpenAI request's body."""
+    namespaces = request.metadata_context.filter_metadata
+    if protocol.OPENAI_METADATA not in namespaces:
+        return {}
+    return dict(json_format.MessageToDict(namespaces[protocol.OPENAI_METADATA]))
+
+
+def _path(request: pb.ProcessingRequest) -> str:
+    for header in request.request_headers.headers.headers:
+        if header.key == ":path":
+            return (header.raw_value.decode(errors="replace") or header.value).split("?", 1)[0]
+    return ""
 
 
 def _request_id(request: pb.ProcessingRequest) -> str:

@@ -89,6 +89,16 @@ class Placement:
         self.route: Callable[[str], tuple[str, tuple[str, ...]] | None] = self._hits.route
 
     @property
+    def resolve_base(self) -> Callable[[str], str]:
+        """An adapter's base model name -> the concrete id serving it (ModelNotFound if none):
+        the registry's ``resolve``, set once both exist."""
+        return self._table.resolve_base
+
+    @resolve_base.setter
+    def resolve_base(self, resolve: Callable[[str], str]) -> None:
+        self._table.resolve_base = resolve
+
+    @property
     def generation(self) -> int:
         """Changes whenever a model id starts or stops naming a record, and whenever a copy
         comes or goes: records (``handle``) and copies (``route_sole``) held since are stale."""

@@ -11,6 +11,14 @@ to ``max_load_attempts``, and the failure keeps that pod out for
 or object is not there; ModelFormatError: no runtime can read it) is not retried:
 every pod reads the same storage and would fail alike, after evicting copies
 to make room for it.
+
+Adapters (a ModelSpec with a ``base``) are the same cache one level down: an adapter
+loads on its first request (never proactively), onto a pod that holds its base
+model (which is loaded first when no pod does), the pod with the most free adapter
+room, else the one whose least recently used adapter is oldest; room is made by
+evicting the pod's least recently used adapters (``picker.plan_adapter_evictions``),
+apart from its model capacity. Evicting a base takes its adapters with it, and a
+base is busy (never evicted) while its adapters serve.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from gateway.core.domain import CopyState, PodView
 from gateway.core.errors import (
     LoadFailed,
     ModelFormatError,
+    ModelNotFound,
     ModelNotInStorage,
     NoCapacity,
     PodFull,
@@ -107,7 +116,10 @@ class Loader:
         return self._pods[loaded[0].pod].address if loaded else None
 
     def load_in_background(self, model_id: str) -> None:
-        """Start loading a model nobody is waiting for yet (a fresh registration)."""
+        """Start loading a model nobody is waiting for yet (a fresh registration); an
+        adapter waits for its first request."""
+        if self._table.model(model_id).spec.base:
+            return
         task = asyncio.ensure_future(self.ensure_loaded(model_id, urgent=False, evict=False))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
@@ -173,6 +185,8 @@ class Loader:
 
     async def _load_claimed(self, model: ModelRecord) -> str:
         spec = model.spec
+        if spec.base:
+            await self._ensure_base(model)
         now = self._table.clock()
         expiry = self._settings.failure_expiry
         model.failures = {p: f for p, f in model.failures.items() if now - f[0] < expiry}
@@ -215,6 +229,26 @@ class Loader:
                 return target.pod
         raise self._load_error(model, errors, no_room=bool(full))
 
+    async def _ensure_base(self, model: ModelRecord) -> None:
+        """An adapter's base model loaded on some pod (loaded now if it is on none)."""
+        spec = model.spec
+        base_id = self._table.base_id(spec)
+        if not base_id or base_id not in self._models:
+            raise ModelNotFound(
+                spec.model_id,
+                f"adapter '{spec.model_id}' names base model '{spec.base}', "
+                "which is not registered (or cannot be served)",
+            )
+        if self._models[base_id].loaded():
+            return
+        try:
+            await self.ensure_loaded(base_id, urgent=model.urgent, evict=model.may_evict)
+        except LoadFailed as exc:
+            raise LoadFailed(
+                f"adapter '{spec.model_id}': its base model '{spec.base}' cannot be loaded: "
+                f"{exc.message}"
+            ) from exc
+
     async def add_copy(self, model: ModelRecord, reason: str) -> bool:
         """Load one more copy of ``model`` on a pod that has none; False if none can take it."""
         target = self.choose(model, exclude=set(model.copies))
@@ -232,6 +266,8 @@ class Loader:
 
     def choose(self, model: ModelRecord, exclude: set[str]) -> PodView | None:
         """ModelMesh's choice of pod for a load, skipping pods far busier than the rest."""
+        if model.spec.base:
+            return self._choose_for_adapter(model, exclude)
         spec, size = model.spec, model.expected_size()
         fits = self._table.fits
         pods = [p for p in self._pods.values() if fits(p, model.runtime, spec.model_type)]
@@ -250,6 +286,37 @@ class Loader:
         return picker.pick_pod(views, size, exclude=exclude | busy, age=age) or picker.pick_pod(
             views, size, exclude=exclude, age=age
         )
+
+    def _choose_for_adapter(self, model: ModelRecord, exclude: set[str]) -> PodView | None:
+        """A pod holding the adapter's base: the most free adapter room first, else the one
+        whose least recently used adapter may go and is oldest (None: none may go now)."""
+        base_id = self._table.base_id(model.spec)
+        size = model.expected_size()
+        fits = self._table.fits
+        best: tuple[float, PodRecord] | None = None
+        for pod in self._pods.values():
+            base = pod.copies.get(base_id)
+            if (
+                pod.pod in exclude
+                or base is None
+                or base.state is not CopyState.LOADED
+                or not fits(pod, model.runtime, model.spec.model_type)
+                or pod.max_adapters <= 0
+            ):
+                continue
+            held = pod.adapters()
+            free_slots = pod.max_adapters - len(held)
+            free_bytes = pod.adapter_capacity - sum(a.size for a in held)
+            if free_slots > 0 and free_bytes >= size:
+                score = -float(free_slots)  # free room: the most first
+            else:
+                plan = self._table.plan_adapter_evictions(pod, size)
+                if plan is None:
+                    continue
+                score = min(a.last_used for a in plan)  # then the oldest victim
+            if best is None or score < best[0]:
+                best = (score, pod)
+        return best[1].view() if best is not None else None
 
     def _load_error(
         self, model: ModelRecord, errors: list[LoadFailed], *, no_room: bool
@@ -294,7 +361,15 @@ class Loader:
             # Plan evictions once holding the slot: the table may have changed while queued.
             # (The view is sizes only; plan_evictions counts the buffered hits it reads.)
             view = pod.view()
-            evict = [] if view.free >= expected else self._table.plan_evictions(pod, expected)
+            base_id = self._table.base_id(spec) if spec.base else ""
+            if spec.base:
+                evict = self._table.plan_adapter_evictions(pod, expected)
+                if base_id not in pod.copies:  # the base went meanwhile
+                    raise NoRoom()
+            elif view.free >= expected:
+                evict = []
+            else:
+                evict = self._table.plan_evictions(pod, expected)
             if evict is None or (evict and not may_evict):
                 log.info(
                     "pod %s has no room for %s now (%s)",
@@ -309,7 +384,10 @@ class Loader:
                 idle = self._table.clock() - victim.last_used
                 log.info(
                     "evicting %s from pod %s to make room for %s: "
-                    "lowest recency and demand (idle %.1f s, %d bytes)",
+                    "lowest recency and demand (idle %.1f s, %d bytes)"
+                    if not spec.base
+                    else "evicting adapter %s from pod %s to make room for %s: "
+                    "least recently used (idle %.1f s, %d bytes)",
                     victim.model_id,
                     pod.pod,
                     spec.model_id,
@@ -319,11 +397,12 @@ class Loader:
                 self._table.drop(pod, victim.model_id)
                 self._events.evicted(victim.model_id, pod.pod, "room", idle)
                 await self.unload_quietly(pod, victim.model_id)
-            reason = (
-                "it has room, most free space"
-                if view.free >= expected
-                else "all pods full, oldest cache"
-            )
+            if spec.base:
+                reason = f"an adapter over {base_id}, {len(evict)} evicted for it"
+            elif view.free >= expected:
+                reason = "it has room, most free space"
+            else:
+                reason = "all pods full, oldest cache"
             log.info(
                 "loading %s on pod %s (%s): %d bytes expected, %d free of %d, %d models, "
                 "queued %.0f ms",
@@ -340,7 +419,10 @@ class Loader:
             started = time.perf_counter()
             try:
                 size = await self._client.load(
-                    pod.address, spec, self._settings.load_timeout, expected
+                    pod.address,
+                    spec.on_base(base_id) if spec.base else spec,
+                    self._settings.load_timeout,
+                    expected,
                 )
             except PodFull as exc:
                 self._table.drop(pod, spec.model_id)
@@ -372,7 +454,7 @@ class Loader:
                 entry.size,
                 expected,
             )
-            if entry.size > expected:
+            if entry.size > expected and not spec.base:
                 await self.fit(pod, spec.model_id)
 
     async def fit(self, pod: PodRecord, newcomer: str = "") -> None:

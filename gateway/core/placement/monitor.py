@@ -129,6 +129,7 @@ class Monitor:
                 log.info("pod %s answers its health checks again", pod.pod)
             pod.missed_checks = 0
         pod.capacity, pod.model_types = status.capacity, status.model_types
+        pod.max_adapters, pod.adapter_capacity = status.max_adapters, status.adapter_capacity
         rest_address = _on_host(pod.address, status.rest_port)
         data_address = _on_host(pod.address, status.data_grpc_port)
         if (rest_address, data_address, status.model_named_in_request) != (

@@ -34,6 +34,9 @@ class PodStatus:
     data_grpc_port: int = 0
     # that server picks the model by the request's own name, not the mm-model-id header
     model_named_in_request: bool = False
+    # its room for adapters over the base models it holds: how many, how many bytes
+    max_adapters: int = 0
+    adapter_capacity: int = 0
 
 
 class PodClient(Protocol):

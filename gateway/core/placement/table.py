@@ -43,6 +43,9 @@ class CopyRecord:
     routed_at_tick: int = 0
     rate: float = 0.0  # requests/s, smoothed over ticks
     demand: float = 0.0  # the model's decayed request count as of last_used
+    adapter: bool = False  # an adapter: counted against the pod's adapter room, not capacity
+    # an adapter's base model's copy on the same pod (a use of the adapter is one of it)
+    under: CopyRecord | None = None
 
     def busy(self) -> int:
         """Requests in flight as best known: the pod's count plus what was routed since."""
@@ -83,16 +86,17 @@ class PodRecord:
     # its data plane picks the model by the request's own name (MLServer), not mm-model-id
     named_in_request: bool = False
     missed_checks: int = 0  # health checks in a row it left unanswered (0: it answers)
+    max_adapters: int = 0  # adapters it may hold at once (0: none), from its status
+    adapter_capacity: int = 0  # bytes its adapters may take together
 
     def view(self) -> PodView:
-        """Capacity and use; no cache age (Table.cache_age, asked for only when pods are full)."""
-        return PodView(
-            self.pod,
-            self.capacity,
-            sum(map(_SIZE, self.copies.values())),
-            len(self.copies),
-            self.healthy,
-        )
+        """Capacity and use of its models (adapters apart: ``adapters``); no cache age
+        (Table.cache_age, asked for only when pods are full)."""
+        models = [c for c in self.copies.values() if not c.adapter]
+        return PodView(self.pod, self.capacity, sum(map(_SIZE, models)), len(models), self.healthy)
+
+    def adapters(self) -> list[CopyRecord]:
+        return [c for c in self.copies.values() if c.adapter]
 
     def rate(self) -> float:
         return float(sum(map(_RATE, self.copies.values())))
@@ -146,6 +150,8 @@ class Table:
         self.pods: dict[str, PodRecord] = {}
         self.models: dict[str, ModelRecord] = {}
         self.generation = 0
+        # an adapter's base model name -> the concrete id serving it (the registry's resolve)
+        self.resolve_base: Callable[[str], str] = lambda name: name
         self.hits = 0  # requests whose model was loaded, counted (settle counts the buffered ones)
         self.misses = 0  # requests that had to wait for a load
         self._buffers: list[Drainable] = []
@@ -200,6 +206,8 @@ class Table:
         entry.last_used = now
         entry.routed += 1
         model.requests += 1
+        if entry.under is not None:  # the base serves every request of its adapters
+            entry.under.last_used = now
 
     def demand(self, model: ModelRecord, now: float) -> float:
         """The model's decayed request count now."""
@@ -230,7 +238,10 @@ class Table:
     def register(self, spec: ModelSpec, *, standby: bool, runtime: str) -> None:
         model = self.models.get(spec.model_id)
         if model is None:
-            model = self.models[spec.model_id] = ModelRecord(spec, deferred=standby)
+            # an adapter loads on its first request: Standby until then
+            model = self.models[spec.model_id] = ModelRecord(
+                spec, deferred=standby or bool(spec.base)
+            )
             self.generation += 1
         elif model.spec != spec:
             model.spec = spec
@@ -261,6 +272,9 @@ class Table:
         self, pod: PodRecord, model: ModelRecord, state: CopyState, size: int, now: float
     ) -> CopyRecord:
         entry = CopyRecord(model.spec.model_id, pod.pod, state, size, now, now)
+        if model.spec.base:
+            entry.adapter = True
+            entry.under = pod.copies.get(self.base_id(model.spec))
         pod.copies[entry.model_id] = entry
         model.copies[pod.pod] = entry
         model.sole = entry if len(model.copies) == 1 else None
@@ -268,12 +282,30 @@ class Table:
         return entry
 
     def drop(self, pod: PodRecord, model_id: str) -> None:
-        if pod.copies.pop(model_id, None) is not None:
+        """Take a copy off the table, and with a base model's copy its adapters on that pod
+        (the pod unloads them with their base: they are marked as being unloaded)."""
+        entry = pod.copies.pop(model_id, None)
+        if entry is not None:
             self.generation += 1
         model = self.models.get(model_id)
         if model is not None:
             model.copies.pop(pod.pod, None)
             model.sole = next(iter(model.copies.values())) if len(model.copies) == 1 else None
+        if entry is None or entry.adapter:
+            return
+        for adapter in [c for c in pod.copies.values() if c.under is entry]:
+            self.drop(pod, adapter.model_id)
+            pod.unloading.add(adapter.model_id)
+            self.events.evicted(
+                adapter.model_id, pod.pod, "base unloaded", self.clock() - adapter.last_used
+            )
+
+    def base_id(self, spec: ModelSpec) -> str:
+        """The concrete id of an adapter's base model now ("" if it names none that exists)."""
+        try:
+            return self.resolve_base(spec.base)
+        except ModelNotFound:
+            return ""
 
     def lose_copies(self, pod: PodRecord) -> None:
         """The pod is gone or unhealthy: none of its copies can serve."""
@@ -289,10 +321,14 @@ class Table:
         """Requests in flight per copy for eviction: the pod's count, or 1 if just routed to."""
         self.settle()
         recent = self.clock() - self.settings.recent_use_guard
-        return {
+        busy = {
             e.model_id: e.inflight + (e.last_used > recent and e.routed > 0)
             for e in pod.copies.values()
         }
+        for entry in pod.copies.values():  # a base is busy with its adapters' requests
+            if entry.under is not None and entry.under.model_id in busy:
+                busy[entry.under.model_id] += busy[entry.model_id]
+        return busy
 
     def eviction_key(self, copy: Copy) -> float:
         """Eviction order, lowest first: an extra copy of a model gone quiet, then by
@@ -316,7 +352,7 @@ class Table:
         pod = self.pods[view.pod]
         self.settle()
         return picker.cache_age(
-            [e.copy() for e in pod.copies.values()],
+            [e.copy() for e in pod.copies.values() if not e.adapter],
             now=self.clock(),
             churn_guard=self.settings.churn_guard,
             inflight=self.inflight(pod),
@@ -331,12 +367,26 @@ class Table:
         view = pod.view()
         return picker.plan_evictions(
             view,
-            [e.copy() for e in pod.copies.values() if e.model_id != excluding],
+            [e.copy() for e in pod.copies.values() if e.model_id != excluding and not e.adapter],
             size,
             now=self.clock(),
             churn_guard=self.settings.churn_guard,
             inflight=self.inflight(pod),
             key=self.eviction_key,
+        )
+
+    def plan_adapter_evictions(self, pod: PodRecord, size: int) -> list[Copy] | None:
+        """The adapters to unload from ``pod`` so that one more of ``size`` bytes fits its
+        adapter room, least recently used first (picker's plan)."""
+        self.settle()
+        return picker.plan_adapter_evictions(
+            [e.copy() for e in pod.adapters()],
+            pod.max_adapters,
+            pod.adapter_capacity,
+            size,
+            now=self.clock(),
+            churn_guard=self.settings.churn_guard,
+            inflight=self.inflight(pod),
         )
 
     # -- views -----------------------------------------------------------------
@@ -370,6 +420,7 @@ class Table:
                     "in_flight": e.inflight,
                     "requests": e.routed,
                     "requests_per_second": round(e.rate, 2),
+                    **({"adapter_of": e.under.model_id if e.under else ""} if e.adapter else {}),
                 }
                 for e in sorted(pod.copies.values(), key=lambda e: e.model_id)
             ]
@@ -393,6 +444,12 @@ class Table:
                     "healthy": pod.healthy,
                     "capacity_bytes": view.capacity,
                     "used_bytes": view.used,
+                    "adapters": {
+                        "held": len(adapters := pod.adapters()),
+                        "max": pod.max_adapters,
+                        "used_bytes": sum(a.size for a in adapters),
+                        "capacity_bytes": pod.adapter_capacity,
+                    },
                     "load_queue": {"running": pod.queue.running, "waiting": pod.queue.waiting},
                     "models": copies + failed,
                 }
