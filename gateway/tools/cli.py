@@ -135,6 +135,8 @@ def cmd_pod(args: argparse.Namespace) -> int:
         "port": args.port,
         "rest_port": args.rest_port,
         "capacity_bytes": args.capacity,
+        "max_adapters": args.max_adapters,
+        "adapter_capacity_bytes": args.adapter_capacity,
         "pod_id": args.id,
         "max_loading_concurrency": args.max_loading_concurrency,
         "model_loading_timeout_ms": args.model_loading_timeout_ms,
@@ -352,6 +354,17 @@ def parser() -> argparse.ArgumentParser:
         type=quantity,
         help="model memory in bytes (512Mi, 1Gi, ...; default: the runtime's memory limit minus "
         "memBufferBytes with --runtime-name, else 1Gi)",
+    )
+    p.add_argument(
+        "--max-adapters",
+        type=int,
+        help="adapters (lora over a base model the pod holds) at once, as vLLM's --max-loras "
+        "(default 8; 0: none)",
+    )
+    p.add_argument(
+        "--adapter-capacity",
+        type=quantity,
+        help="bytes the pod's adapters may take together, apart from --capacity (default 256Mi)",
     )
     p.add_argument("--id")
     p.add_argument("--max-loading-concurrency", type=int, help="loads at once (default 1)")

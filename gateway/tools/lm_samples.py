@@ -9,6 +9,7 @@
 - ``save_samples(models)``: the base under ``<models>/tiny-lm`` and one adapter per entry
   of ``ADAPTER_TEXTS`` under ``<models>/tiny-lm-adapters/<name>``, each trained on a
   different text so that their continuations differ. Seeded: the same files every time.
+- ``adapter_set(models, count)``: that many adapters, copies of the samples in turn.
 """
 
 from __future__ import annotations
@@ -103,6 +104,22 @@ def save_samples(models: Path) -> dict[str, Path]:
     for seed, (name, text) in enumerate(sorted(ADAPTER_TEXTS.items()), start=1):
         made[name] = build_adapter(base, models / ADAPTERS / name, text * 20, seed=seed)
     return made
+
+
+def adapter_set(models: Path, count: int) -> list[str]:
+    """``count`` adapters of the base under ``<models>/tiny-lm-adapters/set-NN``: copies of the
+    trained samples in turn (``save_samples`` first), for tests and benchmarks that need many
+    adapters; those of one sample answer alike. Their paths relative to ``models``."""
+    import shutil
+
+    samples = sorted(ADAPTER_TEXTS)
+    paths = []
+    for i in range(count):
+        folder = models / ADAPTERS / f"set-{i:02d}"
+        if not (folder / "adapter_config.json").exists():
+            shutil.copytree(models / ADAPTERS / samples[i % len(samples)], folder)
+        paths.append(f"{ADAPTERS}/set-{i:02d}")
+    return paths
 
 
 def _train(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -239,7 +240,10 @@ class Loader:
                 f"adapter '{spec.model_id}' names base model '{spec.base}', "
                 "which is not registered (or cannot be served)",
             )
-        if self._models[base_id].loaded():
+        base = self._models[base_id]
+        if base.loaded():
+            if not any(self._adapter_room(pod, model) for pod in self._holders(base)):
+                await self._spread(base)
             return
         try:
             await self.ensure_loaded(base_id, urgent=model.urgent, evict=model.may_evict)
@@ -249,14 +253,39 @@ class Loader:
                 f"{exc.message}"
             ) from exc
 
-    async def add_copy(self, model: ModelRecord, reason: str) -> bool:
-        """Load one more copy of ``model`` on a pod that has none; False if none can take it."""
+    def _holders(self, base: ModelRecord) -> list[PodRecord]:
+        return [self._pods[c.pod] for c in base.loaded() if c.pod in self._pods]
+
+    def _adapter_room(self, pod: PodRecord, model: ModelRecord) -> bool:
+        """Whether ``pod`` has a free adapter slot and the bytes for ``model``."""
+        held = pod.adapters()
+        return (
+            len(held) < pod.max_adapters
+            and sum(a.size for a in held) + model.expected_size() <= pod.adapter_capacity
+        )
+
+    async def _spread(self, base: ModelRecord) -> None:
+        """Every pod holding ``base`` has its adapter room full: add a copy of the base where
+        it fits without evicting anything, so that its adapters spread over more pods
+        instead of evicting each other (one such load at a time per base)."""
+
+        async def add() -> None:
+            await self.add_copy(base, "its adapters fill the pods that hold it", may_evict=False)
+
+        if base.adding is None:
+            base.adding = asyncio.ensure_future(add())
+            base.adding.add_done_callback(lambda _: setattr(base, "adding", None))
+        await asyncio.shield(base.adding)
+
+    async def add_copy(self, model: ModelRecord, reason: str, *, may_evict: bool = True) -> bool:
+        """Load one more copy of ``model`` on a pod that has none; False if none can take it
+        (``may_evict`` False: none has the room free)."""
         target = self.choose(model, exclude=set(model.copies))
-        if target is None:
+        if target is None or (not may_evict and target.free < model.expected_size()):
             return False
         log.info("adding a copy of %s on pod %s (%s)", model.spec.model_id, target.pod, reason)
         try:
-            await self._load_on(self._pods[target.pod], model, urgent=False, may_evict=True)
+            await self._load_on(self._pods[target.pod], model, urgent=False, may_evict=may_evict)
         except NoRoom:
             return False
         except LoadFailed as exc:
@@ -289,7 +318,8 @@ class Loader:
 
     def _choose_for_adapter(self, model: ModelRecord, exclude: set[str]) -> PodView | None:
         """A pod holding the adapter's base: the most free adapter room first, else the one
-        whose least recently used adapter may go and is oldest (None: none may go now)."""
+        whose least recently used adapter may go and is oldest, else (every adapter busy or
+        fresh) any holder: its load finds no room, and the request waits for some."""
         base_id = self._table.base_id(model.spec)
         size = model.expected_size()
         fits = self._table.fits
@@ -311,9 +341,8 @@ class Loader:
                 score = -float(free_slots)  # free room: the most first
             else:
                 plan = self._table.plan_adapter_evictions(pod, size)
-                if plan is None:
-                    continue
-                score = min(a.last_used for a in plan)  # then the oldest victim
+                # then the oldest victim; last, a pod whose adapters cannot go now
+                score = min(a.last_used for a in plan) if plan else math.inf
             if best is None or score < best[0]:
                 best = (score, pod)
         return best[1].view() if best is not None else None
@@ -336,6 +365,14 @@ class Loader:
             )
         fits = self._table.fits
         healthy = [p for p in self._pods.values() if fits(p, model.runtime, spec.model_type)]
+        if spec.base and healthy:
+            base_id = self._table.base_id(spec)
+            holders = [p for p in healthy if base_id in p.copies]
+            if holders and not any(p.max_adapters for p in holders):
+                return NoCapacity(
+                    f"no pod that holds base model '{spec.base}' takes adapters "
+                    "(their max_adapters is 0)"
+                )
         if not healthy:
             which = f" of runtime '{model.runtime}'" if model.runtime else ""
             return NoPods(
