@@ -73,6 +73,7 @@ bench: proto mlserver
 	@echo; $(BIN)/python -m benchmarks.scale
 	@echo; $(BIN)/python -m benchmarks.traffic_split
 	@echo; $(BIN)/python -m benchmarks.mlserver_runtime
+	@echo; $(BIN)/python -m benchmarks.llm_serving
 	@echo; $(BIN)/python -m benchmarks.cold_start
 	@echo; $(BIN)/python -m benchmarks.load_queue
 	@command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server; }

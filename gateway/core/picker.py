@@ -160,11 +160,13 @@ def plan_adapter_evictions(
     now: float,
     churn_guard: float,
     inflight: Mapping[str, int],
+    key: Callable[[Copy], float] = by_last_use,
 ) -> list[Copy] | None:
     """The adapters on a pod to unload so that one more, of ``size`` bytes, fits its adapter
-    room (``slots`` adapters of ``capacity`` bytes together), least recently used first, as
-    vLLM's LoRA cache evicts. [] when it fits already; None when it cannot be made to fit
-    without evicting a protected adapter (busy, loading, or too recently loaded)."""
+    room (``slots`` adapters of ``capacity`` bytes together), lowest ``key`` first (by
+    default least recently used, as vLLM's LoRA cache evicts). [] when it fits already;
+    None when it cannot be made to fit without evicting a protected adapter (busy, loading,
+    or too recently loaded)."""
     if slots <= 0 or size > capacity:
         return None
     extra = len(adapters) + 1 - slots
@@ -173,7 +175,7 @@ def plan_adapter_evictions(
         return []
     chosen: list[Copy] = []
     candidates = evictable(adapters, now=now, churn_guard=churn_guard, inflight=inflight)
-    for adapter in sorted(candidates, key=by_last_use):
+    for adapter in sorted(candidates, key=key):
         chosen.append(adapter)
         extra, over = extra - 1, over - adapter.size
         if extra <= 0 and over <= 0:

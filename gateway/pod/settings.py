@@ -18,8 +18,8 @@ timeout from the runtime's YAML unless they were given (gateway.pod.profile).
   whose expected size no longer fits (0: no limit).
 - ``max_adapters``, ``adapter_capacity_bytes``: room for adapters (``lora`` models over a
   base the pod holds), as vLLM's ``max_loras``: the gateway keeps at most this many, of
-  at most these bytes together, on the pod, and evicts the least recently used adapter to
-  make room; the pod refuses an adapter beyond the count. Apart from ``capacity_bytes``.
+  at most these bytes together, on the pod, and evicts adapters to make room as it evicts
+  models; the pod refuses an adapter beyond the count. Apart from ``capacity_bytes``.
 - ``max_loading_concurrency``, ``model_loading_timeout_ms``: loads at once,
   and the bound on each (reported to the gateway in RuntimeStatus).
 - ``size_multiplier``: PredictModelSize = bytes on disk x this.

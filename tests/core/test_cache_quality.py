@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import random
@@ -137,3 +138,17 @@ def test_the_popularity_reference_orders_by_counts_known_in_advance() -> None:
     trace = [0, 0, 1, 2, 0]
     assert simulate(trace, setup, "lru").hits == 1  # LRU evicts 0 for 2
     assert simulate(trace, setup, "popularity").hits == 2  # 0 is requested most
+
+
+def test_the_adapter_cache_beats_lru_and_stays_under_belady() -> None:
+    """benchmarks.llm_serving's simulation: the engine's adapter eviction (LRFU, as for
+    models) against plain LRU and Belady's optimum, on a short Zipf trace."""
+    from benchmarks.llm_serving import adapter_engine
+
+    trace = zipf_trace(100, 3000, alpha=1.0, seed=3)
+    best = belady(trace, 16).hit_ratio
+    engine = asyncio.run(adapter_engine(trace, 100, 2, 8, 0.1, 600.0))
+    plain = asyncio.run(adapter_engine(trace, 100, 2, 8, 0.1, 0.0))
+    assert engine.failed == plain.failed == 0
+    assert plain.hit_ratio == pytest.approx(lru(trace, 16).hit_ratio, abs=0.02)
+    assert plain.hit_ratio < engine.hit_ratio <= best

@@ -15,9 +15,12 @@ to make room for it.
 Adapters (a ModelSpec with a ``base``) are the same cache one level down: an adapter
 loads on its first request (never proactively), onto a pod that holds its base
 model (which is loaded first when no pod does), the pod with the most free adapter
-room, else the one whose least recently used adapter is oldest; room is made by
-evicting the pod's least recently used adapters (``picker.plan_adapter_evictions``),
-apart from its model capacity. Evicting a base takes its adapters with it, and a
+room, else the one whose next victim is oldest; room is made by evicting the pod's
+adapters in the order models are evicted (recency weighed by demand; least recently
+used with ``eviction_half_life`` 0, as vLLM's LoRA cache: benchmarks.llm_serving
+measures both against Belady's), by ``picker.plan_adapter_evictions``, apart from its
+model capacity. Where every pod holding the base is full of adapters, the base first
+gets a copy on a pod with free room, if one has it. Evicting a base takes its adapters with it, and a
 base is busy (never evicted) while its adapters serve.
 """
 
@@ -318,8 +321,8 @@ class Loader:
 
     def _choose_for_adapter(self, model: ModelRecord, exclude: set[str]) -> PodView | None:
         """A pod holding the adapter's base: the most free adapter room first, else the one
-        whose least recently used adapter may go and is oldest, else (every adapter busy or
-        fresh) any holder: its load finds no room, and the request waits for some."""
+        whose next victim is oldest (the eviction key), else (every adapter busy or fresh)
+        any holder: its load finds no room, and the request waits for some."""
         base_id = self._table.base_id(model.spec)
         size = model.expected_size()
         fits = self._table.fits
@@ -342,7 +345,7 @@ class Loader:
             else:
                 plan = self._table.plan_adapter_evictions(pod, size)
                 # then the oldest victim; last, a pod whose adapters cannot go now
-                score = min(a.last_used for a in plan) if plan else math.inf
+                score = min(map(self._table.eviction_key, plan)) if plan else math.inf
             if best is None or score < best[0]:
                 best = (score, pod)
         return best[1].view() if best is not None else None
@@ -424,7 +427,7 @@ class Loader:
                     "lowest recency and demand (idle %.1f s, %d bytes)"
                     if not spec.base
                     else "evicting adapter %s from pod %s to make room for %s: "
-                    "least recently used (idle %.1f s, %d bytes)",
+                    "lowest recency and demand (idle %.1f s, %d bytes)",
                     victim.model_id,
                     pod.pod,
                     spec.model_id,

@@ -387,6 +387,7 @@ class Table:
             now=self.clock(),
             churn_guard=self.settings.churn_guard,
             inflight=self.inflight(pod),
+            key=self.eviction_key,
         )
 
     # -- views -----------------------------------------------------------------
