@@ -414,3 +414,48 @@ async def test_an_experiments_mirror_gets_a_copy_named_in_the_shadow_headers(
         assert list(mutation.remove_headers) == ["x-mmgw-name-in-request"]
     (plain,) = await run(processor, headers("/v2/models/mnist-a/infer"))  # no mirror
     assert plain == forward(POD, a.serving.model_id)
+
+
+def openai_request(path: str, fields: dict[str, object] | None) -> pb.ProcessingRequest:
+    """An OpenAI API request's headers, with what json_to_metadata read of its body."""
+    request = headers(path, content_type="application/json")
+    if fields is not None:
+        namespace = request.metadata_context.filter_metadata["mmgw.openai"]
+        namespace.update(fields)
+    return request
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+async def test_an_openai_request_is_routed_by_the_bodys_model_to_the_pods_rest_listener(
+    tmp_path: Path, path: str
+) -> None:
+    h = await harness(tmp_path, FakePods(**{POD: FakePod(rest_port=9300)}))
+    record, _ = await h.registry.apply(isvc())
+    await h.placement.ensure_loaded(record.serving.model_id)
+    processor = ExternalProcessor(h.router, miss_timeout=100)
+    (answer,) = await run(processor, openai_request(path, {"model": "sklearn-mnist"}))
+    assert answer == forward("10.0.0.1:9300", record.serving.model_id)
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "message"),
+    [
+        (None, 400, "send the request body as JSON"),  # not sent as application/json
+        ({"invalid": True}, 400, "send the request body as JSON"),  # not JSON
+        ({"model": ""}, 400, "'model' must be a non-empty string"),  # no model field
+        ({"model": 7}, 400, "'model' must be a non-empty string"),
+        ({"model": "nope"}, 404, "model 'nope' is not registered"),
+    ],
+)
+async def test_an_openai_request_without_a_usable_model_gets_a_rest_error(
+    loaded: tuple[Harness, ExternalProcessor, str],
+    fields: dict[str, object] | None,
+    status: int,
+    message: str,
+) -> None:
+    _, processor, _ = loaded
+    (answer,) = await run(processor, openai_request("/v1/completions", fields))
+    immediate = answer.immediate_response
+    assert immediate.status.code == status  # an HTTP status: not a gRPC call
+    assert not immediate.HasField("grpc_status")
+    assert message in immediate.body.decode()

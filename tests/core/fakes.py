@@ -28,6 +28,7 @@ class FakePod:
     max_adapters: int = 0  # its room for adapters over the bases it holds
     adapter_capacity: int = 1000
     adapters: dict[str, str] = field(default_factory=dict)  # adapter -> its base, held now
+    model_types: tuple[str, ...] = ("sklearn",)
 
 
 class FakePods:
@@ -94,7 +95,7 @@ class FakePods:
             raise PodUnresponsive(f"no answer from pod {address} in {timeout:g} s")
         return PodStatus(
             pod.capacity,
-            ("sklearn", "peft-model", "lora"),
+            pod.model_types,
             dict(pod.loaded),
             self.inflight.get(address, {}),
             rest_port=pod.rest_port,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,11 @@ from gateway.core.placement import Placement
 
 from .fakes import FakePod, FakePods, adapter, spec
 from .test_placement import Clock, engine
+
+
+def lm_pod(**fields: Any) -> FakePod:
+    """A pod that serves the base (a sklearn stand-in) and lora adapters."""
+    return FakePod(model_types=("sklearn", "lora"), **fields)
 
 
 async def lm_engine(pods: FakePods, clock: Clock) -> Placement:
@@ -31,7 +37,7 @@ async def lm_engine(pods: FakePods, clock: Clock) -> Placement:
 
 async def test_an_adapter_loads_on_its_first_request_onto_a_pod_holding_its_base() -> None:
     clock = Clock()
-    pods = FakePods(a=FakePod(max_adapters=4), b=FakePod(max_adapters=4))
+    pods = FakePods(a=lm_pod(max_adapters=4), b=lm_pod(max_adapters=4))
     placement = await engine(pods, clock)
     placement.register(spec("base", 50))
     placement.register(adapter("counting", "base"))
@@ -53,7 +59,7 @@ async def test_an_adapter_loads_on_its_first_request_onto_a_pod_holding_its_base
 async def test_only_pods_holding_the_base_take_its_adapters() -> None:
     clock = Clock()
     pods = FakePods(
-        a=FakePod(max_adapters=4), b=FakePod(max_adapters=4, loaded={"base": 50}), c=FakePod()
+        a=lm_pod(max_adapters=4), b=lm_pod(max_adapters=4, loaded={"base": 50}), c=lm_pod()
     )
     placement = await lm_engine(pods, clock)
     for name in ("x", "y", "z"):
@@ -72,7 +78,7 @@ async def test_only_pods_holding_the_base_take_its_adapters() -> None:
 
 async def test_the_least_recently_used_adapter_is_evicted_first() -> None:
     clock = Clock()
-    pods = FakePods(a=FakePod(max_adapters=2))
+    pods = FakePods(a=lm_pod(max_adapters=2))
     placement = await lm_engine(pods, clock)
     for name in ("a1", "a2", "a3"):
         placement.register(adapter(name, "base"))
@@ -91,7 +97,7 @@ async def test_the_least_recently_used_adapter_is_evicted_first() -> None:
 
 async def test_adapter_room_counts_bytes_too() -> None:
     clock = Clock()
-    pods = FakePods(a=FakePod(max_adapters=8, adapter_capacity=10))
+    pods = FakePods(a=lm_pod(max_adapters=8, adapter_capacity=10))
     placement = await lm_engine(pods, clock)
     placement.register(adapter("small", "base", 4))
     placement.register(adapter("large", "base", 8))
@@ -103,7 +109,7 @@ async def test_adapter_room_counts_bytes_too() -> None:
 
 async def test_a_base_in_use_by_an_adapter_is_not_evicted_and_goes_with_its_adapters() -> None:
     clock = Clock()
-    pods = FakePods(a=FakePod(capacity=100, max_adapters=2))
+    pods = FakePods(a=lm_pod(capacity=100, max_adapters=2))
     placement = await lm_engine(pods, clock)
     placement.register(adapter("tuned", "base"))
     placement.register(spec("other", 40))
@@ -131,7 +137,7 @@ async def test_a_base_in_use_by_an_adapter_is_not_evicted_and_goes_with_its_adap
 
 
 async def test_concurrent_first_requests_for_an_adapter_load_it_once() -> None:
-    pods = FakePods(a=FakePod(max_adapters=4, loaded={"base": 50}))
+    pods = FakePods(a=lm_pod(max_adapters=4, loaded={"base": 50}))
     placement = await lm_engine(pods, Clock())
     placement.register(adapter("tuned", "base"))
     pods.gate = asyncio.Event()
@@ -143,7 +149,7 @@ async def test_concurrent_first_requests_for_an_adapter_load_it_once() -> None:
 
 
 async def test_the_pod_is_told_the_base_models_concrete_id() -> None:
-    pods = FakePods(a=FakePod(max_adapters=4))
+    pods = FakePods(a=lm_pod(max_adapters=4))
     sent: list[str] = []
     load = pods.load
 
@@ -161,7 +167,7 @@ async def test_the_pod_is_told_the_base_models_concrete_id() -> None:
 
 
 async def test_an_adapter_whose_base_is_missing_or_broken_fails_clearly() -> None:
-    pods = FakePods(a=FakePod(max_adapters=4, fail_loads="the weights are truncated"))
+    pods = FakePods(a=lm_pod(max_adapters=4, fail_loads="the weights are truncated"))
     placement = await engine(pods, Clock())
     placement.register(adapter("orphan", "nothing"))
     with pytest.raises(ModelNotFound, match="names base model 'nothing', which is not registered"):
@@ -174,7 +180,7 @@ async def test_an_adapter_whose_base_is_missing_or_broken_fails_clearly() -> Non
 
 
 async def test_a_pod_without_adapter_room_takes_none() -> None:
-    pods = FakePods(a=FakePod(loaded={"base": 50}))  # max_adapters 0
+    pods = FakePods(a=lm_pod(loaded={"base": 50}))  # max_adapters 0
     placement = await lm_engine(pods, Clock())
     placement.register(adapter("tuned", "base"))
     with pytest.raises(NoCapacity, match="no pod that holds base model 'base' takes adapters"):
@@ -203,7 +209,7 @@ def test_the_adapter_plan_takes_the_least_recently_used_until_count_and_bytes_fi
 
 async def test_adapters_that_fill_the_bases_pods_spread_it_to_a_pod_with_room() -> None:
     clock = Clock()
-    pods = FakePods(a=FakePod(max_adapters=1, loaded={"base": 50}), b=FakePod(max_adapters=1))
+    pods = FakePods(a=lm_pod(max_adapters=1, loaded={"base": 50}), b=lm_pod(max_adapters=1))
     placement = await lm_engine(pods, clock)
     for name in ("x", "y"):
         placement.register(adapter(name, "base"))

@@ -172,3 +172,21 @@ def test_the_variant_header_is_read_with_the_model_name() -> None:
     )
     assert grpc_call == RouteKey("m", grpc=True, variant=variant)
     assert route_key.from_headers(path("/v2/health/ready", x_mmgw_variant=variant)).variant is None
+
+
+def test_openai_paths_are_named_by_the_bodys_model_in_the_metadata() -> None:
+    for p in ("/v1/completions", "/v1/chat/completions", "/v1/completions?x=1"):
+        assert route_key.from_headers(path(p)) is route_key.NEED_OPENAI_MODEL
+    key = route_key.from_openai({"model": "tiny-lm"})
+    assert key == route_key.RouteKey("tiny-lm", grpc=False, oip=True)
+    for fields, message in [
+        ({}, "send the request body as JSON"),
+        ({"invalid": True}, "send the request body as JSON"),
+        ({"model": ""}, "'model' must be a non-empty string"),
+        ({"model": 3.0}, "'model' must be a non-empty string"),
+        ({"model": ["a"]}, "'model' must be a non-empty string"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            route_key.from_openai(fields)
+    with pytest.raises(UnknownRoute):
+        route_key.from_headers(path("/v1/embeddings"))

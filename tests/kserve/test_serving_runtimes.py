@@ -212,6 +212,12 @@ async def test_built_in_runtimes_serve_every_pod_format(tmp_path: Path) -> None:
         ("synthetic", "mmgw-synthetic"),
     ]:
         assert h.registry.runtimes.select(model(fmt)).runtime.name == expected
+    # an adapter gets the language model runtime by its format; its base must name it
+    adapter = isvc_of("tuned", "lora")
+    adapter["metadata"]["annotations"]["mmgw.io/base-model"] = "tiny-lm"
+    tuned = parse_inference_service(adapter)
+    assert h.registry.runtimes.select(tuned.model).runtime.name == "huggingface-peft"
+    assert h.registry.runtimes.select(model("peft-model")).runtime is None
     record_, _ = await h.registry.apply(isvc())
     assert h.status(record_)["runtime"] == {
         "kind": "ClusterServingRuntime",

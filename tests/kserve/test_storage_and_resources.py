@@ -142,3 +142,23 @@ def test_schema_path_is_found_as_the_model_path_is(roots: StorageRoots) -> None:
     )
     with pytest.raises(StorageError, match="PVC storage only"):
         roots.schema(parse_inference_service(s3).model)
+
+
+def _adapter(fmt: str, base: str | None) -> dict[str, Any]:
+    doc = copy.deepcopy(SEED_ISVC)
+    doc["spec"]["predictor"]["model"]["modelFormat"] = {"name": fmt}
+    if base is not None:
+        doc["metadata"].setdefault("annotations", {})["mmgw.io/base-model"] = base
+    return doc
+
+
+def test_an_adapter_names_its_base_model_and_only_an_adapter_does() -> None:
+    tuned = parse_inference_service(_adapter("lora", "tiny-lm"))
+    assert tuned.base_model == "tiny-lm"
+    assert parse_inference_service(SEED_ISVC).base_model == ""
+    with pytest.raises(InvalidSpec, match="names its base model's InferenceService"):
+        parse_inference_service(_adapter("lora", None))
+    with pytest.raises(InvalidSpec, match="is for adapters"):
+        parse_inference_service(_adapter("sklearn", "tiny-lm"))
+    with pytest.raises(InvalidSpec, match="cannot be its own base"):
+        parse_inference_service(_adapter("lora", "sklearn-mnist"))
