@@ -172,7 +172,7 @@ def static_top(trace: Sequence[int], capacity: int) -> Outcome:
 # -- the real engine -----------------------------------------------------------
 
 
-class _Clock:
+class SimulatedClock:
     def __init__(self) -> None:
         self.now = 0.0
 
@@ -181,10 +181,18 @@ class _Clock:
 
 
 class InstantPods:
-    """A PodClient whose pods are dicts and whose loads finish at once."""
+    """A PodClient whose pods are dicts and whose loads finish at once (``max_adapters``:
+    each pod's room for adapters, as it reports it)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        model_types: tuple[str, ...] = ("sklearn",),
+        max_adapters: int = 0,
+    ) -> None:
         self.capacity = capacity
+        self.model_types = model_types
+        self.max_adapters = max_adapters
         self.loaded: dict[str, dict[str, int]] = {}
         self.loads = 0
 
@@ -201,7 +209,13 @@ class InstantPods:
 
     async def status(self, address: str, timeout: float) -> PodStatus:
         loaded = dict(self.loaded.get(address, {}))
-        return PodStatus(capacity=self.capacity, model_types=("sklearn",), loaded=loaded)
+        return PodStatus(
+            capacity=self.capacity,
+            model_types=self.model_types,
+            loaded=loaded,
+            max_adapters=self.max_adapters,
+            adapter_capacity=self.capacity,
+        )
 
 
 def _model_id(model: int) -> str:
@@ -209,7 +223,7 @@ def _model_id(model: int) -> str:
 
 
 async def run_engine(trace: Sequence[int], setup: Setup) -> Outcome:
-    clock = _Clock()
+    clock = SimulatedClock()
     pods = InstantPods(setup.slots * SIZE)
     settings = PlacementSettings(
         churn_guard=setup.churn_guard,

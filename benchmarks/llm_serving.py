@@ -37,16 +37,15 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from benchmarks.cache_quality import Outcome, belady, lru, zipf_trace
+from benchmarks.cache_quality import InstantPods, Outcome, SimulatedClock, belady, lru, zipf_trace
 from gateway.core.domain import ModelSpec
 from gateway.core.errors import GatewayError
-from gateway.core.placement import Placement, PlacementSettings, PodStatus
+from gateway.core.placement import Placement, PlacementSettings
 from gateway.tools import launcher, lm_samples
 
 ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/modelmesh-serving/inferenceservices"
@@ -249,48 +248,11 @@ async def _first_token(url: str, model: str) -> float:
 # -- 3. the adapter cache -------------------------------------------------------------
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class AdapterPods:
-    """In-memory pods, each holding the base, with room for ``slots`` adapters; loads at once."""
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self.loaded: dict[str, dict[str, int]] = {}
-        self.loads = 0
-
-    async def load(self, address: str, spec: ModelSpec, timeout: float, expected: int) -> int:
-        self.loads += 1
-        self.loaded.setdefault(address, {})[spec.model_id] = spec.predicted_size
-        return spec.predicted_size
-
-    async def unload(self, address: str, model_id: str) -> None:
-        self.loaded.get(address, {}).pop(model_id, None)
-
-    def on_disconnect(self, callback: Callable[[str], None]) -> None:
-        """Simulated pods never disconnect."""
-
-    async def status(self, address: str, timeout: float) -> PodStatus:
-        return PodStatus(
-            capacity=1 << 30,
-            model_types=("peft-model", "lora"),
-            loaded=dict(self.loaded.get(address, {})),
-            max_adapters=self.slots,
-            adapter_capacity=1 << 30,
-        )
-
-
 async def adapter_engine(
     trace: list[int], adapters: int, pods: int, slots: int, interval: float, half_life: float
 ) -> Outcome:
-    clock = _Clock()
-    client = AdapterPods(slots)
+    clock = SimulatedClock()
+    client = InstantPods(1 << 30, ("peft-model", "lora"), max_adapters=slots)
     settings = PlacementSettings(room_wait=0.0, eviction_half_life=half_life)
     placement = Placement(client, settings, clock=clock)
     placement.register(ModelSpec("base", "peft-model", "/models/base", 100))

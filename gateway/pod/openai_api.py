@@ -36,7 +36,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.core.errors import InvalidInput
+from gateway.core.errors import GatewayError, InvalidInput
 from gateway.core.protocol import MODEL_ID_HEADER
 
 from .generation import STOP, Generation, TextGenerator, check_context
@@ -240,8 +240,10 @@ class OpenAIApp:
                 if piece:
                     content = {"content": piece} if request.kind == CHAT else piece
                     yield _event(answer.chunk(content, None))
-        except InvalidInput as exc:  # the answer has started: the error is the last event
-            yield _event(json.loads(error_body(400, exc.message)))
+        except GatewayError as exc:  # the answer has started: the error is the last event
+            yield _event(
+                json.loads(error_body(400 if isinstance(exc, InvalidInput) else 503, exc.message))
+            )
             return
         yield _event(answer.chunk({} if request.kind == CHAT else "", done.finish_reason))
         if request.include_usage:

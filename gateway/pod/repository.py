@@ -25,6 +25,11 @@
   included, as their memory is not yet free) plus those expected by loads in
   progress plus its own exceed ``capacity_bytes``. The gateway plans room before
   it loads; this catches two gateway replicas planning the same room at once.
+- Adapters. A load whose key names a base model (``ModelConfig.base_model_id``)
+  attaches to that model, which this pod must hold (LoadFailed otherwise); the
+  runtime gets it in ``ModelConfig.base``. At most ``max_adapters`` are held or
+  loading at once (NoCapacity beyond); they do not count against
+  ``capacity_bytes``. Unloading a base unloads its adapters first.
 - Unload is graceful: from the moment it begins, the model is no longer served
   (``ModelNotFound`` "model 'x' is being unloaded") nor listed by ``loaded()``,
   but requests already in flight finish first: the unload waits until none is

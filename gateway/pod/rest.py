@@ -397,11 +397,16 @@ class HttpConnection(asyncio.Protocol):
         if self._transport is None:
             return
         self._transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
-        async with contextlib.aclosing(reply.chunks) as chunks:
-            async for chunk in chunks:
-                if self._transport is None:
-                    return
-                self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        try:
+            async with contextlib.aclosing(reply.chunks) as chunks:
+                async for chunk in chunks:
+                    if self._transport is None:
+                        return
+                    self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        except Exception:  # the status is sent: all that is left is to end the connection
+            log.exception("a streamed answer failed after it began")
+            self.close()
+            return
         if self._transport is not None:
             self._transport.write(b"0\r\n\r\n")
 

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 
 from gateway.tools import launcher, lm_samples
 
@@ -24,6 +25,7 @@ from .conftest import ISVCS, inference_service, wait_ready
 
 NAMESPACE = "modelmesh-serving"
 BASE = "tiny-lm"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny-lm.yaml"
 
 
 def adapter_service(name: str, path: str, base: str = BASE) -> dict[str, Any]:
@@ -41,14 +43,14 @@ def llm_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launche
         data_dir=data, ports=launcher.Ports.free(pods=2), pod_args={0: room, 1: room}
     ) as running:
         with httpx.Client(base_url=running.api_url, timeout=30) as api:
-            base = inference_service(BASE, "peft-model", lm_samples.BASE)
-            base["spec"]["predictor"]["model"]["runtime"] = "huggingface-peft"  # type: ignore[index]
-            api.put(f"{ISVCS}/{BASE}", json=base).raise_for_status()
-            assert wait_ready(api, BASE, 120)["status"]["conditions"][0]["status"] == "True"
-            for name in lm_samples.ADAPTER_TEXTS:
-                document = adapter_service(name, f"{lm_samples.ADAPTERS}/{name}")
+            # the README's example: the base and two adapters; then the third sample adapter
+            example = list(yaml.safe_load_all(EXAMPLE.read_text()))
+            complaint = adapter_service("complaint", f"{lm_samples.ADAPTERS}/complaint")
+            for document in [*example, complaint]:
+                name = document["metadata"]["name"]
                 api.put(f"{ISVCS}/{name}", json=document).raise_for_status()
-                wait_ready(api, name)
+                item = wait_ready(api, name, 120)
+                assert item["status"]["conditions"][0]["status"] == "True", item["status"]
         yield running
     for process in running.processes:
         assert process.popen.poll() is not None

@@ -5,17 +5,22 @@ two header mutations, x-mmgw-upstream (the chosen pod, then the model's other
 copies for a retry; read by the override_host policy of Envoy's cluster
 "pods", or of "pods_rest" with the pods' REST listeners for a request in the Open
 Inference Protocol's form) and mm-model-id (the concrete model), or with an
-immediate error response. Only a native gRPC call that names its model in the body alone makes
-it ask for the body. The decision is the router's (gateway.control.router): the
-processor parses the request into a RouteKey, asks ``Router.hit``, and turns the
-Route into an Answer, the bytes the transport (gateway.adapters.extproc.server)
-sends. Answers are serialized once per Route and reused: the router hands out
-the same Route object while a route is valid, so the memo is a dict keyed by
-Route identity. On a Miss the processor awaits ``Router.load``.
+immediate error response. Only a native gRPC call that names its model in the
+body alone makes it ask for the body. An OpenAI API request (/v1/completions,
+/v1/chat/completions) names its model in the body too, but Envoy's
+json_to_metadata filter has read it into the request's metadata, sent with the
+headers: no body is asked for. The decision is the router's
+(gateway.control.router): the processor parses the request into a RouteKey,
+asks ``Router.hit``, and turns the Route into an Answer, the bytes the transport
+(gateway.adapters.extproc.server) sends. Answers are serialized once per Route
+and reused: the router hands out the same Route object while a route is valid,
+so the memo is a dict keyed by Route identity. On a Miss the processor awaits
+``Router.load``.
 
 Error table (core error -> REST status / gRPC code), used for immediate
 responses. Their body is the plain message; envoy.yaml's local_reply_config
-turns it into google.rpc.Status JSON for REST, like the transcoder's errors.
+turns it into google.rpc.Status JSON for REST, like the transcoder's errors (and
+into OpenAI's error JSON under /v1/).
 """
 
 from __future__ import annotations
