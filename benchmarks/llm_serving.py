@@ -4,7 +4,7 @@ of an adapter's cold load, and the adapter cache's hit ratio against Belady's.
 1. Streams. Two models on one pod: the project's tiny language model with its "counting"
    adapter (2 layers, 64 wide: about 2 ms a token here, so the mesh's cost per token shows
    at its largest), and "bench-lm", a GPT-2 of 6 layers, 512 wide (19 M parameters, its
-   weights random: made here for timing, about 7 ms a token, still far below a real
+   weights random: made here for timing, about 12 ms a token in the pod here, still below a real
    LLM's). The same streamed completion (prompt "one two", 64 tokens) is sent through
    :8008 (Envoy: json_to_metadata, ext_proc, the router) and to the pod's REST listener
    directly (with the mm-model-id header Envoy would add). Rounds alternate between the
