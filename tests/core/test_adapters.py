@@ -223,3 +223,18 @@ async def test_adapters_that_fill_the_bases_pods_spread_it_to_a_pod_with_room() 
     # every pod holds the base now: the least recently used adapter (x) goes
     assert await placement.ensure_loaded("z") == "a"
     assert pods.unloads == [("a", "x")]
+
+
+async def test_a_restarted_gateway_adopts_adapters_under_their_base() -> None:
+    """Pods report what they hold in any order: an adapter listed before its base is still
+    tied to it (a use of the adapter protects the base)."""
+    pods = FakePods(a=lm_pod(max_adapters=4, loaded={"tuned": 1, "base": 50}))
+    pods.pods["a"].adapters["tuned"] = "base"
+    placement = Placement(pods, clock=Clock())
+    placement.register(adapter("tuned", "base"))
+    placement.register(spec("base", 50))
+    placement.add_pod("a")
+    await placement.check_pods()
+    (pod,) = placement.snapshot()["pods"]  # type: ignore[misc]
+    tied = {m["model_id"]: m.get("adapter_of") for m in pod["models"]}
+    assert tied == {"tuned": "base", "base": None}

@@ -275,6 +275,16 @@ class Table:
         if model.spec.base:
             entry.adapter = True
             entry.under = pod.copies.get(self.base_id(model.spec))
+        else:  # adapters a pod reported before their base (a gateway that restarted)
+            for other in pod.copies.values():
+                spec = self.models[other.model_id].spec if other.model_id in self.models else None
+                if (
+                    other.adapter
+                    and other.under is None
+                    and spec
+                    and self.base_id(spec) == entry.model_id
+                ):
+                    other.under = entry
         pod.copies[entry.model_id] = entry
         model.copies[pod.pod] = entry
         model.sole = entry if len(model.copies) == 1 else None
