@@ -12,13 +12,15 @@ first request does. The gateway adopts the copy from the pod's registration.
 
 A model the store does not know (never registered, deleted, a name rather than a
 concrete id) keeps its NOT_FOUND; so does one being unloaded here, which the
-gateway chose to evict.
+gateway chose to evict. An adapter attaches to its base model, the concrete model its
+base's InferenceService serves, loaded here first when this pod does not hold it.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from gateway.core.domain import ModelSpec
 from gateway.core.protocol import CONCRETE_ID_SEPARATOR, INFERENCE_SERVICES_PREFIX
@@ -44,6 +46,12 @@ class OnDemand:
         spec = await self.spec(model_id)
         if spec is None:
             return
+        if spec.base:
+            base_id = await self._serving(spec.base)
+            if base_id is None:
+                return
+            await self.ensure(base_id)
+            spec = spec.on_base(base_id)
         log.info("model %s was sent to this pod, which holds no copy: loading it", model_id)
         config = ModelConfig(spec.model_id, spec.model_type, Path(spec.path), spec.key)
         await self._models.load(config, expected_bytes=spec.predicted_size)
@@ -53,12 +61,23 @@ class OnDemand:
         name, separator, _ = model_id.rpartition(CONCRETE_ID_SEPARATOR)
         if not separator or not name:
             return None
-        key = INFERENCE_SERVICES_PREFIX + name
-        record = (await self._store.items(key)).get(key)
-        if not isinstance(record, dict):
+        record = await self._record(name)
+        if record is None:
             return None
         for role in ("serving", "target"):
             fields = record.get(role)
             if isinstance(fields, dict) and fields.get("model_id") == model_id:
                 return ModelSpec(**fields)
         return None
+
+    async def _serving(self, name: str) -> str | None:
+        """The concrete id InferenceService ``name`` serves now; None if it is not stored."""
+        record = await self._record(name)
+        fields = record.get("serving") if record is not None else None
+        model_id = fields.get("model_id") if isinstance(fields, dict) else None
+        return model_id if isinstance(model_id, str) else None
+
+    async def _record(self, name: str) -> dict[str, Any] | None:
+        key = INFERENCE_SERVICES_PREFIX + name
+        record = (await self._store.items(key)).get(key)
+        return record if isinstance(record, dict) else None

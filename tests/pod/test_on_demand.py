@@ -90,3 +90,36 @@ async def test_a_model_being_unloaded_is_not_loaded_again(
         assert err.code() == grpc.StatusCode.NOT_FOUND and "being unloaded" in err.details()
     await unloading
     assert not (await pod.status()).loaded_models
+
+
+async def test_an_adapter_sent_to_a_pod_without_it_loads_with_its_base(
+    start_pod: StartPod, tmp_path: Path
+) -> None:
+    """The retry that lands on a pod holding neither the adapter nor its base: both load
+    (the base first, as the store's records say), and the request is answered."""
+    from gateway.tools import lm_samples
+
+    models = tmp_path / "pvc"
+    lm_samples.save_samples(models)
+    store = EmbeddedStore(tmp_path / "registry.db")
+    base = ModelSpec("tiny-lm__isvc-1", "peft-model", str(models / lm_samples.BASE), 1 << 20)
+    tuned = ModelSpec(
+        "counting__isvc-2",
+        "lora",
+        str(models / lm_samples.ADAPTERS / "counting"),
+        1 << 10,
+        base="tiny-lm",
+    )
+    for name, spec in (("tiny-lm", base), ("counting", tuned)):
+        record = {"manifest": {}, "created": 0.0, "serving": asdict(spec), "target": asdict(spec)}
+        await store.put(INFERENCE_SERVICES_PREFIX + name, record)
+    pod = await start_pod()
+    pod.server.models.load_on_demand = OnDemand(store, pod.server.models).ensure
+    request = v2.ModelInferRequest(model_name="counting")
+    tensor = request.inputs.add(name="content", datatype="BYTES", shape=[1])
+    tensor.contents.bytes_contents.append(b"one two")
+    answer = await pod.infer.ModelInfer(request, metadata=((MODEL_ID_HEADER, tuned.model_id),))
+    assert "four" in answer.outputs[0].contents.bytes_contents[0].decode()
+    held = sorted(m.model_id for m in (await pod.status()).loaded_models)
+    assert held == sorted([base.model_id, tuned.model_id])
+    await store.close()
