@@ -238,3 +238,30 @@ async def test_a_restarted_gateway_adopts_adapters_under_their_base() -> None:
     (pod,) = placement.snapshot()["pods"]  # type: ignore[misc]
     tied = {m["model_id"]: m.get("adapter_of") for m in pod["models"]}
     assert tied == {"tuned": "base", "base": None}
+
+
+async def test_an_adapter_with_a_queue_gets_a_copy_on_another_pod_with_its_base() -> None:
+    """A pod generates one request at a time per base: requests waiting in flight on the
+    adapter's only pod call for a copy elsewhere (the base goes there first)."""
+    clock = Clock()
+    pods = FakePods(a=lm_pod(max_adapters=4), b=lm_pod(max_adapters=4))
+    placement = await lm_engine(pods, clock)
+    placement.register(adapter("tuned", "base"))
+    holder = await placement.ensure_loaded("tuned")
+    other = "b" if holder == "a" else "a"
+    pods.inflight[holder] = {"tuned": 1}  # one at a time: no queue, no copy
+    for _ in range(4):
+        clock.now += 1
+        await placement.check_pods()
+        placement.tick()
+    await asyncio.sleep(0)
+    assert "tuned" not in pods.pods[other].loaded
+    pods.inflight[holder] = {"tuned": 3}  # a queue, for 3 ticks in a row
+    for _ in range(3):
+        clock.now += 1
+        await placement.check_pods()
+        placement.tick()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert pods.pods[other].adapters == {"tuned": "base"}
+    assert (other, "base") in pods.loads  # the base went first

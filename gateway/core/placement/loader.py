@@ -284,6 +284,11 @@ class Loader:
         """Load one more copy of ``model`` on a pod that has none; False if none can take it
         (``may_evict`` False: none has the room free)."""
         target = self.choose(model, exclude=set(model.copies))
+        if target is None and model.spec.base:  # every pod holding the base has the adapter
+            base = self._models.get(self._table.base_id(model.spec))
+            if base is not None and all(pod.pod in model.copies for pod in self._holders(base)):
+                await self._spread(base)
+                target = self.choose(model, exclude=set(model.copies))
         if target is None or (not may_evict and target.free < model.expected_size()):
             return False
         log.info("adding a copy of %s on pod %s (%s)", model.spec.model_id, target.pod, reason)

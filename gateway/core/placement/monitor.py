@@ -8,7 +8,9 @@ them after ``unresponsive_checks`` such checks in a row. A pod that (re)joins
 has what it already holds adopted, and the requests in flight it reports are
 kept for eviction. ``tick`` turns the routed counts into rates;
 on the leader replica it also adds a copy of a model whose traffic per copy
-stays above ``copy_rate_threshold``, fits pods that run over capacity, unloads
+stays above ``copy_rate_threshold`` (of an adapter whose requests in flight per
+copy stay at ``adapter_busy_threshold`` or more, on another pod holding its base,
+which gets a copy first if none has room), fits pods that run over capacity, unloads
 what nobody registered and expires failure records.
 """
 
@@ -208,9 +210,13 @@ class Monitor:
                     del model.failures[failed_on]
                     in_background(self._coordinator.forgive(model_id, failed_on))
         threshold = self._settings.copy_rate_threshold
+        queued = self._settings.adapter_busy_threshold
         for model in self._models.values():
             loaded = model.loaded()
-            hot = bool(loaded) and sum(e.rate for e in loaded) / len(loaded) > threshold
+            hot = bool(loaded) and (
+                sum(e.rate for e in loaded) / len(loaded) > threshold
+                or (bool(model.spec.base) and sum(e.busy() for e in loaded) / len(loaded) >= queued)
+            )
             model.hot_ticks = model.hot_ticks + 1 if hot else 0
             if (
                 model.hot_ticks >= self._settings.scale_ticks

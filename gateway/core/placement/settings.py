@@ -28,6 +28,10 @@ class PlacementSettings:
     # connection is refused is dead at once.
     unresponsive_checks: int = 3
     copy_rate_threshold: float = 200.0  # requests/s per copy that call for another copy
+    # requests in flight per copy of an adapter that call for another copy: a pod generates
+    # one request at a time per base model, so a queue is what a copy elsewhere relieves
+    # (an adapter's few requests a second never reach copy_rate_threshold)
+    adapter_busy_threshold: float = 2.0
     scale_ticks: int = 3  # consecutive ticks above the threshold before adding one
     quiet_rate: float = 0.1  # requests/s under which an extra copy is idle
     # a pod whose load queue is this much longer than the shortest is skipped
