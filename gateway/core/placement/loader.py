@@ -20,8 +20,8 @@ adapters in the order models are evicted (recency weighed by demand; least recen
 used with ``eviction_half_life`` 0, as vLLM's LoRA cache: benchmarks.llm_serving
 measures both against Belady's), by ``picker.plan_adapter_evictions``, apart from its
 model capacity. Where every pod holding the base is full of adapters, the base first
-gets a copy on a pod with free room, if one has it. Evicting a base takes its adapters with it, and a
-base is busy (never evicted) while its adapters serve.
+gets a copy on a pod with free room, if one has it. Evicting a base takes its adapters
+with it, and a base is busy (never evicted) while its adapters serve.
 """
 
 from __future__ import annotations
