@@ -387,7 +387,7 @@ class Table:
 
     def plan_adapter_evictions(self, pod: PodRecord, size: int) -> list[Copy] | None:
         """The adapters to unload from ``pod`` so that one more of ``size`` bytes fits its
-        adapter room, least recently used first (picker's plan)."""
+        adapter room, in the order models are evicted (``eviction_key``; picker's plan)."""
         self.settle()
         return picker.plan_adapter_evictions(
             [e.copy() for e in pod.adapters()],
