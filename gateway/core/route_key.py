@@ -82,7 +82,7 @@ def from_headers(headers: Iterable[Header]) -> RouteKey | NeedBody | NeedOpenAIM
         if method not in protocol.MODEL_METHODS:
             raise UnknownRoute(f"unknown method {protocol.GRPC_SERVICE}/{method}", grpc=True)
         return _named_by_headers(vmodel, model, variant)
-    if path.split("?", 1)[0] in protocol.OPENAI_PATHS:
+    if path.startswith("/v1/") and path.split("?", 1)[0] in protocol.OPENAI_PATHS:
         return NEED_OPENAI_MODEL
     name = rest_model(path)
     return RouteKey(

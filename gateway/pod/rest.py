@@ -148,7 +148,7 @@ class OipApp:
         if kind is not None:
             return await self._openai_answer(request, kind)
         try:
-            return await self._route(request)
+            return await self._route(request, path)
         except _MethodNotAllowed as exc:
             return Reply.error(405, exc.message)
         except UnknownRoute as exc:
@@ -196,8 +196,7 @@ class OipApp:
                 log.error("%s %s failed", request.method, kind, exc_info=exc)
             return Reply(status, error_body(status, details))
 
-    async def _route(self, request: Request) -> Reply:
-        path = request.url.decode("latin-1").split("?", 1)[0]
+    async def _route(self, request: Request, path: str) -> Reply:
         parts = path.split("/")  # "", "v2", ...
         if parts[:2] != ["", "v2"]:
             raise UnknownRoute(f"unknown path {path!r}")
