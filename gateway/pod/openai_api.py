@@ -29,6 +29,7 @@ token (gateway.pod.generation). Errors are OpenAI's shape, ``{"error": {"message
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 import uuid
@@ -59,6 +60,7 @@ class TextRequest:
     include_usage: bool
     stop: tuple[str, ...]
     echo: bool
+    messages: tuple[tuple[str, str], ...] = ()  # a chat's (role, content), in order
 
 
 def error_body(status: int, message: str, param: str | None = None) -> bytes:
@@ -79,10 +81,11 @@ def parse(kind: str, body: bytes) -> TextRequest:
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidInput("'model' must be a non-empty string naming the model")
+    messages: tuple[tuple[str, str], ...] = ()
     if kind == CHAT:
         prompt = ""  # made by the model's chat template once the model is known
         max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
-        _messages(data.get("messages"))
+        messages = tuple(_messages(data.get("messages")))
     else:
         prompt = _prompt(data.get("prompt"))
         max_tokens = data.get("max_tokens")
@@ -107,12 +110,8 @@ def parse(kind: str, body: bytes) -> TextRequest:
         include_usage,
         _stop(data.get("stop")),
         _typed(data, "echo", bool, False) if kind == COMPLETIONS else False,
+        messages,
     )
-
-
-def chat_messages(body: bytes) -> list[tuple[str, str]]:
-    """The chat's (role, content) pairs (``parse`` checked them)."""
-    return _messages(json.loads(body).get("messages"))
 
 
 def _typed(data: dict[str, Any], name: str, kind: Any, default: Any) -> Any:
@@ -199,8 +198,8 @@ class OpenAIApp:
         generator = self._generator(model_id)
         prompt = request.prompt
         if kind == CHAT:
-            prompt = generator.chat_prompt(chat_messages(body))
-            request = _with_prompt(request, prompt)
+            prompt = generator.chat_prompt(request.messages)
+            request = dataclasses.replace(request, prompt=prompt)
         ids = generator.encode(prompt)
         check_context(generator, ids, request.max_tokens)
         return request, model_id, ids
@@ -279,19 +278,6 @@ class OpenAIApp:
 def _first_stop(text: str, stops: Sequence[str], since: int) -> int | None:
     found = [i for s in stops if (i := text.find(s, since)) >= 0]
     return min(found) if found else None
-
-
-def _with_prompt(request: TextRequest, prompt: str) -> TextRequest:
-    return TextRequest(
-        request.kind,
-        request.model,
-        prompt,
-        request.max_tokens,
-        request.stream,
-        request.include_usage,
-        request.stop,
-        request.echo,
-    )
 
 
 def _event(data: dict[str, Any]) -> bytes:
