@@ -200,14 +200,21 @@ class ModelRepository:
                 f"{held} held + {loading} loading of {self._capacity} leaves {max(self._capacity - held - loading, 0)}"
             )
 
-    def _admit_adapter(self, config: ModelConfig) -> None:
-        """An adapter attaches to a base this pod holds, within ``max_adapters``."""
+    def _base_for(self, config: ModelConfig) -> Model:
+        """The loaded base model an adapter attaches to; LoadFailed (never NOT_FOUND, which
+        says the adapter's own files are missing) when this pod does not hold it."""
         base = config.base_model_id
-        if base not in self._models or base in self._unloading:
+        held = self._models.get(base)
+        if held is None or base in self._unloading:
             raise LoadFailed(
                 f"adapter '{config.model_id}' needs its base model '{base}', "
                 "which this pod does not hold"
             )
+        return held.model
+
+    def _admit_adapter(self, config: ModelConfig) -> None:
+        """An adapter attaches to a base this pod holds, within ``max_adapters``."""
+        self._base_for(config)
         if self._max_adapters is None:
             return
         adapters = sum(1 for h in self._models.values() if h.base) + sum(
@@ -344,7 +351,7 @@ class ModelRepository:
                 async with asyncio.timeout(self._timeout_s) as deadline:
                     local = await self._puller.fetch(config)
                     if config.base_model_id:
-                        local = replace(local, base=self._held(config.base_model_id).model)
+                        local = replace(local, base=self._base_for(config))
                     model = runtime(local)
                     await model.load()
             except BaseException as exc:
