@@ -188,12 +188,12 @@ def test_the_ingress_gateway_gets_envoy_yaml_filters_routes_and_policies(
     assert {r["route"]["retry_policy"]["retry_on"] for r in v2} == {
         "connect-failure,refused-stream,reset"
     }
-    # OpenAI's completions and chat: long generations, streamed; a retry only when no pod
-    # was reached (never after an answer began), and no per-try timeout to cut a stream
+    # OpenAI's completions and chat: long generations, streamed: no per-try timeout to cut
+    # a stream (Envoy retries nothing once the answer's headers came)
     assert [r["match"]["path"] for r in openai] == ["/v1/completions", "/v1/chat/completions"]
     for route in openai:
         assert route["route"]["timeout"] == "600s"
-        assert route["route"]["retry_policy"]["retry_on"] == "connect-failure,refused-stream"
+        assert route["route"]["retry_policy"]["retry_on"] == "connect-failure,refused-stream,reset"
         assert "per_try_timeout" not in route["route"]["retry_policy"]
     assert (
         ingress["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"]
