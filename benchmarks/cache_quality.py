@@ -241,22 +241,32 @@ async def run_engine(trace: Sequence[int], setup: Setup) -> Outcome:
     ids = [_model_id(m) for m in range(setup.models)]
     for model_id in ids:
         placement.register(ModelSpec(model_id, "sklearn", f"/models/{model_id}", SIZE))
+    hits, failed = await replay(placement, clock, [ids[m] for m in trace], setup)
+    return Outcome(len(trace), hits, pods.loads, failed)
+
+
+async def replay(
+    placement: Placement, clock: SimulatedClock, requests: Sequence[str], setup: Setup
+) -> tuple[int, int]:
+    """Send ``requests`` (model ids) to ``placement`` ``setup.interval`` simulated seconds
+    apart, checking pods and ticking every ``setup.health_interval`` as watch_pods does:
+    ``lookup``, and on a miss ``await ensure_loaded``. (hits, requests that failed)"""
     next_check = setup.health_interval
     hits = failed = 0
-    for i, model in enumerate(trace):
+    for i, model_id in enumerate(requests):
         clock.now = i * setup.interval
         while clock.now >= next_check:  # what watch_pods does every health_interval
             await placement.check_pods()
             placement.tick()
             next_check += setup.health_interval
-        if placement.lookup(ids[model]) is not None:
+        if placement.lookup(model_id) is not None:
             hits += 1
             continue
         try:
-            await placement.ensure_loaded(ids[model])
+            await placement.ensure_loaded(model_id)
         except GatewayError:
             failed += 1
-    return Outcome(len(trace), hits, pods.loads, failed)
+    return hits, failed
 
 
 # -- the engine's decisions without the engine ---------------------------------

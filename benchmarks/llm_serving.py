@@ -42,9 +42,17 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.cache_quality import InstantPods, Outcome, SimulatedClock, belady, lru, zipf_trace
+from benchmarks.cache_quality import (
+    InstantPods,
+    Outcome,
+    Setup,
+    SimulatedClock,
+    belady,
+    lru,
+    replay,
+    zipf_trace,
+)
 from gateway.core.domain import ModelSpec
-from gateway.core.errors import GatewayError
 from gateway.core.placement import Placement, PlacementSettings
 from gateway.tools import launcher, lm_samples
 
@@ -263,21 +271,8 @@ async def adapter_engine(
     ids = [f"a{a:03d}" for a in range(adapters)]
     for adapter_id in ids:
         placement.register(ModelSpec(adapter_id, "lora", f"/a/{adapter_id}", 1, base="base"))
-    hits = failed = 0
-    next_check = 1.0
-    for i, adapter in enumerate(trace):
-        clock.now = i * interval
-        while clock.now >= next_check:
-            await placement.check_pods()
-            placement.tick()
-            next_check += 1.0
-        if placement.lookup(ids[adapter]) is not None:
-            hits += 1
-            continue
-        try:
-            await placement.ensure_loaded(ids[adapter])
-        except GatewayError:
-            failed += 1
+    timing = Setup(interval=interval, health_interval=1.0)
+    hits, failed = await replay(placement, clock, [ids[a] for a in trace], timing)
     return Outcome(len(trace), hits, client.loads, failed)
 
 

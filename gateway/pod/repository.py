@@ -217,18 +217,12 @@ class ModelRepository:
         self._base_for(config)
         if self._max_adapters is None:
             return
-        adapters = sum(1 for h in self._models.values() if h.base) + sum(
-            1 for mid in self._loading if mid in self._adapter_loads
-        )
+        adapters = sum(1 for h in self._models.values() if h.base) + len(self._adapter_loads)
         if adapters >= self._max_adapters:
             raise NoCapacity(
                 f"this pod has no room for adapter '{config.model_id}': it holds "
                 f"{adapters} of {self._max_adapters} adapters"
             )
-
-    def adapters(self) -> int:
-        """Adapters held now."""
-        return sum(1 for h in self._models.values() if h.base)
 
     def _held(self, model_id: str) -> _Held:
         if model_id in self._unloading:
