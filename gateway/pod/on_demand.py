@@ -13,7 +13,10 @@ first request does. The gateway adopts the copy from the pod's registration.
 A model the store does not know (never registered, deleted, a name rather than a
 concrete id) keeps its NOT_FOUND; so does one being unloaded here, which the
 gateway chose to evict. An adapter attaches to its base model, the concrete model its
-base's InferenceService serves, loaded here first when this pod does not hold it.
+base's InferenceService serves, loaded here first when this pod does not hold it; it
+may take the pod one over its ``max_adapters`` (the request is served; the gateway's next
+adapter load on this pod evicts down to the room again), where a model over the pod's
+memory is still refused.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class OnDemand:
             spec = spec.on_base(base_id)
         log.info("model %s was sent to this pod, which holds no copy: loading it", model_id)
         config = ModelConfig(spec.model_id, spec.model_type, Path(spec.path), spec.key)
-        await self._models.load(config, expected_bytes=spec.predicted_size)
+        await self._models.load(config, expected_bytes=spec.predicted_size, adapter_room=False)
 
     async def spec(self, model_id: str) -> ModelSpec | None:
         """The spec the store registers for concrete id ``model_id``; None if none does."""

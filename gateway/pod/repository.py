@@ -185,10 +185,10 @@ class ModelRepository:
             self.on_change()
         return forgotten
 
-    def _admit(self, config: ModelConfig, expected: int) -> None:
+    def _admit(self, config: ModelConfig, expected: int, *, adapter_room: bool) -> None:
         model_id = config.model_id
         if config.base_model_id:
-            self._admit_adapter(config)
+            self._admit_adapter(config, adapter_room=adapter_room)
             return
         if not (expected and self._capacity):
             return
@@ -212,10 +212,11 @@ class ModelRepository:
             )
         return held.model
 
-    def _admit_adapter(self, config: ModelConfig) -> None:
-        """An adapter attaches to a base this pod holds, within ``max_adapters``."""
+    def _admit_adapter(self, config: ModelConfig, *, adapter_room: bool) -> None:
+        """An adapter attaches to a base this pod holds, within ``max_adapters`` (unless
+        ``adapter_room`` is False)."""
         self._base_for(config)
-        if self._max_adapters is None:
+        if self._max_adapters is None or not adapter_room:
             return
         adapters = sum(1 for h in self._models.values() if h.base) + len(self._adapter_loads)
         if adapters >= self._max_adapters:
@@ -243,11 +244,15 @@ class ModelRepository:
             log.warning("model %s: predict raised", model.model_id, exc_info=True)
             raise PredictFailed(f"{type(exc).__name__}: {exc}") from exc
 
-    async def load(self, config: ModelConfig, *, expected_bytes: int = 0) -> int:
+    async def load(
+        self, config: ModelConfig, *, expected_bytes: int = 0, adapter_room: bool = True
+    ) -> int:
         """Load ``config.model_id`` unless it is loaded already; its size in bytes.
 
         An unload of that id in progress is waited for first. A new load
-        expecting ``expected_bytes`` that would overfill the pod: NoCapacity.
+        expecting ``expected_bytes`` that would overfill the pod: NoCapacity; so is an
+        adapter beyond ``max_adapters``, unless ``adapter_room`` is False (a request that
+        brought it here on demand: one over, until the gateway evicts one).
         """
         while (unloading := self._unloading.get(config.model_id)) is not None:
             await asyncio.wait([unloading])  # whatever its outcome; does not cancel it
@@ -256,7 +261,7 @@ class ModelRepository:
         if model is None:
             task = self._loading.get(config.model_id)
             if task is None:
-                self._admit(config, expected_bytes)
+                self._admit(config, expected_bytes, adapter_room=adapter_room)
                 task = asyncio.create_task(self._load(config), name=f"load {config.model_id}")
                 self._loading[config.model_id] = task
                 if config.base_model_id:

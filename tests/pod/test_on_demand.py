@@ -96,7 +96,8 @@ async def test_an_adapter_sent_to_a_pod_without_it_loads_with_its_base(
     start_pod: StartPod, tmp_path: Path
 ) -> None:
     """The retry that lands on a pod holding neither the adapter nor its base: both load
-    (the base first, as the store's records say), and the request is answered."""
+    (the base first, as the store's records say), and the request is answered; also on a
+    pod whose adapter room is full (one over, until the gateway evicts)."""
     from gateway.tools import lm_samples
 
     models = tmp_path / "pvc"
@@ -110,10 +111,17 @@ async def test_an_adapter_sent_to_a_pod_without_it_loads_with_its_base(
         1 << 10,
         base="tiny-lm",
     )
-    for name, spec in (("tiny-lm", base), ("counting", tuned)):
+    weather = ModelSpec(
+        "weather__isvc-3",
+        "lora",
+        str(models / lm_samples.ADAPTERS / "weather"),
+        1 << 10,
+        base="tiny-lm",
+    )
+    for name, spec in (("tiny-lm", base), ("counting", tuned), ("weather", weather)):
         record = {"manifest": {}, "created": 0.0, "serving": asdict(spec), "target": asdict(spec)}
         await store.put(INFERENCE_SERVICES_PREFIX + name, record)
-    pod = await start_pod()
+    pod = await start_pod(max_adapters=1)
     pod.server.models.load_on_demand = OnDemand(store, pod.server.models).ensure
     request = v2.ModelInferRequest(model_name="counting")
     tensor = request.inputs.add(name="content", datatype="BYTES", shape=[1])
@@ -122,4 +130,8 @@ async def test_an_adapter_sent_to_a_pod_without_it_loads_with_its_base(
     assert "four" in answer.outputs[0].contents.bytes_contents[0].decode()
     held = sorted(m.model_id for m in (await pod.status()).loaded_models)
     assert held == sorted([base.model_id, tuned.model_id])
+    # its one adapter slot is taken: a request brought here still loads its adapter
+    answer = await pod.infer.ModelInfer(request, metadata=((MODEL_ID_HEADER, weather.model_id),))
+    assert answer.outputs[0].contents.bytes_contents[0].decode().startswith("one two")
+    assert len((await pod.status()).loaded_models) == 3
     await store.close()
